@@ -1,0 +1,51 @@
+"""The ``edgetl`` command line: a thin layer over the Python API.
+
+Importing this module must not import torch or onnxruntime: ``edgetl --help`` and the device-side
+commands work on a Jetson without the training extra. Commands import their stage lazily.
+"""
+
+import logging
+from typing import Any
+
+import click
+
+from .. import __version__
+from ..errors import EdgetlError
+
+
+class EdgetlGroup(click.Group):
+    """Turns every EdgetlError (a user mistake or a failed gate) into one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgetlError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgetl")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only, no progress bars.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """edgetl: fine-tune a pretrained backbone, export it for Jetson, benchmark it.
+
+    \b
+    edgetl weights fetch mobilenet_v2
+    edgetl finetune                      # built-in demo dataset
+    edgetl finetune data/ --strategy partial --trainable-stages 3
+    """
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s" if verbose else "%(message)s")
+    ctx.obj = {"progress": not quiet}
+
+
+def _register() -> None:
+    from . import train_commands
+
+    for command in train_commands.COMMANDS:
+        main.add_command(command)
+
+
+_register()

