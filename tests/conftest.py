@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny image folders, a tiny trained run, the real pretrained MobileNetV2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Dict, Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Two threads keep the suite predictable on the 2-core CI machine.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+TINY_ARCH = "mobilenet_v3_small"
+
+
+def _pattern(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A small RGB image whose content depends on the class (horizontal vs vertical bars, ...)."""
+    y, x = np.mgrid[0:size, 0:size]
+    period = int(rng.integers(4, 9))
+    wave = ((x if kind % 2 == 0 else y) // period) % 2
+    colour = np.array([255, 64, 32] if kind < 2 else [32, 96, 255], dtype=np.float64)
+    pixels = wave[..., None] * colour + rng.normal(0, 8, (size, size, 3)) + 20
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_image_folder(counts={"a": 4, "b": 4}, size=40, split=False)`` -> root.
+
+    With ``split=True`` it writes ``root/train/<class>`` and ``root/val/<class>`` (counts each)."""
+    def make(counts: Dict[str, int] = None, size: int = 40, split: bool = False, name: str = "data",
+             seed: int = 0) -> Path:
+        counts = counts or {"bars_h": 6, "bars_v": 6}
+        root = tmp_path / name
+        rng = np.random.default_rng(seed)
+        for part in (("train", "val") if split else ("",)):
+            for kind, (cls, n) in enumerate(sorted(counts.items())):
+                folder = root / part / cls
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(n):
+                    Image.fromarray(_pattern(kind, size, rng)).save(folder / "{}_{:03d}.jpg".format(cls, i))
+        return root
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run folder of a randomly initialised mobilenet_v3_small on tiny images (seconds on CPU)."""
+    from edgetl.config import FinetuneConfig
+    from edgetl.train import finetune
+
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(1)
+    for part, n in (("train", 8), ("val", 4)):
+        for kind, cls in enumerate(("alpha", "beta", "gamma")):
+            folder = root / "data" / part / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(_pattern(kind, 48, rng)).save(folder / "{}.jpg".format(i))
+    config = FinetuneConfig(data=str(root / "data"), arch=TINY_ARCH, strategy="full", weights="none", epochs=1,
+                            batch_size=8, workers=0, out=str(root / "run"))
+    return finetune(config, progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def pretrained_mobilenet_v2() -> Path:
+    """The real torchvision MobileNetV2 file, fetched (offline fallback allowed) and sha256-verified."""
+    from edgetl.backbones import get_backbone
+    from edgetl.weights import fetch_weights
+
+    return fetch_weights(get_backbone("mobilenet_v2"))
+
+
+def write_bytes_files(folder: Path, files: Dict[str, bytes]) -> Sequence[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    return paths
