@@ -16,7 +16,11 @@ _D = FinetuneConfig  # defaults live in one place: the dataclass
 
 @click.group()
 def weights() -> None:
-    """Pretrained weights in torchvision's cache ($TORCH_HOME/hub/checkpoints)."""
+    """Pretrained weights in torchvision's cache ($TORCH_HOME/hub/checkpoints).
+
+    \b
+    edgetl weights fetch mobilenet_v2
+    """
 
 
 @weights.command("fetch")
