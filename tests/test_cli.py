@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,14 @@ def test_finetune_and_evaluate_from_the_cli(make_image_folder, tmp_path: Path) -
     other = make_image_folder({"x": 2, "z": 2}, name="other")
     mismatch = runner.invoke(main, ["evaluate", str(out), str(other)])
     assert mismatch.exit_code == 1 and "differ from the run's" in mismatch.output
+
+
+def test_missing_training_extra_names_what_to_install(tmp_path: Path) -> None:
+    blocker = tmp_path / "sitecustomize.py"  # make torch unimportable, as on a Jetson without the extra
+    blocker.write_text("import sys\nsys.modules['torch'] = None\n")
+    env = {**os.environ, "PYTHONPATH": "{}:{}".format(tmp_path, Path.cwd())}
+    code = "from edgetl.cli import main; main(['finetune', '--epochs', '1'])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    assert "Error: this needs the 'torch' package" in result.stderr
+    assert "pip install 'edgetl[train]'" in result.stderr and "Traceback" not in result.stderr
