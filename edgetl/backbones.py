@@ -7,7 +7,7 @@ Stages are listed in forward order; they drive partial freezing and cutting the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
 from .deps import require
@@ -25,6 +25,7 @@ class BackboneSpec:
     stages: Tuple[Tuple[str, Tuple[str, ...]], ...]  # (stage name, module paths) in forward order
     # Stages after this one are not convolutional (pre-logit Linear layers): the base cannot be cut there.
     last_conv_stage: str = ""
+    cut_at: str = ""  # set on a view of the spec whose base ends early at this stage
 
     @property
     def stage_names(self) -> List[str]:
@@ -34,6 +35,18 @@ class BackboneSpec:
     def conv_stage_names(self) -> List[str]:
         names = self.stage_names
         return names[: names.index(self.last_conv_stage) + 1] if self.last_conv_stage else names
+
+    def cut(self, stage: str) -> "BackboneSpec":
+        """A view of this backbone whose base ends at ``stage`` (a smaller, faster feature extractor)."""
+        if stage not in self.conv_stage_names:
+            raise ConfigError("cannot cut {} at {!r}; convolutional stages: {}".format(
+                self.name, stage, ", ".join(self.conv_stage_names)))
+        keep = self.stage_names.index(stage) + 1
+        return replace(self, stages=self.stages[:keep], last_conv_stage="", cut_at=stage)
+
+    def removed_modules(self) -> List[str]:
+        """Module paths of the full torchvision model that a cut drops."""
+        return [p for _, paths in BACKBONES[self.name].stages[len(self.stages):] for p in paths]
 
     def modules_of(self, stage: str) -> Tuple[str, ...]:
         for name, paths in self.stages:
@@ -93,12 +106,13 @@ BACKBONES: Dict[str, BackboneSpec] = {
 DEFAULT_ARCH = "mobilenet_v2"
 
 
-def get_backbone(name: str) -> BackboneSpec:
-    """Look up an architecture by name, with a clear error listing the known ones."""
+def get_backbone(name: str, cut_at: Optional[str] = None) -> BackboneSpec:
+    """Look up an architecture by name (optionally cut early at a stage), with a clear error."""
     try:
-        return BACKBONES[name]
+        spec = BACKBONES[name]
     except KeyError:
         raise ConfigError("unknown arch {!r}; known: {}".format(name, ", ".join(sorted(BACKBONES)))) from None
+    return spec.cut(cut_at) if cut_at else spec
 
 
 def weights_entry(spec: BackboneSpec) -> Any:

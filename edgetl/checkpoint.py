@@ -63,7 +63,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def model_from_checkpoint(payload: Dict[str, Any]) -> EdgeClassifier:
     """Rebuild the trained model (eval mode, CPU) from a loaded checkpoint."""
     try:
-        spec = get_backbone(payload["arch"])
+        spec = get_backbone(payload["arch"], payload.get("cut_at"))
         model = EdgeClassifier(spec, len(payload["class_names"]), HeadConfig(**payload["head"]))
         model.freeze(trainable_stage_names(spec, payload["strategy"], payload["trainable_stages"]))
         model.load_state_dict(payload["model"])

@@ -38,6 +38,7 @@ class FinetuneConfig:
     arch: str = DEFAULT_ARCH
     strategy: str = "feature-extractor"
     trainable_stages: int = 2
+    cut_at: Optional[str] = None  # end the base early at this stage (smaller, faster)
     head: str = "linear"
     epochs: int = 5
     batch_size: int = 32
@@ -56,7 +57,7 @@ class FinetuneConfig:
     out: Optional[str] = None
 
     def __post_init__(self) -> None:
-        trainable_stage_names(get_backbone(self.arch), self.strategy, self.trainable_stages)
+        trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
         checks = [
             (self.head in HEADS, "--head must be one of " + ", ".join(HEADS)),
             (self.strategy in STRATEGIES, "--strategy must be one of " + ", ".join(STRATEGIES)),

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .backbones import BackboneSpec, build_torchvision_model, stage_of_parameter, strip_classifier
+from .backbones import (BackboneSpec, build_torchvision_model, get_submodule_parent, stage_of_parameter,
+                        strip_classifier)
 from .config import HEADS, trainable_stage_names
 from .deps import require
 from .errors import ConfigError, WeightsError
@@ -55,6 +56,12 @@ class EdgeClassifier(nn.Module):
         self.spec = spec
         self.base = build_torchvision_model(spec)
         self.feature_dim = strip_classifier(spec, self.base)
+        if spec.cut_at:
+            for path in spec.removed_modules():
+                parent, leaf = get_submodule_parent(self.base, path)
+                setattr(parent, leaf, nn.Identity())
+            with torch.no_grad():
+                self.feature_dim = int(self.base.eval()(torch.zeros(1, 3, 64, 64)).shape[1])
         self.head = build_head(self.feature_dim, num_classes, head)
         self.frozen_stages: List[str] = []
 
@@ -91,9 +98,9 @@ class EdgeClassifier(nn.Module):
 
 
 def load_base_weights(model: EdgeClassifier, state: Dict[str, Any], source: Path) -> None:
-    """Load a torchvision state dict into the base; its own classifier weights are dropped."""
-    classifier = model.spec.classifier + "."
-    base_state = {k: v for k, v in state.items() if not k.startswith(classifier)}
+    """Load a torchvision state dict into the base; its classifier (and any stages cut off) are dropped."""
+    dropped = tuple(p + "." for p in [model.spec.classifier] + model.spec.removed_modules())
+    base_state = {k: v for k, v in state.items() if not k.startswith(dropped)}
     result = model.base.load_state_dict(base_state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(

@@ -132,7 +132,7 @@ def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Op
     else:
         log.info("training on CPU (no CUDA device): AMP, channels_last and cudnn.benchmark are off")
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    spec = get_backbone(config.arch)
+    spec = get_backbone(config.arch, config.cut_at)
     preprocess = preprocess_spec(spec)
     weights = resolve_weights(spec, config.weights) if state is None else None
     torch.manual_seed(config.seed)
@@ -176,7 +176,7 @@ def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Op
                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                    "rng": rng_state(), "history": history, "best_top1": max(best_top1, val.top1),
                    "class_names": split.classes, "arch": config.arch, "strategy": config.strategy,
-                   "trainable_stages": config.trainable_stages, "frozen_stages": model.frozen_stages,
+                   "trainable_stages": config.trainable_stages, "cut_at": config.cut_at, "frozen_stages": model.frozen_stages,
                    "head": asdict(HeadConfig(config.head)), "preprocess": preprocess.to_dict(),
                    "config": asdict(config)}
         if val.top1 > best_top1:
@@ -222,7 +222,7 @@ def _summary(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, model: 
              history: List[Dict[str, float]], seconds: float) -> Dict[str, Any]:
     best = max(history, key=lambda row: row["val_top1"])
     return {
-        "run": str(run_dir), "arch": config.arch, "strategy": config.strategy,
+        "run": str(run_dir), "arch": config.arch, "strategy": config.strategy, "cut_at": config.cut_at,
         "trainable_stages": [s for s in model.spec.stage_names if s not in model.frozen_stages],
         "classes": split.classes, "num_train": len(split.train), "num_val": len(split.val),
         "skipped_files": len(split.skipped), "dataset": str(split.root), "layout": split.layout,

@@ -113,3 +113,28 @@ def test_strategy_and_stage_count_validation() -> None:
         trainable_stage_names(spec, "partial", 6)
     with pytest.raises(ConfigError, match="strategy must be one of"):
         trainable_stage_names(spec, "everything", 1)
+
+
+def test_cut_base_is_smaller_and_loads_pretrained_weights(pretrained_mobilenet_v2) -> None:
+    from edgetl.weights import load_state_dict
+
+    cut = get_backbone("mobilenet_v2", cut_at="stage4")
+    assert cut.stage_names[-1] == "stage4" and "features.18" in cut.removed_modules()
+    model = build_model(cut, 5, HeadConfig(), "feature-extractor", 1, weights=pretrained_mobilenet_v2)
+    full = build_model(get_backbone("mobilenet_v2"), 5, HeadConfig(), "feature-extractor", 1, weights=None)
+    assert model.feature_dim == 64 and model.head.in_features == 64
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters()) / 4
+    assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 5)
+    pretrained = load_state_dict(pretrained_mobilenet_v2)
+    assert torch.equal(model.base.features[10].conv[0][0].weight, pretrained["features.10.conv.0.0.weight"])
+    assert trainable_stage_names(cut, "partial", 2) == ["stage3", "stage4"]
+
+
+def test_cut_drops_pre_logit_layers_and_refuses_non_conv_stages() -> None:
+    cut = get_backbone("mobilenet_v3_small", cut_at="conv_head")
+    model = build_model(cut, 2, HeadConfig(), "full", 1, weights=None)
+    assert model.feature_dim == 576 and "pre_logits" not in cut.stage_names
+    with pytest.raises(ConfigError, match="cannot cut mobilenet_v3_small at 'pre_logits'"):
+        get_backbone("mobilenet_v3_small", cut_at="pre_logits")
+    with pytest.raises(ConfigError, match="convolutional stages: stem, layer1"):
+        get_backbone("resnet18", cut_at="fc")

@@ -98,3 +98,13 @@ def test_resume_can_extend_epochs(tiny_run: Path, tmp_path: Path) -> None:
     result = resume(run, epochs=2, progress=False)
     assert [row["epoch"] for row in result.history] == [1, 2]
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+def test_cut_run_round_trips_through_its_checkpoint(make_image_folder, tmp_path: Path) -> None:
+    data = make_image_folder({"a": 4, "b": 4})
+    config = FinetuneConfig(data=str(data), arch="mobilenet_v3_small", cut_at="stage3", weights="none", epochs=1,
+                            batch_size=4, workers=0, val_split=0.25, out=str(tmp_path / "cut"))
+    result = finetune(config, progress=False)
+    assert result.summary["cut_at"] == "stage3"
+    model, payload = load_run(result.run_dir)
+    assert payload["cut_at"] == "stage3" and model.feature_dim == 40

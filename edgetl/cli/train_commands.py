@@ -46,6 +46,8 @@ def weights_fetch(arch: str) -> None:
               help="Freeze the whole conv base, train the last K stages, or train everything.")
 @click.option("--trainable-stages", type=int, default=_D.trainable_stages, show_default=True,
               help="K for --strategy partial: how many named stages (from the top) train.")
+@click.option("--cut-at", default=None, metavar="STAGE",
+              help="End the base early at this named stage: a smaller, faster feature extractor.")
 @click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
