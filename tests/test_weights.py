@@ -70,7 +70,7 @@ def test_resolve_weights_variants(tmp_path: Path, caplog, pretrained_mobilenet_v
 
 def test_unsafe_or_wrong_files_are_refused(tmp_path: Path) -> None:
     unsafe = tmp_path / "unsafe.pth"
-    unsafe.write_bytes(pickle.dumps({"fn": shutil.rmtree}))  # a callable: refused by weights_only
+    unsafe.write_bytes(pickle.dumps({"fn": shutil.rmtree}, protocol=2))  # a callable: refused by weights_only
     with pytest.raises(WeightsError, match="cannot load weights"):
         load_state_dict(unsafe)
     resnet_state = tmp_path / "resnet.pth"
