@@ -82,3 +82,16 @@ def write_bytes_files(folder: Path, files: Dict[str, bytes]) -> Sequence[Path]:
         (folder / name).write_bytes(data)
         paths.append(folder / name)
     return paths
+
+
+@pytest.fixture(scope="session")
+def pattern_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flat folder of 3 visually distinct classes (``kind0``..``kind2``) x 4 PNGs of 64 px."""
+    root = tmp_path_factory.mktemp("patterns")
+    rng = np.random.default_rng(5)
+    for kind in range(3):
+        folder = root / "kind{}".format(kind)
+        folder.mkdir()
+        for i in range(4):
+            Image.fromarray(_pattern(kind, 64, rng)).save(folder / "{}.png".format(i))
+    return root

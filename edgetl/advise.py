@@ -1,0 +1,376 @@
+"""edgetl advise: pick a transfer strategy from measured dataset size x similarity to the pretraining data.
+
+The textbook 2x2 rule (size: small = median under ~1000 training images per class; similarity: do the
+pretrained features already fit the task?) gives four quadrants:
+
+    1 large + different -> full fine-tune        2 large + similar -> partial, the top stages
+    3 small + different -> partial, more stages  4 small + similar -> feature extractor (frozen base)
+
+"Similar" is measured, not guessed: cross-validated linear-probe and k-NN accuracy of the frozen
+pretrained backbone's pooled features on the training split, plus the ImageNet classifier's confidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shlex
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .backbones import BackboneSpec, get_backbone
+from .data import DatasetSplit, Sample, load_dataset
+from .errors import DataError
+from .pilot import PilotConfig, format_pilot, run_pilot
+
+log = logging.getLogger(__name__)
+
+SMALL_PER_CLASS = 1000  # small: median training images per class below this
+PROBE_SIMILAR = 0.80  # similar: chance-adjusted linear-probe accuracy at least this ...
+KNN_SIMILAR = 0.60  # ... and chance-adjusted k-NN accuracy at least this
+BORDERLINE_MARGIN = 0.10  # a probe score this close to PROBE_SIMILAR is called borderline
+CONFIDENCE_IMAGENET_LIKE = 0.50  # mean top softmax of the ImageNet classifier: content looks like ImageNet
+IMBALANCED_BELOW = 0.5  # class balance (min/max images per class) below this is flagged
+KNN_K = 5
+CV_FOLDS = 5
+RIDGE_PENALTY = 0.1  # ridge penalty per feature dimension (features are standardised)
+HEAD_LR = 0.05  # learning rate of the new head in every plan (SGD, batch 32)
+
+
+@dataclass(frozen=True)
+class SizeStats:
+    """Training images per class (the split that finetune trains on)."""
+
+    classes: Tuple[str, ...]
+    counts: Tuple[int, ...]
+    val_total: int
+
+    @property
+    def minimum(self) -> int:
+        return min(self.counts)
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.counts))
+
+    @property
+    def maximum(self) -> int:
+        return max(self.counts)
+
+    @property
+    def balance(self) -> float:
+        """Smallest over largest class: 1.0 is perfectly balanced."""
+        return self.minimum / self.maximum
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class SimilarityEvidence:
+    """Cross-validated accuracies (mean over classes) of frozen pretrained features, and ImageNet confidence."""
+
+    probe_accuracy: float
+    knn_accuracy: float
+    chance: float  # 1 / number of classes
+    confidence: float  # mean top-1 softmax of the pretrained ImageNet classifier
+    images: int  # images the evidence was measured on
+    folds: int
+    imagenet_labels: Tuple[Tuple[str, int], ...] = ()  # most frequent ImageNet predictions (label, count)
+
+    def score(self, accuracy: float) -> float:
+        """Chance-adjusted accuracy: 0 at chance, 1 when perfect."""
+        return (accuracy - self.chance) / (1.0 - self.chance)
+
+    @property
+    def probe_score(self) -> float:
+        return self.score(self.probe_accuracy)
+
+    @property
+    def knn_score(self) -> float:
+        return self.score(self.knn_accuracy)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: a strategy with its trainable stages, learning rates and regularisation."""
+
+    quadrant: int
+    strategy: str
+    trainable_stages: int  # 0 for the feature extractor, all stages for full
+    lr: float  # pretrained layers (finetune --lr)
+    head_lr_mult: float  # the head trains at lr x this
+    epochs: int
+    augment_harder: bool
+    label_smoothing: float
+    why: str
+
+
+QUADRANT_NAMES = {1: "large + different", 2: "large + similar", 3: "small + different", 4: "small + similar"}
+# quadrant -> (strategy, fraction of the stages that train, lr of pretrained layers, epochs, augment harder, why)
+PLAN_TABLE: Dict[int, Tuple[str, float, float, int, bool, str]] = {
+    1: ("full", 1.0, 0.01, 10, False,
+        "plenty of data and features that do not fit yet: retrain every layer, starting from the pretrained weights"),
+    2: ("partial", 1 / 3, 0.001, 10, False,
+        "the pretrained features fit; plenty of data lets the top third of the stages specialise at a small lr"),
+    3: ("partial", 1 / 2, 0.005, 20, True,
+        "features must adapt but data is scarce: train the top half of the stages, keep the generic early "
+        "filters frozen, and regularise hard"),
+    4: ("feature-extractor", 0.0, 0.005, 15, False,
+        "the frozen features already separate the classes; training more layers on little data would only overfit"),
+}
+
+
+def is_small(stats: SizeStats) -> bool:
+    return stats.median < SMALL_PER_CLASS
+
+
+def is_similar(evidence: SimilarityEvidence) -> bool:
+    return evidence.probe_score >= PROBE_SIMILAR and evidence.knn_score >= KNN_SIMILAR
+
+
+def is_borderline(evidence: SimilarityEvidence) -> bool:
+    return abs(evidence.probe_score - PROBE_SIMILAR) < BORDERLINE_MARGIN
+
+
+def quadrant_of(small: bool, similar: bool) -> int:
+    """1 large+different, 2 large+similar, 3 small+different, 4 small+similar."""
+    return (3 if small else 1) + (1 if similar else 0)
+
+
+def plan_for(quadrant: int, spec: BackboneSpec) -> Plan:
+    """The rule's plan for a quadrant on an architecture (stage counts depend on the architecture)."""
+    strategy, fraction, lr, epochs, augment, why = PLAN_TABLE[quadrant]
+    stages = len(spec.stage_names)
+    trainable = {"full": stages, "feature-extractor": 0}.get(strategy, max(1, int(stages * fraction + 0.5)))
+    return Plan(quadrant, strategy, trainable, lr, HEAD_LR / lr, epochs, augment, 0.1 if augment else 0.0, why)
+
+
+def candidate_plans(small: bool, spec: BackboneSpec) -> List[Plan]:
+    """What ``--pilot`` compares: the feature extractor, the partial plan for this size, full fine-tuning."""
+    return [plan_for(4, spec), plan_for(3 if small else 2, spec), plan_for(1, spec)]
+
+
+def finetune_command(data: Optional[Path], arch: str, plan: Plan, val_split: Optional[float]) -> str:
+    """The exact ``edgetl finetune`` command line for a plan."""
+    words = ["edgetl", "finetune"] + ([str(data)] if data is not None else [])
+    words += ["--arch", arch, "--strategy", plan.strategy]
+    if plan.strategy == "partial":
+        words += ["--trainable-stages", str(plan.trainable_stages)]
+    words += ["--lr", "{:g}".format(plan.lr), "--head-lr-mult", "{:g}".format(plan.head_lr_mult),
+              "--epochs", str(plan.epochs)]
+    if plan.label_smoothing:
+        words += ["--label-smoothing", "{:g}".format(plan.label_smoothing)]
+    if val_split is not None:
+        words += ["--val-split", "{:g}".format(val_split)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def size_stats(split: DatasetSplit) -> SizeStats:
+    counts = [0] * len(split.classes)
+    for sample in split.train:
+        counts[sample.label] += 1
+    return SizeStats(tuple(split.classes), tuple(counts), len(split.val))
+
+
+def sample_per_class(samples: Sequence[Sample], limit: int, seed: int) -> List[Sample]:
+    """At most ``limit`` samples of each class, chosen with a seeded shuffle; order by class then path."""
+    by_class: Dict[int, List[Sample]] = {}
+    for sample in sorted(samples, key=lambda s: (s.label, str(s.path))):
+        by_class.setdefault(sample.label, []).append(sample)
+    chosen = []
+    for label, items in sorted(by_class.items()):
+        if len(items) > limit:
+            items = sorted(random.Random("{}:{}".format(seed, label)).sample(items, limit), key=lambda s: str(s.path))
+        chosen.extend(items)
+    return chosen
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Fold index of each sample: every class is dealt round-robin over the folds after a seeded shuffle."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        fold[members] = np.arange(len(members)) % folds
+    return fold
+
+
+def ridge_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: int) -> np.ndarray:
+    """Predicted classes of a linear probe: ridge least squares on standardised features, solved in closed form."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    a = ((train_x - mean) / std).astype(np.float64)
+    b = ((test_x - mean) / std).astype(np.float64)
+    targets = -np.ones((len(a), classes))
+    targets[np.arange(len(a)), train_y] = 1.0
+    offset = targets.mean(0)
+    weights = ridge_weights(a, targets - offset, RIDGE_PENALTY * a.shape[1])
+    return np.argmax(b @ weights + offset, axis=1)
+
+
+def ridge_weights(x: np.ndarray, targets: np.ndarray, penalty: float) -> np.ndarray:
+    """argmin_W |x W - targets|^2 + penalty |W|^2, via the smaller of the n x n and d x d systems."""
+    if len(x) <= x.shape[1]:  # fewer samples than dimensions: the dual system
+        return x.T @ np.linalg.solve(x @ x.T + penalty * np.eye(len(x)), targets)
+    return np.linalg.solve(x.T @ x + penalty * np.eye(x.shape[1]), x.T @ targets)
+
+
+def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: int) -> np.ndarray:
+    """Predicted classes by the k nearest training images (cosine similarity), votes weighted by similarity."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    similarity = unit(test_x) @ unit(train_x).T
+    k = min(KNN_K, len(train_x))
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    votes = np.zeros((len(test_x), classes))
+    rows = np.arange(len(test_x))
+    for j in range(k):
+        np.add.at(votes, (rows, train_y[nearest[:, j]]), similarity[rows, nearest[:, j]])
+    return np.argmax(votes, axis=1)
+
+
+def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, classify: Any,
+                             folds: int, seed: int) -> float:
+    """Mean over classes of the accuracy of ``classify`` with every image held out once."""
+    fold = stratified_folds(labels, folds, seed)
+    predicted = np.empty_like(labels)
+    for index in range(folds):
+        held = fold == index
+        predicted[held] = classify(features[~held], labels[~held], features[held], classes)
+    return float(np.mean([np.mean(predicted[labels == c] == c) for c in range(classes)]))
+
+
+def similarity_evidence(features: np.ndarray, labels: np.ndarray, classes: int, probabilities: np.ndarray,
+                        categories: Sequence[str], seed: int = 0) -> SimilarityEvidence:
+    """Probe and k-NN accuracy (stratified cross-validation) and the ImageNet classifier's mean confidence."""
+    smallest = int(np.bincount(labels, minlength=classes).min())
+    if smallest < 2:
+        raise DataError("advise needs at least 2 training images per class to cross-validate")
+    folds = min(CV_FOLDS, smallest)
+    probe = cross_validated_accuracy(features, labels, classes, ridge_probe, folds, seed)
+    knn = cross_validated_accuracy(features, labels, classes, knn_classify, folds, seed)
+    top = np.bincount(probabilities.argmax(1), minlength=len(categories))
+    common = tuple((categories[i], int(top[i])) for i in np.argsort(-top, kind="stable")[:3] if top[i] > 0)
+    return SimilarityEvidence(probe, knn, 1.0 / classes, float(probabilities.max(1).mean()), len(labels), folds,
+                              common)
+
+
+def advise(data: Optional[Path] = None, arch: str = "mobilenet_v2", val_split: Optional[float] = None,
+           seed: int = 0, max_per_class: int = 100, device: str = "auto", workers: Optional[int] = None,
+           cache_dir: Optional[Path] = None, pilot: Optional[PilotConfig] = None,
+           progress: bool = False) -> Dict[str, Any]:
+    """Measure size and similarity of DATA (default: the demo dataset) and return the advice as a dict;
+    with ``pilot``, also train the candidate strategies briefly and compare (``report["pilot"]``)."""
+    from .features import compute_features, imagenet_probabilities, pretrained_model
+
+    started = time.perf_counter()
+    if data is None:
+        from .demo import ensure_demo_dataset
+
+        root = ensure_demo_dataset()
+    else:
+        root = Path(data)
+    spec = get_backbone(arch)
+    split = load_dataset(root, val_split, seed)
+    stats = size_stats(split)
+    chosen = sample_per_class(split.train, max_per_class, seed)
+    model = pretrained_model(arch)
+    features = compute_features(model, [s.path for s in chosen], workers=workers, device=device,
+                                cache_dir=cache_dir, progress=progress)
+    labels = np.array([s.label for s in chosen], dtype=np.int64)
+    evidence = similarity_evidence(features, labels, len(split.classes), imagenet_probabilities(model, features),
+                                   model.imagenet_categories, seed)
+    plan = plan_for(quadrant_of(is_small(stats), is_similar(evidence)), spec)
+    report = {
+        "data": str(root), "arch": arch, "layout": split.layout, "skipped_files": len(split.skipped),
+        "size": dict(classes=list(stats.classes), counts=list(stats.counts), min=stats.minimum, median=stats.median,
+                     max=stats.maximum, balance=stats.balance, train_total=stats.total, val_total=stats.val_total,
+                     small=is_small(stats)),
+        "similarity": dict(asdict(evidence), imagenet_labels=[list(p) for p in evidence.imagenet_labels],
+                           probe_score=evidence.probe_score, knn_score=evidence.knn_score,
+                           similar=is_similar(evidence), borderline=is_borderline(evidence)),
+        "quadrant": plan.quadrant, "quadrant_name": QUADRANT_NAMES[plan.quadrant],
+        "plan": asdict(plan), "command": finetune_command(None if data is None else root, arch, plan, val_split),
+        "thresholds": dict(small_per_class=SMALL_PER_CLASS, probe_similar=PROBE_SIMILAR, knn_similar=KNN_SIMILAR,
+                           borderline_margin=BORDERLINE_MARGIN, confidence_imagenet_like=CONFIDENCE_IMAGENET_LIKE,
+                           imbalanced_below=IMBALANCED_BELOW, knn_k=KNN_K, cv_folds=CV_FOLDS),
+    }
+    if pilot is not None:
+        report["pilot"] = run_pilot(split, arch, candidate_plans(is_small(stats), spec), plan.quadrant, pilot, progress)
+    report["time_s"] = time.perf_counter() - started
+    return report
+
+
+def _percent(value: float) -> str:
+    return "{:.1%}".format(value)
+
+
+def format_advice(report: Dict[str, Any]) -> str:
+    """The advice as text: the measurements with what they mean and their thresholds, then the plan."""
+    size, sim, plan = report["size"], report["similarity"], report["plan"]
+    lines = ["edgetl advise: {} ({}, {} classes)".format(report["data"], report["arch"], len(size["classes"])), ""]
+    lines += ["Size (training split)",
+              "  images per class: min {}, median {:g}, max {}; balance (min/max) {:.2f}; total {} train + {} val"
+              .format(size["min"], size["median"], size["max"], size["balance"], size["train_total"],
+                      size["val_total"]),
+              "  -> {}: median {:g} {} {} images per class".format(
+                  "small" if size["small"] else "large", size["median"], "<" if size["small"] else ">=",
+                  SMALL_PER_CLASS)]
+    if size["balance"] < IMBALANCED_BELOW:
+        lines.append("  ! imbalanced (balance < {:g}): accuracy is dominated by the big classes; collect more "
+                     "images of the small ones or check per-class accuracy with edgetl evaluate".format(
+                         IMBALANCED_BELOW))
+    lines += ["", "Similarity to the pretraining data: frozen pretrained {} on {} training images, {}-fold\n"
+              "cross-validation; accuracies are means over classes, chance {}, score = (acc - chance) / "
+              "(1 - chance)".format(report["arch"], sim["images"], sim["folds"], _percent(sim["chance"]))]
+    checks = [
+        ("linear probe", sim["probe_accuracy"], sim["probe_score"], PROBE_SIMILAR,
+         ("a linear classifier on the frozen features separates your classes",
+          "a linear classifier on the frozen features does NOT separate your classes")),
+        ("k-NN (k={})".format(KNN_K), sim["knn_accuracy"], sim["knn_score"], KNN_SIMILAR,
+         ("images of a class are each other's nearest neighbours in feature space",
+          "nearest neighbours in feature space are often of ANOTHER class")),
+    ]
+    for name, accuracy, score, threshold, (passed, failed) in checks:
+        lines.append("  {:<13} {:>6}  score {:.2f} {} {:.2f}: {}".format(
+            name, _percent(accuracy), score, ">=" if score >= threshold else "<", threshold,
+            passed if score >= threshold else failed))
+    labels = ", ".join("{} ({})".format(label, count) for label, count in sim["imagenet_labels"])
+    imagenet_like = sim["confidence"] >= CONFIDENCE_IMAGENET_LIKE
+    lines.append("  {:<13} {:>6}  mean top-1 softmax of the ImageNet classifier, {} {:.2f}: the content {} like "
+                 "ImageNet's (most often predicted: {})".format(
+                     "confidence", "{:.2f}".format(sim["confidence"]), ">=" if imagenet_like else "<",
+                     CONFIDENCE_IMAGENET_LIKE, "looks" if imagenet_like else "does not look", labels))
+    verdict = "similar" if sim["similar"] else "different"
+    lines.append("  -> {} (similar = probe score >= {:.2f} and k-NN score >= {:.2f}){}".format(
+        verdict, PROBE_SIMILAR, KNN_SIMILAR,
+        "; borderline (probe within {:.2f} of its threshold): --pilot measures the candidates".format(
+            BORDERLINE_MARGIN) if sim["borderline"] else ""))
+    if sim["similar"] and not imagenet_like:
+        lines.append("     (not ImageNet-like content, yet the pretrained features already fit this task)")
+    lines += ["", "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"]),
+              "Recommendation: {}{}: {}".format(
+                  plan["strategy"], "" if plan["strategy"] != "partial" else
+                  " with the top {} stages trainable".format(plan["trainable_stages"]), plan["why"])]
+    if plan["strategy"] == "feature-extractor":
+        lines.append("  learning rate: new head {:g} (the pretrained base is frozen)".format(HEAD_LR))
+    else:
+        lines.append("  learning rates: new head {:g}, trainable pretrained layers {:g}".format(HEAD_LR, plan["lr"]))
+    lines.append("  augment harder: {}".format(
+        "yes: little data and features that must change overfit fast; finetune's RandomResizedCrop + flip is the "
+        "minimum (add colour jitter, rotation, more images if you can); label smoothing {:g} also regularises".format(
+            plan["label_smoothing"]) if plan["augment_harder"] else
+        "no: finetune's RandomResizedCrop + flip is enough here"))
+    lines += ["", "  " + report["command"]]
+    if "pilot" in report:
+        lines += ["", format_pilot(report["pilot"])]
+    lines += ["", "advised in {:.0f} s".format(report["time_s"])]
+    return "\n".join(lines)
