@@ -16,6 +16,7 @@ import logging
 import random
 import shlex
 import statistics
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,67 +310,78 @@ def advise(data: Optional[Path] = None, arch: str = "mobilenet_v2", val_split: O
     return report
 
 
+WIDTH = 100  # wrap prose in the text report at this many columns
+
+
+def _wrap(text: str, indent: str = "  ", hang: str = "    ") -> List[str]:
+    return textwrap.wrap(text, WIDTH, initial_indent=indent, subsequent_indent=hang) or [""]
+
+
+def _measure(name: str, value: str, verdict: str, meaning: str) -> List[str]:
+    """One measurement: its value and threshold verdict, then what it means (indented, wrapped)."""
+    return ["  {:<13} {:>6}  {}".format(name, value, verdict)] + _wrap(meaning, " " * 16, " " * 16)
+
+
 def _percent(value: float) -> str:
     return "{:.1%}".format(value)
+
+
+def _compare(value: float, threshold: float) -> str:
+    return "{:.2f} {} {:.2f}".format(value, ">=" if value >= threshold else "<", threshold)
 
 
 def format_advice(report: Dict[str, Any]) -> str:
     """The advice as text: the measurements with what they mean and their thresholds, then the plan."""
     size, sim, plan = report["size"], report["similarity"], report["plan"]
     lines = ["edgetl advise: {} ({}, {} classes)".format(report["data"], report["arch"], len(size["classes"])), ""]
-    lines += ["Size (training split)",
-              "  images per class: min {}, median {:g}, max {}; balance (min/max) {:.2f}; total {} train + {} val"
-              .format(size["min"], size["median"], size["max"], size["balance"], size["train_total"],
-                      size["val_total"]),
-              "  -> {}: median {:g} {} {} images per class".format(
-                  "small" if size["small"] else "large", size["median"], "<" if size["small"] else ">=",
-                  SMALL_PER_CLASS)]
+    lines += ["Size (training split)"] + _wrap(
+        "images per class: min {}, median {:g}, max {}; balance (min/max) {:.2f}; total {} train + {} val".format(
+            size["min"], size["median"], size["max"], size["balance"], size["train_total"], size["val_total"]))
+    lines += _wrap("-> {}: median {:g} {} {} images per class".format(
+        "small" if size["small"] else "large", size["median"], "<" if size["small"] else ">=", SMALL_PER_CLASS))
     if size["balance"] < IMBALANCED_BELOW:
-        lines.append("  ! imbalanced (balance < {:g}): accuracy is dominated by the big classes; collect more "
-                     "images of the small ones or check per-class accuracy with edgetl evaluate".format(
-                         IMBALANCED_BELOW))
-    lines += ["", "Similarity to the pretraining data: frozen pretrained {} on {} training images, {}-fold\n"
-              "cross-validation; accuracies are means over classes, chance {}, score = (acc - chance) / "
-              "(1 - chance)".format(report["arch"], sim["images"], sim["folds"], _percent(sim["chance"]))]
-    checks = [
-        ("linear probe", sim["probe_accuracy"], sim["probe_score"], PROBE_SIMILAR,
-         ("a linear classifier on the frozen features separates your classes",
-          "a linear classifier on the frozen features does NOT separate your classes")),
-        ("k-NN (k={})".format(KNN_K), sim["knn_accuracy"], sim["knn_score"], KNN_SIMILAR,
-         ("images of a class are each other's nearest neighbours in feature space",
-          "nearest neighbours in feature space are often of ANOTHER class")),
-    ]
-    for name, accuracy, score, threshold, (passed, failed) in checks:
-        lines.append("  {:<13} {:>6}  score {:.2f} {} {:.2f}: {}".format(
-            name, _percent(accuracy), score, ">=" if score >= threshold else "<", threshold,
-            passed if score >= threshold else failed))
-    labels = ", ".join("{} ({})".format(label, count) for label, count in sim["imagenet_labels"])
+        lines += _wrap("! imbalanced (balance < {:g}): accuracy is dominated by the big classes; collect more images "
+                       "of the small ones and check per-class accuracy with edgetl evaluate".format(IMBALANCED_BELOW))
+    lines += [""] + _wrap("Similarity to the pretraining data: the frozen pretrained {} on {} training images, "
+                          "{}-fold cross-validation. Accuracies are means over classes; chance is {}; score = "
+                          "(accuracy - chance) / (1 - chance).".format(
+                              report["arch"], sim["images"], sim["folds"], _percent(sim["chance"])), "", "")
+    probe_ok, knn_ok = sim["probe_score"] >= PROBE_SIMILAR, sim["knn_score"] >= KNN_SIMILAR
+    lines += _measure("linear probe", _percent(sim["probe_accuracy"]), "score " + _compare(sim["probe_score"],
+                                                                                           PROBE_SIMILAR),
+                      "a linear (ridge) classifier on the frozen features {} your classes".format(
+                          "separates" if probe_ok else "does NOT separate"))
+    lines += _measure("k-NN (k={})".format(KNN_K), _percent(sim["knn_accuracy"]),
+                      "score " + _compare(sim["knn_score"], KNN_SIMILAR),
+                      "images of a class are each other's nearest neighbours in feature space" if knn_ok else
+                      "nearest neighbours in feature space are often of ANOTHER class")
     imagenet_like = sim["confidence"] >= CONFIDENCE_IMAGENET_LIKE
-    lines.append("  {:<13} {:>6}  mean top-1 softmax of the ImageNet classifier, {} {:.2f}: the content {} like "
-                 "ImageNet's (most often predicted: {})".format(
-                     "confidence", "{:.2f}".format(sim["confidence"]), ">=" if imagenet_like else "<",
-                     CONFIDENCE_IMAGENET_LIKE, "looks" if imagenet_like else "does not look", labels))
-    verdict = "similar" if sim["similar"] else "different"
-    lines.append("  -> {} (similar = probe score >= {:.2f} and k-NN score >= {:.2f}){}".format(
-        verdict, PROBE_SIMILAR, KNN_SIMILAR,
-        "; borderline (probe within {:.2f} of its threshold): --pilot measures the candidates".format(
+    labels = ", ".join("{} ({})".format(label, count) for label, count in sim["imagenet_labels"])
+    lines += _measure("confidence", "{:.2f}".format(sim["confidence"]),
+                      "{} {:.2f}".format(">=" if imagenet_like else "<", CONFIDENCE_IMAGENET_LIKE),
+                      "mean top-1 softmax of the pretrained ImageNet classifier: the content {} like ImageNet's "
+                      "(most often predicted: {}); reported, not part of the verdict".format(
+                          "looks" if imagenet_like else "does not look", labels))
+    lines += _wrap("-> {} (similar = probe score >= {:.2f} and k-NN score >= {:.2f}){}".format(
+        "similar" if sim["similar"] else "different", PROBE_SIMILAR, KNN_SIMILAR,
+        "; borderline (probe score within {:.2f} of its threshold): --pilot measures the candidates".format(
             BORDERLINE_MARGIN) if sim["borderline"] else ""))
     if sim["similar"] and not imagenet_like:
-        lines.append("     (not ImageNet-like content, yet the pretrained features already fit this task)")
-    lines += ["", "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"]),
-              "Recommendation: {}{}: {}".format(
-                  plan["strategy"], "" if plan["strategy"] != "partial" else
-                  " with the top {} stages trainable".format(plan["trainable_stages"]), plan["why"])]
+        lines += _wrap("not ImageNet-like content, yet the pretrained features already fit this task", "     ", "     ")
+    lines += ["", "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"])]
+    lines += _wrap("Recommendation: {}{}: {}".format(
+        plan["strategy"], " with the top {} stages trainable".format(plan["trainable_stages"])
+        if plan["strategy"] == "partial" else "", plan["why"]), "", "  ")
     if plan["strategy"] == "feature-extractor":
-        lines.append("  learning rate: new head {:g} (the pretrained base is frozen)".format(HEAD_LR))
+        lines += _wrap("learning rate: new head {:g} (the pretrained base is frozen)".format(HEAD_LR))
     else:
-        lines.append("  learning rates: new head {:g}, trainable pretrained layers {:g}".format(HEAD_LR, plan["lr"]))
-    lines.append("  augment harder: {}".format(
+        lines += _wrap("learning rates: new head {:g}, trainable pretrained layers {:g}".format(HEAD_LR, plan["lr"]))
+    lines += _wrap("augment harder: " + (
         "yes: little data and features that must change overfit fast; finetune's RandomResizedCrop + flip is the "
         "minimum (add colour jitter, rotation, more images if you can); label smoothing {:g} also regularises".format(
             plan["label_smoothing"]) if plan["augment_harder"] else
         "no: finetune's RandomResizedCrop + flip is enough here"))
-    lines += ["", "  " + report["command"]]
+    lines += ["", "  " + report["command"]]  # never wrapped: it is copied as it is
     if "pilot" in report:
         lines += ["", format_pilot(report["pilot"])]
     lines += ["", "advised in {:.0f} s".format(report["time_s"])]
