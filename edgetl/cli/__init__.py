@@ -42,9 +42,9 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from . import train_commands
+    from . import export_commands, train_commands
 
-    for command in train_commands.COMMANDS:
+    for command in train_commands.COMMANDS + export_commands.COMMANDS:
         main.add_command(command)
 
 
