@@ -105,7 +105,7 @@ class Parity:
     max_abs_diff: float
     min_cosine: float
     top1_agreement: float  # on the real images
-    random_top1_agreement: float
+    random_top1_agreement: Optional[float]  # None without random inputs
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -118,7 +118,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, real: int) -> Parity:
     cosine = (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
     agree = reference.argmax(1) == candidate.argmax(1)
     return Parity(real, len(reference) - real, float(np.abs(reference - candidate).max()), float(cosine.min()),
-                  float(agree[:real].mean()), float(agree[real:].mean()) if len(agree) > real else float("nan"))
+                  float(agree[:real].mean()), float(agree[real:].mean()) if len(agree) > real else None)
 
 
 def fp32_failures(parity: Parity) -> List[str]:
