@@ -110,6 +110,7 @@ def main() -> None:
     run = args.run or train_demo_run(work)
     int8 = {target: export_int8(run, work / target, target) for target in ("cpu", "trt")}
     _, payload = load_run(run)
+    summary = json.loads((run / "summary.json").read_text())
     x = eval_array(load_rgb(DatasetSplit.load(run).val[0].path), preprocess_of(payload))[None]
     load_before = os.getloadavg()[0]
     times = measure({"torch eager fp32": torch_eager(run)}, x, args.warmup, args.rounds, args.iters)
@@ -130,7 +131,8 @@ def main() -> None:
                     "processor": platform.processor(), "torch": torch.__version__, "onnxruntime": ort.__version__,
                     "load_average_1min": [load_before, os.getloadavg()[0]]},
         "model": {"arch": payload["arch"], "strategy": payload["strategy"], "classes": payload["class_names"],
-                  "run": str(run), "batch": 1, "input": list(x.shape)},
+                  "run": str(run), "batch": 1, "input": list(x.shape),
+                  "training": {k: summary.get(k) for k in ("epochs", "num_train", "num_val", "best_val_top1")}},
         "protocol": {"warmup": args.warmup, "rounds": args.rounds, "iters_per_round": args.iters,
                      "interleaved": "ONNX Runtime backends with each other; PyTorch eager timed first, alone"},
         "latency": stats, "accuracy": accuracy,

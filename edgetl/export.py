@@ -24,7 +24,7 @@ from .bundle import (BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelIn
 from .checkpoint import load_run, preprocess_of
 from .data import DatasetSplit
 from .deps import require
-from .errors import ConfigError, DependencyError, ExportError
+from .errors import CheckpointError, ConfigError, DependencyError, ExportError
 from .fileio import atomic_path, atomic_write_text
 from .onnx_export import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
 from .parity import (Parity, compare, fp16_failures, fp32_failures, int8_failures, load_eval_images, normalized,
@@ -120,6 +120,9 @@ class _Export:
         self.config = config
         self.run = Path(config.run)
         self.out = Path(config.out) if config.out else self.run
+        if not (self.run / "split.json").is_file():
+            raise CheckpointError("{} is not a run folder with best.pt and split.json (its validation images "
+                                  "feed the parity gate)".format(self.run))
         self.model, self.payload = load_run(self.run)
         self.spec = preprocess_of(self.payload)
         self.target = resolve_target(config.target_trt)
@@ -267,23 +270,28 @@ class _Export:
             "stretched_val_top1": top1(outputs, stretched.labels), "images": len(stretched),
             "note": "jetson-inference's imagenet resizes the whole frame (nearest neighbour) with no centre crop"}
 
-    def engine_plans(self) -> List[EnginePlan]:
-        """The engine build for the requested precision, if its ONNX passed (also written as build_engine.sh)."""
+    def engine_plans(self) -> Tuple[List[EnginePlan], List[str]]:
+        """The engine build for the requested precision if its ONNX passed (also written as build_engine.sh),
+        and notes on what is not planned."""
         precision = self.config.precision
+        notes = []
         if precision == "int8" and self.config.int8_target == "cpu":
-            precision = "fp32"  # the CPU INT8 form cannot become an engine; the script builds fp32
-            self.report["script_note"] = "model_int8.onnx is the CPU form; build_engine.sh builds an fp32 engine"
+            precision = "fp32"  # the CPU INT8 form cannot become an engine
+            notes.append("model_int8.onnx is the CPU form (unsigned activations), which TensorRT rejects: this "
+                         "script builds fp32; re-export with --int8 --int8-target trt for an INT8 engine")
         plan = plan_engine(self.target, precision, self.input_name, self.output_name,
                            (self.config.batch or -1, 3, self.spec.input_size, self.spec.input_size),
                            self.config.profile(), self.config.workspace_mib, self.config.timing_cache)
-        needed = {v: k for k, v in ONNX_FILES.items()}[plan.onnx]
-        return [plan] if needed in self.manifest["models"] else []
+        if {v: k for k, v in ONNX_FILES.items()}[plan.onnx] not in self.manifest["models"]:
+            return [], notes + ["no {} engine: {} did not pass its gate (see {})".format(precision, plan.onnx, REPORT)]
+        return [plan], notes
 
     def write_bundle(self) -> None:
-        plans = self.engine_plans()
+        plans, notes = self.engine_plans()
+        self.report["script_notes"] = notes
         self.manifest["engines"] = {p.engine: p.to_dict() for p in plans}
         script = self.out / BUILD_SCRIPT
-        atomic_write_text(script, build_script(plans, self.target))
+        atomic_write_text(script, build_script(plans, self.target, notes))
         os.chmod(str(script), 0o755)
         if self.out.resolve() != self.run.resolve():
             atomic_write_text(self.out / LABELS, "".join(c + "\n" for c in self.payload["class_names"]))

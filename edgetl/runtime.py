@@ -252,6 +252,8 @@ class Classifier:
         self.requested = backend
         self.choice = choose_backend(bundle, backend)
         self.runner = self._make_runner(self.choice)
+        if self.choice.engine is not None and bundle.engine_plan(self.choice.engine).get("profile"):
+            self.batch_size = min(batch_size, bundle.engine_plan(self.choice.engine)["profile"]["max"])
 
     def _make_runner(self, choice: BackendChoice) -> Runner:
         if choice.backend == "torch":

@@ -172,6 +172,11 @@ def test_export_config_defaults():
     assert config.profile().max == 8 and config.precision == "fp32"
 
 
+def test_export_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tmp_path)])
+    assert result.exit_code == 1 and "is not a run folder" in result.output
+
+
 def test_export_cli_batch_conflict_is_one_line(tiny_run):
     result = CliRunner().invoke(main, ["export", str(tiny_run), "--batch", "1", "--dynamic-batch"])
     assert result.exit_code == 1 and result.output.startswith("Error: --batch and --dynamic-batch")

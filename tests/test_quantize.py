@@ -106,6 +106,8 @@ def test_int8_cpu_form_keeps_top1_within_the_gate_on_demo_data(demo_mobilenet_v2
     assert gate["drop_points"] <= 1.0 and gate["fp32_val_top1"] >= 0.85
     zero_points = _qdq_zero_points(onnx.load(str(tmp_path / "model_int8.onnx")))
     assert any(z.dtype == np.uint8 for z in zero_points)  # unsigned activations: ONNX Runtime's fast CPU form
+    script = (tmp_path / "build_engine.sh").read_text()  # TensorRT cannot take this form: the script says so
+    assert "# NOTE: model_int8.onnx is the CPU form" in script and "--saveEngine=model_fp32.engine" in script
 
 
 def test_int8_gate_says_both_numbers():

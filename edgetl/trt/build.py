@@ -12,8 +12,10 @@ the sidecar of an engine that ``build_engine.sh`` built with trtexec.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -120,11 +122,11 @@ def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
     cache_path = Path(plan.timing_cache) if plan.timing_cache else None
     cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
     config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
-    monitor = _make_progress_monitor(trt) if hasattr(trt, "IProgressMonitor") else None
+    monitor = _make_progress_monitor(trt) if hasattr(trt, "IProgressMonitor") else None  # TensorRT >= 10
     if monitor is not None:
         config.progress_monitor = monitor  # the reference must outlive the build
     log.info("building %s %s engine from %s with TensorRT %s", plan.precision, plan.engine, plan.onnx, trt.__version__)
-    with _Heartbeat(plan.engine):
+    with contextlib.nullcontext() if monitor is not None else _Heartbeat(plan.engine):
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError("TensorRT failed to build {}: {}".format(plan.engine, "; ".join(logger.errors[-3:]) or
@@ -197,7 +199,7 @@ def main(argv: Optional[list] = None) -> int:
     try:
         print(write_trtexec_sidecar(Path(args.bundle), args.sidecar))
     except EdgetlError as exc:
-        print("Error: {}".format(exc))
+        print("Error: {}".format(exc), file=sys.stderr)
         return 1
     return 0
 

@@ -218,8 +218,9 @@ def trtexec_command(plan: EnginePlan) -> List[str]:
     return args
 
 
-def build_script(plans: Sequence[EnginePlan], target: TrtTarget) -> str:
-    """``build_engine.sh``: trtexec for each planned engine, run on the device, then the sidecar."""
+def build_script(plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence[str] = ()) -> str:
+    """``build_engine.sh``: trtexec for each planned engine, run on the device, then the sidecar.
+    ``notes`` become comment lines (e.g. why an engine is not planned)."""
     lines = [
         "#!/bin/sh",
         "# Build the TensorRT engine(s) of this bundle ON THE DEVICE: engines are tied to the GPU model and",
@@ -230,7 +231,7 @@ def build_script(plans: Sequence[EnginePlan], target: TrtTarget) -> str:
         'TRTEXEC="${TRTEXEC:-trtexec}"',
         'command -v "$TRTEXEC" >/dev/null 2>&1 || TRTEXEC=/usr/src/tensorrt/bin/trtexec  # JetPack location',
         'PYTHON="${PYTHON:-python3}"',
-    ]
+    ] + ["# NOTE: " + note for note in notes]
     for plan in plans:
         command = ['"$TRTEXEC"'] + [shlex.quote(a) for a in trtexec_command(plan)[1:]]
         lines += ["", "# {} engine from {}".format(plan.precision, plan.onnx), " \\\n    ".join(command)]

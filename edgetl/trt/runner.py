@@ -17,7 +17,7 @@ import numpy as np
 
 from ..bundle import sha256_of, sidecar_file
 from ..deps import require
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DependencyError
 from ..runtime import Runner, TensorMeta
 from .plan import DeviceInfo, rebuild_hint, sidecar_problems
 
@@ -84,7 +84,11 @@ class TrtRunner(Runner):
         self.cudart = cuda_runtime()
         sidecar = load_sidecar(self.engine_path)
         onnx_sha = sha256_of(self.onnx_path) if self.onnx_path is not None and self.onnx_path.is_file() else None
-        problems = sidecar_problems(sidecar, device_info(trt, self.cudart), sha256_of(self.engine_path), onnx_sha)
+        try:
+            device = device_info(trt, self.cudart)
+        except RuntimeError as exc:
+            raise DependencyError("TensorRT needs a usable CUDA GPU: {}".format(exc)) from exc
+        problems = sidecar_problems(sidecar, device, sha256_of(self.engine_path), onnx_sha)
         if problems:
             precision = (sidecar or {}).get("precision", "fp16")
             raise CheckpointError("refusing to load {}: {}; {}".format(
