@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -63,10 +63,6 @@ class ModelInfo:
     batch: Optional[int]  # None: dynamic batch axis
     sha256: str
     int8_target: Optional[str] = None  # "trt" or "cpu" for INT8 models
-
-    @property
-    def input_dtype(self) -> str:
-        return "uint8" if self.input_layout == "NHWC" else "float32"
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelInfo":
@@ -143,7 +139,3 @@ def read_manifest(root: Path) -> Dict[str, Any]:
 def write_manifest(root: Path, manifest: Dict[str, Any]) -> None:
     manifest = dict(manifest, format=BUNDLE_FORMAT, edgetl_version=__version__)
     atomic_write_text(Path(root) / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-
-
-def model_entry(info: ModelInfo) -> Dict[str, Any]:
-    return asdict(info)

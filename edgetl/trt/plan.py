@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import __version__
-from ..bundle import ONNX_FILES, engine_file
+from ..bundle import ONNX_FILES, PRECISIONS, engine_file
 from ..errors import ConfigError
 
 SIDECAR_FORMAT = "edgetl-engine-v1"
@@ -169,7 +169,7 @@ def onnx_for_precision(target: TrtTarget, precision: str) -> str:
 
 def builder_flags(target: TrtTarget, precision: str) -> Tuple[str, ...]:
     """BuilderFlag names to set. INT8 (Q/DQ) also enables FP16 for the layers left unquantized."""
-    if precision not in ("fp32", "fp16", "int8"):
+    if precision not in PRECISIONS:
         raise ConfigError("precision must be fp32, fp16 or int8, got {!r}".format(precision))
     if target.strongly_typed or precision == "fp32":
         return ()
