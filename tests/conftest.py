@@ -95,3 +95,18 @@ def pattern_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for i in range(4):
             Image.fromarray(_pattern(kind, 64, rng)).save(folder / "{}.png".format(i))
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_mobilenet_v2_run(tmp_path_factory: pytest.TempPathFactory, pretrained_mobilenet_v2: Path) -> Path:
+    """A real run: pretrained MobileNetV2 feature extractor, 1 epoch on a small demo set (24 train /
+    20 val images per class). Its outputs depend on the input, unlike ``tiny_run``'s random init."""
+    from edgetl.config import FinetuneConfig
+    from edgetl.demo import ensure_demo_dataset
+    from edgetl.train import finetune
+
+    root = tmp_path_factory.mktemp("demo_mnv2")
+    data = ensure_demo_dataset(root / "demo", train_per_class=24, val_per_class=20)
+    config = FinetuneConfig(data=str(data), arch="mobilenet_v2", strategy="feature-extractor", epochs=1,
+                            warmup_epochs=0, lr=0.02, batch_size=8, workers=0, out=str(root / "run"))
+    return finetune(config, progress=False).run_dir

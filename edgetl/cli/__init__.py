@@ -42,10 +42,11 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from . import advise_commands, train_commands
+    from . import advise_commands, export_commands, train_commands
 
-    for command in train_commands.COMMANDS + advise_commands.COMMANDS:
-        main.add_command(command)
+    for module in (train_commands, export_commands, advise_commands):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

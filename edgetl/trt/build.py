@@ -1,0 +1,208 @@
+"""Build a TensorRT engine from a bundle's ONNX with the TensorRT Python API (torch-free).
+
+Decisions (flags, profile, which ONNX) come from ``plan`` for the TensorRT version that is
+*running*; this module only carries them out: parser errors name the failing node, the
+workspace pool and timing cache are applied, a progress line is logged during long builds,
+and engine + sidecar are written atomically. Python 3.8 syntax.
+
+``python -m edgetl.trt.build --sidecar model_fp16.engine`` (run in the bundle folder) writes
+the sidecar of an engine that ``build_engine.sh`` built with trtexec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ..bundle import ONNX_FILES, Bundle, read_manifest, sha256_of, sidecar_file, write_manifest
+from ..deps import require
+from ..errors import CheckpointError, ConfigError, EdgetlError, ExportError
+from ..fileio import atomic_write_bytes, atomic_write_text
+from .plan import (BatchProfile, EnginePlan, describe_parser_error, make_sidecar, plan_engine, resolve_target)
+from .runner import cuda_runtime, device_info
+
+log = logging.getLogger(__name__)
+HEARTBEAT_S = 15.0
+
+
+def _make_logger(trt: Any) -> Any:
+    """A trt.ILogger that forwards to ``logging`` and keeps the errors (defined here: tensorrt is lazy)."""
+    severity = trt.ILogger.Severity
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors = []
+
+        def log(self, level: Any, msg: str) -> None:
+            if level in (severity.INTERNAL_ERROR, severity.ERROR):
+                self.errors.append(msg)
+                log.error("TensorRT: %s", msg)
+            elif level == severity.WARNING:
+                log.warning("TensorRT: %s", msg)
+            else:
+                log.debug("TensorRT: %s", msg)
+
+    return Logger()
+
+
+def _make_progress_monitor(trt: Any) -> Any:
+    """A trt.IProgressMonitor logging each top-level build phase (TensorRT >= 10)."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
+            if parent_phase is None:
+                log.info("TensorRT build: %s (%d steps)", phase_name, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return Monitor()
+
+
+class _Heartbeat:
+    """Logs 'still building' every ``interval`` seconds where TensorRT has no progress monitor."""
+
+    def __init__(self, label: str, interval: float = HEARTBEAT_S) -> None:
+        self.label, self.interval, self.done = label, interval, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self.done.wait(self.interval):
+            log.info("still building %s (%.0f s)", self.label, time.monotonic() - started)
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.done.set()
+
+
+def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
+    """Build ``plan`` into ``bundle_dir`` and write its sidecar; returns the engine path."""
+    trt = require("tensorrt")
+    cudart = cuda_runtime()
+    onnx_path = Path(bundle_dir) / plan.onnx
+    if not onnx_path.is_file():
+        raise ExportError("{} needs {}, which {} does not have".format(plan.engine, plan.onnx, bundle_dir))
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    flags = 0
+    for name in plan.network_flags:
+        flags |= 1 << int(getattr(trt.NetworkDefinitionCreationFlag, name))
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [describe_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ExportError("TensorRT {} cannot parse {}: {}".format(trt.__version__, plan.onnx, "; ".join(errors)))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
+    for name in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    shapes = plan.shapes()
+    if shapes:
+        profile = builder.create_optimization_profile()
+        profile.set_shape(plan.input_name, shapes["min"], shapes["opt"], shapes["max"])
+        config.add_optimization_profile(profile)
+    cache_path = Path(plan.timing_cache) if plan.timing_cache else None
+    cache_bytes = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    monitor = _make_progress_monitor(trt) if hasattr(trt, "IProgressMonitor") else None  # TensorRT >= 10
+    if monitor is not None:
+        config.progress_monitor = monitor  # the reference must outlive the build
+    log.info("building %s %s engine from %s with TensorRT %s", plan.precision, plan.engine, plan.onnx, trt.__version__)
+    with contextlib.nullcontext() if monitor is not None else _Heartbeat(plan.engine):
+        serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError("TensorRT failed to build {}: {}".format(plan.engine, "; ".join(logger.errors[-3:]) or
+                                                                    "no error was logged"))
+    engine_path = Path(bundle_dir) / plan.engine
+    atomic_write_bytes(engine_path, bytes(memoryview(serialized)))
+    if cache_path is not None:
+        atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
+    sidecar = make_sidecar(plan, device_info(trt, cudart), sha256_of(onnx_path), sha256_of(engine_path),
+                           "edgetl (TensorRT Python API)")
+    atomic_write_text(engine_path.with_name(sidecar_file(plan.engine)), json.dumps(sidecar, indent=2) + "\n")
+    return engine_path
+
+
+def plan_for_bundle(bundle: Bundle, precision: str, target_name: str, profile: Optional[BatchProfile],
+                    workspace_mib: int, timing_cache: Optional[str]) -> EnginePlan:
+    """The engine plan for a bundle's fp32 ONNX (its io names and batch) on a TensorRT target."""
+    info = bundle.model("fp32")
+    if info is None:
+        raise CheckpointError("{} has no model.onnx to build an engine from; run 'edgetl export' first".format(
+            bundle.root))
+    size = bundle.preprocess.input_size
+    shape = (info.batch if info.batch else -1, 3, size, size)
+    return plan_engine(resolve_target(target_name), precision, info.input_name, info.output_name, shape, profile,
+                       workspace_mib, timing_cache)
+
+
+def build_bundle_engine(bundle_dir: Path, precision: str, profile: Optional[BatchProfile] = None,
+                        workspace_mib: int = 1024, timing_cache: Optional[str] = None) -> Path:
+    """Build an engine for the running TensorRT from a bundle (the ``build-engine`` command)."""
+    trt = require("tensorrt")
+    bundle = Bundle.load(Path(bundle_dir))
+    plan = plan_for_bundle(bundle, precision, trt.__version__, profile, workspace_mib, timing_cache)
+    if plan.onnx == ONNX_FILES["fp16"] and bundle.model("fp16") is None:
+        raise CheckpointError("TensorRT {} is strongly typed: an fp16 engine needs {}; export with "
+                              "'--fp16 --target-trt {}'".format(trt.__version__, plan.onnx, plan.target))
+    if plan.onnx == ONNX_FILES["int8"] and bundle.model("int8") is None:
+        raise CheckpointError("{} has no INT8 model; export it with '--int8 --int8-target trt'".format(bundle.root))
+    if plan.onnx == ONNX_FILES["int8"] and bundle.model("int8").int8_target != "trt":
+        raise ConfigError("{} is the CPU form (unsigned activations), which TensorRT rejects; re-export with "
+                          "'--int8 --int8-target trt'".format(plan.onnx))
+    engine = build_engine(bundle.root, plan)
+    manifest = read_manifest(bundle.root)
+    manifest.setdefault("engines", {})[plan.engine] = plan.to_dict()
+    write_manifest(bundle.root, manifest)
+    return engine
+
+
+def write_trtexec_sidecar(bundle_dir: Path, engine: str) -> Path:
+    """Sidecar for an engine built by ``build_engine.sh`` (trtexec), from the plan in ``bundle.json``."""
+    trt = require("tensorrt")
+    bundle_dir = Path(bundle_dir)
+    data = read_manifest(bundle_dir).get("engines", {}).get(engine)
+    if data is None or not (bundle_dir / engine).is_file():
+        raise CheckpointError("{} is not a planned engine of {} (see bundle.json) or was not built".format(
+            engine, bundle_dir))
+    plan = EnginePlan.from_dict(data)
+    sidecar = make_sidecar(plan, device_info(trt, cuda_runtime()), sha256_of(bundle_dir / plan.onnx),
+                           sha256_of(bundle_dir / engine), "trtexec (build_engine.sh)")
+    path = bundle_dir / sidecar_file(engine)
+    atomic_write_text(path, json.dumps(sidecar, indent=2) + "\n")
+    return path
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edgetl.trt.build", description=__doc__.splitlines()[0])
+    parser.add_argument("--sidecar", required=True, metavar="ENGINE", help="engine file built by build_engine.sh")
+    parser.add_argument("--bundle", default=".", help="bundle folder (default: the current folder)")
+    args = parser.parse_args(argv)
+    try:
+        print(write_trtexec_sidecar(Path(args.bundle), args.sidecar))
+    except EdgetlError as exc:
+        print("Error: {}".format(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,303 @@
+"""How TensorRT is called, per version: one table of targets and pure decisions derived from it.
+
+Nothing here imports tensorrt: builder flags, optimisation-profile shapes, the equivalent
+``trtexec`` command line, ``build_engine.sh`` and the engine sidecar (with its compatibility
+check) are all decided and tested without it. Python 3.8 syntax (runs on JetPack 5).
+
+Sources for the table: /work/notes/trt_api.md (TensorRT release notes, migration guides and
+onnx-tensorrt operator docs). Values marked "conservative" are the lowest limit the sources
+guarantee for every release in the row.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .. import __version__
+from ..bundle import ONNX_FILES, PRECISIONS, engine_file
+from ..errors import ConfigError
+
+SIDECAR_FORMAT = "edgetl-engine-v1"
+DEFAULT_TARGET = "10.3"  # JetPack 6.1/6.2; its ONNX limits (opset 17, IR 8 by default) also suit JetPack 6.0
+DEFAULT_WORKSPACE_MIB = 1024
+_IO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+@dataclass(frozen=True)
+class TrtTarget:
+    """What one TensorRT release line accepts and needs."""
+
+    name: str
+    since: Tuple[int, int]  # the lowest (major, minor) this row describes
+    platform: str
+    max_opset: int  # highest ONNX opset its parser imports
+    max_ir_version: int  # ONNX IR version of the onnx package inside its parser
+    explicit_batch_flag: bool  # create_network() needs 1 << EXPLICIT_BATCH (gone in 11)
+    precision_flags: bool  # BuilderFlag.FP16/INT8 exist; False: strongly typed only (11+)
+    progress_monitor: bool  # trt.IProgressMonitor exists
+
+    @property
+    def strongly_typed(self) -> bool:
+        return not self.precision_flags
+
+
+TARGETS = (
+    TrtTarget("8.5", (8, 5), "JetPack 5.1 (Python 3.8)", 17, 8, True, True, False),
+    TrtTarget("8.6", (8, 6), "JetPack 6.0", 17, 8, True, True, False),
+    # 10.0-10.5: parser opset 9-20 (10.0 docs); ONNX submodule <= 1.16 -> IR 9 is conservative.
+    TrtTarget("10.3", (10, 0), "JetPack 6.1/6.2", 20, 9, False, True, True),
+    # 10.6+: ONNX 1.17 submodule (opset 22, IR 10); later 10.x accept more (10.15: opset 24).
+    TrtTarget("10.x", (10, 6), "x86 / current TensorRT 10", 22, 10, False, True, True),
+    # 11: strongly typed; no FP16/INT8 flags, no calibrators. 11.2 parses opset 24 (11.5: 25).
+    TrtTarget("11.x", (11, 0), "x86; JetPack >= 7.2.2 on AGX Orin/Thor", 24, 12, False, False, True),
+)
+TARGET_NAMES = tuple(t.name for t in TARGETS)
+
+
+def version_tuple(version: str) -> Tuple[int, ...]:
+    """``"10.3.0.30"`` -> ``(10, 3, 0, 30)``; non-numeric parts end the tuple."""
+    parts = []
+    for piece in str(version).split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts)
+
+
+def resolve_target(version: str) -> TrtTarget:
+    """The table row for a TensorRT version: a row name (``10.x``) or a version (``8.6.2.3``, ``10``)."""
+    for target in TARGETS:
+        if version == target.name:
+            return target
+    numbers = version_tuple(version)
+    if not numbers:
+        raise ConfigError("--target-trt must be a TensorRT version (e.g. 8.6, 10.3.0.30) or one of {}; "
+                          "got {!r}".format(", ".join(TARGET_NAMES), version))
+    key = (numbers[0], numbers[1] if len(numbers) > 1 else 0)
+    rows = [t for t in TARGETS if t.since[0] == key[0] and t.since <= key]
+    if key[0] == 8 and len(numbers) == 1:
+        raise ConfigError("--target-trt 8 is ambiguous: give 8.5 (JetPack 5) or 8.6 (JetPack 6.0)")
+    if not rows:
+        raise ConfigError("TensorRT {} is not supported; supported: {}".format(
+            version, ", ".join("{} ({})".format(t.name, t.platform) for t in TARGETS)))
+    return max(rows, key=lambda t: t.since)
+
+
+def ir_version_for_opset(opset: int) -> int:
+    """The lowest ONNX IR version that can carry ``opset`` (from onnx's release table)."""
+    import onnx.helper
+
+    for row in onnx.helper.VERSION_TABLE:
+        if row[2] >= opset:
+            return int(row[1])
+    raise ConfigError("the installed onnx package does not know opset {}".format(opset))
+
+
+def onnx_versions(target: TrtTarget, opset: int) -> Tuple[int, int]:
+    """(opset, IR version) to write for ``target``; ConfigError naming the fix if it cannot parse them."""
+    if opset > target.max_opset:
+        raise ConfigError("TensorRT {} ({}) parses ONNX opset <= {}; use --opset {} or a newer --target-trt".format(
+            target.name, target.platform, target.max_opset, target.max_opset))
+    ir_version = ir_version_for_opset(opset)
+    if ir_version > target.max_ir_version:
+        raise ConfigError("opset {} needs ONNX IR version {}, newer than TensorRT {}'s parser accepts ({})".format(
+            opset, ir_version, target.name, target.max_ir_version))
+    return opset, ir_version
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The batch range of an optimisation profile."""
+
+    min: int = 1
+    opt: int = 1
+    max: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ConfigError("need 1 <= --min-batch <= --opt-batch <= --max-batch, got {}/{}/{}".format(
+                self.min, self.opt, self.max))
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """Everything that decides one engine build, for the Python API and for trtexec alike."""
+
+    target: str
+    precision: str
+    onnx: str  # bundle file the engine is built from
+    engine: str
+    input_name: str
+    output_name: str
+    input_shape: Tuple[int, ...]  # (batch, C, H, W); batch -1 when dynamic
+    profile: Optional[BatchProfile]  # None: static batch
+    builder_flags: Tuple[str, ...]  # trt.BuilderFlag member names
+    network_flags: Tuple[str, ...]  # trt.NetworkDefinitionCreationFlag member names
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    timing_cache: Optional[str] = None
+
+    def shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """min/opt/max input shapes of the optimisation profile (empty when the batch is static)."""
+        if self.profile is None:
+            return {}
+        rest = tuple(self.input_shape[1:])
+        return {k: (getattr(self.profile, k),) + rest for k in ("min", "opt", "max")}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "EnginePlan":
+        data = dict(data)
+        data["profile"] = None if data.get("profile") is None else BatchProfile(**data["profile"])
+        for key in ("input_shape", "builder_flags", "network_flags"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def onnx_for_precision(target: TrtTarget, precision: str) -> str:
+    """The bundle ONNX an engine of ``precision`` is built from on ``target``."""
+    if precision == "int8":
+        return ONNX_FILES["int8"]  # explicit Q/DQ: the one INT8 path on every target
+    if precision == "fp16" and target.strongly_typed:
+        return ONNX_FILES["fp16"]  # TensorRT >= 11 has no FP16 flag: the ONNX tensors must be fp16
+    return ONNX_FILES["fp32"]
+
+
+def builder_flags(target: TrtTarget, precision: str) -> Tuple[str, ...]:
+    """BuilderFlag names to set. INT8 (Q/DQ) also enables FP16 for the layers left unquantized."""
+    if precision not in PRECISIONS:
+        raise ConfigError("precision must be fp32, fp16 or int8, got {!r}".format(precision))
+    if target.strongly_typed or precision == "fp32":
+        return ()
+    return ("FP16",) if precision == "fp16" else ("INT8", "FP16")
+
+
+def plan_engine(target: TrtTarget, precision: str, input_name: str, output_name: str,
+                input_shape: Sequence[int], profile: Optional[BatchProfile] = None,
+                workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Optional[str] = None) -> EnginePlan:
+    """Decide one engine build. ``input_shape[0]`` is -1 for a dynamic batch (then a profile is used)."""
+    for name in (input_name, output_name):
+        if not _IO_NAME.match(name):
+            raise ConfigError("tensor name {!r} cannot be passed to trtexec; use letters, digits, _ and .".format(name))
+    if workspace_mib < 1:
+        raise ConfigError("--workspace must be >= 1 MiB, got {}".format(workspace_mib))
+    shape = tuple(int(v) for v in input_shape)
+    if shape[0] == -1:
+        profile = profile or BatchProfile()
+    elif profile is not None and not profile.min == profile.opt == profile.max == shape[0]:
+        raise ConfigError("the model has a static batch of {}; the batch profile must be {} everywhere "
+                          "(export with --dynamic-batch for a range)".format(shape[0], shape[0]))
+    else:
+        profile = None
+    return EnginePlan(target.name, precision, onnx_for_precision(target, precision), engine_file(precision),
+                      input_name, output_name, shape, profile, builder_flags(target, precision),
+                      ("EXPLICIT_BATCH",) if target.explicit_batch_flag else (), workspace_mib, timing_cache)
+
+
+def _dims(shape: Sequence[int]) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def trtexec_command(plan: EnginePlan) -> List[str]:
+    """The trtexec arguments that build the same engine (same ONNX, flags, profile, pool, cache).
+
+    ``--memPoolSize=workspace:<MiB>`` (plain MiB integer) works from 8.4 on; ``--workspace`` was
+    removed in 10. ``--fp16``/``--int8`` were removed in 11, where the ONNX carries the types."""
+    args = ["trtexec", "--onnx=" + plan.onnx, "--saveEngine=" + plan.engine]
+    args += ["--" + flag.lower() for flag in plan.builder_flags]
+    for key, shape in sorted(plan.shapes().items(), key=lambda kv: ("min", "opt", "max").index(kv[0])):
+        args.append("--{}Shapes={}:{}".format(key, plan.input_name, _dims(shape)))
+    args.append("--memPoolSize=workspace:{}".format(plan.workspace_mib))
+    if plan.timing_cache:
+        args.append("--timingCacheFile=" + plan.timing_cache)
+    args.append("--skipInference")
+    return args
+
+
+def build_script(plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence[str] = ()) -> str:
+    """``build_engine.sh``: trtexec for each planned engine, run on the device, then the sidecar.
+    ``notes`` become comment lines (e.g. why an engine is not planned)."""
+    lines = [
+        "#!/bin/sh",
+        "# Build the TensorRT engine(s) of this bundle ON THE DEVICE: engines are tied to the GPU model and",
+        "# the TensorRT version. Generated by edgetl {} for TensorRT {} ({}).".format(
+            __version__, target.name, target.platform),
+        "set -e",
+        'cd "$(dirname "$0")"',
+        'TRTEXEC="${TRTEXEC:-trtexec}"',
+        'command -v "$TRTEXEC" >/dev/null 2>&1 || TRTEXEC=/usr/src/tensorrt/bin/trtexec  # JetPack location',
+        'PYTHON="${PYTHON:-python3}"',
+    ] + ["# NOTE: " + note for note in notes]
+    for plan in plans:
+        command = ['"$TRTEXEC"'] + [shlex.quote(a) for a in trtexec_command(plan)[1:]]
+        lines += ["", "# {} engine from {}".format(plan.precision, plan.onnx), " \\\n    ".join(command)]
+        lines.append('if "$PYTHON" -c "import edgetl" 2>/dev/null; then "$PYTHON" -m edgetl.trt.build --sidecar {}; '
+                     'else echo "edgetl is not installed: no sidecar written for {}; edgetl predict refuses engines '
+                     'without one" >&2; fi'.format(shlex.quote(plan.engine), plan.engine))
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The running TensorRT and GPU, as engines depend on them."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # "8.7"
+
+
+def make_sidecar(plan: EnginePlan, device: DeviceInfo, onnx_sha256: str, engine_sha256: str,
+                 built_with: str) -> Dict[str, Any]:
+    """The sidecar JSON written next to an engine."""
+    return {"format": SIDECAR_FORMAT, "engine": plan.engine, "engine_sha256": engine_sha256,
+            "tensorrt_version": device.tensorrt_version, "gpu_name": device.gpu_name,
+            "compute_capability": device.compute_capability, "precision": plan.precision,
+            "builder_flags": list(plan.builder_flags), "onnx": plan.onnx, "onnx_sha256": onnx_sha256,
+            "input_name": plan.input_name, "output_name": plan.output_name,
+            "input_shape": list(plan.input_shape),
+            "profile_shapes": {k: list(v) for k, v in plan.shapes().items()},
+            "workspace_mib": plan.workspace_mib, "built_with": built_with, "edgetl_version": __version__}
+
+
+def sidecar_problems(sidecar: Optional[Dict[str, Any]], device: DeviceInfo, engine_sha256: str,
+                     onnx_sha256: Optional[str]) -> List[str]:
+    """Why an engine must not be loaded here (empty list: compatible).
+
+    TensorRT rejects plans from another version (``deserialize_cuda_engine`` returns None) or
+    another compute capability; a sidecar of another engine file, or an engine built from an
+    ONNX that has since changed, would run the wrong model."""
+    if sidecar is None:
+        return ["it has no sidecar JSON, so its TensorRT version and GPU are unknown"]
+    if sidecar.get("format") != SIDECAR_FORMAT:
+        return ["its sidecar is not an edgetl engine sidecar ({})".format(SIDECAR_FORMAT)]
+    problems = []
+    built, running = version_tuple(sidecar.get("tensorrt_version", "")), version_tuple(device.tensorrt_version)
+    if built[:3] != running[:3]:
+        problems.append("it was built with TensorRT {}, this device runs TensorRT {}".format(
+            sidecar.get("tensorrt_version"), device.tensorrt_version))
+    if sidecar.get("compute_capability") != device.compute_capability:
+        problems.append("it was built for a {} (compute capability {}), this GPU is a {} (compute capability {})".format(
+            sidecar.get("gpu_name"), sidecar.get("compute_capability"), device.gpu_name, device.compute_capability))
+    if sidecar.get("engine_sha256") != engine_sha256:
+        problems.append("the engine file changed after its sidecar was written")
+    if onnx_sha256 is not None and sidecar.get("onnx_sha256") != onnx_sha256:
+        problems.append("it was built from an older {} than the one in the bundle".format(sidecar.get("onnx")))
+    return problems
+
+
+def rebuild_hint(precision: str) -> str:
+    """How to rebuild an engine on the device that will run it."""
+    return ("rebuild it on this device: run 'sh build_engine.sh' in the bundle folder, or "
+            "'edgetl build-engine BUNDLE --precision {}'".format(precision))
+
+
+def describe_parser_error(error: Any) -> str:
+    """One line for an ONNX parser error: node index, and name/op where the TensorRT version has them (>= 9.1)."""
+    where = "node {}".format(error.node())
+    if hasattr(error, "node_name"):
+        where += " ({}, {})".format(error.node_name() or "unnamed", error.node_operator())
+    return "{}: {}: {}".format(where, str(error.code()).split(".")[-1], error.desc())

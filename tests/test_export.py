@@ -1,0 +1,182 @@
+"""edgetl export: ONNX structure, metadata, the parity gate (passing and failing), bundle files."""
+
+import importlib.util
+import json
+import os
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgetl.bundle import Bundle, sha256_of
+from edgetl.cli import main
+from edgetl.errors import ConfigError, ExportError
+from edgetl.export import ExportConfig, export_run
+from edgetl.preprocess import PreprocessSpec
+
+
+def _export(run, out, **options):
+    return export_run(ExportConfig(run=str(run), out=str(out), calib_dir=str(out / "calibration"), **options))
+
+
+@pytest.fixture(scope="module")
+def demo_bundle(demo_mobilenet_v2_run, tmp_path_factory):
+    """The real MobileNetV2 run exported with the baked-preprocessing variant."""
+    out = tmp_path_factory.mktemp("demo_bundle")
+    report = _export(demo_mobilenet_v2_run, out, bake_preprocess=True)
+    return out, report
+
+
+def test_real_export_passes_the_parity_gate_on_all_val_images(demo_bundle):
+    out, report = demo_bundle
+    assert report["status"] == "passed" and report["failures"] == []
+    fp32, baked = report["artifacts"]
+    for entry in (fp32, baked):
+        parity = entry["parity"]
+        assert entry["status"] == "passed"
+        assert parity["real_inputs"] == 80 and parity["random_inputs"] == 8  # all 4 x 20 val images
+        assert parity["max_abs_diff"] <= 1e-3 and parity["top1_agreement"] == 1.0 and parity["min_cosine"] > 0.9999
+    assert json.loads((out / "export_report.json").read_text())["status"] == "passed"
+
+
+def test_onnx_is_checked_with_dynamic_batch_metadata_and_target_ir(demo_bundle, demo_mobilenet_v2_run):
+    out, _ = demo_bundle
+    model = onnx.load(str(out / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.ir_version == 8 and model.opset_import[0].version == 17  # JetPack 6 default (TensorRT 10.3)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 224, 224]
+    assert model.graph.input[0].name == "input" and model.graph.output[0].name == "logits"
+    props = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(props["class_names"]) == ["checkers", "dots", "rings", "stripes"]
+    assert props["arch"] == "mobilenet_v2" and props["strategy"] == "feature-extractor"
+    assert props["input_size"] == "224" and json.loads(props["std"]) == pytest.approx([0.229, 0.224, 0.225])
+    assert props["source_checkpoint_sha256"] == sha256_of(demo_mobilenet_v2_run / "best.pt")
+    assert props["edgetl_version"]
+
+
+def test_baked_variant_takes_uint8_nhwc_pixels(demo_bundle):
+    out, _ = demo_bundle
+    graph = onnx.load(str(out / "model_baked.onnx")).graph
+    tensor_type = graph.input[0].type.tensor_type
+    assert tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_value for d in tensor_type.shape.dim[1:]] == [224, 224, 3]
+
+
+def test_bundle_files_and_manifest(demo_bundle):
+    out, _ = demo_bundle
+    bundle = Bundle.load(out)
+    assert bundle.labels == ["checkers", "dots", "rings", "stripes"]
+    assert bundle.preprocess == PreprocessSpec.load(out / "preprocess.json")
+    assert bundle.model("fp32").sha256 == sha256_of(out / "model.onnx")
+    assert bundle.model("baked").input_layout == "NHWC" and bundle.model("int8") is None
+    script = out / "build_engine.sh"
+    assert os.access(str(script), os.X_OK) and "--onnx=model.onnx" in script.read_text()
+    assert list(bundle.manifest["engines"]) == ["model_fp32.engine"]
+
+
+def test_broken_baked_normalisation_fails_and_leaves_no_valid_artifact(demo_mobilenet_v2_run, tmp_path, monkeypatch):
+    import edgetl.export as export_module
+
+    real_baked_module = export_module.baked_module
+
+    def wrong_std(model, spec, softmax):  # a deliberately wrong graph: std 1 instead of the ImageNet std
+        return real_baked_module(model, PreprocessSpec(spec.input_size, spec.resize_size, spec.mean, (1.0, 1.0, 1.0)),
+                                 softmax)
+
+    monkeypatch.setattr(export_module, "baked_module", wrong_std)
+    (tmp_path / "model_baked.onnx").write_bytes(b"stale file from an earlier export")
+    with pytest.raises(ExportError, match="model_baked.onnx"):
+        _export(demo_mobilenet_v2_run, tmp_path, bake_preprocess=True, val_images=16)
+    assert not (tmp_path / "model_baked.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]  # no temporary file left
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["status"] == "failed"
+    baked = report["artifacts"][1]
+    assert baked["status"] == "failed" and baked["parity"]["max_abs_diff"] > 1e-3
+    assert baked["parity"]["real_inputs"] == 16
+    assert Bundle.load(tmp_path).model("baked") is None  # the good fp32 model stays listed, the bad one is not
+
+
+def test_broken_fp32_export_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
+    import edgetl.export as export_module
+
+    real_export = export_module.export_onnx
+
+    def export_then_corrupt(module, path, *args):  # shift the classifier bias inside the written file
+        real_export(module, path, *args)
+        model = onnx.load(str(path))
+        bias = next(t for t in model.graph.initializer if t.name.endswith("head.bias"))
+        bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.5, bias.name))
+        onnx.save(model, str(path))
+
+    monkeypatch.setattr(export_module, "export_onnx", export_then_corrupt)
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "max |difference|" in result.output and "FAILED model.onnx" in result.output
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "bundle.json").exists()
+    assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "failed"
+
+
+def test_static_batch_jetson_names_and_older_target(tiny_run, tmp_path):
+    report = _export(tiny_run, tmp_path, batch=2, io_names="jetson", target_trt="8.5")
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert model.ir_version == 8
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 224, 224]
+    assert (model.graph.input[0].name, model.graph.output[0].name) == ("input_0", "output_0")
+    assert model.graph.node[-1].op_type == "Softmax"  # jetson-inference thresholds raw outputs as confidences
+    assert report["output_kind"] == "probabilities"
+    jetson = report["jetson_preprocessing"]
+    assert jetson["images"] == 12 and 0.0 <= jetson["stretched_val_top1"] <= 1.0
+    script = (tmp_path / "build_engine.sh").read_text()
+    assert "--saveEngine=model_fp32.engine" in script and "Shapes" not in script
+
+
+def test_fp16_for_tensorrt_11_writes_an_fp16_onnx(tiny_run, tmp_path):
+    report = _export(tiny_run, tmp_path, fp16=True, target_trt="11.x")
+    assert [a["file"] for a in report["artifacts"]] == ["model.onnx", "model_fp16.onnx"]
+    initializers = onnx.load(str(tmp_path / "model_fp16.onnx")).graph.initializer
+    assert {t.data_type for t in initializers if t.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
+    script = (tmp_path / "build_engine.sh").read_text()
+    assert "--onnx=model_fp16.onnx" in script and "--fp16" not in script
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_trt_without_tensorrt_fails_after_writing_onnx_and_script(tiny_run, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path), "--trt", "--fp16"])
+    assert result.exit_code == 1
+    assert "tensorrt" in result.output and "build_engine.sh" in result.output
+    assert (tmp_path / "model.onnx").is_file() and (tmp_path / "bundle.json").is_file()
+    assert "--fp16" in (tmp_path / "build_engine.sh").read_text()
+    assert json.loads((tmp_path / "export_report.json").read_text())["engine"]["status"] == "not built"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"int8": True, "fp16": True}, "one of --int8 and --fp16"),
+    ({"trt": True, "int8": True, "int8_target": "cpu"}, "TensorRT rejects"),
+    ({"calib_data": "x"}, "only applies with --int8"),
+    ({"opset": 18, "target_trt": "8.6"}, "opset <= 17"),
+    ({"opset": 12}, "--opset must be between 13"),
+    ({"batch": 2, "max_batch": 8}, "static"),
+    ({"min_batch": 4, "opt_batch": 2}, "min-batch"),
+    ({"io_names": "caffe"}, "--io-names"),
+])
+def test_export_config_rejects_conflicts(options, message):
+    with pytest.raises(ConfigError, match=message):
+        ExportConfig(run="models/x", **options)
+
+
+def test_export_config_defaults():
+    config = ExportConfig(run="models/x")
+    assert config.int8_target == "cpu" and ExportConfig(run="x", trt=True).int8_target == "trt"
+    assert config.profile().max == 8 and config.precision == "fp32"
+
+
+def test_export_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tmp_path)])
+    assert result.exit_code == 1 and "is not a run folder" in result.output
+
+
+def test_export_cli_batch_conflict_is_one_line(tiny_run):
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--batch", "1", "--dynamic-batch"])
+    assert result.exit_code == 1 and result.output.startswith("Error: --batch and --dynamic-batch")
