@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict
 
 import numpy as np
 import pytest
@@ -73,15 +73,6 @@ def pretrained_mobilenet_v2() -> Path:
     from edgetl.weights import fetch_weights
 
     return fetch_weights(get_backbone("mobilenet_v2"))
-
-
-def write_bytes_files(folder: Path, files: Dict[str, bytes]) -> Sequence[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-        paths.append(folder / name)
-    return paths
 
 
 @pytest.fixture(scope="session")
