@@ -104,11 +104,11 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: Optional[int] = None) -> None:
+    def __init__(self, path: Path, device: str = "cpu", threads: Optional[int] = None, spin: bool = True) -> None:
         super().__init__()
         if device not in ("cpu", "cuda"):
             raise ConfigError("ONNX Runtime device must be cpu or cuda, got {!r}".format(device))
-        self.path, self.device, self.threads = Path(path), device, threads
+        self.path, self.device, self.threads, self.spin = Path(path), device, threads, spin
         self.session = None  # type: Any
 
     def _activate(self) -> None:
@@ -118,6 +118,8 @@ class OnnxRuntimeRunner(Runner):
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        if not self.spin:  # idle threads sleep instead of spinning (no load left on cores others time)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if self.device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -100,6 +100,9 @@ class TrtRunner(Runner):
                 self.engine_path.name, rebuild_hint((sidecar or {}).get("precision", "fp16"))))
         self.context = self.engine.create_execution_context()
         self.stream = cuda_check(self.cudart, self.cudart.cudaStreamCreate())
+        # CUDA events around copy-in / execute / copy-out: last_stages_ms splits each call as trtexec does
+        self.events = [cuda_check(self.cudart, self.cudart.cudaEventCreate()) for _ in range(4)]
+        self.last_stages_ms = None  # type: Optional[Dict[str, float]]
         self.tensors = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in self.tensors if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.tensors}
@@ -108,6 +111,8 @@ class TrtRunner(Runner):
         for pointer, _ in self.buffers.values():
             cuda_check(self.cudart, self.cudart.cudaFree(pointer))
         self.buffers = {}
+        for event in self.events:
+            cuda_check(self.cudart, self.cudart.cudaEventDestroy(event))
         cuda_check(self.cudart, self.cudart.cudaStreamDestroy(self.stream))
         self.context = self.engine = None
 
@@ -128,6 +133,7 @@ class TrtRunner(Runner):
         cudart, stream = self.cudart, self.stream
         copy_in, copy_out = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         staged = [np.ascontiguousarray(feed[name]) for name in self.inputs]  # alive until the stream syncs
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[0], stream))
         for name, array in zip(self.inputs, staged):
             self.context.set_input_shape(name, tuple(array.shape))
             pointer = self._device_buffer(name, array.nbytes)
@@ -139,10 +145,15 @@ class TrtRunner(Runner):
                 continue
             outputs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
             self.context.set_tensor_address(name, self._device_buffer(name, outputs[name].nbytes))
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[1], stream))
         if not self.context.execute_async_v3(native_handle(stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed for {}".format(self.engine_path.name))
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[2], stream))
         for name, array in outputs.items():
             cuda_check(cudart, cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
                                                       copy_out, stream))
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[3], stream))
         cuda_check(cudart, cudart.cudaStreamSynchronize(stream))
+        self.last_stages_ms = {stage: float(cuda_check(cudart, cudart.cudaEventElapsedTime(start, end)))
+                               for stage, start, end in zip(("h2d", "compute", "d2h"), self.events, self.events[1:])}
         return outputs

@@ -1,0 +1,252 @@
+"""``edgetl bench latency``: p50/p90/p99 latency and throughput of models on any backend, and a
+regression gate that survives noisy CI machines.
+
+Noise-robust method: every model is timed in rounds interleaved with a fixed reference workload
+(a small deterministic conv net in ONNX Runtime, same threads). Per round, the model's median is
+divided by the reference's median; the gate compares the median of those ratios with the
+baseline's, never raw milliseconds, so a machine that is uniformly slower or busier today does not
+fail the gate, while a model that got slower relative to the same yardstick does.
+Torch-free at import (device side); Python 3.8 syntax.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..bundle import Bundle
+from ..errors import ConfigError, EdgetlError
+from ..runtime import BACKENDS, OnnxRuntimeRunner, Runner, TorchRunner, choose_backend
+
+log = logging.getLogger(__name__)
+REFERENCE_NAME = "reference-convnet"
+
+
+class RegressionError(EdgetlError):
+    """A model got slower than its baseline beyond the allowed regression."""
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    models: Sequence[str]
+    backends: Sequence[str] = ("auto",)
+    batches: Sequence[int] = (1, 8)
+    warmup: int = 10
+    iters: int = 50
+    rounds: int = 5
+    threads: Optional[int] = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("give at least one MODEL (an .onnx file, an .engine, a bundle or a run folder)")
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise ConfigError("unknown backend(s) {}; choose from {}".format(unknown, ", ".join(BACKENDS)))
+        if min(self.batches) < 1 or self.warmup < 0 or self.iters < self.rounds or self.rounds < 1:
+            raise ConfigError("need batch >= 1, warmup >= 0, rounds >= 1 and iters >= rounds")
+
+
+@dataclass
+class LatencyRow:
+    model: str
+    backend: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+    reference_p50_ms: float
+    relative: float  # median over rounds of model median / reference median
+    stages_ms: Optional[Dict[str, float]] = None  # CUDA: host-to-device / compute / device-to-host
+
+
+@dataclass(frozen=True)
+class Target:
+    """One model on one backend: how to make its runner and what it takes."""
+
+    model: str
+    backend: str
+    make_runner: Callable[[], Runner]
+    static_batch: Optional[int]
+    input_dtype: Any
+    input_shape: Sequence[int]  # without the batch dimension
+
+
+def reference_onnx(path: Path) -> Path:
+    """Write the fixed yardstick: 4 conv+relu layers on 3x112x112 with seeded weights, global pool."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    channels, nodes, inits = [3, 32, 64, 64, 128], [], []
+    current = "x"
+    for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
+        weight = numpy_helper.from_array((rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32), "w%d" % i)
+        inits.append(weight)
+        nodes.append(helper.make_node("Conv", [current, weight.name], ["c%d" % i], pads=[1, 1, 1, 1],
+                                      strides=[2 if i % 2 == 0 else 1] * 2))
+        nodes.append(helper.make_node("Relu", ["c%d" % i], ["r%d" % i]))
+        current = "r%d" % i
+    nodes.append(helper.make_node("GlobalAveragePool", [current], ["y"]))
+    graph = helper.make_graph(nodes, "edgetl_reference", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                              ["batch", 3, 112, 112])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels[-1], 1, 1])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def targets_for(model: str, backends: Sequence[str], device: str = "cpu", threads: Optional[int] = None) -> List[Target]:
+    """The (model, backend) pairs to time: a file is its own backend; a bundle/run gives one per backend."""
+    path = Path(model)
+    if path.suffix == ".onnx":
+        return [_onnx_target(model, "onnx", path, None, device, threads)]
+    if path.suffix == ".engine":
+        from ..trt.runner import TrtRunner
+
+        return [Target(model, "trt", lambda: TrtRunner(path), None, np.float32, ())]
+    bundle = Bundle.load(path)
+    targets = []
+    for backend in backends:
+        choice = choose_backend(bundle, backend)
+        if choice.backend == "torch":
+            size = bundle.preprocess.input_size
+            targets.append(Target(model, "torch", lambda: TorchRunner(bundle.checkpoint_dir()), None, np.float32,
+                                  (3, size, size)))
+        elif choice.backend == "trt":
+            from ..trt.runner import TrtRunner
+
+            engine, onnx_file = bundle.root / choice.engine, bundle.root / choice.model.file
+            targets.append(Target(model, "trt", lambda: TrtRunner(engine, onnx_path=onnx_file), choice.model.batch,
+                                  np.float32, ()))
+        else:
+            targets.append(_onnx_target(model, choice.backend, bundle.root / choice.model.file, choice.model.batch,
+                                        device, threads))
+    return targets
+
+
+def _onnx_target(model: str, backend: str, path: Path, batch: Optional[int], device: str,
+                 threads: Optional[int]) -> Target:
+    return Target(model, backend, lambda: OnnxRuntimeRunner(path, device=device, threads=threads), batch, None, ())
+
+
+def _feed(runner: Runner, target: Target, batch: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    name, meta = next(iter(runner.input_metadata().items()))
+    dims = list(target.input_shape) or [d if isinstance(d, int) and d > 0 else 224 for d in meta.shape[1:]]
+    dtype = np.dtype(target.input_dtype or meta.dtype)
+    if dtype == np.uint8:
+        return {name: rng.integers(0, 256, [batch] + dims, dtype=np.uint8)}
+    return {name: rng.standard_normal([batch] + dims).astype(dtype)}
+
+
+def _time_calls(call: Callable[[], Any], count: int) -> List[float]:
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def time_interleaved(model_call: Callable[[], Any], reference_call: Callable[[], Any], warmup: int, iters: int,
+                     rounds: int) -> Dict[str, Any]:
+    """Time ``model_call`` in rounds alternating with ``reference_call``; latency stats and the ratio."""
+    _time_calls(model_call, warmup)
+    _time_calls(reference_call, max(1, warmup // 2))
+    model_times, reference_times, ratios = [], [], []
+    per_round = iters // rounds
+    for _ in range(rounds):
+        reference = _time_calls(reference_call, per_round)
+        times = _time_calls(model_call, per_round)
+        model_times += times
+        reference_times += reference
+        ratios.append(float(np.median(times) / np.median(reference)))
+    times = np.asarray(model_times)
+    return {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
+            "p99_ms": float(np.percentile(times, 99)), "mean_ms": float(times.mean()),
+            "reference_p50_ms": float(np.median(reference_times)), "relative": float(np.median(ratios))}
+
+
+def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
+    """Time every (model, backend, batch); the report holds machine info, method and one row each."""
+    if config.threads and any(b in ("auto", "torch") for b in config.backends):
+        _set_torch_threads(config.threads)
+    rng = np.random.default_rng(0)
+    rows, skipped = [], []
+    with tempfile.TemporaryDirectory(prefix="edgetl-ref-") as tmp:
+        reference = OnnxRuntimeRunner(reference_onnx(Path(tmp) / "reference.onnx"), threads=config.threads, spin=False)
+        with reference:
+            reference_feed = {"x": rng.standard_normal((1, 3, 112, 112)).astype(np.float32)}
+            targets = [t for model in config.models for t in targets_for(model, config.backends, config.device,
+                                                                          config.threads)]
+            for target in targets:
+                with target.make_runner() as runner:
+                    for batch in config.batches:
+                        if target.static_batch and batch != target.static_batch:
+                            skipped.append("{} [{}] batch {}: exported with a fixed batch of {}".format(
+                                target.model, target.backend, batch, target.static_batch))
+                            continue
+                        feed = _feed(runner, target, batch, rng)
+                        stats = time_interleaved(lambda: runner.infer(feed), lambda: reference.infer(reference_feed),
+                                                 config.warmup, config.iters, config.rounds)
+                        rows.append(LatencyRow(target.model, target.backend, batch,
+                                               images_per_s=batch * 1000.0 / stats["mean_ms"],
+                                               stages_ms=getattr(runner, "last_stages_ms", None), **stats))
+    for reason in skipped:
+        log.info("skipped %s", reason)
+    return {"machine": machine_info(config.threads), "method": __doc__.split("\n\n")[1].replace("\n", " "),
+            "config": {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(config).items()},
+            "rows": [asdict(r) for r in rows], "skipped": skipped}
+
+
+def _set_torch_threads(threads: int) -> None:
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(threads)
+
+
+def machine_info(threads: Optional[int]) -> Dict[str, Any]:
+    """Host, Python and package versions recorded with every result."""
+    versions = {}
+    for package in ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    import os
+
+    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "packages": versions}
+
+
+def row_key(row: Dict[str, Any]) -> str:
+    return "{} [{}] batch {}".format(row["model"], row["backend"], row["batch"])
+
+
+def compare_to_baseline(report: Dict[str, Any], baseline: Dict[str, Any], max_regression_pct: float) -> List[Dict[str, Any]]:
+    """Per row: the baseline's and today's relative time and the change in percent; ``ok`` is False where
+    today's ratio exceeds the baseline's by more than ``max_regression_pct``. Rows new to the baseline pass."""
+    previous = {row_key(r): r for r in baseline.get("rows", [])}
+    verdicts = []
+    for row in report["rows"]:
+        base = previous.get(row_key(row))
+        change = None if base is None else (row["relative"] / base["relative"] - 1.0) * 100.0
+        verdicts.append({"key": row_key(row), "baseline_relative": None if base is None else base["relative"],
+                         "relative": row["relative"], "change_pct": change,
+                         "ok": change is None or change <= max_regression_pct})
+    return verdicts
