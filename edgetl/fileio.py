@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Iterator
 
 
+def edgetl_home() -> Path:
+    """``$EDGETL_HOME`` if set, else ``~/.cache/edgetl``: the demo dataset and the data caches live here."""
+    home = os.environ.get("EDGETL_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "edgetl"
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it onto ``target``."""
