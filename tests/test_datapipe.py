@@ -16,7 +16,8 @@ from edgetl.augment import (RRC_RATIO, RRC_SCALE, augment_decoded, crop_resize_p
                             draw_crop_randoms, eval_crop_decoded, normalize_batch, random_resized_crop_boxes)
 from edgetl.config import FinetuneConfig
 from edgetl.data import Sample, load_dataset
-from edgetl.datapipe import image_pipeline, resolve_cache
+from edgetl.datapipe import (DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, image_pipeline,
+                             resolve_cache)
 from edgetl.decoded_cache import open_decoded_images, slot_shape, upright_size
 from edgetl.errors import ConfigError
 from edgetl.preprocess import PreprocessSpec, eval_array, load_rgb, resize_shorter_side
@@ -156,6 +157,22 @@ def test_pipelines_do_not_depend_on_workers(tmp_path: Path, cache: str) -> None:
     for (x, y), (x2, y2) in zip(main, workers):
         assert torch.equal(x, x2) and torch.equal(y, y2)
     assert not torch.equal(main[0][0], other[0][0])  # another epoch seed: another order and other crops
+
+
+def test_raw_batches_cropped_on_the_device_match_worker_batches(tmp_path: Path) -> None:
+    """The CUDA hand-off (gathered uint8 images, cropped by device_finish), exercised on CPU."""
+    split = load_dataset(_split_folder(tmp_path))
+    cpu = torch.device("cpu")
+    train, _ = decoded_caches(split, SPEC, 0, cpu)
+    labels = [s.label for s in split.train]
+    sampler = EpochBatchSampler(len(train), 4, shuffle=True, augment=True)
+    sampler.set_epoch(3)
+    finish = device_finish(cpu, torch.contiguous_format, SPEC)
+    in_workers = [finish(DecodedBatches(train, labels, SPEC, raw=False)[key]) for key in sampler]
+    on_device = [finish(DecodedBatches(train, labels, SPEC, raw=True)[key]) for key in sampler]
+    assert len(in_workers) == 3
+    for (x, y), (x2, y2) in zip(in_workers, on_device):
+        assert x.dtype == torch.float32 and torch.equal(x, x2) and torch.equal(y, y2)
 
 
 def test_auto_selection_and_validation(tmp_path: Path) -> None:
