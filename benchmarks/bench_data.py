@@ -125,11 +125,10 @@ def feature_benchmark(root: Path, workers: int, batch_size: int, epochs: int, wo
     """Frozen-base epochs (--cache none / ram) vs head-only epochs on cached features, real MobileNetV2."""
     spec = get_backbone("mobilenet_v2")
     split = load_dataset(root)
-    cache_dir = work / "cache"  # = $EDGETL_HOME/cache: the finetune runs reuse what is extracted here
     model = build_model(spec, len(split.classes), HeadConfig(), "feature-extractor", 2, resolve_weights(spec, None))
     tick = time.perf_counter()
     feature_pipeline(split, preprocess_spec(spec), model, batch_size, 0, 0, workers, torch.device("cpu"),
-                     torch.contiguous_format, False, cache_dir)
+                     torch.contiguous_format, False)  # into $EDGETL_HOME (= work): the finetune runs reuse it
     extraction_s = time.perf_counter() - tick  # includes building the decoded caches
     runs = {}
     for cache in ("features", "ram", "none"):

@@ -152,10 +152,16 @@ class BatchStream:
 
 
 def make_loader(dataset: Any, sampler: EpochBatchSampler, workers: int, device: Any) -> Any:
-    """The tuned DataLoader: batch-level items, persistent prefetching workers, pinned memory on CUDA."""
+    """The tuned DataLoader: batch-level items, persistent prefetching workers, pinned memory on CUDA.
+
+    It gets a private generator: a DataLoader draws its workers' base seed from the global torch RNG
+    whenever it starts an iterator, which persistent workers do only once per run; that would shift
+    the dropout stream of the epoch a resumed run starts in. (The workers never use that seed.)
+    """
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None, pin_memory=device.type == "cuda")
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None, pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0))
 
 
 class ImagePipeline:

@@ -1,6 +1,6 @@
 """Decoded-image cache: every image decoded and resized once into one memory-mapped uint8 file.
 
-Layout: ``$EDGETL_HOME/cache/decoded/<dataset>-<key>.npy``, shape (N, S, L, 3) with S the
+Layout: ``$EDGETL_HOME/decoded/<dataset>-<key>.npy``, shape (N, S, L, 3) with S the
 preprocess ``resize_size`` and L = ceil(1.5 S). Each image is resized exactly like the eval path
 (shorter side to S, PIL, the spec's interpolation) and stored with its shorter side along the
 rows: portrait images are stored transposed, the longer side is centre-cropped to L (aspect
@@ -32,7 +32,7 @@ from PIL import Image
 from .data import Sample
 from .deps import require
 from .errors import DataError
-from .fileio import atomic_path, atomic_write_text, edgetl_home
+from .fileio import atomic_path, atomic_write_text, edgetl_home, file_fingerprints
 from .preprocess import PreprocessSpec, center_crop_offsets, load_rgb, resize_shorter_side, resized_size
 
 torch = require("torch")
@@ -57,7 +57,8 @@ def cache_bytes(count: int, spec: PreprocessSpec) -> int:
 
 
 def default_cache_dir() -> Path:
-    return edgetl_home() / "cache"
+    """Where the data caches go: ``$EDGETL_HOME`` (default ``~/.cache/edgetl``)."""
+    return edgetl_home()
 
 
 def fit_slot(resized: np.ndarray, spec: PreprocessSpec) -> Tuple[np.ndarray, List[int]]:
@@ -86,13 +87,10 @@ def upright_size(geometry: Any) -> Tuple[Any, Any, Any]:
 
 def cache_key(samples: Sequence[Sample], spec: PreprocessSpec) -> str:
     """sha256 of the cache format, the preprocessing and every file's path, size and mtime."""
-    files = []
-    for sample in samples:
-        try:
-            stat = Path(sample.path).stat()
-        except OSError as exc:
-            raise DataError("cannot read {}: {}".format(sample.path, exc)) from exc
-        files.append([str(sample.path), stat.st_size, stat.st_mtime_ns])
+    try:
+        files = file_fingerprints(sample.path for sample in samples)
+    except OSError as exc:
+        raise DataError("a dataset file changed while caching it: {}".format(exc)) from exc
     content = [CACHE_FORMAT, MAX_ASPECT, spec.resize_size, spec.input_size, spec.interpolation, files]
     return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
 

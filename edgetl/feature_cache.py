@@ -6,7 +6,7 @@ one view per image from the epoch seed). Val features always use the eval view, 
 equals evaluating the whole model. The base runs in eval mode with the training run's autocast
 and memory format, so the head sees what it would see through the frozen base.
 
-Features are stored in ``$EDGETL_HOME/cache/features/`` keyed by the decoded caches' keys, a
+Features are stored in ``$EDGETL_HOME/train-features/`` keyed by the decoded caches' keys, a
 hash of the base weights, the views and the seed: a second run on the same data skips the base.
 """
 
@@ -113,7 +113,7 @@ def feature_pipeline(split: DatasetSplit, spec: PreprocessSpec, model: Any, batc
     parts = [FEATURE_FORMAT, train_images.key, val_images.key, state_hash(model.base), views, seed, use_amp,
              memory_format, device.type]
     key = hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).hexdigest()
-    path = cache_dir / "features" / "{}-{}.pt".format(train_images.path.stem, key[:16])
+    path = cache_dir / "train-features" / "{}-{}.pt".format(train_images.path.stem, key[:16])
     stored = _load(path, key)
     if stored is None:
         started = time.perf_counter()

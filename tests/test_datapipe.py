@@ -73,7 +73,7 @@ def test_decoded_cache_layout_and_exact_eval_geometry(tmp_path: Path, edgetl_hom
     pixels = np.load(str(images.path), mmap_mode="r")
     assert isinstance(pixels, np.memmap) and pixels.dtype == np.uint8
     assert pixels.shape == (len(SIZES),) + slot_shape(SPEC) == (6, 64, 96, 3)
-    assert images.path.parent == edgetl_home / "cache" / "decoded"
+    assert images.path.parent == edgetl_home / "decoded"
     resized = np.asarray(resize_shorter_side(load_rgb(samples[0].path), SPEC))  # 85 x 64 landscape
     np.testing.assert_array_equal(pixels[0, :, :85], resized)
     np.testing.assert_array_equal(pixels[0, :, 85:], np.repeat(resized[:, -1:], 96 - 85, axis=1))  # edge replicated
@@ -150,7 +150,10 @@ def test_pipelines_do_not_depend_on_workers(tmp_path: Path, cache: str) -> None:
 
     def epoch(workers: int, seed: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         pipeline = image_pipeline(cache, split, SPEC, 4, workers, cpu, torch.contiguous_format)
-        return list(pipeline.train_batches(seed)) + list(pipeline.val_batches())
+        rng = torch.get_rng_state()
+        batches = list(pipeline.train_batches(seed)) + list(pipeline.val_batches())
+        assert torch.equal(torch.get_rng_state(), rng)  # the global RNG (dropout) is left alone
+        return batches
 
     main, workers, other = epoch(0, 7), epoch(1, 7), epoch(0, 8)
     assert [x.shape for x, _ in main] == [(4, 3, 56, 56)] * 3 + [(4, 3, 56, 56), (2, 3, 56, 56)]

@@ -13,7 +13,11 @@ from .options import workers_option
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: input pipelines vs model throughput (data)."""
+    """Benchmarks: input pipelines vs model throughput (data).
+
+    \b
+    edgetl bench data photos/ --arch mobilenet_v2
+    """
 
 
 @bench.command("data")
