@@ -2,8 +2,9 @@
 
 - ``none``: the tuned DataLoader over PIL decoding: workers from the cores, persistent workers,
   prefetching, pinned memory with non-blocking copies on CUDA.
-- ``ram``: the decoded-image cache (``edgetl.decoded_cache``): decode once, then random crop,
-  flip and normalise a whole batch at a time (``edgetl.augment``) on the training device.
+- ``ram``: the decoded-image cache (``edgetl.decoded_cache``): decode once, then random crop and
+  flip a whole batch at a time (``edgetl.augment``): in the CPU workers, or on the GPU (one
+  roi_align) when training on CUDA; normalisation always runs on the training device.
 - ``features``: the feature cache (``edgetl.feature_cache``) for ``--strategy feature-extractor``:
   the frozen base runs once, the head trains on stored features.
 - ``auto``: ``features`` for the feature extractor, else ``ram`` unless the cache would take more

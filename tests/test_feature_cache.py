@@ -101,8 +101,8 @@ def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(make_image_f
                                                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     data = make_image_folder(counts={"a": 4, "b": 4}, size=40, split=True)
-    config = FinetuneConfig(data=str(data), strategy="partial", trainable_stages=1, epochs=2, batch_size=4,
-                            workers=0, out=str(tmp_path / "whole"))
+    config = FinetuneConfig(data=str(data), strategy="partial", trainable_stages=1, cut_at="stage4", epochs=2,
+                            batch_size=4, workers=0, out=str(tmp_path / "whole"))  # cut: a small, fast base
     with caplog.at_level(logging.INFO, logger="edgetl.datapipe"):
         whole = finetune(config, progress=False)
     assert "--cache auto: using ram" in caplog.text and whole.summary["cache"] == "ram"
@@ -125,3 +125,19 @@ def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(make_image_f
     for name, value in expected["model"].items():
         assert torch.equal(got["model"][name], value), name
     assert json.loads((tmp_path / "whole" / "config.json").read_text())["cache"] == "auto"
+
+
+def test_finetune_on_the_feature_cache_matches_evaluating_its_checkpoint(make_image_folder, pretrained_mobilenet_v2: Path,
+                                                                         tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    from edgetl.evaluate import evaluate_run
+
+    data = make_image_folder(counts={"a": 4, "b": 4}, size=40, split=True)
+    config = FinetuneConfig(data=str(data), cut_at="stage4", epochs=2, batch_size=4, workers=0,
+                            out=str(tmp_path / "run"))
+    with caplog.at_level(logging.INFO, logger="edgetl.datapipe"):
+        result = finetune(config, progress=False)
+    assert "--cache auto: using features" in caplog.text and result.summary["cache"] == "features"
+    best = max(result.history, key=lambda row: row["val_top1"])
+    report = evaluate_run(result.run_dir, device="cpu", workers=0)  # best.pt through the PIL eval path
+    assert report["top1"] == best["val_top1"] and report["loss"] == pytest.approx(best["val_loss"], abs=1e-5)
