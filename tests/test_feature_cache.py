@@ -35,7 +35,7 @@ def edgetl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def frozen_model(pretrained_mobilenet_v2: Path) -> torch.nn.Module:
-    """Real weights: a random-init frozen base gives ~1e-9 features (denormals), too small to test with."""
+    """Real weights: a random-init frozen base (eval mode) gives ~1e-9 features, too small to learn from."""
     torch.manual_seed(0)
     return build_model(get_backbone("mobilenet_v2"), 2, HeadConfig(), "feature-extractor", 2, pretrained_mobilenet_v2)
 

@@ -17,14 +17,14 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..backbones import get_backbone, preprocess_spec
 from ..config import STRATEGIES, FinetuneConfig
 from ..data import DatasetSplit, load_dataset
 from ..datapipe import auto_workers, image_pipeline
 from ..deps import require
-from ..feature_cache import extract_features
+from ..feature_cache import HeadBatches, extract_features
 from ..model import HeadConfig, build_model, parameter_groups
 from ..report import text_table
 from ..train import cosine_with_warmup, make_optimizer, resolve_device, train_one_epoch
@@ -77,18 +77,9 @@ def measure_pipelines(split: DatasetSplit, arch: str, batch_size: int, workers: 
 def training_rates(arch: str, num_classes: int, batch_size: int, device: Any, steps: int) -> List[Dict[str, Any]]:
     """Images/s of one training step per strategy on synthetic input already on the device.
 
-    The weights are random (no download needed). Random frozen layers in eval mode shrink the
-    activations into float denormals, which are many times slower on CPU and which pretrained
-    weights never produce: denormals are flushed to zero while timing.
+    Random weights (nothing to download; the speed is the same). The head-only step is fed like
+    ``--cache features`` feeds it (``HeadBatches``: one intra-op thread on CPU).
     """
-    torch.set_flush_denormal(True)
-    try:
-        return _training_rates(arch, num_classes, batch_size, device, steps)
-    finally:
-        torch.set_flush_denormal(False)
-
-
-def _training_rates(arch: str, num_classes: int, batch_size: int, device: Any, steps: int) -> List[Dict[str, Any]]:
     spec = get_backbone(arch)
     size = preprocess_spec(spec).input_size
     use_amp = device.type == "cuda"
@@ -108,19 +99,19 @@ def _training_rates(arch: str, num_classes: int, batch_size: int, device: Any, s
         scheduler = cosine_with_warmup(optimizer, 0, 2 * steps + 2)
         scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
 
-        def step_rate(module: Any, inputs: Any) -> float:
-            train_one_epoch(module, [(inputs, labels)], criterion, optimizer, scheduler, scaler, device, use_amp,
-                            False, "warm-up")
+        def step_rate(module: Any, inputs: Any, batches: Callable[[List[Any]], Any] = list) -> float:
+            train_one_epoch(module, batches([(inputs, labels)]), criterion, optimizer, scheduler, scaler, device,
+                            use_amp, False, "warm-up")
             tick = time.perf_counter()
-            train_one_epoch(module, [(inputs, labels)] * steps, criterion, optimizer, scheduler, scaler, device,
-                            use_amp, False, "timed")
+            train_one_epoch(module, batches([(inputs, labels)] * steps), criterion, optimizer, scheduler, scaler,
+                            device, use_amp, False, "timed")
             _sync(device)
             return steps * batch_size / (time.perf_counter() - tick)
 
         rows.append({"name": strategy, "images_per_s": step_rate(model, images)})
         if strategy == "feature-extractor":
             features = torch.randn(batch_size, model.feature_dim, device=device)
-            rows.append({"name": HEAD_ONLY, "images_per_s": step_rate(model.head, features)})
+            rows.append({"name": HEAD_ONLY, "images_per_s": step_rate(model.head, features, HeadBatches)})
             extract_features(model.base, [(images, labels)], device, use_amp)  # warm-up
             tick = time.perf_counter()
             extract_features(model.base, [(images, labels)] * steps, device, use_amp)
