@@ -11,6 +11,7 @@ from .errors import ConfigError
 STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
+CACHES = ("auto", "none", "ram", "features")  # input pipelines: see edgetl.datapipe
 
 
 def trainable_stage_names(spec: BackboneSpec, strategy: str, trainable_stages: int) -> List[str]:
@@ -52,6 +53,8 @@ class FinetuneConfig:
     device: str = "auto"
     seed: int = 0
     workers: Optional[int] = None  # None: from the core count
+    cache: str = "auto"
+    feature_views: int = 0  # --cache features: 0 = the eval view, N = N augmented views per image
     val_split: Optional[float] = None
     weights: Optional[str] = None  # None: torchvision weights; "none": random init; else a file
     out: Optional[str] = None
@@ -69,6 +72,12 @@ class FinetuneConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
             (self.workers is None or self.workers >= 0, "--workers must be >= 0"),
+            (self.cache in CACHES, "--cache must be one of " + ", ".join(CACHES)),
+            (self.cache != "features" or self.strategy == "feature-extractor",
+             "--cache features needs --strategy feature-extractor (other strategies train base layers)"),
+            (self.feature_views >= 0, "--feature-views must be >= 0"),
+            (self.feature_views == 0 or (self.strategy == "feature-extractor" and self.cache in ("auto", "features")),
+             "--feature-views needs --strategy feature-extractor with --cache features (or auto)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from edgetl.errors import ConfigError, DataError
+from edgetl.fileio import edgetl_home
 
 DEMO_CLASSES = ("stripes", "checkers", "dots", "rings")
 DEMO_VERSION = 1
@@ -20,9 +21,7 @@ _MARKER = ".complete"
 
 def default_demo_root() -> Path:
     """``$EDGETL_HOME/demo-v{N}`` if ``EDGETL_HOME`` is set, else ``~/.cache/edgetl/demo-v{N}``."""
-    home = os.environ.get("EDGETL_HOME")
-    base = Path(home).expanduser() if home else Path.home() / ".cache" / "edgetl"
-    return base / "demo-v{}".format(DEMO_VERSION)
+    return edgetl_home() / "demo-v{}".format(DEMO_VERSION)
 
 
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,8 @@ def evaluate_run(run: Path, data: Optional[Path] = None, batch_size: int = 32, d
     from .checkpoint import load_run, preprocess_of
     from .data import DatasetSplit, ImageDataset, scan_class_folders
     from .preprocess import torch_transforms
-    from .train import default_workers, resolve_device
+    from .datapipe import auto_workers
+    from .train import resolve_device
 
     run = Path(run)
     model, payload = load_run(run)
@@ -82,7 +83,7 @@ def evaluate_run(run: Path, data: Optional[Path] = None, batch_size: int = 32, d
     torch_device = resolve_device(device)
     loader = torch.utils.data.DataLoader(
         ImageDataset(samples, torch_transforms(preprocess_of(payload), train=False)), batch_size=batch_size,
-        num_workers=default_workers() if workers is None else workers)
+        num_workers=auto_workers() if workers is None else workers)
     result = evaluate_model(model.to(torch_device), loader, torch_device, len(classes), torch.nn.CrossEntropyLoss())
     report = dict(asdict(result), classes=classes, data=source, checkpoint=str(run / "best.pt"))
     atomic_write_text(run / "evaluation.json", json.dumps(report, indent=2) + "\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from .backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entr
 from .data import IMAGE_SUFFIXES, ImageDataset, Sample, check_image
 from .deps import require
 from .errors import ConfigError, DataError
-from .fileio import atomic_path
+from .fileio import atomic_path, edgetl_home, file_fingerprints
 from .preprocess import PreprocessSpec, torch_transforms
 
 torch = require("torch")
@@ -96,17 +95,12 @@ def list_images(root: Path, workers: int = 8) -> Tuple[List[Path], List[Tuple[Pa
 
 def default_cache_dir() -> Path:
     """``$EDGETL_HOME/features`` if ``EDGETL_HOME`` is set, else ``~/.cache/edgetl/features``."""
-    home = os.environ.get("EDGETL_HOME")
-    return (Path(home).expanduser() if home else Path.home() / ".cache" / "edgetl") / "features"
+    return edgetl_home() / "features"
 
 
 def cache_key(model: FeatureModel, paths: Sequence[Path], measure: str) -> str:
     """Digest of the model identity, preprocessing, measure and each file's path, size and mtime."""
-    files = []
-    for path in paths:
-        stat = Path(path).stat()
-        files.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
-    text = json.dumps([model.identity, model.preprocess.to_dict(), measure, files])
+    text = json.dumps([model.identity, model.preprocess.to_dict(), measure, file_fingerprints(paths)])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -162,14 +156,15 @@ def compute_features(model: FeatureModel, paths: Sequence[Path], stage: Optional
     """float32 (N, D): pooled penultimate features of each file, or with ``stage`` each channel's spatial
     maximum in that stage's output. Cached in ``cache_dir`` (default ``default_cache_dir()``) unless ``cache``
     is False."""
-    from .train import default_workers, resolve_device
+    from .datapipe import auto_workers
+    from .train import resolve_device
 
     if not paths:
         raise DataError("no images to compute features of")
     measure = POOLED if stage is None else stage
     if stage is not None:
         stage_output_module(model, stage)  # validate before any work
-    workers = default_workers() if workers is None else workers
+    workers = auto_workers() if workers is None else workers
     if not cache:
         return _compute(model, paths, measure, batch_size, workers, resolve_device(device), progress)
     target = Path(cache_dir or default_cache_dir()) / "{}.npz".format(cache_key(model, paths, measure))

@@ -6,7 +6,23 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator, List
+
+
+def edgetl_home() -> Path:
+    """``$EDGETL_HOME`` if set, else ``~/.cache/edgetl``: the demo dataset and the data caches live here."""
+    home = os.environ.get("EDGETL_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "edgetl"
+
+
+def file_fingerprints(paths: Iterable[Path]) -> List[List[Any]]:
+    """``[absolute path, size, mtime_ns]`` per file: a cache-key part that changes when a file is edited,
+    added, removed or renamed. Raises OSError for a file that cannot be stat'ed."""
+    rows = []
+    for path in paths:
+        stat = Path(path).stat()
+        rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    return rows
 
 
 @contextmanager

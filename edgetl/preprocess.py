@@ -103,16 +103,24 @@ def resized_size(width: int, height: int, short_side: int) -> Tuple[int, int]:
     return (short_side, new_long) if width <= height else (new_long, short_side)
 
 
+def center_crop_offsets(width: int, height: int, size: int) -> Tuple[int, int]:
+    """(left, top) of a centred ``size`` x ``size`` crop (torchvision's CenterCrop rounding)."""
+    return int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+
+
+def resize_shorter_side(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """The eval resize: shorter side to ``spec.resize_size`` with the spec's interpolation."""
+    return img.resize(resized_size(img.width, img.height, spec.resize_size), _PIL_INTERPOLATION[spec.interpolation])
+
+
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec, center_crop: bool = True) -> Image.Image:
     """Eval geometry: shorter side to resize_size then centre crop; or, with ``center_crop=False``,
     the whole frame stretched to input_size (what jetson-inference's imagenet program does)."""
-    interpolation = _PIL_INTERPOLATION[spec.interpolation]
     if not center_crop:
-        return img.resize((spec.input_size, spec.input_size), interpolation)
-    img = img.resize(resized_size(img.width, img.height, spec.resize_size), interpolation)
+        return img.resize((spec.input_size, spec.input_size), _PIL_INTERPOLATION[spec.interpolation])
+    img = resize_shorter_side(img, spec)
     size = spec.input_size
-    top = int(round((img.height - size) / 2.0))
-    left = int(round((img.width - size) / 2.0))
+    left, top = center_crop_offsets(img.width, img.height, size)
     return img.crop((left, top, left + size, top + size))
 
 

@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,14 +20,14 @@ from tqdm import tqdm
 
 from .backbones import get_backbone, preprocess_spec
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import DatasetSplit, ImageDataset, load_dataset
+from .data import DatasetSplit, load_dataset
+from .datapipe import build_pipeline
 from .deps import require
 from .errors import ConfigError
 from .evaluate import evaluate_model
 from .fileio import atomic_write_text
 from .config import FinetuneConfig
 from .model import HeadConfig, build_model, count_parameters, parameter_groups
-from .preprocess import torch_transforms
 from .report import text_table
 from .weights import resolve_weights
 
@@ -55,10 +54,6 @@ def resolve_device(name: str) -> Any:
     return device
 
 
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
-
-
 def cosine_with_warmup(optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
     """Linear warmup then cosine decay to 0, stepped per batch."""
     def factor(step: int) -> float:
@@ -74,14 +69,6 @@ def make_optimizer(config: FinetuneConfig, groups: List[Dict[str, Any]]) -> Any:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _loader(dataset: ImageDataset, config: FinetuneConfig, shuffle: bool, seed: int, device: Any) -> Any:
-    workers = default_workers() if config.workers is None else config.workers
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=workers,
-        generator=torch.Generator().manual_seed(seed), pin_memory=device.type == "cuda",
-    )
 
 
 def default_run_dir(config: FinetuneConfig) -> Path:
@@ -115,7 +102,7 @@ def resume(run_dir: Path, epochs: Optional[int] = None, progress: bool = True) -
     """Continue a run from its ``last.pt`` with its saved options (optionally more epochs)."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / "last.pt")
-    config = FinetuneConfig.from_dict(state["config"])
+    config = FinetuneConfig.from_dict(dict({"cache": "none"}, **state["config"]))  # runs from before --cache: PIL
     if epochs is not None:
         config = replace(config, epochs=epochs)
     return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress)
@@ -157,16 +144,17 @@ def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Op
         atomic_write_text(run_dir / "labels.txt", "".join(c + "\n" for c in split.classes))
         preprocess.save(run_dir / "preprocess.json")
 
-    train_set = ImageDataset(split.train, torch_transforms(preprocess, train=True))
-    val_loader = _loader(ImageDataset(split.val, torch_transforms(preprocess, train=False)), config, False, 0, device)
+    pipeline = build_pipeline(config, split, preprocess, model, device, memory_format, use_amp)
+    config = replace(config, cache=pipeline.name)  # checkpoints record the pipeline auto chose
+    trained = pipeline.module(model)  # the whole model, or only its head on cached features
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: a function of (seed, epoch) alone
-        loader = _loader(train_set, config, True, config.seed * 1000 + epoch, device)
+        batches = pipeline.train_batches(config.seed * 1000 + epoch)
         tick = time.perf_counter()
-        train_loss, train_top1 = _train_one_epoch(model, loader, criterion, optimizer, scheduler, scaler, device,
-                                                  memory_format, use_amp, progress, "epoch {}/{}".format(epoch + 1, config.epochs))
+        train_loss, train_top1 = train_one_epoch(trained, batches, criterion, optimizer, scheduler, scaler, device,
+                                                 use_amp, progress, "epoch {}/{}".format(epoch + 1, config.epochs))
         seconds = time.perf_counter() - tick
-        val = evaluate_model(model, val_loader, device, len(split.classes), criterion)
+        val = evaluate_model(trained, pipeline.val_batches(), device, len(split.classes), criterion)
         lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_top1": train_top1,
                         "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
@@ -189,13 +177,12 @@ def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Op
     return RunResult(run_dir, summary, history)
 
 
-def _train_one_epoch(model: Any, loader: Any, criterion: Any, optimizer: Any, scheduler: Any, scaler: Any,
-                     device: Any, memory_format: Any, use_amp: bool, progress: bool, label: str) -> tuple:
+def train_one_epoch(model: Any, batches: Any, criterion: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                    device: Any, use_amp: bool, progress: bool, label: str) -> tuple:
+    """One pass over device-resident (inputs, labels) batches; returns (mean loss, top-1)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(loader, desc=label, leave=False, disable=not progress):
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        labels = labels.to(device, non_blocking=True)
+    for images, labels in tqdm(batches, desc=label, leave=False, disable=not progress):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -226,7 +213,7 @@ def _summary(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, model: 
         "trainable_stages": [s for s in model.spec.stage_names if s not in model.frozen_stages],
         "classes": split.classes, "num_train": len(split.train), "num_val": len(split.val),
         "skipped_files": len(split.skipped), "dataset": str(split.root), "layout": split.layout,
-        "pretrained": config.weights != "none", "device": str(device), "amp": amp,
+        "pretrained": config.weights != "none", "device": str(device), "amp": amp, "cache": config.cache,
         "params_total": count_parameters(model), "params_trainable": count_parameters(model, trainable_only=True),
         "epochs": config.epochs, "best_epoch": best["epoch"], "best_val_top1": best["val_top1"],
         "best_val_top5": best["val_top5"], "final_val_top1": history[-1]["val_top1"],

@@ -42,9 +42,9 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from . import advise_commands, export_commands, train_commands
+    from . import advise_commands, bench_commands, export_commands, train_commands
 
-    for module in (train_commands, export_commands, advise_commands):
+    for module in (train_commands, export_commands, advise_commands, bench_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

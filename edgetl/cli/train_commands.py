@@ -8,8 +8,9 @@ import click
 from click.core import ParameterSource
 
 from ..backbones import BACKBONES, DEFAULT_ARCH
-from ..config import HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
+from ..config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
 from ..errors import ConfigError
+from .options import workers_option
 
 _D = FinetuneConfig  # defaults live in one place: the dataclass
 
@@ -61,7 +62,13 @@ def weights_fetch(arch: str) -> None:
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
 @click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
-@click.option("--workers", type=int, default=None, help="DataLoader workers (default: from the core count).")
+@workers_option
+@click.option("--cache", type=click.Choice(CACHES), default=_D.cache, show_default=True,
+              help="Input pipeline: none (PIL decoding each epoch), ram (decoded-image cache, crops per batch on "
+                   "the device), features (frozen base run once, head trains on its features), auto (features "
+                   "for feature-extractor, else ram).")
+@click.option("--feature-views", type=int, default=_D.feature_views, show_default=True,
+              help="--cache features: 0 = one un-augmented view per image, N = N random crop+flip views.")
 @click.option("--val-split", type=float, default=None,
               help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).")
 @click.option("--weights", "weights_", default=None,

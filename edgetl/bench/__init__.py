@@ -1,0 +1,1 @@
+"""Benchmarks behind ``edgetl bench``: one module per subcommand (``data``: input pipelines vs model)."""

@@ -1,0 +1,187 @@
+"""``edgetl bench data``: is training input-bound, and which ``--cache`` fixes it?
+
+Side by side on one dataset and device:
+- each image pipeline's throughput: images/s of finished batches on the training device, after a
+  warm-up batch (worker start-up), cycling epochs; one-off setup (building the decoded cache) apart;
+- the model's own training throughput per strategy on synthetic device-resident input, through
+  the same step as ``finetune`` (``train_one_epoch``), plus the head-only step on cached features
+  and the forward-only rate at which the feature cache is filled.
+A strategy is input-bound when the fastest pipeline delivers fewer images/s than its step takes.
+On CPU, loader and model share the cores: the rates are measured apart, a real epoch is slower.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from ..backbones import get_backbone, preprocess_spec
+from ..config import STRATEGIES, FinetuneConfig
+from ..data import DatasetSplit, load_dataset
+from ..datapipe import auto_workers, image_pipeline
+from ..deps import require
+from ..feature_cache import HeadBatches, extract_features
+from ..model import HeadConfig, build_model, parameter_groups
+from ..report import text_table
+from ..train import cosine_with_warmup, make_optimizer, resolve_device, train_one_epoch
+
+torch = require("torch")
+
+IMAGE_PIPELINES = ("none", "ram")
+HEAD_ONLY = "feature-extractor, head only (--cache features)"
+EXTRACTION = "feature extraction (frozen base, forward only)"
+
+
+def _sync(device: Any) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def pipeline_rate(pipeline: Any, batches: int, device: Any) -> float:
+    """Images/s of ``pipeline.train_batches`` over ``batches`` batches after a warm-up batch."""
+    seen, measured, epoch, started = 0, 0, 0, None
+    while measured < batches:
+        for _, labels in pipeline.train_batches(epoch):
+            if started is None:  # the first batch pays for starting the workers
+                _sync(device)
+                started = time.perf_counter()
+                continue
+            seen, measured = seen + len(labels), measured + 1
+            if measured == batches:
+                break
+        epoch += 1
+    _sync(device)
+    return seen / (time.perf_counter() - started)
+
+
+def measure_pipelines(split: DatasetSplit, arch: str, batch_size: int, workers: int, device: Any, batches: int,
+                      cache_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+    """Throughput and setup time of each image pipeline (``IMAGE_PIPELINES``) on ``split.train``."""
+    spec = preprocess_spec(get_backbone(arch))
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    rows = []
+    for name in IMAGE_PIPELINES:
+        tick = time.perf_counter()
+        pipeline = image_pipeline(name, split, spec, batch_size, workers, device, memory_format, cache_dir)
+        setup = time.perf_counter() - tick
+        rows.append({"name": name, "images_per_s": pipeline_rate(pipeline, batches, device), "setup_s": setup})
+        del pipeline
+        gc.collect()  # shut the persistent workers down before the next measurement
+    return rows
+
+
+def training_rates(arch: str, num_classes: int, batch_size: int, device: Any, steps: int) -> List[Dict[str, Any]]:
+    """Images/s of one training step per strategy on synthetic input already on the device.
+
+    Random weights (nothing to download; the speed is the same). The head-only step is fed like
+    ``--cache features`` feeds it (``HeadBatches``: one intra-op thread on CPU).
+    """
+    spec = get_backbone(arch)
+    size = preprocess_spec(spec).input_size
+    use_amp = device.type == "cuda"
+    memory_format = torch.channels_last if use_amp else torch.contiguous_format
+    if use_amp:
+        torch.backends.cudnn.benchmark = True
+    criterion = torch.nn.CrossEntropyLoss()
+    images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    labels = torch.randint(num_classes, (batch_size,), device=device)
+    rows = []
+    for strategy in STRATEGIES:
+        config = FinetuneConfig(arch=arch, strategy=strategy, batch_size=batch_size, weights="none")
+        torch.manual_seed(0)
+        model = build_model(spec, num_classes, HeadConfig(config.head), strategy, config.trainable_stages,
+                            None).to(device, memory_format=memory_format)
+        optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
+        scheduler = cosine_with_warmup(optimizer, 0, 2 * steps + 2)
+        scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+        def step_rate(module: Any, inputs: Any, batches: Callable[[List[Any]], Any] = list) -> float:
+            train_one_epoch(module, batches([(inputs, labels)]), criterion, optimizer, scheduler, scaler, device,
+                            use_amp, False, "warm-up")
+            tick = time.perf_counter()
+            train_one_epoch(module, batches([(inputs, labels)] * steps), criterion, optimizer, scheduler, scaler,
+                            device, use_amp, False, "timed")
+            _sync(device)
+            return steps * batch_size / (time.perf_counter() - tick)
+
+        rows.append({"name": strategy, "images_per_s": step_rate(model, images)})
+        if strategy == "feature-extractor":
+            features = torch.randn(batch_size, model.feature_dim, device=device)
+            rows.append({"name": HEAD_ONLY, "images_per_s": step_rate(model.head, features, HeadBatches)})
+            extract_features(model.base, [(images, labels)], device, use_amp)  # warm-up
+            tick = time.perf_counter()
+            extract_features(model.base, [(images, labels)] * steps, device, use_amp)
+            _sync(device)
+            rows.append({"name": EXTRACTION, "images_per_s": steps * batch_size / (time.perf_counter() - tick)})
+        del model, optimizer
+    for row in rows:
+        row["step_ms"] = 1000.0 * batch_size / row["images_per_s"]
+    return rows
+
+
+def verdicts(pipelines: List[Dict[str, Any]], model: List[Dict[str, Any]], train_images: int) -> List[Dict[str, Any]]:
+    """Per strategy: input- or compute-bound, and the recommended ``--cache``."""
+    best = max(pipelines, key=lambda row: row["images_per_s"])
+    loader = best["images_per_s"]
+    rates = {row["name"]: row["images_per_s"] for row in model}
+    out = []
+    for strategy in STRATEGIES:
+        takes = rates[strategy]
+        bound = "input" if loader < takes else "compute"
+        if bound == "input":
+            text = "input-bound: loader gives {:.0f} img/s (--cache {}), model takes {:.0f}".format(
+                loader, best["name"], takes)
+        else:
+            text = "compute-bound: model takes {:.0f} img/s, loader gives {:.0f} (--cache {})".format(
+                takes, loader, best["name"])
+        recommended = "--cache {}".format(best["name"])
+        if strategy == "feature-extractor":
+            extract_s = train_images / min(loader, rates[EXTRACTION])
+            text += "; with --cache features each epoch trains the head alone at {:.0f} img/s after a one-off " \
+                    "~{:.0f} s feature extraction".format(rates[HEAD_ONLY], extract_s)
+            recommended = "--cache features"
+        elif bound == "input":
+            text += "; still short with the fastest pipeline: more cores/--workers, or a GPU for the batch crops"
+        out.append({"strategy": strategy, "bound": bound, "loader": best["name"], "loader_images_per_s": loader,
+                    "model_images_per_s": takes, "verdict": text, "recommended": recommended})
+    return out
+
+
+def bench_data(data: Optional[Path] = None, arch: str = "mobilenet_v2", batch_size: int = 32,
+               workers: Optional[int] = None, device: str = "auto", batches: int = 20, steps: int = 5,
+               val_split: Optional[float] = None, cache_dir: Optional[Path] = None) -> Dict[str, Any]:
+    """Measure the input pipelines and the model's training throughput on DATA; return the report."""
+    if data is None:
+        from ..demo import ensure_demo_dataset
+
+        data = ensure_demo_dataset()
+    split = load_dataset(Path(data), val_split)
+    torch_device = resolve_device(device)
+    workers = auto_workers() if workers is None else workers
+    pipelines = measure_pipelines(split, arch, batch_size, workers, torch_device, batches, cache_dir)
+    model = training_rates(arch, len(split.classes), batch_size, torch_device, steps)
+    return {"data": str(split.root), "arch": arch, "device": str(torch_device), "batch_size": batch_size,
+            "workers": workers, "train_images": len(split.train), "pipelines": pipelines, "model": model,
+            "verdicts": verdicts(pipelines, model, len(split.train)),
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+                        "cuda": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None}}
+
+
+def format_bench_data(report: Dict[str, Any]) -> str:
+    """The report as terminal tables plus one verdict line per strategy."""
+    lines = ["{} train images from {}, {} on {}, batch {}, {} workers".format(
+        report["train_images"], report["data"], report["arch"], report["device"], report["batch_size"],
+        report["workers"]), "", "input pipelines (finished batches on the device):"]
+    lines.append(text_table(["--cache", "images/s", "setup s"],
+                            [[r["name"], r["images_per_s"], r["setup_s"]] for r in report["pipelines"]]))
+    lines += ["", "model training step on synthetic device-resident input:"]
+    lines.append(text_table(["strategy", "images/s", "step ms"],
+                            [[r["name"], r["images_per_s"], r["step_ms"]] for r in report["model"]]))
+    lines.append("")
+    lines += ["{}: {} -> recommended {}".format(v["strategy"], v["verdict"], v["recommended"])
+              for v in report["verdicts"]]
+    return "\n".join(lines)
