@@ -20,12 +20,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import onnx
 
-from .bundle import (BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, sha256_of, write_manifest)
+from .bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
 from .checkpoint import load_run, preprocess_of
 from .data import DatasetSplit
 from .deps import require
 from .errors import CheckpointError, ConfigError, DependencyError, ExportError
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_path, atomic_write_text, sha256_file
 from .onnx_export import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
 from .parity import (Parity, compare, fp16_failures, fp32_failures, int8_failures, load_eval_images, normalized,
                      onnx_outputs, random_inputs, stretched_nearest, top1)
@@ -129,7 +129,7 @@ class _Export:
         self.opset, self.ir_version = onnx_versions(self.target, config.opset)
         self.input_name, self.output_name = IO_NAMES[config.io_names]
         self.softmax = config.io_names == "jetson"
-        self.checkpoint_sha = sha256_of(self.run / "best.pt")
+        self.checkpoint_sha = sha256_file(self.run / "best.pt")
         self.val_samples = DatasetSplit.load(self.run).val
         self.images = load_eval_images(self.val_samples, self.spec, config.val_images, config.seed)
         self.reference_module = ExportModule(self.model, softmax=self.softmax).eval()
@@ -169,7 +169,7 @@ class _Export:
                 entry.update(check(tmp))
                 if entry["failures"]:
                     raise _GateFailed()
-                sha = sha256_of(tmp)
+                sha = sha256_file(tmp)
         except _GateFailed:
             if (self.out / file).exists():
                 (self.out / file).unlink()  # an older file of that name would now look valid

@@ -23,11 +23,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from .bundle import sha256_of
 from .data import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
 from .deps import require
 from .errors import DataError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, sha256_file
 from .preprocess import PreprocessSpec, eval_array, load_rgb
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def _images_in(root: Path) -> List[Sample]:
 
 
 def write_calibration_manifest(path: Path, samples: Sequence[Sample], details: Dict[str, Any]) -> None:
-    entries = [{"path": str(s.path), "label": s.label, "sha256": sha256_of(Path(s.path))} for s in samples]
+    entries = [{"path": str(s.path), "label": s.label, "sha256": sha256_file(Path(s.path))} for s in samples]
     atomic_write_text(path, json.dumps(dict(details, format=MANIFEST_FORMAT, images=entries), indent=1) + "\n")
 
 
@@ -103,7 +102,7 @@ def read_calibration_manifest(path: Path) -> List[Sample]:
     for entry in entries:
         if not Path(entry["path"]).is_file():
             raise DataError("calibration image {} (from {}) is missing".format(entry["path"], path))
-        if sha256_of(Path(entry["path"])) != entry["sha256"]:
+        if sha256_file(Path(entry["path"])) != entry["sha256"]:
             raise DataError("calibration image {} changed since {} was written".format(entry["path"], path))
     return [Sample(Path(e["path"]), int(e["label"])) for e in entries]
 

@@ -8,7 +8,6 @@ Every file is checked against the sha256 prefix in torchvision's file name.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import shutil
@@ -22,7 +21,7 @@ from typing import Any, Dict, Optional, Tuple
 from .backbones import BackboneSpec, weights_entry
 from .deps import require
 from .errors import WeightsError
-from .fileio import atomic_path
+from .fileio import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +53,6 @@ def cache_dir() -> Path:
     return Path(require("torch.hub").get_dir()) / "checkpoints"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_file(path: Path, filename: str) -> None:

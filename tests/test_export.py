@@ -8,7 +8,8 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgetl.bundle import Bundle, sha256_of
+from edgetl.bundle import Bundle
+from edgetl.fileio import sha256_file
 from edgetl.cli import main
 from edgetl.errors import ConfigError, ExportError
 from edgetl.export import ExportConfig, export_run
@@ -51,7 +52,7 @@ def test_onnx_is_checked_with_dynamic_batch_metadata_and_target_ir(demo_bundle, 
     assert json.loads(props["class_names"]) == ["checkers", "dots", "rings", "stripes"]
     assert props["arch"] == "mobilenet_v2" and props["strategy"] == "feature-extractor"
     assert props["input_size"] == "224" and json.loads(props["std"]) == pytest.approx([0.229, 0.224, 0.225])
-    assert props["source_checkpoint_sha256"] == sha256_of(demo_mobilenet_v2_run / "best.pt")
+    assert props["source_checkpoint_sha256"] == sha256_file(demo_mobilenet_v2_run / "best.pt")
     assert props["edgetl_version"]
 
 
@@ -68,7 +69,7 @@ def test_bundle_files_and_manifest(demo_bundle):
     bundle = Bundle.load(out)
     assert bundle.labels == ["checkers", "dots", "rings", "stripes"]
     assert bundle.preprocess == PreprocessSpec.load(out / "preprocess.json")
-    assert bundle.model("fp32").sha256 == sha256_of(out / "model.onnx")
+    assert bundle.model("fp32").sha256 == sha256_file(out / "model.onnx")
     assert bundle.model("baked").input_layout == "NHWC" and bundle.model("int8") is None
     script = out / "build_engine.sh"
     assert os.access(str(script), os.X_OK) and "--onnx=model.onnx" in script.read_text()

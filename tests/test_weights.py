@@ -13,7 +13,8 @@ import torch
 from edgetl.backbones import get_backbone
 from edgetl.errors import WeightsError
 from edgetl.model import EdgeClassifier, HeadConfig, load_base_weights
-from edgetl.weights import fetch_weights, load_state_dict, resolve_weights, sha256_file, verify_file
+from edgetl.fileio import sha256_file
+from edgetl.weights import fetch_weights, load_state_dict, resolve_weights, verify_file
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 

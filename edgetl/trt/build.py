@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..bundle import ONNX_FILES, Bundle, read_manifest, sha256_of, sidecar_file, write_manifest
+from ..bundle import ONNX_FILES, Bundle, read_manifest, sidecar_file, write_manifest
 from ..deps import require
 from ..errors import CheckpointError, ConfigError, EdgetlError, ExportError
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from .plan import (BatchProfile, EnginePlan, describe_parser_error, make_sidecar, plan_engine, resolve_target)
 from .runner import cuda_runtime, device_info
 
@@ -135,7 +135,7 @@ def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
     atomic_write_bytes(engine_path, bytes(memoryview(serialized)))
     if cache_path is not None:
         atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    sidecar = make_sidecar(plan, device_info(trt, cudart), sha256_of(onnx_path), sha256_of(engine_path),
+    sidecar = make_sidecar(plan, device_info(trt, cudart), sha256_file(onnx_path), sha256_file(engine_path),
                            "edgetl (TensorRT Python API)")
     atomic_write_text(engine_path.with_name(sidecar_file(plan.engine)), json.dumps(sidecar, indent=2) + "\n")
     return engine_path
@@ -184,8 +184,8 @@ def write_trtexec_sidecar(bundle_dir: Path, engine: str) -> Path:
         raise CheckpointError("{} is not a planned engine of {} (see bundle.json) or was not built".format(
             engine, bundle_dir))
     plan = EnginePlan.from_dict(data)
-    sidecar = make_sidecar(plan, device_info(trt, cuda_runtime()), sha256_of(bundle_dir / plan.onnx),
-                           sha256_of(bundle_dir / engine), "trtexec (build_engine.sh)")
+    sidecar = make_sidecar(plan, device_info(trt, cuda_runtime()), sha256_file(bundle_dir / plan.onnx),
+                           sha256_file(bundle_dir / engine), "trtexec (build_engine.sh)")
     path = bundle_dir / sidecar_file(engine)
     atomic_write_text(path, json.dumps(sidecar, indent=2) + "\n")
     return path

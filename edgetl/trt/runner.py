@@ -15,7 +15,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..bundle import sha256_of, sidecar_file
+from ..bundle import sidecar_file
+from ..fileio import sha256_file
 from ..deps import require
 from ..errors import CheckpointError, DependencyError
 from ..runtime import Runner, TensorMeta
@@ -83,12 +84,12 @@ class TrtRunner(Runner):
         trt = require("tensorrt")
         self.cudart = cuda_runtime()
         sidecar = load_sidecar(self.engine_path)
-        onnx_sha = sha256_of(self.onnx_path) if self.onnx_path is not None and self.onnx_path.is_file() else None
+        onnx_sha = sha256_file(self.onnx_path) if self.onnx_path is not None and self.onnx_path.is_file() else None
         try:
             device = device_info(trt, self.cudart)
         except RuntimeError as exc:
             raise DependencyError("TensorRT needs a usable CUDA GPU: {}".format(exc)) from exc
-        problems = sidecar_problems(sidecar, device, sha256_of(self.engine_path), onnx_sha)
+        problems = sidecar_problems(sidecar, device, sha256_file(self.engine_path), onnx_sha)
         if problems:
             precision = (sidecar or {}).get("precision", "fp16")
             raise CheckpointError("refusing to load {}: {}; {}".format(
