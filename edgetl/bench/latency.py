@@ -2,16 +2,18 @@
 regression gate that survives noisy CI machines.
 
 Noise-robust method: every model is timed in rounds interleaved with a fixed reference workload
-(a small deterministic conv net in ONNX Runtime, same threads). Per round, the model's median is
-divided by the reference's median; the gate compares the median of those ratios with the
-baseline's, never raw milliseconds, so a machine that is uniformly slower or busier today does not
+(a small deterministic conv net in ONNX Runtime, same threads). Per round, the model's fastest call
+is divided by the reference's fastest call (the fastest calls are the ones least disturbed by other
+load); the gate compares the median of those ratios with the baseline's, never raw milliseconds, so a machine that is uniformly slower or busier today does not
 fail the gate, while a model that got slower relative to the same yardstick does.
 Torch-free at import (device side); Python 3.8 syntax.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import platform
 import tempfile
 import time
@@ -24,6 +26,8 @@ import numpy as np
 
 from ..bundle import Bundle
 from ..errors import ConfigError, EdgetlError
+from ..fileio import atomic_write_text
+from ..report import text_table
 from ..runtime import BACKENDS, OnnxRuntimeRunner, Runner, TorchRunner, choose_backend
 
 log = logging.getLogger(__name__)
@@ -57,7 +61,7 @@ class LatencyConfig:
 
 @dataclass
 class LatencyRow:
-    model: str
+    model: str  # the model's file or folder name: baselines match rows by (model, backend, batch)
     backend: str
     batch: int
     p50_ms: float
@@ -66,7 +70,7 @@ class LatencyRow:
     mean_ms: float
     images_per_s: float
     reference_p50_ms: float
-    relative: float  # median over rounds of model median / reference median
+    relative: float  # median over rounds of (model's fastest call / reference's fastest call)
     stages_ms: Optional[Dict[str, float]] = None  # CUDA: host-to-device / compute / device-to-host
 
 
@@ -172,7 +176,7 @@ def time_interleaved(model_call: Callable[[], Any], reference_call: Callable[[],
         times = _time_calls(model_call, per_round)
         model_times += times
         reference_times += reference
-        ratios.append(float(np.median(times) / np.median(reference)))
+        ratios.append(float(min(times) / min(reference)))  # fastest calls: least touched by other load
     times = np.asarray(model_times)
     return {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
             "p99_ms": float(np.percentile(times, 99)), "mean_ms": float(times.mean()),
@@ -201,7 +205,7 @@ def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
                         feed = _feed(runner, target, batch, rng)
                         stats = time_interleaved(lambda: runner.infer(feed), lambda: reference.infer(reference_feed),
                                                  config.warmup, config.iters, config.rounds)
-                        rows.append(LatencyRow(target.model, target.backend, batch,
+                        rows.append(LatencyRow(Path(target.model).name, target.backend, batch,
                                                images_per_s=batch * 1000.0 / stats["mean_ms"],
                                                stages_ms=getattr(runner, "last_stages_ms", None), **stats))
     for reason in skipped:
@@ -227,8 +231,6 @@ def machine_info(threads: Optional[int]) -> Dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    import os
-
     return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
             "packages": versions}
@@ -250,3 +252,46 @@ def compare_to_baseline(report: Dict[str, Any], baseline: Dict[str, Any], max_re
                          "relative": row["relative"], "change_pct": change,
                          "ok": change is None or change <= max_regression_pct})
     return verdicts
+
+
+def fail_on_regressions(verdicts: Optional[List[Dict[str, Any]]], max_regression_pct: float) -> None:
+    """Raise RegressionError naming every row that regressed beyond the threshold."""
+    failed = [v for v in verdicts or [] if not v["ok"]]
+    if failed:
+        raise RegressionError("{} slower than the baseline by more than {:g}%: {}".format(
+            "a model got" if len(failed) == 1 else "{} models got".format(len(failed)), max_regression_pct,
+            "; ".join("{} (+{:.1f}%)".format(v["key"], v["change_pct"]) for v in failed)))
+
+
+def format_latency(report: Dict[str, Any], verdicts: Optional[List[Dict[str, Any]]] = None) -> str:
+    """The results table (plus the baseline comparison when there is one)."""
+    headers = ["model", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "vs reference"]
+    rows = [[r["model"], r["backend"], r["batch"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["mean_ms"],
+             r["images_per_s"], "{:.3f}x".format(r["relative"])] for r in report["rows"]]
+    lines = [text_table(headers, rows)]
+    stages = [(row_key(r), r["stages_ms"]) for r in report["rows"] if r.get("stages_ms")]
+    if stages:
+        lines += ["", text_table(["model", "h2d ms", "compute ms", "d2h ms"],
+                                 [[k, s["h2d"], s["compute"], s["d2h"]] for k, s in stages])]
+    lines += ["skipped: " + reason for reason in report["skipped"]]
+    if verdicts is not None:
+        lines += ["", text_table(["model", "baseline", "now", "change", "verdict"], [
+            [v["key"], "-" if v["baseline_relative"] is None else "{:.3f}x".format(v["baseline_relative"]),
+             "{:.3f}x".format(v["relative"]), "new" if v["change_pct"] is None else "{:+.1f}%".format(v["change_pct"]),
+             "ok" if v["ok"] else "REGRESSED"] for v in verdicts])]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, report: Dict[str, Any]) -> None:
+    atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
+
+
+def read_report(path: Path) -> Dict[str, Any]:
+    """A report written by ``--json-out`` (the baseline)."""
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError("cannot read baseline {}: {}".format(path, exc)) from exc
+    if not isinstance(report, dict) or "rows" not in report:
+        raise ConfigError("{} is not an 'edgetl bench latency' report".format(path))
+    return report

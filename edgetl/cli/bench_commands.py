@@ -13,11 +13,65 @@ from .options import workers_option
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: input pipelines vs model throughput (data).
+    """Benchmarks: inference latency with a CI gate (latency), input pipelines vs model (data).
 
     \b
+    edgetl bench latency models/photos --backend onnx --backend onnx-int8 --batch 1,8
     edgetl bench data photos/ --arch mobilenet_v2
     """
+
+
+def _batches(ctx: click.Context, param: click.Parameter, value: str) -> tuple:
+    try:
+        batches = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of batch sizes, e.g. 1,8") from None
+    if not batches or min(batches) < 1:
+        raise click.BadParameter("batch sizes must be >= 1")
+    return batches
+
+
+@bench.command("latency")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--backend", "backends", multiple=True, default=("auto",), show_default=True,
+              type=click.Choice(("auto", "torch", "onnx", "onnx-int8", "trt")),
+              help="For a bundle or run folder; repeat to time several. Files use their own backend.")
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=_batches, help="Batch sizes.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Timing rounds, each interleaved with the reference workload.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (ONNX Runtime, torch).")
+@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
+              help="ONNX Runtime device.")
+@click.option("--json-out", type=click.Path(path_type=Path), default=None,
+              help="Write the report here (use it later as --baseline).")
+@click.option("--baseline", type=click.Path(path_type=Path), default=None, help="A report from an earlier run.")
+@click.option("--max-regression", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="Allowed slowdown in percent of the reference-relative time vs --baseline.")
+def bench_latency(models: tuple, backends: tuple, batches: tuple, warmup: int, iters: int, rounds: int,
+                  threads: Optional[int], device: str, json_out: Optional[Path], baseline: Optional[Path],
+                  max_regression: float) -> None:
+    """Latency p50/p90/p99/mean and img/s of MODELS (.onnx, .engine, bundle or run folder).
+
+    With --baseline, exits 1 when a model got slower than the baseline by more than --max-regression
+    percent, comparing times relative to a reference workload timed alongside (robust to noisy CI).
+
+    \b
+    edgetl bench latency models/photos --backend torch --backend onnx --backend onnx-int8
+    edgetl bench latency model.onnx --batch 1 --threads 2 --json-out latency.json
+    edgetl bench latency model.onnx --batch 1 --threads 2 --baseline latency.json --max-regression 15
+    """
+    from ..bench import latency
+
+    report = latency.bench_latency(latency.LatencyConfig(models, backends, batches, warmup, iters, rounds, threads,
+                                                         device))
+    if json_out is not None:
+        latency.write_report(json_out, report)
+    verdicts = None if baseline is None else latency.compare_to_baseline(
+        report, latency.read_report(baseline), max_regression)
+    click.echo(latency.format_latency(report, verdicts))
+    latency.fail_on_regressions(verdicts, max_regression)
 
 
 @bench.command("data")
