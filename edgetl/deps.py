@@ -1,7 +1,9 @@
 """Lazy imports of optional heavy dependencies, with an error naming what to install."""
 
 import importlib
+from contextlib import contextmanager
 from types import ModuleType
+from typing import Iterator, Optional
 
 from .errors import DependencyError
 
@@ -28,3 +30,22 @@ def require(module: str) -> ModuleType:
                 package, exc, hint
             )
         ) from exc
+
+
+@contextmanager
+def torch_threads(count: Optional[int]) -> Iterator[None]:
+    """Run the block with ``count`` torch intra-op threads, then restore the previous count
+    (unchanged where ``count`` is None or torch is not installed)."""
+    try:
+        torch = importlib.import_module("torch") if count else None
+    except ImportError:
+        torch = None
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

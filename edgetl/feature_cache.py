@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 from .data import DatasetSplit
 from .datapipe import BatchStream, DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, make_loader
 from .decoded_cache import DecodedImages, default_cache_dir
-from .deps import require
+from .deps import require, torch_threads
 from .fileio import atomic_path
 from .preprocess import PreprocessSpec
 
@@ -68,12 +68,8 @@ class HeadBatches(list):
         if not self or self[0][0].device.type != "cpu":
             yield from list.__iter__(self)
             return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             yield from list.__iter__(self)
-        finally:
-            torch.set_num_threads(threads)
 
 
 class FeaturePipeline:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from edgetl.bench.latency import (LatencyConfig, RegressionError, bench_latency, compare_to_baseline,
@@ -38,6 +39,7 @@ def test_gate_compares_reference_relative_times() -> None:
 
 
 def test_bench_latency_rows_for_files_and_runs(tmp_path: Path, tiny_run: Path) -> None:
+    threads_before = torch.get_num_threads()
     model = reference_onnx(tmp_path / "tiny.onnx")
     report = bench_latency(LatencyConfig(models=[str(model), str(tiny_run)], backends=["torch"], batches=[1, 2],
                                          warmup=1, iters=4, rounds=2, threads=1))
@@ -47,6 +49,7 @@ def test_bench_latency_rows_for_files_and_runs(tmp_path: Path, tiny_run: Path) -
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
         assert row["relative"] > 0 and row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["mean_ms"])
     assert report["machine"]["cpu_count"] >= 1 and "onnxruntime" in json.dumps(report["machine"])
+    assert torch.get_num_threads() == threads_before  # --threads does not leak into the caller
 
 
 def test_config_validation() -> None:

@@ -71,8 +71,9 @@ def test_resume_after_kill_matches_uninterrupted_run(make_image_folder, tmp_path
     reference = finetune(_config(data, tmp_path / "reference"), progress=False)
 
     killed_dir = tmp_path / "killed"
-    code = ("import json, sys; from edgetl.config import FinetuneConfig; from edgetl.train import finetune; "
-            "finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)")
+    code = ("import json, sys, torch; from edgetl.config import FinetuneConfig; from edgetl.train import finetune; "
+            "torch.set_num_threads({}); finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)"
+            .format(torch.get_num_threads()))  # same thread count as this process: same float results
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(_config(data, killed_dir)))])
     deadline = time.monotonic() + 120
     while not (killed_dir / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..bundle import Bundle
+from ..deps import torch_threads
 from ..errors import ConfigError, EdgetlError
 from ..fileio import atomic_write_text
 from ..report import text_table
@@ -185,8 +186,12 @@ def time_interleaved(model_call: Callable[[], Any], reference_call: Callable[[],
 
 def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
     """Time every (model, backend, batch); the report holds machine info, method and one row each."""
-    if config.threads and any(b in ("auto", "torch") for b in config.backends):
-        _set_torch_threads(config.threads)
+    uses_torch = any(b in ("auto", "torch") for b in config.backends)
+    with torch_threads(config.threads if uses_torch else None):
+        return _bench_latency(config)
+
+
+def _bench_latency(config: LatencyConfig) -> Dict[str, Any]:
     rng = np.random.default_rng(0)
     rows, skipped = [], []
     with tempfile.TemporaryDirectory(prefix="edgetl-ref-") as tmp:
@@ -213,14 +218,6 @@ def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
     return {"machine": machine_info(config.threads), "method": __doc__.split("\n\n")[1].replace("\n", " "),
             "config": {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(config).items()},
             "rows": [asdict(r) for r in rows], "skipped": skipped}
-
-
-def _set_torch_threads(threads: int) -> None:
-    try:
-        import torch
-    except ImportError:
-        return
-    torch.set_num_threads(threads)
 
 
 def machine_info(threads: Optional[int]) -> Dict[str, Any]:
