@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEVICE_MODULES = ["edgetl/__init__.py", "edgetl/bundle.py", "edgetl/data.py", "edgetl/deps.py", "edgetl/errors.py",
                   "edgetl/fileio.py", "edgetl/preprocess.py", "edgetl/report.py", "edgetl/runtime.py",
                   "edgetl/trt/__init__.py", "edgetl/trt/build.py", "edgetl/trt/fp16.py", "edgetl/trt/plan.py",
-                  "edgetl/trt/runner.py", "edgetl/cli/__init__.py", "edgetl/cli/export_commands.py"]
+                  "edgetl/trt/runner.py", "edgetl/bench/__init__.py", "edgetl/bench/latency.py"] + [
+                      str(p.relative_to(ROOT)) for p in sorted((ROOT / "edgetl" / "cli").glob("*.py"))]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -37,7 +38,7 @@ def test_device_modules_parse_as_python_3_8(module):
 
 def test_runtime_imports_without_torch_or_tensorrt():
     code = ("import sys, edgetl.runtime, edgetl.bundle, edgetl.trt.plan, edgetl.trt.build, edgetl.trt.runner, "
-            "edgetl.trt.fp16, edgetl.cli; "
+            "edgetl.trt.fp16, edgetl.bench.latency, edgetl.cli; "
             "print(sorted(m for m in ('torch', 'torchvision', 'tensorrt', 'onnxruntime') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
