@@ -7,8 +7,8 @@ Targets (issue 4, this 2-core CPU):
   MobileNetV2 at batch 1.
 Protocol: one ``compare_variants`` run (demo data: 4 classes x 60 train / 20 val; batch 32; 3 epochs;
 ``$EDGETL_HOME`` pointed at a fresh folder so the decoded and feature caches are built inside the
-measured runs). Training steps: the variant's own step on a synthetic batch of 32 (5 timed after a
-warm-up). Latency: every variant's bundle on torch eager / ORT fp32 / ORT INT8, 2 threads, one
+measured runs). Training steps: the variant's own step on a synthetic batch of 32, 3 rounds visiting
+the variants in turn (a warm-up step + 2 timed steps each), median per variant. Latency: every variant's bundle on torch eager / ORT fp32 / ORT INT8, 2 threads, one
 interleaved run (rounds of calls alternating with a fixed reference workload); ratios are of p50s,
 taken on the uncut model (the ``full`` variant; ``frozen`` has the same graph and is shown too).
 

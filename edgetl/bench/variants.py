@@ -4,8 +4,8 @@ training cost, accuracy and inference speed side by side.
 Variants: the frozen base with the feature cache (``--cache features``) and without it (an image
 pipeline), the frozen base cut early at a stage (smaller, faster), partial fine-tuning of the top K
 stages, and the full fine-tune. Per variant:
-- training: the step time of the variant's own step (as ``finetune`` runs it) on a synthetic
-  device-resident batch, i.e. compute alone; epoch time and images/s of the real run (input
+- training: the time of the variant's own step (as ``finetune`` runs it) on a synthetic
+  device-resident batch, i.e. compute alone, all variants timed in interleaved rounds; epoch time and images/s of the real run (input
   pipeline included, from its metrics.csv); peak memory of the run; best val top-1/top-5;
 - inference: parameters, FLOPs at batch 1, and latency/throughput of the exported bundle on every
   backend through ``edgetl.bench.latency`` (all variants in one interleaved run), with the val top-1
@@ -25,7 +25,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
 from ..checkpoint import load_run
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "edgetl-variants-v1"
 IMAGE_CACHES = ("ram", "none")
+STEP_ROUNDS = 3
 # A mid/late stage per architecture, like taking an intermediate "mixed7" output of a big backbone.
 DEFAULT_CUT = {"mobilenet_v2": "stage5", "mobilenet_v3_small": "stage4", "mobilenet_v3_large": "stage5",
                "resnet18": "layer3", "resnet50": "layer3", "efficientnet_b0": "stage5"}
@@ -78,7 +79,7 @@ class VariantsConfig:
     device: str = "auto"
     workers: Optional[int] = None
     val_split: Optional[float] = None
-    steps: int = 5  # synthetic training steps timed per variant
+    steps: int = 2  # synthetic training steps timed per variant in each of STEP_ROUNDS rounds
     batches: Sequence[int] = (1, 8)
     warmup: int = 10
     iters: int = 50
@@ -167,9 +168,9 @@ def _status_kib(field: str) -> float:
     return 0.0
 
 
-def step_images_per_s(config: FinetuneConfig, variant: Variant, num_classes: int, device: Any, steps: int) -> float:
-    """Images/s of the variant's training step on a synthetic device-resident batch (random weights):
-    the whole model, or the head alone on features for ``--cache features``."""
+def step_timer(config: FinetuneConfig, variant: Variant, num_classes: int, device: Any) -> Callable[[int], float]:
+    """A function timing ``n`` of the variant's training steps (images/s) on a synthetic device-resident
+    batch (random weights): the whole model, or the head alone on features for ``--cache features``."""
     spec = get_backbone(config.arch, config.cut_at)
     size = preprocess_spec(spec).input_size
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -179,27 +180,36 @@ def step_images_per_s(config: FinetuneConfig, variant: Variant, num_classes: int
     labels = torch.randint(num_classes, (config.batch_size,), device=device)
     if variant.cache == "features":
         features = torch.randn(config.batch_size, model.feature_dim, device=device)
-        return training_step_rate(model, model.head, features, labels, config, device, steps, HeadBatches)
+        return lambda n: training_step_rate(model, model.head, features, labels, config, device, n, HeadBatches)
     images = torch.randn(config.batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    return training_step_rate(model, model, images, labels, config, device, steps)
+    return lambda n: training_step_rate(model, model, images, labels, config, device, n)
+
+
+def step_rates(config: VariantsConfig, variants: Sequence[Variant], num_classes: int, device: Any) -> Dict[str, float]:
+    """Median images/s of each variant's training step over ``STEP_ROUNDS`` rounds that visit the variants
+    in turn (``config.steps`` timed steps each), so load changes on a shared machine hit all alike."""
+    timers = {v.name: step_timer(config.finetune_config(v, Path(".")), v, num_classes, device) for v in variants}
+    rates = {name: [] for name in timers}  # type: Dict[str, List[float]]
+    for _ in range(STEP_ROUNDS):
+        for name, timer in timers.items():
+            rates[name].append(timer(config.steps))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def train_variant(config: VariantsConfig, variant: Variant, folder: Path, device: Any, progress: bool) -> Dict[str, Any]:
-    """Fine-tune one variant into ``folder/run``; its training figures."""
-    finetune_config = config.finetune_config(variant, folder / "run")
+    """Fine-tune one variant into ``folder/run``; the figures of the real run."""
     log.info("training variant %s", variant.name)
     with PeakMemory(device) as memory:
-        result = finetune(finetune_config, progress=progress)
+        result = finetune(config.finetune_config(variant, folder / "run"), progress=progress)
     summary, history = result.summary, result.history
-    rate = step_images_per_s(finetune_config, variant, len(summary["classes"]), device, config.steps)
     return {"run": str(result.run_dir), "cache": summary["cache"], "params_trainable": summary["params_trainable"],
-            "step_ms": 1000.0 * config.batch_size / rate, "step_images_per_s": rate,
             "steps_per_epoch": math.ceil(summary["num_train"] / config.batch_size),
             "epoch_s": statistics.mean(h["epoch_time_s"] for h in history),
             "images_per_s": statistics.mean(h["images_per_s"] for h in history), "run_time_s": summary["run_time_s"],
             "peak_memory_mib": memory.mib, "memory_before_mib": memory.before_mib, "memory_kind": memory.kind,
             "val_top1": summary["best_val_top1"], "val_top5": summary["best_val_top5"],
-            "num_train": summary["num_train"], "num_val": summary["num_val"], "data": summary["dataset"]}
+            "num_train": summary["num_train"], "num_val": summary["num_val"], "data": summary["dataset"],
+            "classes": len(summary["classes"])}
 
 
 def model_size(run_dir: Path) -> Tuple[int, int]:
@@ -278,6 +288,9 @@ def compare_variants(config: VariantsConfig, progress: bool = True) -> Dict[str,
     device = resolve_device(config.device)
     variants = config.variants()
     training = {v.name: train_variant(config, v, out / v.name, device, progress) for v in variants}
+    log.info("timing the training steps")
+    for name, rate in step_rates(config, variants, training["full"]["classes"], device).items():
+        training[name].update(step_ms=1000.0 * config.batch_size / rate, step_images_per_s=rate)
     skip_trt = tensorrt_skip_reason(device)
     if skip_trt:
         log.info("%s", skip_trt)

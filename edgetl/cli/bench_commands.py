@@ -72,8 +72,8 @@ def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple
 @click.option("--device", default="auto", show_default=True, help="Training device: auto, cpu, cuda or cuda:N.")
 @workers_option
 @click.option("--val-split", type=float, default=None, help="As for finetune, when DATA has no train/ and val/.")
-@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Synthetic training steps timed per variant.")
+@click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Synthetic training steps timed per variant in each of 3 interleaved rounds.")
 @click.option("--batch", "batches", default="1,8", show_default=True, callback=_batch_list,
               help="Inference batch sizes, comma-separated.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
