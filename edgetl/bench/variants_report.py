@@ -115,6 +115,9 @@ def plot_accuracy_latency(points: Sequence[Dict[str, Any]], path: Path, title: s
     handles += [h for h in axes.get_lines() if h.get_label() == "Pareto front"]
     axes.legend(handles=handles, fontsize=7, loc="lower right", ncol=2)
     axes.set_xscale("log")
+    plain = require("matplotlib.ticker").FormatStrFormatter("%g")
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(plain)
     axes.set_xlabel("batch-1 p50 latency, ms (log scale)")
     axes.set_ylabel("val top-1, %")
     axes.set_title(title, fontsize=10)
