@@ -74,6 +74,24 @@ def measure_pipelines(split: DatasetSplit, arch: str, batch_size: int, workers: 
     return rows
 
 
+def training_step_rate(model: Any, module: Any, inputs: Any, labels: Any, config: FinetuneConfig, device: Any,
+                       steps: int, batches: Callable[[List[Any]], Any] = list) -> float:
+    """Images/s of ``steps`` training steps of ``module`` (``model`` or its head) through ``train_one_epoch``
+    on one device-resident batch, after a warm-up step; ``model`` gives the optimizer's parameter groups."""
+    use_amp = device.type == "cuda"
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
+    scheduler = cosine_with_warmup(optimizer, 0, steps + 2)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    train_one_epoch(module, batches([(inputs, labels)]), criterion, optimizer, scheduler, scaler, device, use_amp,
+                    False, "warm-up")
+    tick = time.perf_counter()
+    train_one_epoch(module, batches([(inputs, labels)] * steps), criterion, optimizer, scheduler, scaler, device,
+                    use_amp, False, "timed")
+    _sync(device)
+    return steps * len(labels) / (time.perf_counter() - tick)
+
+
 def training_rates(arch: str, num_classes: int, batch_size: int, device: Any, steps: int) -> List[Dict[str, Any]]:
     """Images/s of one training step per strategy on synthetic input already on the device.
 
@@ -86,7 +104,6 @@ def training_rates(arch: str, num_classes: int, batch_size: int, device: Any, st
     memory_format = torch.channels_last if use_amp else torch.contiguous_format
     if use_amp:
         torch.backends.cudnn.benchmark = True
-    criterion = torch.nn.CrossEntropyLoss()
     images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
     labels = torch.randint(num_classes, (batch_size,), device=device)
     rows = []
@@ -95,29 +112,18 @@ def training_rates(arch: str, num_classes: int, batch_size: int, device: Any, st
         torch.manual_seed(0)
         model = build_model(spec, num_classes, HeadConfig(config.head), strategy, config.trainable_stages,
                             None).to(device, memory_format=memory_format)
-        optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
-        scheduler = cosine_with_warmup(optimizer, 0, 2 * steps + 2)
-        scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-
-        def step_rate(module: Any, inputs: Any, batches: Callable[[List[Any]], Any] = list) -> float:
-            train_one_epoch(module, batches([(inputs, labels)]), criterion, optimizer, scheduler, scaler, device,
-                            use_amp, False, "warm-up")
-            tick = time.perf_counter()
-            train_one_epoch(module, batches([(inputs, labels)] * steps), criterion, optimizer, scheduler, scaler,
-                            device, use_amp, False, "timed")
-            _sync(device)
-            return steps * batch_size / (time.perf_counter() - tick)
-
-        rows.append({"name": strategy, "images_per_s": step_rate(model, images)})
+        rows.append({"name": strategy, "images_per_s": training_step_rate(model, model, images, labels, config,
+                                                                          device, steps)})
         if strategy == "feature-extractor":
             features = torch.randn(batch_size, model.feature_dim, device=device)
-            rows.append({"name": HEAD_ONLY, "images_per_s": step_rate(model.head, features, HeadBatches)})
+            rows.append({"name": HEAD_ONLY, "images_per_s": training_step_rate(
+                model, model.head, features, labels, config, device, steps, HeadBatches)})
             extract_features(model.base, [(images, labels)], device, use_amp)  # warm-up
             tick = time.perf_counter()
             extract_features(model.base, [(images, labels)] * steps, device, use_amp)
             _sync(device)
             rows.append({"name": EXTRACTION, "images_per_s": steps * batch_size / (time.perf_counter() - tick)})
-        del model, optimizer
+        del model
     for row in rows:
         row["step_ms"] = 1000.0 * batch_size / row["images_per_s"]
     return rows

@@ -3,7 +3,7 @@ add a new benchmark as ``@bench.command("name")`` below (``COMMANDS`` registers 
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import click
 
@@ -99,6 +99,67 @@ def bench_data(data: Optional[Path], arch: str, batch_size: int, workers: Option
     report = run_bench_data(data, arch=arch, batch_size=batch_size, workers=workers, device=device, batches=batches,
                             steps=steps, val_split=val_split)
     click.echo(json.dumps(report, indent=2) if as_json else format_bench_data(report))
+
+
+def _batch_list(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[int, ...]:
+    try:
+        batches = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter("give batch sizes like 1,8; got {!r}".format(value)) from None
+    if min(batches) < 1:
+        raise click.BadParameter("batch sizes must be >= 1; got {!r}".format(value))
+    return batches
+
+
+@bench.command("variants")
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_ARCH, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--cut-at", default=None, metavar="STAGE",
+              help="Stage where the cut feature extractor ends (default: a mid/late stage, stage5 for mobilenet_v2).")
+@click.option("--trainable-stages", type=click.IntRange(min=1), default=2, show_default=True,
+              help="K: the partial variant trains the top K stages.")
+@click.option("--image-cache", type=click.Choice(["ram", "none"]), default="ram", show_default=True,
+              help="--cache of the variants that do not train on cached features.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--weights", "weights_", default=None, help="As for finetune: a file, or 'none' for random init.")
+@click.option("--device", default="auto", show_default=True, help="Training device: auto, cpu, cuda or cuda:N.")
+@workers_option
+@click.option("--val-split", type=float, default=None, help="As for finetune, when DATA has no train/ and val/.")
+@click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Synthetic training steps timed per variant in each of 3 interleaved rounds.")
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=_batch_list,
+              help="Inference batch sizes, comma-separated.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Timed inference calls per backend and batch.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the runtime's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: models/variants-<time>/.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def bench_variants(ctx: click.Context, data: Optional[Path], arch: str, epochs: int, cut_at: Optional[str],
+                   trainable_stages: int, image_cache: str, batch_size: int, weights_: Optional[str], device: str,
+                   workers: Optional[int], val_split: Optional[float], steps: int, batches: Tuple[int, ...],
+                   warmup: int, iters: int, rounds: int, threads: Optional[int], out: Optional[Path],
+                   as_json: bool) -> None:
+    """Which variant should I ship? Train frozen (with and without the feature cache), cut, partial and
+    full variants on DATA, export each, and compare training cost, accuracy and latency per backend.
+
+    \b
+    edgetl bench variants photos/ --arch mobilenet_v2 --epochs 3
+    edgetl bench variants photos/ --cut-at stage4 --trainable-stages 3 --threads 4 --out models/compare
+    """
+    from ..bench.variants import VariantsConfig, compare_variants
+    from ..bench.variants_report import format_text
+
+    config = VariantsConfig(data=None if data is None else str(data), arch=arch, epochs=epochs, cut_at=cut_at,
+                            trainable_stages=trainable_stages, image_cache=image_cache, batch_size=batch_size,
+                            weights=weights_, device=device, workers=workers, val_split=val_split, steps=steps,
+                            batches=batches, warmup=warmup, iters=iters, rounds=rounds, threads=threads,
+                            out=None if out is None else str(out))
+    report = compare_variants(config, progress=ctx.obj["progress"])
+    click.echo(json.dumps(report, indent=2) if as_json else format_text(report))
 
 
 COMMANDS = (bench,)
