@@ -43,7 +43,7 @@ def test_bench_latency_rows_for_files_and_runs(tmp_path: Path, tiny_run: Path) -
     model = reference_onnx(tmp_path / "tiny.onnx")
     report = bench_latency(LatencyConfig(models=[str(model), str(tiny_run)], backends=["torch"], batches=[1, 2],
                                          warmup=1, iters=4, rounds=2, threads=1))
-    keys = [(r["model"], r["backend"], r["batch"]) for r in report["rows"]]
+    keys = [(Path(r["model"]).name, r["backend"], r["batch"]) for r in report["rows"]]
     assert keys == [("tiny.onnx", "onnx", 1), ("tiny.onnx", "onnx", 2), ("run", "torch", 1), ("run", "torch", 2)]
     for row in report["rows"]:
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]

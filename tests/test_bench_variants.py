@@ -122,4 +122,4 @@ def test_bad_options_fail_with_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["bench", "variants", "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 1 and "is not empty; choose another --out" in result.output
     result = CliRunner().invoke(main, ["bench", "variants", "--batch", "1,x"])
-    assert result.exit_code == 2 and "give batch sizes like 1,8" in result.output
+    assert result.exit_code == 2 and "a comma-separated list of batch sizes" in result.output

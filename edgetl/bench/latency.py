@@ -32,7 +32,8 @@ from ..report import text_table
 from ..runtime import BACKENDS, OnnxRuntimeRunner, Runner, TorchRunner, choose_backend
 
 log = logging.getLogger(__name__)
-REFERENCE_NAME = "reference-convnet"
+METHOD = ("latency: host wall-clock per call; 'relative': median over rounds of the model's fastest call divided "
+          "by the fastest call of a fixed reference conv net (ONNX Runtime, same threads) timed in the same round")
 
 
 class RegressionError(EdgetlError):
@@ -62,7 +63,7 @@ class LatencyConfig:
 
 @dataclass
 class LatencyRow:
-    model: str  # the model's file or folder name: baselines match rows by (model, backend, batch)
+    model: str  # as given; baselines match rows by (file or folder name, backend, batch)
     backend: str
     batch: int
     p50_ms: float
@@ -210,12 +211,12 @@ def _bench_latency(config: LatencyConfig) -> Dict[str, Any]:
                         feed = _feed(runner, target, batch, rng)
                         stats = time_interleaved(lambda: runner.infer(feed), lambda: reference.infer(reference_feed),
                                                  config.warmup, config.iters, config.rounds)
-                        rows.append(LatencyRow(Path(target.model).name, target.backend, batch,
+                        rows.append(LatencyRow(target.model, target.backend, batch,
                                                images_per_s=batch * 1000.0 / stats["mean_ms"],
                                                stages_ms=getattr(runner, "last_stages_ms", None), **stats))
     for reason in skipped:
         log.info("skipped %s", reason)
-    return {"machine": machine_info(config.threads), "method": __doc__.split("\n\n")[1].replace("\n", " "),
+    return {"machine": machine_info(config.threads), "method": METHOD,
             "config": {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(config).items()},
             "rows": [asdict(r) for r in rows], "skipped": skipped}
 
@@ -234,7 +235,9 @@ def machine_info(threads: Optional[int]) -> Dict[str, Any]:
 
 
 def row_key(row: Dict[str, Any]) -> str:
-    return "{} [{}] batch {}".format(row["model"], row["backend"], row["batch"])
+    """How a row is matched against the baseline: the model's file or folder name, backend and batch
+    (so a baseline recorded in another folder or on another machine still matches)."""
+    return "{} [{}] batch {}".format(Path(row["model"]).name, row["backend"], row["batch"])
 
 
 def compare_to_baseline(report: Dict[str, Any], baseline: Dict[str, Any], max_regression_pct: float) -> List[Dict[str, Any]]:
@@ -263,7 +266,7 @@ def fail_on_regressions(verdicts: Optional[List[Dict[str, Any]]], max_regression
 def format_latency(report: Dict[str, Any], verdicts: Optional[List[Dict[str, Any]]] = None) -> str:
     """The results table (plus the baseline comparison when there is one)."""
     headers = ["model", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "vs reference"]
-    rows = [[r["model"], r["backend"], r["batch"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["mean_ms"],
+    rows = [[Path(r["model"]).name, r["backend"], r["batch"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["mean_ms"],
              r["images_per_s"], "{:.3f}x".format(r["relative"])] for r in report["rows"]]
     lines = [text_table(headers, rows)]
     stages = [(row_key(r), r["stages_ms"]) for r in report["rows"] if r.get("stages_ms")]
