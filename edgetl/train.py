@@ -102,7 +102,7 @@ def resume(run_dir: Path, epochs: Optional[int] = None, progress: bool = True) -
     """Continue a run from its ``last.pt`` with its saved options (optionally more epochs)."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / "last.pt")
-    config = FinetuneConfig.from_dict(dict({"cache": "none"}, **state["config"]))  # runs from before --cache: PIL
+    config = FinetuneConfig.from_dict(state["config"])
     if epochs is not None:
         config = replace(config, epochs=epochs)
     return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress)
