@@ -135,7 +135,7 @@ def _compute(model: FeatureModel, paths: Sequence[Path], measure: str, batch_siz
     base = model.base.to(device).eval()
     rows = []
     with torch.no_grad(), _measuring(model, measure) as captured:
-        for images, _ in tqdm(loader, desc="features", leave=False, disable=not progress):
+        for images, _ in tqdm(loader, desc="features", leave=False, disable=None if progress else True):
             pooled = base(images.to(device))
             rows.append((pooled if measure == POOLED else captured["maps"].amax(dim=(2, 3))).float().cpu().numpy())
     return np.concatenate(rows).astype(np.float32)

@@ -182,7 +182,8 @@ def train_one_epoch(model: Any, batches: Any, criterion: Any, optimizer: Any, sc
     """One pass over device-resident (inputs, labels) batches; returns (mean loss, top-1)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    for images, labels in tqdm(batches, desc=label, leave=False, disable=not progress):
+    # disable=None: bars only on a terminal, not in logs
+    for images, labels in tqdm(batches, desc=label, leave=False, disable=None if progress else True):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             logits = model(images)
             loss = criterion(logits, labels)
