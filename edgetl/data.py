@@ -101,7 +101,8 @@ def scan_class_folders(root: Path, workers: int = 8) -> Tuple[List[str], List[Sa
         counts[sample.label] += 1
     empty = [d.name for d, n in zip(dirs, counts) if n == 0]
     if empty:
-        raise DataError("class folder(s) with no readable images in {}: {}".format(root, ", ".join(empty)))
+        more = " and {} more".format(len(empty) - 5) if len(empty) > 5 else ""
+        raise DataError("class folder(s) with no readable images in {}: {}{}".format(root, ", ".join(empty[:5]), more))
     return [d.name for d in dirs], samples, skipped
 
 
