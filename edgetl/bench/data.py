@@ -13,8 +13,6 @@ On CPU, loader and model share the cores: the rates are measured apart, a real e
 from __future__ import annotations
 
 import gc
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -28,6 +26,7 @@ from ..feature_cache import HeadBatches, extract_features
 from ..model import HeadConfig, build_model, parameter_groups
 from ..report import text_table
 from ..train import cosine_with_warmup, make_optimizer, resolve_device, train_one_epoch
+from .latency import machine_info
 
 torch = require("torch")
 
@@ -173,8 +172,8 @@ def bench_data(data: Optional[Path] = None, arch: str = "mobilenet_v2", batch_si
     return {"data": str(split.root), "arch": arch, "device": str(torch_device), "batch_size": batch_size,
             "workers": workers, "train_images": len(split.train), "pipelines": pipelines, "model": model,
             "verdicts": verdicts(pipelines, model, len(split.train)),
-            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                        "cuda": torch.cuda.get_device_name(torch_device) if torch_device.type == "cuda" else None}}
+            "machine": dict(machine_info(None), cuda=torch.cuda.get_device_name(torch_device)
+                            if torch_device.type == "cuda" else None)}
 
 
 def format_bench_data(report: Dict[str, Any]) -> str:
