@@ -43,12 +43,13 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int
 
 @torch.no_grad()
 def predict_logits(model: Any, loader: Any, device: Any) -> tuple:
-    """Stacked logits and labels of a whole loader (model in eval mode)."""
+    """Stacked logits and labels of a whole loader (model in eval mode), both on the CPU: pipelines may
+    hand labels over already on the training device, and the metrics are computed in numpy."""
     model.eval()
     outputs, labels = [], []
     for images, target in loader:
         outputs.append(model(images.to(device)).float().cpu())
-        labels.append(target)
+        labels.append(target.cpu())
     return torch.cat(outputs), torch.cat(labels)
 
 

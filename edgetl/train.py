@@ -133,11 +133,7 @@ def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Op
     history: List[Dict[str, float]] = []
     best_top1, start_epoch, started = -1.0, 0, time.perf_counter()
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        restore_training_state(state, model, optimizer, scheduler, scaler)
         history, best_top1, start_epoch = list(state["history"]), float(state["best_top1"]), int(state["epoch"]) + 1
         log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, config.epochs)
     else:
@@ -175,6 +171,16 @@ def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Op
     summary = _summary(config, run_dir, split, model, device, use_amp, history, time.perf_counter() - started)
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, summary, history)
+
+
+def restore_training_state(state: Dict[str, Any], model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> None:
+    """Load a checkpoint's model, optimizer, scheduler, AMP scaler and RNG states for ``--resume``."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"]:  # empty when AMP was off at save time (a run started on CPU, resumed on CUDA)
+        scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
 
 
 def train_one_epoch(model: Any, batches: Any, criterion: Any, optimizer: Any, scheduler: Any, scaler: Any,

@@ -109,3 +109,43 @@ def test_cut_run_round_trips_through_its_checkpoint(make_image_folder, tmp_path:
     assert result.summary["cut_at"] == "stage3"
     model, payload = load_run(result.run_dir)
     assert payload["cut_at"] == "stage3" and model.feature_dim == 40
+
+
+def test_evaluation_accepts_labels_already_on_the_device() -> None:
+    """Pipelines hand labels over on the training device; on CUDA, mixing them with CPU logits crashed
+    every fine-tune at the end of epoch 1 (``placement.OnDevice`` applies CUDA's rule on the CPU)."""
+    from placement import PlacementError, on_device
+
+    from edgetl.evaluate import evaluate_model
+
+    class DeviceLinear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = on_device(torch.randn(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.weight
+
+    model = DeviceLinear()
+    loader = [(on_device(torch.randn(5, 4)), on_device(torch.tensor([0, 1, 2, 0, 1])))]
+    result = evaluate_model(model, loader, torch.device("cpu"), 3, torch.nn.CrossEntropyLoss())
+    assert result.count == 5 and result.loss == result.loss  # not NaN: the criterion ran
+    with pytest.raises(PlacementError):  # the checker itself catches a mix
+        torch.nn.CrossEntropyLoss()(torch.randn(5, 3), loader[0][1])
+
+
+def test_resume_into_an_amp_scaler_from_a_run_saved_without_amp(tiny_run: Path) -> None:
+    """A run started on CPU (AMP off: empty scaler state) resumes on a CUDA host (AMP on)."""
+    from edgetl.checkpoint import model_from_checkpoint
+    from edgetl.model import parameter_groups
+    from edgetl.train import cosine_with_warmup, make_optimizer, restore_training_state
+
+    state = load_checkpoint(tiny_run / "last.pt")
+    assert state["scaler"] == {}
+    config = FinetuneConfig.from_dict(state["config"])
+    model = model_from_checkpoint(state)
+    optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
+    scheduler = cosine_with_warmup(optimizer, 0, 10)
+    scaler = torch.amp.GradScaler("cpu", enabled=True)  # stands in for the CUDA scaler: same state logic
+    restore_training_state(state, model, optimizer, scheduler, scaler)
+    assert scaler.get_scale() == 65536.0  # a fresh scale, as on a first AMP epoch
