@@ -24,10 +24,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .backbones import BackboneSpec, get_backbone
-from .data import DatasetSplit, Sample, load_dataset
-from .errors import DataError
-from .pilot import PilotConfig, format_pilot, run_pilot
+from edgetl.backbones import BackboneSpec, get_backbone
+from edgetl.data import DatasetSplit, Sample, load_dataset
+from edgetl.errors import DataError
+from edgetl.pilot import PilotConfig, format_pilot, run_pilot
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +270,11 @@ def advise(data: Optional[Path] = None, arch: str = "mobilenet_v2", val_split: O
            progress: bool = False) -> Dict[str, Any]:
     """Measure size and similarity of DATA (default: the demo dataset) and return the advice as a dict;
     with ``pilot``, also train the candidate strategies briefly and compare (``report["pilot"]``)."""
-    from .features import compute_features, imagenet_probabilities, pretrained_model
+    from edgetl.features import compute_features, imagenet_probabilities, pretrained_model
 
     started = time.perf_counter()
     if data is None:
-        from .demo import ensure_demo_dataset
+        from edgetl.demo import ensure_demo_dataset
 
         root = ensure_demo_dataset()
     else:

@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
-from .decoded_cache import GEOMETRY_COLUMNS, upright_size
-from .deps import require
-from .preprocess import PreprocessSpec
+from edgetl.decoded_cache import GEOMETRY_COLUMNS, upright_size
+from edgetl.deps import require
+from edgetl.preprocess import PreprocessSpec
 
 torch = require("torch")
 F = torch.nn.functional

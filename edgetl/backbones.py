@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from .deps import require
-from .errors import ConfigError
-from .preprocess import PreprocessSpec
+from edgetl.deps import require
+from edgetl.errors import ConfigError
+from edgetl.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

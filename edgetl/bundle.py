@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from . import __version__
-from .errors import CheckpointError
-from .fileio import atomic_write_text
-from .preprocess import PreprocessSpec
+from edgetl import __version__
+from edgetl.errors import CheckpointError
+from edgetl.fileio import atomic_write_text
+from edgetl.preprocess import PreprocessSpec
 
 BUNDLE_FORMAT = "edgetl-bundle-v1"
 MANIFEST = "bundle.json"

@@ -8,13 +8,13 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from .backbones import get_backbone
-from .config import trainable_stage_names
-from .deps import require
-from .errors import CheckpointError, ConfigError
-from .fileio import atomic_path
-from .model import EdgeClassifier, HeadConfig
-from .preprocess import PreprocessSpec
+from edgetl.backbones import get_backbone
+from edgetl.config import trainable_stage_names
+from edgetl.deps import require
+from edgetl.errors import CheckpointError, ConfigError
+from edgetl.fileio import atomic_path
+from edgetl.model import EdgeClassifier, HeadConfig
+from edgetl.preprocess import PreprocessSpec
 
 torch = require("torch")
 

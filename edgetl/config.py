@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional
 
-from .backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
-from .errors import ConfigError
+from edgetl.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
+from edgetl.errors import ConfigError
 
 STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")

@@ -17,9 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from .errors import DataError
-from .fileio import atomic_write_text
-from .preprocess import load_rgb
+from edgetl.errors import DataError
+from edgetl.fileio import atomic_write_text
+from edgetl.preprocess import load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .augment import augment_decoded, draw_crop_randoms, eval_crop_decoded, normalize_batch, random_resized_crop_boxes
-from .config import FinetuneConfig
-from .data import DatasetSplit, Sample
-from .decoded_cache import DecodedImages, cache_bytes, open_decoded_images
-from .deps import require
-from .errors import ConfigError
-from .preprocess import PreprocessSpec, load_rgb, resize_and_crop
+from edgetl.augment import augment_decoded, draw_crop_randoms, eval_crop_decoded, normalize_batch, random_resized_crop_boxes
+from edgetl.config import FinetuneConfig
+from edgetl.data import DatasetSplit, Sample
+from edgetl.decoded_cache import DecodedImages, cache_bytes, open_decoded_images
+from edgetl.deps import require
+from edgetl.errors import ConfigError
+from edgetl.preprocess import PreprocessSpec, load_rgb, resize_and_crop
 
 torch = require("torch")
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def build_pipeline(config: FinetuneConfig, split: DatasetSplit, spec: Preprocess
         return image_pipeline(cache, split, spec, config.batch_size, workers, device, memory_format)
     if not model.base_frozen:
         raise ConfigError("--cache features needs --strategy feature-extractor (a frozen base)")
-    from .feature_cache import feature_pipeline
+    from edgetl.feature_cache import feature_pipeline
 
     return feature_pipeline(split, spec, model, config.batch_size, config.feature_views, config.seed, workers,
                             device, memory_format, use_amp)

@@ -29,11 +29,11 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .data import Sample
-from .deps import require
-from .errors import DataError
-from .fileio import atomic_path, atomic_write_text, edgetl_home, file_fingerprints
-from .preprocess import PreprocessSpec, center_crop_offsets, load_rgb, resize_shorter_side, resized_size
+from edgetl.data import Sample
+from edgetl.deps import require
+from edgetl.errors import DataError
+from edgetl.fileio import atomic_path, atomic_write_text, edgetl_home, file_fingerprints
+from edgetl.preprocess import PreprocessSpec, center_crop_offsets, load_rgb, resize_shorter_side, resized_size
 
 torch = require("torch")
 log = logging.getLogger(__name__)

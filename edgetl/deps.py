@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Iterator, Optional
 
-from .errors import DependencyError
+from edgetl.errors import DependencyError
 
 # module name -> (pip requirement, edgetl extra that provides it)
 _PROVIDERS = {

@@ -9,10 +9,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .deps import require
-from .errors import DataError
-from .fileio import atomic_write_text
-from .report import text_table
+from edgetl.deps import require
+from edgetl.errors import DataError
+from edgetl.fileio import atomic_write_text
+from edgetl.report import text_table
 
 torch = require("torch")
 
@@ -63,11 +63,11 @@ def evaluate_run(run: Path, data: Optional[Path] = None, batch_size: int = 32, d
                  workers: Optional[int] = None) -> Dict[str, Any]:
     """Evaluate a run's best.pt on DATA (class folders; a train/val root uses val/) or its own val split.
     Writes ``evaluation.json`` and ``evaluation.txt`` into the run folder."""
-    from .checkpoint import load_run, preprocess_of
-    from .data import DatasetSplit, ImageDataset, scan_class_folders
-    from .preprocess import torch_transforms
-    from .datapipe import auto_workers
-    from .train import resolve_device
+    from edgetl.checkpoint import load_run, preprocess_of
+    from edgetl.data import DatasetSplit, ImageDataset, scan_class_folders
+    from edgetl.preprocess import torch_transforms
+    from edgetl.datapipe import auto_workers
+    from edgetl.train import resolve_device
 
     run = Path(run)
     model, payload = load_run(run)

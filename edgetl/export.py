@@ -20,20 +20,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import onnx
 
-from .bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
-from .checkpoint import load_run, preprocess_of
-from .data import DatasetSplit
-from .deps import require
-from .errors import CheckpointError, ConfigError, DependencyError, ExportError
-from .fileio import atomic_path, atomic_write_text, sha256_file
-from .onnx_export import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
-from .parity import (Parity, compare, fp16_failures, fp32_failures, int8_failures, load_eval_images, normalized,
-                     onnx_outputs, random_inputs, stretched_nearest, top1)
-from .quantize import (CALIB_METHODS, DEFAULT_CALIB_SIZE, INT8_TARGETS, ImageCalibrationReader, calibration_samples,
-                       quantize_onnx, write_calibration_manifest)
-from .report import text_table
-from .trt.plan import (DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, build_script, onnx_versions,
-                       plan_engine, resolve_target)
+from edgetl.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
+from edgetl.checkpoint import load_run, preprocess_of
+from edgetl.data import DatasetSplit
+from edgetl.deps import require
+from edgetl.errors import CheckpointError, ConfigError, DependencyError, ExportError
+from edgetl.fileio import atomic_path, atomic_write_text, sha256_file
+from edgetl.onnx_export import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.parity import Parity, compare, fp16_failures, fp32_failures, int8_failures, load_eval_images, normalized, onnx_outputs, random_inputs, stretched_nearest, top1
+from edgetl.quantize import CALIB_METHODS, DEFAULT_CALIB_SIZE, INT8_TARGETS, ImageCalibrationReader, calibration_samples, quantize_onnx, write_calibration_manifest
+from edgetl.report import text_table
+from edgetl.trt.plan import DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
 
 torch = require("torch")
 REPORT_FORMAT = "edgetl-export-report-v1"
@@ -247,7 +244,7 @@ class _Export:
         return self._gated("int8", write, check)
 
     def fp16(self) -> bool:
-        from .trt.fp16 import convert_to_fp16
+        from edgetl.trt.fp16 import convert_to_fp16
 
         def write(path: Path) -> None:
             onnx.save(convert_to_fp16(onnx.load(str(self.out / ONNX_FILES["fp32"]))), str(path))
@@ -342,7 +339,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
 
 def _build_engine(job: _Export) -> Optional[Exception]:
     """Build the engine; returns the DependencyError to raise later when TensorRT is missing."""
-    from .trt.build import build_bundle_engine
+    from edgetl.trt.build import build_bundle_engine
 
     try:
         engine = build_bundle_engine(job.out, job.config.precision, job.config.profile(), job.config.workspace_mib,

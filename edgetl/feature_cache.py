@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Tuple
 
-from .data import DatasetSplit
-from .datapipe import BatchStream, DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, make_loader
-from .decoded_cache import DecodedImages, default_cache_dir
-from .deps import require, torch_threads
-from .fileio import atomic_path
-from .preprocess import PreprocessSpec
+from edgetl.data import DatasetSplit
+from edgetl.datapipe import BatchStream, DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, make_loader
+from edgetl.decoded_cache import DecodedImages, default_cache_dir
+from edgetl.deps import require, torch_threads
+from edgetl.fileio import atomic_path
+from edgetl.preprocess import PreprocessSpec
 
 torch = require("torch")
 log = logging.getLogger(__name__)

@@ -20,12 +20,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from .backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entry
-from .data import IMAGE_SUFFIXES, ImageDataset, Sample, check_image
-from .deps import require
-from .errors import ConfigError, DataError
-from .fileio import atomic_path, edgetl_home, file_fingerprints
-from .preprocess import PreprocessSpec, torch_transforms
+from edgetl.backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entry
+from edgetl.data import IMAGE_SUFFIXES, ImageDataset, Sample, check_image
+from edgetl.deps import require
+from edgetl.errors import ConfigError, DataError
+from edgetl.fileio import atomic_path, edgetl_home, file_fingerprints
+from edgetl.preprocess import PreprocessSpec, torch_transforms
 
 torch = require("torch")
 log = logging.getLogger(__name__)
@@ -48,8 +48,8 @@ class FeatureModel:
 
 def pretrained_model(arch: str) -> FeatureModel:
     """The frozen torchvision backbone with its verified ImageNet weights and original classifier."""
-    from .model import EdgeClassifier, HeadConfig, load_base_weights
-    from .weights import fetch_weights, load_state_dict
+    from edgetl.model import EdgeClassifier, HeadConfig, load_base_weights
+    from edgetl.weights import fetch_weights, load_state_dict
 
     spec = get_backbone(arch)
     path = fetch_weights(spec)
@@ -64,7 +64,7 @@ def pretrained_model(arch: str) -> FeatureModel:
 
 def run_model(run: Path) -> FeatureModel:
     """The fine-tuned backbone of a run folder (its best.pt) or of a checkpoint file."""
-    from .checkpoint import load_run, preprocess_of
+    from edgetl.checkpoint import load_run, preprocess_of
 
     run = Path(run)
     checkpoint = run / "best.pt" if run.is_dir() else run
@@ -156,8 +156,8 @@ def compute_features(model: FeatureModel, paths: Sequence[Path], stage: Optional
     """float32 (N, D): pooled penultimate features of each file, or with ``stage`` each channel's spatial
     maximum in that stage's output. Cached in ``cache_dir`` (default ``default_cache_dir()``) unless ``cache``
     is False."""
-    from .datapipe import auto_workers
-    from .train import resolve_device
+    from edgetl.datapipe import auto_workers
+    from edgetl.train import resolve_device
 
     if not paths:
         raise DataError("no images to compute features of")

@@ -20,13 +20,12 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .deps import require
-from .errors import ConfigError, WeightsError
-from .features import FeatureModel, captured_stage, compute_features, list_images
-from .fileio import atomic_path, atomic_write_text
-from .preprocess import load_rgb, resize_and_crop, torch_transforms
-from .sheets import (change_tiles, filter_tiles, grid_columns, heat_overlay, save_png, side_by_side, thumbnail,
-                     tile_grid)
+from edgetl.deps import require
+from edgetl.errors import ConfigError, WeightsError
+from edgetl.features import FeatureModel, captured_stage, compute_features, list_images
+from edgetl.fileio import atomic_path, atomic_write_text
+from edgetl.preprocess import load_rgb, resize_and_crop, torch_transforms
+from edgetl.sheets import change_tiles, filter_tiles, grid_columns, heat_overlay, save_png, side_by_side, thumbnail, tile_grid
 
 torch = require("torch")
 log = logging.getLogger(__name__)
@@ -62,7 +61,7 @@ def first_conv(model: FeatureModel) -> Tuple[str, np.ndarray]:
 
 def pretrained_first_conv(model: FeatureModel, name: str) -> Optional[np.ndarray]:
     """The first conv's weights before fine-tuning, or None when the run did not start from pretrained weights."""
-    from .weights import RANDOM_INIT, load_state_dict, resolve_weights
+    from edgetl.weights import RANDOM_INIT, load_state_dict, resolve_weights
 
     source = model.weights_source
     if source is not None and source.lower() == RANDOM_INIT:

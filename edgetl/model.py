@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .backbones import (BackboneSpec, build_torchvision_model, get_submodule_parent, stage_of_parameter,
-                        strip_classifier)
-from .config import HEADS, trainable_stage_names
-from .deps import require
-from .errors import ConfigError, WeightsError
+from edgetl.backbones import BackboneSpec, build_torchvision_model, get_submodule_parent, stage_of_parameter, strip_classifier
+from edgetl.config import HEADS, trainable_stage_names
+from edgetl.deps import require
+from edgetl.errors import ConfigError, WeightsError
 
 torch = require("torch")
 nn = torch.nn
@@ -126,7 +125,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 def build_model(spec: BackboneSpec, num_classes: int, head: HeadConfig, strategy: str,
                 trainable_stages: int, weights: Optional[Path]) -> EdgeClassifier:
     """An EdgeClassifier with pretrained base weights (unless ``weights`` is None) and the strategy applied."""
-    from .weights import load_state_dict
+    from edgetl.weights import load_state_dict
 
     if num_classes < 2:
         raise ConfigError("need at least 2 classes, got {}".format(num_classes))

@@ -15,10 +15,10 @@ from typing import Any, Dict, Optional
 
 import onnx
 
-from . import __version__
-from .deps import require
-from .errors import ExportError
-from .preprocess import PreprocessSpec
+from edgetl import __version__
+from edgetl.deps import require
+from edgetl.errors import ExportError
+from edgetl.preprocess import PreprocessSpec
 
 torch = require("torch")
 

@@ -15,10 +15,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import Sample
-from .errors import DataError
-from .preprocess import PreprocessSpec, load_rgb, normalize, resize_and_crop
-from .runtime import OnnxRuntimeRunner, infer_batched
+from edgetl.data import Sample
+from edgetl.errors import DataError
+from edgetl.preprocess import PreprocessSpec, load_rgb, normalize, resize_and_crop
+from edgetl.runtime import OnnxRuntimeRunner, infer_batched
 
 log = logging.getLogger(__name__)
 

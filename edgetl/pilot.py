@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from .data import DatasetSplit, Sample
-from .errors import ConfigError
+from edgetl.data import DatasetSplit, Sample
+from edgetl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .advise import Plan
+    from edgetl.advise import Plan
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,9 @@ def _link_subset(samples: Sequence[Sample], classes: Sequence[str], folder: Path
 def run_pilot(split: DatasetSplit, arch: str, candidates: Sequence["Plan"], rule_quadrant: int, config: PilotConfig,
               progress: bool = False) -> Dict[str, Any]:
     """Train each candidate plan for ``config.epochs`` epochs; val top-1, time, and the verdict versus the rule."""
-    from .advise import sample_per_class  # advise imports this module: import back lazily
-    from .config import FinetuneConfig
-    from .train import finetune
+    from edgetl.advise import sample_per_class  # advise imports this module: import back lazily
+    from edgetl.config import FinetuneConfig
+    from edgetl.train import finetune
 
     train = sample_per_class(split.train, config.train_per_class, config.seed)
     val = sample_per_class(split.val, config.val_per_class, config.seed)
@@ -99,7 +99,7 @@ def _verdict(rows: List[Dict[str, Any]], val_images: int, config: PilotConfig, t
 
 def format_pilot(pilot: Dict[str, Any]) -> str:
     """The pilot table and a one-line verdict."""
-    from .report import text_table
+    from edgetl.report import text_table
 
     rows = [[row["strategy"], row["trainable_stages"],
              "-" if row["strategy"] == "feature-extractor" else "{:g}".format(row["lr"]),

@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import ConfigError, DataError
+from edgetl.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,7 +55,7 @@ class PreprocessSpec:
         return cls(**known)
 
     def save(self, path: Path) -> None:
-        from .fileio import atomic_write_text
+        from edgetl.fileio import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -139,7 +139,7 @@ def eval_array(img: Image.Image, spec: PreprocessSpec, center_crop: bool = True)
 
 def torch_transforms(spec: PreprocessSpec, train: bool) -> Any:
     """The torchvision transform for training (RandomResizedCrop + flip) or evaluation."""
-    from .deps import require
+    from edgetl.deps import require
 
     T = require("torchvision.transforms")
     interpolation = T.InterpolationMode(spec.interpolation)

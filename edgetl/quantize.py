@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from .data import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
-from .deps import require
-from .errors import DataError
-from .fileio import atomic_write_text, sha256_file
-from .preprocess import PreprocessSpec, eval_array, load_rgb
+from edgetl.data import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
+from edgetl.deps import require
+from edgetl.errors import DataError
+from edgetl.fileio import atomic_write_text, sha256_file
+from edgetl.preprocess import PreprocessSpec, eval_array, load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from .bundle import ONNX_FILES, Bundle, ModelInfo
-from .deps import require
-from .errors import CheckpointError, ConfigError, DataError, DependencyError
-from .preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
+from edgetl.bundle import ONNX_FILES, Bundle, ModelInfo
+from edgetl.deps import require
+from edgetl.errors import CheckpointError, ConfigError, DataError, DependencyError
+from edgetl.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
@@ -156,7 +156,7 @@ class TorchRunner(Runner):
 
     def _activate(self) -> None:
         require("torch")
-        from .checkpoint import load_run
+        from edgetl.checkpoint import load_run
 
         self.model, _ = load_run(self.run_dir)
 
@@ -261,7 +261,7 @@ class Classifier:
         if choice.backend == "torch":
             return TorchRunner(self.bundle.checkpoint_dir())
         if choice.backend == "trt":
-            from .trt.runner import TrtRunner
+            from edgetl.trt.runner import TrtRunner
 
             return TrtRunner(self.bundle.root / choice.engine, onnx_path=self.bundle.root / choice.model.file)
         return OnnxRuntimeRunner(self.bundle.root / choice.model.file, device=self.device)

@@ -8,7 +8,7 @@ from typing import List, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .fileio import atomic_path
+from edgetl.fileio import atomic_path
 
 PAD = 6  # pixels between tiles and around the sheet
 LINE = 14  # height of one caption or title line

@@ -18,18 +18,18 @@ from typing import Any, Dict, List, Optional
 
 from tqdm import tqdm
 
-from .backbones import get_backbone, preprocess_spec
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .data import DatasetSplit, load_dataset
-from .datapipe import build_pipeline
-from .deps import require
-from .errors import ConfigError
-from .evaluate import evaluate_model
-from .fileio import atomic_write_text
-from .config import FinetuneConfig
-from .model import HeadConfig, build_model, count_parameters, parameter_groups
-from .report import text_table
-from .weights import resolve_weights
+from edgetl.backbones import get_backbone, preprocess_spec
+from edgetl.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from edgetl.data import DatasetSplit, load_dataset
+from edgetl.datapipe import build_pipeline
+from edgetl.deps import require
+from edgetl.errors import ConfigError
+from edgetl.evaluate import evaluate_model
+from edgetl.fileio import atomic_write_text
+from edgetl.config import FinetuneConfig
+from edgetl.model import HeadConfig, build_model, count_parameters, parameter_groups
+from edgetl.report import text_table
+from edgetl.weights import resolve_weights
 
 torch = require("torch")
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> RunResult:
     if (run_dir / "last.pt").exists():
         raise ConfigError("{} already holds a run; continue it with --resume or choose another --out".format(run_dir))
     if config.data is None:
-        from .demo import ensure_demo_dataset
+        from edgetl.demo import ensure_demo_dataset
 
         root = ensure_demo_dataset()
         log.info("no DATA given: using the built-in demo dataset at %s", root)

@@ -18,10 +18,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .backbones import BackboneSpec, weights_entry
-from .deps import require
-from .errors import WeightsError
-from .fileio import atomic_path, sha256_file
+from edgetl.backbones import BackboneSpec, weights_entry
+from edgetl.deps import require
+from edgetl.errors import WeightsError
+from edgetl.fileio import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 

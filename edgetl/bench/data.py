@@ -17,16 +17,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from ..backbones import get_backbone, preprocess_spec
-from ..config import STRATEGIES, FinetuneConfig
-from ..data import DatasetSplit, load_dataset
-from ..datapipe import auto_workers, image_pipeline
-from ..deps import require
-from ..feature_cache import HeadBatches, extract_features
-from ..model import HeadConfig, build_model, parameter_groups
-from ..report import text_table
-from ..train import cosine_with_warmup, make_optimizer, resolve_device, train_one_epoch
-from .latency import machine_info
+from edgetl.backbones import get_backbone, preprocess_spec
+from edgetl.config import STRATEGIES, FinetuneConfig
+from edgetl.data import DatasetSplit, load_dataset
+from edgetl.datapipe import auto_workers, image_pipeline
+from edgetl.deps import require
+from edgetl.feature_cache import HeadBatches, extract_features
+from edgetl.model import HeadConfig, build_model, parameter_groups
+from edgetl.report import text_table
+from edgetl.train import cosine_with_warmup, make_optimizer, resolve_device, train_one_epoch
+from edgetl.bench.latency import machine_info
 
 torch = require("torch")
 
@@ -161,7 +161,7 @@ def bench_data(data: Optional[Path] = None, arch: str = "mobilenet_v2", batch_si
                val_split: Optional[float] = None, cache_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Measure the input pipelines and the model's training throughput on DATA; return the report."""
     if data is None:
-        from ..demo import ensure_demo_dataset
+        from edgetl.demo import ensure_demo_dataset
 
         data = ensure_demo_dataset()
     split = load_dataset(Path(data), val_split)

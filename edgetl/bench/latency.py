@@ -24,12 +24,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..bundle import Bundle
-from ..deps import torch_threads
-from ..errors import ConfigError, EdgetlError
-from ..fileio import atomic_write_text
-from ..report import text_table
-from ..runtime import BACKENDS, OnnxRuntimeRunner, Runner, TorchRunner, choose_backend
+from edgetl.bundle import Bundle
+from edgetl.deps import torch_threads
+from edgetl.errors import ConfigError, EdgetlError
+from edgetl.fileio import atomic_write_text
+from edgetl.report import text_table
+from edgetl.runtime import BACKENDS, OnnxRuntimeRunner, Runner, TorchRunner, choose_backend
 
 log = logging.getLogger(__name__)
 METHOD = ("latency: host wall-clock per call; 'relative': median over rounds of the model's fastest call divided "
@@ -120,7 +120,7 @@ def targets_for(model: str, backends: Sequence[str], device: str = "cpu", thread
     if path.suffix == ".onnx":
         return [_onnx_target(model, "onnx", path, None, device, threads)]
     if path.suffix == ".engine":
-        from ..trt.runner import TrtRunner
+        from edgetl.trt.runner import TrtRunner
 
         return [Target(model, "trt", lambda: TrtRunner(path), None, np.float32, ())]
     bundle = Bundle.load(path)
@@ -132,7 +132,7 @@ def targets_for(model: str, backends: Sequence[str], device: str = "cpu", thread
             targets.append(Target(model, "torch", lambda: TorchRunner(bundle.checkpoint_dir()), None, np.float32,
                                   (3, size, size)))
         elif choice.backend == "trt":
-            from ..trt.runner import TrtRunner
+            from edgetl.trt.runner import TrtRunner
 
             engine, onnx_file = bundle.root / choice.engine, bundle.root / choice.model.file
             targets.append(Target(model, "trt", lambda: TrtRunner(engine, onnx_path=onnx_file), choice.model.batch,

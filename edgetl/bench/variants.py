@@ -27,19 +27,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
-from ..checkpoint import load_run
-from ..config import FinetuneConfig
-from ..deps import require
-from ..errors import ConfigError
-from ..export import ExportConfig, export_run
-from ..feature_cache import HeadBatches
-from ..fileio import atomic_write_text
-from ..model import HeadConfig, build_model, count_parameters
-from ..train import finetune, resolve_device
-from .data import training_step_rate
-from .latency import LatencyConfig, bench_latency
-from .variants_report import format_markdown, plot_accuracy_latency
+from edgetl.backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
+from edgetl.checkpoint import load_run
+from edgetl.config import FinetuneConfig
+from edgetl.deps import require
+from edgetl.errors import ConfigError
+from edgetl.export import ExportConfig, export_run
+from edgetl.feature_cache import HeadBatches
+from edgetl.fileio import atomic_write_text
+from edgetl.model import HeadConfig, build_model, count_parameters
+from edgetl.train import finetune, resolve_device
+from edgetl.bench.data import training_step_rate
+from edgetl.bench.latency import LatencyConfig, bench_latency
+from edgetl.bench.variants_report import format_markdown, plot_accuracy_latency
 
 torch = require("torch")
 log = logging.getLogger(__name__)

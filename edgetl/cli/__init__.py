@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from ..errors import EdgetlError
+from edgetl import __version__
+from edgetl.errors import EdgetlError
 
 
 class EdgetlGroup(click.Group):
@@ -42,7 +42,7 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from . import advise_commands, bench_commands, export_commands, train_commands
+    from edgetl.cli import advise_commands, bench_commands, export_commands, train_commands
 
     for module in (train_commands, export_commands, advise_commands, bench_commands):
         for command in module.COMMANDS:

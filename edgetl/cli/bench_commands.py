@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 
 import click
 
-from ..backbones import BACKBONES, DEFAULT_ARCH
-from .options import workers_option
+from edgetl.backbones import BACKBONES, DEFAULT_ARCH
+from edgetl.cli.options import workers_option
 
 
 @click.group()
@@ -64,7 +64,7 @@ def bench_latency(models: tuple, backends: tuple, batches: tuple, warmup: int, i
     edgetl bench latency model.onnx --batch 1 --threads 2 --json-out latency.json
     edgetl bench latency model.onnx --batch 1 --threads 2 --baseline latency.json --max-regression 15
     """
-    from ..bench import latency
+    from edgetl.bench import latency
 
     report = latency.bench_latency(latency.LatencyConfig(models, backends, batches, warmup, iters, rounds, threads,
                                                          device))
@@ -96,7 +96,7 @@ def bench_data(data: Optional[Path], arch: str, batch_size: int, workers: Option
     edgetl bench data photos/ --arch mobilenet_v2
     edgetl bench data photos/ --workers 8 --json > data-bench.json
     """
-    from ..bench.data import bench_data as run_bench_data, format_bench_data
+    from edgetl.bench.data import bench_data as run_bench_data, format_bench_data
 
     report = run_bench_data(data, arch=arch, batch_size=batch_size, workers=workers, device=device, batches=batches,
                             steps=steps, val_split=val_split)
@@ -142,8 +142,8 @@ def bench_variants(ctx: click.Context, data: Optional[Path], arch: str, epochs: 
     edgetl bench variants photos/ --arch mobilenet_v2 --epochs 3
     edgetl bench variants photos/ --cut-at stage4 --trainable-stages 3 --threads 4 --out models/compare
     """
-    from ..bench.variants import VariantsConfig, compare_variants
-    from ..bench.variants_report import format_text
+    from edgetl.bench.variants import VariantsConfig, compare_variants
+    from edgetl.bench.variants_report import format_text
 
     config = VariantsConfig(data=None if data is None else str(data), arch=arch, epochs=epochs, cut_at=cut_at,
                             trainable_stages=trainable_stages, image_cache=image_cache, batch_size=batch_size,

@@ -13,7 +13,7 @@ from typing import Any, List, Optional, Sequence
 
 import click
 
-from ..errors import ConfigError
+from edgetl.errors import ConfigError
 
 _PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -65,7 +65,7 @@ def export(run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: 
     edgetl export models/photos --trt --fp16          # engine (on a machine with TensorRT)
     edgetl export models/photos --io-names jetson --batch 1 --out bundles/photos
     """
-    from ..export import ExportConfig, export_run, format_report
+    from edgetl.export import ExportConfig, export_run, format_report
 
     if batch is not None and dynamic_batch:
         raise ConfigError("--batch and --dynamic-batch exclude each other")
@@ -77,7 +77,7 @@ def export(run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: 
 
 def expand_images(inputs: Sequence[Path]) -> List[Path]:
     """Files as given; directories expand to the image files under them (sorted)."""
-    from ..data import IMAGE_SUFFIXES
+    from edgetl.data import IMAGE_SUFFIXES
 
     paths = []  # type: List[Path]
     for item in inputs:
@@ -106,8 +106,8 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
     edgetl predict models/photos test/cat.jpg test/more/
     edgetl predict bundles/photos frames/ --backend trt --topk 3 --json
     """
-    from ..bundle import Bundle
-    from ..runtime import Classifier
+    from edgetl.bundle import Bundle
+    from edgetl.runtime import Classifier
 
     paths = expand_images(images)
     if not paths:
@@ -145,8 +145,8 @@ def build_engine(bundle: Path, precision: str, min_batch: int, opt_batch: int, m
     \b
     edgetl build-engine bundles/photos --precision fp16
     """
-    from ..trt.build import build_bundle_engine
-    from ..trt.plan import BatchProfile
+    from edgetl.trt.build import build_bundle_engine
+    from edgetl.trt.plan import BatchProfile
 
     click.echo(build_bundle_engine(bundle, precision, BatchProfile(min_batch, opt_batch, max_batch), workspace_mib,
                                    timing_cache))

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..errors import ExportError
+from edgetl.errors import ExportError
 
 _FP16_MAX = float(np.finfo(np.float16).max)
 # Inputs that the ONNX spec types as float32 whatever the data type (op type -> input indices).

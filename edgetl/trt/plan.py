@@ -16,9 +16,9 @@ import shlex
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .. import __version__
-from ..bundle import ONNX_FILES, PRECISIONS, engine_file
-from ..errors import ConfigError
+from edgetl import __version__
+from edgetl.bundle import ONNX_FILES, PRECISIONS, engine_file
+from edgetl.errors import ConfigError
 
 SIDECAR_FORMAT = "edgetl-engine-v1"
 DEFAULT_TARGET = "10.3"  # JetPack 6.1/6.2; its ONNX limits (opset 17, IR 8 by default) also suit JetPack 6.0

@@ -15,12 +15,12 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..bundle import sidecar_file
-from ..fileio import sha256_file
-from ..deps import require
-from ..errors import CheckpointError, DependencyError
-from ..runtime import Runner, TensorMeta
-from .plan import DeviceInfo, rebuild_hint, sidecar_problems
+from edgetl.bundle import sidecar_file
+from edgetl.fileio import sha256_file
+from edgetl.deps import require
+from edgetl.errors import CheckpointError, DependencyError
+from edgetl.runtime import Runner, TensorMeta
+from edgetl.trt.plan import DeviceInfo, rebuild_hint, sidecar_problems
 
 log = logging.getLogger(__name__)
 
