@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgetl.advise import advise  # noqa: E402
-from edgetl.fileio import atomic_write_text  # noqa: E402
-from edgetl.pilot import PilotConfig  # noqa: E402
-from edgetl.report import markdown_table  # noqa: E402
+from edgetl.analysis.advise import advise  # noqa: E402
+from edgetl.core.fileio import atomic_write_text  # noqa: E402
+from edgetl.analysis.pilot import PilotConfig  # noqa: E402
+from edgetl.core.tables import markdown_table  # noqa: E402
 
 TARGETS_S = {"advise (cold cache)": 180.0, "advise (cached features)": 30.0, "advise --pilot": 300.0}
 

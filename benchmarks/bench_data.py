@@ -37,20 +37,21 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from edgetl.backbones import get_backbone, preprocess_spec  # noqa: E402
-from edgetl.config import FinetuneConfig  # noqa: E402
-from edgetl.checkpoint import load_run  # noqa: E402
-from edgetl.data import load_dataset  # noqa: E402
-from edgetl.datapipe import image_pipeline  # noqa: E402
-from edgetl.evaluate import predict_logits  # noqa: E402
-from edgetl.demo import DEMO_CLASSES, _render  # noqa: E402
-from edgetl.feature_cache import feature_pipeline  # noqa: E402
-from edgetl.fileio import atomic_write_text, edgetl_home  # noqa: E402
-from edgetl.model import HeadConfig, build_model  # noqa: E402
-from edgetl.preprocess import torch_transforms  # noqa: E402
-from edgetl.report import markdown_table  # noqa: E402
-from edgetl.train import finetune  # noqa: E402
-from edgetl.weights import resolve_weights  # noqa: E402
+from edgetl.spec.backbones import get_backbone, preprocess_spec  # noqa: E402
+from edgetl.train.config import FinetuneConfig  # noqa: E402
+from edgetl.train.checkpoint import load_run  # noqa: E402
+from edgetl.data.folders import load_dataset  # noqa: E402
+from edgetl.core.device import DeviceSetup  # noqa: E402
+from edgetl.data.pipelines import image_pipeline  # noqa: E402
+from edgetl.train.evaluate import predict_logits  # noqa: E402
+from edgetl.data.demo import DEMO_CLASSES, _render  # noqa: E402
+from edgetl.data.feature_cache import feature_pipeline  # noqa: E402
+from edgetl.core.fileio import atomic_write_text, edgetl_home  # noqa: E402
+from edgetl.train.model import HeadConfig, build_model  # noqa: E402
+from edgetl.spec.preprocess import torch_transforms  # noqa: E402
+from edgetl.core.tables import markdown_table  # noqa: E402
+from edgetl.train.loop import finetune  # noqa: E402
+from edgetl.train.weights import resolve_weights  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PHOTO_SIZE = (500, 375)
@@ -93,14 +94,14 @@ def timed_epoch(batches: Any) -> Dict[str, float]:
 def loader_benchmark(root: Path, workers: int, batch_size: int, rounds: int) -> Dict[str, Any]:
     spec = preprocess_spec(get_backbone("mobilenet_v2"))
     split = load_dataset(root)
-    cpu = torch.device("cpu")
+    cpu = DeviceSetup.create("cpu")
     plain = torch.utils.data.DataLoader(
         datasets.ImageFolder(str(root / "train"), transform=torch_transforms(spec, train=True)),
         batch_size=batch_size, shuffle=True, num_workers=workers)
     tick = time.perf_counter()
-    cache = image_pipeline("ram", split, spec, batch_size, workers, cpu, torch.contiguous_format)
+    cache = image_pipeline("ram", split, spec, batch_size=batch_size, workers=workers, setup=cpu)
     build_s = time.perf_counter() - tick
-    tuned = image_pipeline("none", split, spec, batch_size, workers, cpu, torch.contiguous_format)
+    tuned = image_pipeline("none", split, spec, batch_size=batch_size, workers=workers, setup=cpu)
     sources: Dict[str, Callable[[int], Any]] = {
         "plain ImageFolder + PIL DataLoader": lambda r: plain,
         "tuned DataLoader, PIL (--cache none)": tuned.train_batches,
@@ -127,8 +128,8 @@ def feature_benchmark(root: Path, workers: int, batch_size: int, epochs: int, wo
     split = load_dataset(root)
     model = build_model(spec, len(split.classes), HeadConfig(), "feature-extractor", 2, resolve_weights(spec, None))
     tick = time.perf_counter()
-    feature_pipeline(split, preprocess_spec(spec), model, batch_size, 0, 0, workers, torch.device("cpu"),
-                     torch.contiguous_format, False)  # into $EDGETL_HOME (= work): the finetune runs reuse it
+    feature_pipeline(split, preprocess_spec(spec), model, batch_size=batch_size, views=0, seed=0, workers=workers,
+                     setup=DeviceSetup.create("cpu"))  # into $EDGETL_HOME (= work): the finetune runs reuse it
     extraction_s = time.perf_counter() - tick  # includes building the decoded caches
     runs = {}
     for cache in ("features", "ram", "none"):
@@ -151,10 +152,10 @@ def eval_geometry_check(run: Path, split: Any, workers: int, batch_size: int) ->
     """The same trained model on the val set through the PIL eval path and through the decoded cache."""
     model, _ = load_run(run)
     spec = preprocess_spec(get_backbone("mobilenet_v2"))
-    cpu = torch.device("cpu")
+    cpu = DeviceSetup.create("cpu")
     logits = {}
     for cache in ("none", "ram"):
-        pipeline = image_pipeline(cache, split, spec, batch_size, workers, cpu, torch.contiguous_format)
+        pipeline = image_pipeline(cache, split, spec, batch_size=batch_size, workers=workers, setup=cpu)
         logits[cache], labels = predict_logits(model, pipeline.val_batches(), cpu)
     top1 = {c: float((l.argmax(1) == labels).float().mean()) for c, l in logits.items()}
     return {"max_abs_logit_diff": float((logits["none"] - logits["ram"]).abs().max()),

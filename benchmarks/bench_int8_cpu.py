@@ -36,14 +36,14 @@ sys.path.insert(0, str(ROOT))
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from edgetl.checkpoint import load_run, preprocess_of  # noqa: E402
-from edgetl.config import FinetuneConfig  # noqa: E402
-from edgetl.data import DatasetSplit  # noqa: E402
-from edgetl.export import ExportConfig, export_run  # noqa: E402
-from edgetl.fileio import atomic_write_text  # noqa: E402
-from edgetl.preprocess import eval_array, load_rgb  # noqa: E402
-from edgetl.report import markdown_table  # noqa: E402
-from edgetl.train import finetune  # noqa: E402
+from edgetl.train.checkpoint import load_run, preprocess_of  # noqa: E402
+from edgetl.train.config import FinetuneConfig  # noqa: E402
+from edgetl.data.folders import DatasetSplit  # noqa: E402
+from edgetl.export.job import ExportConfig, export_run  # noqa: E402
+from edgetl.core.fileio import atomic_write_text  # noqa: E402
+from edgetl.spec.preprocess import eval_array, load_rgb  # noqa: E402
+from edgetl.core.tables import markdown_table  # noqa: E402
+from edgetl.train.loop import finetune  # noqa: E402
 
 THREADS = 2
 

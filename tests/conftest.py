@@ -50,8 +50,8 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained run folder of a randomly initialised mobilenet_v3_small on tiny images (seconds on CPU)."""
-    from edgetl.config import FinetuneConfig
-    from edgetl.train import finetune
+    from edgetl.train.config import FinetuneConfig
+    from edgetl.train.loop import finetune
 
     root = tmp_path_factory.mktemp("tiny")
     rng = np.random.default_rng(1)
@@ -69,8 +69,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pretrained_mobilenet_v2() -> Path:
     """The real torchvision MobileNetV2 file, fetched (offline fallback allowed) and sha256-verified."""
-    from edgetl.backbones import get_backbone
-    from edgetl.weights import fetch_weights
+    from edgetl.spec.backbones import get_backbone
+    from edgetl.train.weights import fetch_weights
 
     return fetch_weights(get_backbone("mobilenet_v2"))
 
@@ -92,9 +92,9 @@ def pattern_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_mobilenet_v2_run(tmp_path_factory: pytest.TempPathFactory, pretrained_mobilenet_v2: Path) -> Path:
     """A real run: pretrained MobileNetV2 feature extractor, 1 epoch on a small demo set (24 train /
     20 val images per class). Its outputs depend on the input, unlike ``tiny_run``'s random init."""
-    from edgetl.config import FinetuneConfig
-    from edgetl.demo import ensure_demo_dataset
-    from edgetl.train import finetune
+    from edgetl.train.config import FinetuneConfig
+    from edgetl.data.demo import ensure_demo_dataset
+    from edgetl.train.loop import finetune
 
     root = tmp_path_factory.mktemp("demo_mnv2")
     data = ensure_demo_dataset(root / "demo", train_per_class=24, val_per_class=20)

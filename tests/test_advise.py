@@ -11,15 +11,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.advise import (KNN_SIMILAR, PROBE_SIMILAR, SMALL_PER_CLASS, SimilarityEvidence, SizeStats, advise,
-                           candidate_plans, cross_validated_accuracy, finetune_command, is_similar, is_small,
-                           knn_classify, plan_for, quadrant_of, ridge_probe, ridge_weights, sample_per_class,
-                           stratified_folds)
-from edgetl.backbones import get_backbone
+from edgetl.analysis.advise import (advise, cross_validated_accuracy, knn_classify, ridge_probe, ridge_weights,
+                                    stratified_folds)
+from edgetl.analysis.rule import (KNN_SIMILAR, PROBE_SIMILAR, SMALL_PER_CLASS, SimilarityEvidence, SizeStats,
+                                  candidate_plans, finetune_command, is_similar, is_small, plan_for, quadrant_of)
+from edgetl.data.sampling import sample_per_class
+from edgetl.spec.backbones import get_backbone
 from edgetl.cli import main
-from edgetl.config import FinetuneConfig
-from edgetl.data import Sample
-from edgetl.pilot import PilotConfig, _verdict, run_pilot
+from edgetl.train.config import FinetuneConfig
+from edgetl.data.folders import Sample
+from edgetl.analysis.pilot import PilotConfig, _verdict, run_pilot
 
 MOBILENET_V2 = get_backbone("mobilenet_v2")  # 9 named stages
 
@@ -179,7 +180,7 @@ def test_advise_on_noise_classes_says_different_small_quadrant_3(tmp_path: Path,
 
 @pytest.mark.slow
 def test_advise_on_demo_data_says_similar_with_high_probe_accuracy(pretrained_mobilenet_v2: Path) -> None:
-    from edgetl.advise import format_advice
+    from edgetl.analysis.advise import format_advice
 
     report = advise(None, "mobilenet_v2", max_per_class=20, workers=0)  # features cached in ~/.cache/edgetl
     assert report["similarity"]["similar"] and report["size"]["small"]
@@ -193,7 +194,7 @@ def test_advise_on_demo_data_says_similar_with_high_probe_accuracy(pretrained_mo
 @pytest.mark.slow
 def test_pilot_trains_every_candidate_and_compares_with_the_rule(make_image_folder, pretrained_mobilenet_v2: Path
                                                                  ) -> None:
-    from edgetl.data import load_dataset
+    from edgetl.data.folders import load_dataset
 
     split = load_dataset(make_image_folder(counts={"a": 3, "b": 3}, size=32, split=True))
     config = PilotConfig(epochs=1, train_per_class=2, val_per_class=2, batch_size=4, workers=0)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgetl.backbones import BACKBONES, build_torchvision_model, get_backbone, preprocess_spec, stage_of_parameter
-from edgetl.config import trainable_stage_names
+from edgetl.spec.backbones import BACKBONES, build_torchvision_model, get_backbone, preprocess_spec, stage_of_parameter
+from edgetl.train.config import trainable_stage_names
 from edgetl.errors import ConfigError
-from edgetl.model import EdgeClassifier, HeadConfig, build_model, parameter_groups
-from edgetl.weights import expected_hash_prefix, weights_filename
+from edgetl.train.model import EdgeClassifier, HeadConfig, build_model, parameter_groups
+from edgetl.train.weights import expected_hash_prefix, weights_filename
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -116,7 +116,7 @@ def test_strategy_and_stage_count_validation() -> None:
 
 
 def test_cut_base_is_smaller_and_loads_pretrained_weights(pretrained_mobilenet_v2) -> None:
-    from edgetl.weights import load_state_dict
+    from edgetl.train.weights import load_state_dict
 
     cut = get_backbone("mobilenet_v2", cut_at="stage4")
     assert cut.stage_names[-1] == "stage4" and "features.18" in cut.removed_modules()

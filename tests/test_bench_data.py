@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgetl.bench.data import EXTRACTION, HEAD_ONLY, format_bench_data, verdicts
 from edgetl.cli import main
-from edgetl.config import STRATEGIES
+from edgetl.train.config import STRATEGIES
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.backbones import BACKBONES, get_backbone
+from edgetl.spec.backbones import BACKBONES, get_backbone
 from edgetl.bench.variants import DEFAULT_CUT, VariantsConfig, pareto_front
 from edgetl.cli import main
 from edgetl.errors import ConfigError

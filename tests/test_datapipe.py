@@ -11,15 +11,16 @@ import pytest
 import torch
 from PIL import Image
 
-from edgetl.augment import (RRC_RATIO, RRC_SCALE, augment_decoded, crop_resize_per_image, crop_resize_roi_align,
+from edgetl.data.augment import (RRC_RATIO, RRC_SCALE, augment_decoded, crop_resize_per_image, crop_resize_roi_align,
                             draw_crop_randoms, eval_crop_decoded, normalize_batch, random_resized_crop_boxes)
-from edgetl.config import FinetuneConfig
-from edgetl.data import Sample, load_dataset
-from edgetl.datapipe import (DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, image_pipeline,
-                             resolve_cache)
-from edgetl.decoded_cache import open_decoded_images, slot_shape, upright_size
+from edgetl.train.config import FinetuneConfig
+from edgetl.data.folders import Sample, load_dataset
+from edgetl.core.device import DeviceSetup
+from edgetl.data.pipelines import DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, image_pipeline
+from edgetl.train.inputs import resolve_cache
+from edgetl.data.decoded_cache import open_decoded_images, slot_shape, upright_size
 from edgetl.errors import ConfigError
-from edgetl.preprocess import PreprocessSpec, eval_array, load_rgb, resize_shorter_side
+from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb, resize_shorter_side
 
 SPEC = PreprocessSpec(input_size=56, resize_size=64)  # small, so the tests stay fast
 SIZES = [(100, 75), (75, 100), (64, 64), (240, 60), (60, 240), (40, 30)]  # incl. beyond 3:2 and upscaled
@@ -79,7 +80,7 @@ def test_decoded_cache_layout_and_exact_eval_geometry(tmp_path: Path, edgetl_hom
     portrait = np.asarray(resize_shorter_side(load_rgb(samples[1].path), SPEC))
     np.testing.assert_array_equal(pixels[1, :, :85], portrait.transpose(1, 0, 2))  # stored transposed
     assert upright_size(images.geometry)[0].tolist() == [85, 64, 64, 96, 64, 85]
-    # eval: the cached centre crop equals edgetl.preprocess's PIL path (resize + centre crop + normalise)
+    # eval: the cached centre crop equals edgetl.spec.preprocess's PIL path (resize + centre crop + normalise)
     batch = normalize_batch(eval_crop_decoded(images.pixels, torch.arange(len(SIZES)), images.geometry, SPEC), SPEC)
     for sample, cached in zip(samples, batch):
         np.testing.assert_allclose(cached.numpy(), eval_array(load_rgb(sample.path), SPEC), rtol=0, atol=1e-5)
@@ -145,10 +146,10 @@ def _split_folder(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("cache", ["none", "ram"])
 def test_pipelines_do_not_depend_on_workers(tmp_path: Path, cache: str) -> None:
     split = load_dataset(_split_folder(tmp_path))
-    cpu = torch.device("cpu")
+    cpu = DeviceSetup.create("cpu")
 
     def epoch(workers: int, seed: int) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-        pipeline = image_pipeline(cache, split, SPEC, 4, workers, cpu, torch.contiguous_format)
+        pipeline = image_pipeline(cache, split, SPEC, batch_size=4, workers=workers, setup=cpu)
         rng = torch.get_rng_state()
         batches = list(pipeline.train_batches(seed)) + list(pipeline.val_batches())
         assert torch.equal(torch.get_rng_state(), rng)  # the global RNG (dropout) is left alone
@@ -164,12 +165,12 @@ def test_pipelines_do_not_depend_on_workers(tmp_path: Path, cache: str) -> None:
 def test_raw_batches_cropped_on_the_device_match_worker_batches(tmp_path: Path) -> None:
     """The CUDA hand-off (gathered uint8 images, cropped by device_finish), exercised on CPU."""
     split = load_dataset(_split_folder(tmp_path))
-    cpu = torch.device("cpu")
+    cpu = DeviceSetup.create("cpu")
     train, _ = decoded_caches(split, SPEC, 0, cpu)
     labels = [s.label for s in split.train]
     sampler = EpochBatchSampler(len(train), 4, shuffle=True, augment=True)
     sampler.set_epoch(3)
-    finish = device_finish(cpu, torch.contiguous_format, SPEC)
+    finish = device_finish(cpu, SPEC)
     in_workers = [finish(DecodedBatches(train, labels, SPEC, raw=False)[key]) for key in sampler]
     on_device = [finish(DecodedBatches(train, labels, SPEC, raw=True)[key]) for key in sampler]
     assert len(in_workers) == 3
@@ -196,7 +197,7 @@ def test_auto_selection_and_validation(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvjpeg decode, roi_align crops)")
 def test_gpu_decode_and_device_crops(tmp_path: Path) -> None:
-    from edgetl.decoded_cache import _read_meta
+    from edgetl.data.decoded_cache import _read_meta
 
     folder = tmp_path / "jpegs"
     samples = _photos(folder, SIZES)

@@ -1,4 +1,4 @@
-"""Tests for the built-in demo dataset (edgetl.demo)."""
+"""Tests for the built-in demo dataset (edgetl.data.demo)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import edgetl.demo as demo
-from edgetl.demo import DEMO_CLASSES, DEMO_VERSION, default_demo_root, ensure_demo_dataset
+import edgetl.data.demo as demo
+from edgetl.data.demo import DEMO_CLASSES, DEMO_VERSION, default_demo_root, ensure_demo_dataset
 from edgetl.errors import ConfigError, DataError
 
 TRAIN, VAL = 3, 2

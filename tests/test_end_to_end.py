@@ -9,11 +9,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgetl.backbones import get_backbone
-from edgetl.checkpoint import load_run
+from edgetl.spec.backbones import get_backbone
+from edgetl.train.checkpoint import load_run
 from edgetl.cli import main
-from edgetl.model import HeadConfig, build_model
-from edgetl.weights import load_state_dict
+from edgetl.train.model import HeadConfig, build_model
+from edgetl.train.weights import load_state_dict
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgetl.bundle import Bundle
-from edgetl.fileio import sha256_file
+from edgetl.spec.bundle import Bundle
+from edgetl.core.fileio import sha256_file
 from edgetl.cli import main
 from edgetl.errors import ConfigError, ExportError
-from edgetl.export import ExportConfig, export_run
-from edgetl.preprocess import PreprocessSpec
+from edgetl.export.job import ExportConfig, export_run
+from edgetl.spec.preprocess import PreprocessSpec
 
 
 def _export(run, out, **options):
@@ -77,7 +77,7 @@ def test_bundle_files_and_manifest(demo_bundle):
 
 
 def test_broken_baked_normalisation_fails_and_leaves_no_valid_artifact(demo_mobilenet_v2_run, tmp_path, monkeypatch):
-    import edgetl.export as export_module
+    import edgetl.export.job as export_module
 
     real_baked_module = export_module.baked_module
 
@@ -100,7 +100,7 @@ def test_broken_baked_normalisation_fails_and_leaves_no_valid_artifact(demo_mobi
 
 
 def test_broken_fp32_export_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
-    import edgetl.export as export_module
+    import edgetl.export.job as export_module
 
     real_export = export_module.export_onnx
 

@@ -10,21 +10,22 @@ from pathlib import Path
 import pytest
 import torch
 
-import edgetl.train as train_module
-from edgetl.augment import eval_crop_decoded, normalize_batch
-from edgetl.backbones import get_backbone
-from edgetl.checkpoint import load_checkpoint
-from edgetl.config import FinetuneConfig
-from edgetl.data import load_dataset
-from edgetl.datapipe import decoded_caches
-from edgetl.evaluate import evaluate_model
-from edgetl.feature_cache import feature_pipeline
-from edgetl.model import HeadConfig, build_model, parameter_groups
-from edgetl.preprocess import PreprocessSpec
-from edgetl.train import cosine_with_warmup, finetune, make_optimizer, resume, train_one_epoch
+import edgetl.train.loop as train_module
+from edgetl.data.augment import eval_crop_decoded, normalize_batch
+from edgetl.spec.backbones import get_backbone
+from edgetl.train.checkpoint import load_checkpoint
+from edgetl.train.config import FinetuneConfig
+from edgetl.data.folders import load_dataset
+from edgetl.data.pipelines import decoded_caches
+from edgetl.train.evaluate import evaluate_model
+from edgetl.data.feature_cache import feature_pipeline
+from edgetl.train.model import HeadConfig, build_model, parameter_groups
+from edgetl.spec.preprocess import PreprocessSpec
+from edgetl.core.device import DeviceSetup
+from edgetl.train.loop import TrainStep, cosine_with_warmup, finetune, make_optimizer, resume, train_one_epoch
 
 SPEC = PreprocessSpec(input_size=56, resize_size=64)
-CPU = torch.device("cpu")
+CPU = DeviceSetup.create("cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -46,14 +47,15 @@ def _train_epoch(module: torch.nn.Module, model: torch.nn.Module, batches: list)
     optimizer = make_optimizer(config, parameter_groups(model, 0.05, config.head_lr_mult))
     scheduler = cosine_with_warmup(optimizer, 0, len(batches))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    train_one_epoch(module, batches, torch.nn.CrossEntropyLoss(), optimizer, scheduler, scaler, CPU, False, False, "")
+    step = TrainStep(module, torch.nn.CrossEntropyLoss(), optimizer, scheduler, scaler, CPU)
+    train_one_epoch(step, batches, progress=False, label="")
 
 
 def test_head_on_cached_features_equals_head_through_the_frozen_base(make_image_folder, frozen_model) -> None:
     split = load_dataset(make_image_folder(counts={"a": 6, "b": 6}, size=40, split=True))
     model = frozen_model
     through_base, initial_head = copy.deepcopy(model), copy.deepcopy(model.head.state_dict())
-    pipeline = feature_pipeline(split, SPEC, model, 4, 0, 0, 0, CPU, torch.contiguous_format, False)
+    pipeline = feature_pipeline(split, SPEC, model, batch_size=4, views=0, seed=0, workers=0, setup=CPU)
     # the same inputs (the eval view) in the same order, through the whole model with its frozen base
     train_images, val_images = decoded_caches(split, SPEC, 0, CPU)
     inputs = normalize_batch(eval_crop_decoded(train_images.pixels, torch.arange(12), train_images.geometry, SPEC), SPEC)
@@ -68,8 +70,8 @@ def test_head_on_cached_features_equals_head_through_the_frozen_base(make_image_
         assert torch.equal(model.base.state_dict()[name], value)  # frozen: weights and BN statistics
     val_inputs = normalize_batch(eval_crop_decoded(val_images.pixels, torch.arange(12), val_images.geometry, SPEC), SPEC)
     val_labels = torch.tensor([s.label for s in split.val])
-    on_features = evaluate_model(model.head, pipeline.val_batches(), CPU, 2)
-    on_images = evaluate_model(through_base, [(val_inputs, val_labels)], CPU, 2)
+    on_features = evaluate_model(model.head, pipeline.val_batches(), CPU.device, 2)
+    on_images = evaluate_model(through_base, [(val_inputs, val_labels)], CPU.device, 2)
     assert on_features.top1 == on_images.top1 and on_features.confusion == on_images.confusion
 
 
@@ -77,14 +79,14 @@ def test_augmented_views_are_fixed_and_reused(make_image_folder, frozen_model,
                                               caplog: pytest.LogCaptureFixture) -> None:
     split = load_dataset(make_image_folder(counts={"a": 3, "b": 3}, size=40, split=True))
     model = frozen_model
-    plain = feature_pipeline(split, SPEC, model, 4, 0, 0, 0, CPU, torch.contiguous_format, False)
-    views = feature_pipeline(split, SPEC, model, 4, 2, 0, 0, CPU, torch.contiguous_format, False)
+    plain = feature_pipeline(split, SPEC, model, batch_size=4, views=0, seed=0, workers=0, setup=CPU)
+    views = feature_pipeline(split, SPEC, model, batch_size=4, views=2, seed=0, workers=0, setup=CPU)
     assert plain.train.shape == (1, 6, model.feature_dim) and views.train.shape == (2, 6, model.feature_dim)
     assert not torch.allclose(views.train[0], views.train[1], rtol=1e-3, atol=0)
     assert not torch.allclose(views.train[0], plain.train[0], rtol=1e-3, atol=0)
     assert torch.equal(plain.val, views.val)  # validation always uses the eval view
-    with caplog.at_level(logging.INFO, logger="edgetl.feature_cache"):
-        again = feature_pipeline(split, SPEC, model, 4, 2, 0, 0, CPU, torch.contiguous_format, False)
+    with caplog.at_level(logging.INFO, logger="edgetl.data.feature_cache"):
+        again = feature_pipeline(split, SPEC, model, batch_size=4, views=2, seed=0, workers=0, setup=CPU)
     assert "reusing" in caplog.text and torch.equal(again.train, views.train)
     threads = torch.get_num_threads()
     assert [torch.get_num_threads() for _ in views.train_batches(1)] == [1, 1]  # tiny head ops: one thread
@@ -103,7 +105,7 @@ def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(make_image_f
     data = make_image_folder(counts={"a": 4, "b": 4}, size=40, split=True)
     config = FinetuneConfig(data=str(data), strategy="partial", trainable_stages=1, cut_at="stage4", epochs=2,
                             batch_size=4, workers=0, out=str(tmp_path / "whole"))  # cut: a small, fast base
-    with caplog.at_level(logging.INFO, logger="edgetl.datapipe"):
+    with caplog.at_level(logging.INFO, logger="edgetl.train.inputs"):
         whole = finetune(config, progress=False)
     assert "--cache auto: using ram" in caplog.text and whole.summary["cache"] == "ram"
     original_write = train_module._write_metrics
@@ -130,12 +132,12 @@ def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(make_image_f
 def test_finetune_on_the_feature_cache_matches_evaluating_its_checkpoint(make_image_folder, pretrained_mobilenet_v2: Path,
                                                                          tmp_path: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
-    from edgetl.evaluate import evaluate_run
+    from edgetl.train.evaluate import evaluate_run
 
     data = make_image_folder(counts={"a": 4, "b": 4}, size=40, split=True)
     config = FinetuneConfig(data=str(data), cut_at="stage4", epochs=2, batch_size=4, workers=0,
                             out=str(tmp_path / "run"))
-    with caplog.at_level(logging.INFO, logger="edgetl.datapipe"):
+    with caplog.at_level(logging.INFO, logger="edgetl.train.inputs"):
         result = finetune(config, progress=False)
     assert "--cache auto: using features" in caplog.text and result.summary["cache"] == "features"
     best = max(result.history, key=lambda row: row["val_top1"])

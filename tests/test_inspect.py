@@ -16,8 +16,8 @@ from PIL import Image
 
 from edgetl.cli import main
 from edgetl.errors import ConfigError
-from edgetl.features import cache_key, compute_features, list_images, pretrained_model, run_model
-from edgetl.inspection import (activations_png, embed, filters_png, first_conv, similar_png, stage_maps,
+from edgetl.analysis.embeddings import cache_key, compute_features, list_images, pretrained_model, run_model
+from edgetl.analysis.inspection import (activations_png, embed, filters_png, first_conv, similar_png, stage_maps,
                                top_activating_png)
 
 

@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from edgetl.errors import ConfigError
-from edgetl.preprocess import PreprocessSpec, eval_array, load_rgb, resized_size, torch_transforms
+from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb, resized_size, torch_transforms
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_numpy_eval_path_matches_torchvision(tmp_path: Path, interpolation: str) -> None:
-    from edgetl.demo import ensure_demo_dataset
+    from edgetl.data.demo import ensure_demo_dataset
 
     spec = PreprocessSpec(interpolation=interpolation)
     transform = torch_transforms(spec, train=False)

@@ -7,13 +7,14 @@ import numpy as np
 import onnx
 import pytest
 
-from edgetl.bundle import Bundle
-from edgetl.data import Sample
+from edgetl.spec.bundle import Bundle
+from edgetl.data.folders import Sample
 from edgetl.errors import DataError
-from edgetl.export import ExportConfig, export_run
-from edgetl.parity import int8_failures
-from edgetl.preprocess import PreprocessSpec
-from edgetl.quantize import (ImageCalibrationReader, calibration_samples, read_calibration_manifest, select_balanced,
+from edgetl.export.job import ExportConfig, export_run
+from edgetl.export.parity import int8_failures
+from edgetl.spec.preprocess import PreprocessSpec
+from edgetl.data.sampling import select_balanced
+from edgetl.export.quantize import (ImageCalibrationReader, calibration_samples, read_calibration_manifest,
                              write_calibration_manifest)
 
 

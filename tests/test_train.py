@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgetl.checkpoint import load_checkpoint, load_run
-from edgetl.config import FinetuneConfig
+from edgetl.train.checkpoint import load_checkpoint, load_run
+from edgetl.train.config import FinetuneConfig
 from edgetl.errors import CheckpointError, ConfigError
-from edgetl.train import finetune, resume
+from edgetl.train.loop import finetune, resume
 
 METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr_base", "lr_head")
 
@@ -71,7 +71,7 @@ def test_resume_after_kill_matches_uninterrupted_run(make_image_folder, tmp_path
     reference = finetune(_config(data, tmp_path / "reference"), progress=False)
 
     killed_dir = tmp_path / "killed"
-    code = ("import json, sys, torch; from edgetl.config import FinetuneConfig; from edgetl.train import finetune; "
+    code = ("import json, sys, torch; from edgetl.train.config import FinetuneConfig; from edgetl.train.loop import finetune; "
             "torch.set_num_threads({}); finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)"
             .format(torch.get_num_threads()))  # same thread count as this process: same float results
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(_config(data, killed_dir)))])
@@ -116,7 +116,7 @@ def test_evaluation_accepts_labels_already_on_the_device() -> None:
     every fine-tune at the end of epoch 1 (``placement.OnDevice`` applies CUDA's rule on the CPU)."""
     from placement import PlacementError, on_device
 
-    from edgetl.evaluate import evaluate_model
+    from edgetl.train.evaluate import evaluate_model
 
     class DeviceLinear(torch.nn.Module):
         def __init__(self) -> None:
@@ -136,9 +136,9 @@ def test_evaluation_accepts_labels_already_on_the_device() -> None:
 
 def test_resume_into_an_amp_scaler_from_a_run_saved_without_amp(tiny_run: Path) -> None:
     """A run started on CPU (AMP off: empty scaler state) resumes on a CUDA host (AMP on)."""
-    from edgetl.checkpoint import model_from_checkpoint
-    from edgetl.model import parameter_groups
-    from edgetl.train import cosine_with_warmup, make_optimizer, restore_training_state
+    from edgetl.train.checkpoint import model_from_checkpoint
+    from edgetl.train.model import parameter_groups
+    from edgetl.train.loop import cosine_with_warmup, make_optimizer, restore_training_state
 
     state = load_checkpoint(tiny_run / "last.pt")
     assert state["scaler"] == {}

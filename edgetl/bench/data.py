@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from edgetl.backbones import get_backbone, preprocess_spec
-from edgetl.config import STRATEGIES, FinetuneConfig
-from edgetl.data import DatasetSplit, load_dataset
-from edgetl.datapipe import auto_workers, image_pipeline
-from edgetl.deps import require
-from edgetl.feature_cache import HeadBatches, extract_features
-from edgetl.model import HeadConfig, build_model, parameter_groups
-from edgetl.report import text_table
-from edgetl.train import cosine_with_warmup, make_optimizer, resolve_device, train_one_epoch
-from edgetl.bench.latency import machine_info
+from edgetl.spec.backbones import get_backbone, preprocess_spec
+from edgetl.train.config import STRATEGIES, FinetuneConfig
+from edgetl.data.folders import DatasetSplit, load_dataset
+from edgetl.data.pipelines import image_pipeline
+from edgetl.core.device import DeviceSetup, resolve_workers
+from edgetl.core.deps import require
+from edgetl.data.feature_cache import HeadBatches, extract_features
+from edgetl.train.model import HeadConfig, build_model, parameter_groups
+from edgetl.core.tables import text_table
+from edgetl.train.loop import TrainStep, cosine_with_warmup, make_optimizer, train_one_epoch
+from edgetl.bench.machine import machine_info
+from edgetl.data.demo import ensure_demo_dataset
 
 torch = require("torch")
 
@@ -57,41 +59,39 @@ def pipeline_rate(pipeline: Any, batches: int, device: Any) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def measure_pipelines(split: DatasetSplit, arch: str, batch_size: int, workers: int, device: Any, batches: int,
-                      cache_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
+def measure_pipelines(split: DatasetSplit, arch: str, *, batch_size: int, workers: int, setup: DeviceSetup,
+                      batches: int, cache_dir: Optional[Path] = None) -> List[Dict[str, Any]]:
     """Throughput and setup time of each image pipeline (``IMAGE_PIPELINES``) on ``split.train``."""
     spec = preprocess_spec(get_backbone(arch))
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     rows = []
     for name in IMAGE_PIPELINES:
         tick = time.perf_counter()
-        pipeline = image_pipeline(name, split, spec, batch_size, workers, device, memory_format, cache_dir)
-        setup = time.perf_counter() - tick
-        rows.append({"name": name, "images_per_s": pipeline_rate(pipeline, batches, device), "setup_s": setup})
+        pipeline = image_pipeline(name, split, spec, batch_size=batch_size, workers=workers, setup=setup,
+                                  cache_dir=cache_dir)
+        ready = time.perf_counter() - tick
+        rows.append({"name": name, "images_per_s": pipeline_rate(pipeline, batches, setup.device), "setup_s": ready})
         del pipeline
         gc.collect()  # shut the persistent workers down before the next measurement
     return rows
 
 
-def training_step_rate(model: Any, module: Any, inputs: Any, labels: Any, config: FinetuneConfig, device: Any,
-                       steps: int, batches: Callable[[List[Any]], Any] = list) -> float:
+def training_step_rate(model: Any, module: Any, inputs: Any, labels: Any, config: FinetuneConfig, *,
+                       setup: DeviceSetup, steps: int, batches: Callable[[List[Any]], Any] = list) -> float:
     """Images/s of ``steps`` training steps of ``module`` (``model`` or its head) through ``train_one_epoch``
     on one device-resident batch, after a warm-up step; ``model`` gives the optimizer's parameter groups."""
-    use_amp = device.type == "cuda"
-    criterion = torch.nn.CrossEntropyLoss()
     optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
-    scheduler = cosine_with_warmup(optimizer, 0, steps + 2)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    train_one_epoch(module, batches([(inputs, labels)]), criterion, optimizer, scheduler, scaler, device, use_amp,
-                    False, "warm-up")
+    step = TrainStep(module, torch.nn.CrossEntropyLoss(), optimizer, cosine_with_warmup(optimizer, 0, steps + 2),
+                     torch.amp.GradScaler(setup.device.type, enabled=setup.use_amp), setup)
+    train_one_epoch(step, batches([(inputs, labels)]), progress=False, label="warm-up")
+    _sync(setup.device)
     tick = time.perf_counter()
-    train_one_epoch(module, batches([(inputs, labels)] * steps), criterion, optimizer, scheduler, scaler, device,
-                    use_amp, False, "timed")
-    _sync(device)
+    train_one_epoch(step, batches([(inputs, labels)] * steps), progress=False, label="timed")
+    _sync(setup.device)
     return steps * len(labels) / (time.perf_counter() - tick)
 
 
-def training_rates(arch: str, num_classes: int, batch_size: int, device: Any, steps: int) -> List[Dict[str, Any]]:
+def training_rates(arch: str, num_classes: int, *, batch_size: int, setup: DeviceSetup,
+                   steps: int) -> List[Dict[str, Any]]:
     """Images/s of one training step per strategy on synthetic input already on the device.
 
     Random weights (nothing to download; the speed is the same). The head-only step is fed like
@@ -99,27 +99,25 @@ def training_rates(arch: str, num_classes: int, batch_size: int, device: Any, st
     """
     spec = get_backbone(arch)
     size = preprocess_spec(spec).input_size
-    use_amp = device.type == "cuda"
-    memory_format = torch.channels_last if use_amp else torch.contiguous_format
-    if use_amp:
-        torch.backends.cudnn.benchmark = True
-    images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
+    device = setup.device
+    images = torch.randn(batch_size, 3, size, size, device=device).contiguous(memory_format=setup.memory_format)
     labels = torch.randint(num_classes, (batch_size,), device=device)
     rows = []
     for strategy in STRATEGIES:
         config = FinetuneConfig(arch=arch, strategy=strategy, batch_size=batch_size, weights="none")
         torch.manual_seed(0)
         model = build_model(spec, num_classes, HeadConfig(config.head), strategy, config.trainable_stages,
-                            None).to(device, memory_format=memory_format)
+                            None).to(device, memory_format=setup.memory_format)
         rows.append({"name": strategy, "images_per_s": training_step_rate(model, model, images, labels, config,
-                                                                          device, steps)})
+                                                                          setup=setup, steps=steps)})
         if strategy == "feature-extractor":
             features = torch.randn(batch_size, model.feature_dim, device=device)
             rows.append({"name": HEAD_ONLY, "images_per_s": training_step_rate(
-                model, model.head, features, labels, config, device, steps, HeadBatches)})
-            extract_features(model.base, [(images, labels)], device, use_amp)  # warm-up
+                model, model.head, features, labels, config, setup=setup, steps=steps, batches=HeadBatches)})
+            extract_features(model.base, [(images, labels)], setup)  # warm-up
+            _sync(device)
             tick = time.perf_counter()
-            extract_features(model.base, [(images, labels)] * steps, device, use_amp)
+            extract_features(model.base, [(images, labels)] * steps, setup)
             _sync(device)
             rows.append({"name": EXTRACTION, "images_per_s": steps * batch_size / (time.perf_counter() - tick)})
         del model
@@ -161,19 +159,18 @@ def bench_data(data: Optional[Path] = None, arch: str = "mobilenet_v2", batch_si
                val_split: Optional[float] = None, cache_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Measure the input pipelines and the model's training throughput on DATA; return the report."""
     if data is None:
-        from edgetl.demo import ensure_demo_dataset
-
         data = ensure_demo_dataset()
     split = load_dataset(Path(data), val_split)
-    torch_device = resolve_device(device)
-    workers = auto_workers() if workers is None else workers
-    pipelines = measure_pipelines(split, arch, batch_size, workers, torch_device, batches, cache_dir)
-    model = training_rates(arch, len(split.classes), batch_size, torch_device, steps)
-    return {"data": str(split.root), "arch": arch, "device": str(torch_device), "batch_size": batch_size,
+    setup = DeviceSetup.create(device)
+    workers = resolve_workers(workers)
+    pipelines = measure_pipelines(split, arch, batch_size=batch_size, workers=workers, setup=setup, batches=batches,
+                                  cache_dir=cache_dir)
+    model = training_rates(arch, len(split.classes), batch_size=batch_size, setup=setup, steps=steps)
+    return {"data": str(split.root), "arch": arch, "device": str(setup.device), "batch_size": batch_size,
             "workers": workers, "train_images": len(split.train), "pipelines": pipelines, "model": model,
             "verdicts": verdicts(pipelines, model, len(split.train)),
-            "machine": dict(machine_info(None), cuda=torch.cuda.get_device_name(torch_device)
-                            if torch_device.type == "cuda" else None)}
+            "machine": dict(machine_info(None), cuda=torch.cuda.get_device_name(setup.device)
+                            if setup.device.type == "cuda" else None)}
 
 
 def format_bench_data(report: Dict[str, Any]) -> str:

@@ -13,23 +13,25 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edgetl.bundle import Bundle
-from edgetl.deps import torch_threads
+from edgetl.spec.bundle import Bundle
+from edgetl.core.deps import torch_threads
 from edgetl.errors import ConfigError, EdgetlError
-from edgetl.fileio import atomic_write_text
-from edgetl.report import text_table
-from edgetl.runtime import BACKENDS, OnnxRuntimeRunner, Runner, TorchRunner, choose_backend
+from edgetl.core.fileio import atomic_write_text
+from edgetl.core.tables import text_table
+from edgetl.bench.machine import machine_info
+from edgetl.runtime.base import Runner
+from edgetl.runtime.classifier import BACKENDS, choose_backend
+from edgetl.runtime.onnxrt import OnnxRuntimeRunner
+from edgetl.runtime.torch_runner import TorchRunner
+from edgetl.runtime.tensorrt import TrtRunner
 
 log = logging.getLogger(__name__)
 METHOD = ("latency: host wall-clock per call; 'relative': median over rounds of the model's fastest call divided "
@@ -120,8 +122,6 @@ def targets_for(model: str, backends: Sequence[str], device: str = "cpu", thread
     if path.suffix == ".onnx":
         return [_onnx_target(model, "onnx", path, None, device, threads)]
     if path.suffix == ".engine":
-        from edgetl.trt.runner import TrtRunner
-
         return [Target(model, "trt", lambda: TrtRunner(path), None, np.float32, ())]
     bundle = Bundle.load(path)
     targets = []
@@ -132,8 +132,6 @@ def targets_for(model: str, backends: Sequence[str], device: str = "cpu", thread
             targets.append(Target(model, "torch", lambda: TorchRunner(bundle.checkpoint_dir()), None, np.float32,
                                   (3, size, size)))
         elif choice.backend == "trt":
-            from edgetl.trt.runner import TrtRunner
-
             engine, onnx_file = bundle.root / choice.engine, bundle.root / choice.model.file
             targets.append(Target(model, "trt", lambda: TrtRunner(engine, onnx_path=onnx_file), choice.model.batch,
                                   np.float32, ()))
@@ -219,19 +217,6 @@ def _bench_latency(config: LatencyConfig) -> Dict[str, Any]:
     return {"machine": machine_info(config.threads), "method": METHOD,
             "config": {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(config).items()},
             "rows": [asdict(r) for r in rows], "skipped": skipped}
-
-
-def machine_info(threads: Optional[int]) -> Dict[str, Any]:
-    """Host, Python and package versions recorded with every result."""
-    versions = {}
-    for package in ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "tensorrt"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return {"platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpu_count": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-            "packages": versions}
 
 
 def row_key(row: Dict[str, Any]) -> str:

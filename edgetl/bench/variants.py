@@ -27,16 +27,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from edgetl.backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
-from edgetl.checkpoint import load_run
-from edgetl.config import FinetuneConfig
-from edgetl.deps import require
+from edgetl.spec.backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
+from edgetl.train.checkpoint import load_run
+from edgetl.train.config import FinetuneConfig
+from edgetl.core.deps import require
 from edgetl.errors import ConfigError
-from edgetl.export import ExportConfig, export_run
-from edgetl.feature_cache import HeadBatches
-from edgetl.fileio import atomic_write_text
-from edgetl.model import HeadConfig, build_model, count_parameters
-from edgetl.train import finetune, resolve_device
+from edgetl.export.job import ExportConfig, export_run
+from edgetl.data.feature_cache import HeadBatches
+from edgetl.core.fileio import atomic_write_text
+from edgetl.train.model import HeadConfig, build_model, count_parameters
+from edgetl.core.device import DeviceSetup
+from edgetl.train.loop import finetune
 from edgetl.bench.data import training_step_rate
 from edgetl.bench.latency import LatencyConfig, bench_latency
 from edgetl.bench.variants_report import format_markdown, plot_accuracy_latency
@@ -168,27 +169,29 @@ def _status_kib(field: str) -> float:
     return 0.0
 
 
-def step_timer(config: FinetuneConfig, variant: Variant, num_classes: int, device: Any) -> Callable[[int], float]:
+def step_timer(config: FinetuneConfig, variant: Variant, num_classes: int, setup: DeviceSetup) -> Callable[[int], float]:
     """A function timing ``n`` of the variant's training steps (images/s) on a synthetic device-resident
     batch (random weights): the whole model, or the head alone on features for ``--cache features``."""
     spec = get_backbone(config.arch, config.cut_at)
     size = preprocess_spec(spec).input_size
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    device, memory_format = setup.device, setup.memory_format
     torch.manual_seed(config.seed)
     model = build_model(spec, num_classes, HeadConfig(config.head), config.strategy, config.trainable_stages,
                         None).to(device, memory_format=memory_format)
     labels = torch.randint(num_classes, (config.batch_size,), device=device)
     if variant.cache == "features":
         features = torch.randn(config.batch_size, model.feature_dim, device=device)
-        return lambda n: training_step_rate(model, model.head, features, labels, config, device, n, HeadBatches)
+        return lambda n: training_step_rate(model, model.head, features, labels, config, setup=setup, steps=n,
+                                            batches=HeadBatches)
     images = torch.randn(config.batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
-    return lambda n: training_step_rate(model, model, images, labels, config, device, n)
+    return lambda n: training_step_rate(model, model, images, labels, config, setup=setup, steps=n)
 
 
-def step_rates(config: VariantsConfig, variants: Sequence[Variant], num_classes: int, device: Any) -> Dict[str, float]:
+def step_rates(config: VariantsConfig, variants: Sequence[Variant], num_classes: int,
+               setup: DeviceSetup) -> Dict[str, float]:
     """Median images/s of each variant's training step over ``STEP_ROUNDS`` rounds that visit the variants
     in turn (``config.steps`` timed steps each), so load changes on a shared machine hit all alike."""
-    timers = {v.name: step_timer(config.finetune_config(v, Path(".")), v, num_classes, device) for v in variants}
+    timers = {v.name: step_timer(config.finetune_config(v, Path(".")), v, num_classes, setup) for v in variants}
     rates = {name: [] for name in timers}  # type: Dict[str, List[float]]
     for _ in range(STEP_ROUNDS):
         for name, timer in timers.items():
@@ -285,11 +288,12 @@ def compare_variants(config: VariantsConfig, progress: bool = True) -> Dict[str,
     out = Path(config.out) if config.out else Path("models") / "variants-{}".format(time.strftime("%Y%m%d-%H%M%S"))
     if out.exists() and any(out.iterdir()):
         raise ConfigError("{} is not empty; choose another --out".format(out))
-    device = resolve_device(config.device)
+    setup = DeviceSetup.create(config.device)
+    device = setup.device
     variants = config.variants()
     training = {v.name: train_variant(config, v, out / v.name, device, progress) for v in variants}
     log.info("timing the training steps")
-    for name, rate in step_rates(config, variants, training["full"]["classes"], device).items():
+    for name, rate in step_rates(config, variants, training["full"]["classes"], setup).items():
         training[name].update(step_ms=1000.0 * config.batch_size / rate, step_images_per_s=rate)
     skip_trt = tensorrt_skip_reason(device)
     if skip_trt:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from edgetl.deps import require
-from edgetl.fileio import atomic_path
-from edgetl.report import markdown_table, text_table
+from edgetl.core.deps import require
+from edgetl.core.fileio import atomic_path
+from edgetl.core.tables import markdown_table, text_table
 
 TRAINING_HEADERS = ("variant", "strategy", "cache", "trainable params", "step ms", "step img/s", "epoch s",
                     "epoch img/s", "peak MiB", "val top-1", "val top-5")

@@ -1,4 +1,5 @@
-"""The ``edgetl`` command line: a thin layer over the Python API.
+"""The ``edgetl`` command line: a thin layer over the Python API (top layer: may import anything,
+workstation stages lazily inside commands).
 
 Importing this module must not import torch or onnxruntime: ``edgetl --help`` and the device-side
 commands work on a Jetson without the training extra. Commands import their stage lazily.

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import click
 
-from edgetl.backbones import BACKBONES, DEFAULT_ARCH
+from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.errors import ConfigError
 
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -44,8 +44,8 @@ def advise(ctx: click.Context, data: Optional[Path], arch: str, val_split: Optio
     edgetl advise photos/ --pilot          # also train each candidate for 2 epochs and compare
     edgetl advise photos/ --json
     """
-    from edgetl.advise import advise as run_advise, format_advice
-    from edgetl.pilot import PilotConfig
+    from edgetl.analysis.advise import advise as run_advise, format_advice
+    from edgetl.analysis.pilot import PilotConfig
 
     if max_images_per_class < 2:
         raise ConfigError("--max-images-per-class must be >= 2 (cross-validation needs 2 per class)")
@@ -87,8 +87,8 @@ def inspect_run(run: Path, images: Tuple[Path, ...], filters: bool, activations:
     edgetl inspect models/photos --top-activating --stage stage6 --channel 12 --data photos/
     """
     _check_inspect_options(images, filters, activations, similar, top_activating, stage, channel, data, k, maps)
-    from edgetl.features import run_model, stage_output_module
-    from edgetl.inspection import activations_png, default_output_dir, filters_png, similar_png, top_activating_png
+    from edgetl.analysis.embeddings import run_model, stage_output_module
+    from edgetl.analysis.inspection import activations_png, default_output_dir, filters_png, similar_png, top_activating_png
 
     model = run_model(run)
     if stage is not None:
@@ -146,8 +146,8 @@ def embed(run: Path, data: Path, out: Path, batch_size: int, device: str, worker
     \b
     edgetl embed models/photos photos/ --out features.npy     # + features.json (file list)
     """
-    from edgetl.features import run_model
-    from edgetl.inspection import embed as run_embed
+    from edgetl.analysis.embeddings import run_model
+    from edgetl.analysis.inspection import embed as run_embed
 
     features, sidecar, shape = run_embed(run_model(run), data, out, batch_size=batch_size, device=device,
                                          workers=workers)

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import click
 
-from edgetl.backbones import BACKBONES, DEFAULT_ARCH
+from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.cli.options import workers_option
 
 

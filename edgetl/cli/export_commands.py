@@ -65,7 +65,7 @@ def export(run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: 
     edgetl export models/photos --trt --fp16          # engine (on a machine with TensorRT)
     edgetl export models/photos --io-names jetson --batch 1 --out bundles/photos
     """
-    from edgetl.export import ExportConfig, export_run, format_report
+    from edgetl.export.job import ExportConfig, export_run, format_report
 
     if batch is not None and dynamic_batch:
         raise ConfigError("--batch and --dynamic-batch exclude each other")
@@ -77,7 +77,7 @@ def export(run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: 
 
 def expand_images(inputs: Sequence[Path]) -> List[Path]:
     """Files as given; directories expand to the image files under them (sorted)."""
-    from edgetl.data import IMAGE_SUFFIXES
+    from edgetl.data.folders import IMAGE_SUFFIXES
 
     paths = []  # type: List[Path]
     for item in inputs:
@@ -106,8 +106,8 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
     edgetl predict models/photos test/cat.jpg test/more/
     edgetl predict bundles/photos frames/ --backend trt --topk 3 --json
     """
-    from edgetl.bundle import Bundle
-    from edgetl.runtime import Classifier
+    from edgetl.spec.bundle import Bundle
+    from edgetl.runtime.classifier import Classifier
 
     paths = expand_images(images)
     if not paths:

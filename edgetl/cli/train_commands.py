@@ -7,8 +7,8 @@ from typing import Any, Optional
 import click
 from click.core import ParameterSource
 
-from edgetl.backbones import BACKBONES, DEFAULT_ARCH
-from edgetl.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
+from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
+from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
 from edgetl.errors import ConfigError
 from edgetl.cli.options import workers_option
 
@@ -34,8 +34,8 @@ def weights_fetch(arch: str) -> None:
     \b
     edgetl weights fetch mobilenet_v2
     """
-    from edgetl.backbones import get_backbone
-    from edgetl.weights import fetch_weights
+    from edgetl.spec.backbones import get_backbone
+    from edgetl.train.weights import fetch_weights
 
     click.echo(fetch_weights(get_backbone(arch)))
 
@@ -86,7 +86,7 @@ def finetune(ctx: click.Context, data: Optional[Path], out: Optional[Path], resu
     edgetl finetune photos/ --strategy partial --trainable-stages 3 --epochs 10 --out models/photos
     edgetl finetune --out models/photos --resume     # continue after an interruption
     """
-    from edgetl.train import finetune as run_finetune, history_table, resume as run_resume
+    from edgetl.train.loop import finetune as run_finetune, history_table, resume as run_resume
 
     progress = ctx.obj["progress"]
     if resume:
@@ -123,7 +123,7 @@ def evaluate(run: Path, data: Optional[Path], batch_size: int, device: str, as_j
     edgetl evaluate models/photos
     edgetl evaluate models/photos holdout/
     """
-    from edgetl.evaluate import evaluate_run, format_evaluation
+    from edgetl.train.evaluate import evaluate_run, format_evaluation
 
     report = evaluate_run(run, data, batch_size=batch_size, device=device)
     click.echo(json.dumps(report, indent=2) if as_json else format_evaluation(report))

@@ -1,3 +1,3 @@
-"""TensorRT support: ``plan`` decides how TensorRT is called (pure, tested without TensorRT),
-``build`` builds engines and ``runner`` runs them (the only modules that import tensorrt, lazily),
-``fp16`` converts an ONNX model to float16 for strongly typed TensorRT (>= 11)."""
+"""Device side: TensorRT engine builds. ``plan`` decides how TensorRT is called for each version
+(pure, tested without TensorRT); ``build`` builds and verifies an engine from a bundle on the
+device (tensorrt imported lazily). Python 3.8; imports ``edgetl.runtime`` and below."""

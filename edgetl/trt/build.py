@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from edgetl.bundle import ONNX_FILES, Bundle, read_manifest, sidecar_file, write_manifest
-from edgetl.deps import require
+from edgetl.spec.bundle import ONNX_FILES, Bundle, read_manifest, sidecar_file, write_manifest
+from edgetl.core.deps import require
 from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
-from edgetl.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from edgetl.trt.plan import BatchProfile, EnginePlan, describe_parser_error, make_sidecar, plan_engine, resolve_target
-from edgetl.trt.runner import cuda_runtime, device_info
+from edgetl.runtime.tensorrt import cuda_runtime, device_info
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0

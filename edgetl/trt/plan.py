@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgetl import __version__
-from edgetl.bundle import ONNX_FILES, PRECISIONS, engine_file
+from edgetl.spec.bundle import ONNX_FILES, PRECISIONS, engine_file
 from edgetl.errors import ConfigError
 
 SIDECAR_FORMAT = "edgetl-engine-v1"

@@ -1,0 +1,151 @@
+"""The textbook size x similarity rule, as data: what "small" and "similar" mean, the four
+quadrants and the plan (strategy, trainable stages, learning rates, epochs) each one gets, and the
+exact ``edgetl finetune`` command for a plan. Pure: ``advise`` measures, this module decides."""
+
+from __future__ import annotations
+
+import shlex
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from edgetl.spec.backbones import BackboneSpec
+
+SMALL_PER_CLASS = 1000  # small: median training images per class below this
+PROBE_SIMILAR = 0.80  # similar: chance-adjusted linear-probe accuracy at least this ...
+KNN_SIMILAR = 0.60  # ... and chance-adjusted k-NN accuracy at least this
+BORDERLINE_MARGIN = 0.10  # a probe score this close to PROBE_SIMILAR is called borderline
+CONFIDENCE_IMAGENET_LIKE = 0.50  # mean top softmax of the ImageNet classifier: content looks like ImageNet
+IMBALANCED_BELOW = 0.5  # class balance (min/max images per class) below this is flagged
+HEAD_LR = 0.05  # learning rate of the new head in every plan (SGD, batch 32)
+
+
+@dataclass(frozen=True)
+class SizeStats:
+    """Training images per class (the split that finetune trains on)."""
+
+    classes: Tuple[str, ...]
+    counts: Tuple[int, ...]
+    val_total: int
+
+    @property
+    def minimum(self) -> int:
+        return min(self.counts)
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.counts))
+
+    @property
+    def maximum(self) -> int:
+        return max(self.counts)
+
+    @property
+    def balance(self) -> float:
+        """Smallest over largest class: 1.0 is perfectly balanced."""
+        return self.minimum / self.maximum
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(frozen=True)
+class SimilarityEvidence:
+    """Cross-validated accuracies (mean over classes) of frozen pretrained features, and ImageNet confidence."""
+
+    probe_accuracy: float
+    knn_accuracy: float
+    chance: float  # 1 / number of classes
+    confidence: float  # mean top-1 softmax of the pretrained ImageNet classifier
+    images: int  # images the evidence was measured on
+    folds: int
+    imagenet_labels: Tuple[Tuple[str, int], ...] = ()  # most frequent ImageNet predictions (label, count)
+
+    def score(self, accuracy: float) -> float:
+        """Chance-adjusted accuracy: 0 at chance, 1 when perfect."""
+        return (accuracy - self.chance) / (1.0 - self.chance)
+
+    @property
+    def probe_score(self) -> float:
+        return self.score(self.probe_accuracy)
+
+    @property
+    def knn_score(self) -> float:
+        return self.score(self.knn_accuracy)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: a strategy with its trainable stages, learning rates and regularisation."""
+
+    quadrant: int
+    strategy: str
+    trainable_stages: int  # 0 for the feature extractor, all stages for full
+    lr: float  # pretrained layers (finetune --lr)
+    head_lr_mult: float  # the head trains at lr x this
+    epochs: int
+    augment_harder: bool
+    label_smoothing: float
+    why: str
+
+
+QUADRANT_NAMES = {1: "large + different", 2: "large + similar", 3: "small + different", 4: "small + similar"}
+# quadrant -> (strategy, fraction of the stages that train, lr of pretrained layers, epochs, augment harder, why)
+PLAN_TABLE: Dict[int, Tuple[str, float, float, int, bool, str]] = {
+    1: ("full", 1.0, 0.01, 10, False,
+        "plenty of data and features that do not fit yet: retrain every layer, starting from the pretrained weights"),
+    2: ("partial", 1 / 3, 0.001, 10, False,
+        "the pretrained features fit; plenty of data lets the top third of the stages specialise at a small lr"),
+    3: ("partial", 1 / 2, 0.005, 20, True,
+        "features must adapt but data is scarce: train the top half of the stages, keep the generic early "
+        "filters frozen, and regularise hard"),
+    4: ("feature-extractor", 0.0, 0.005, 15, False,
+        "the frozen features already separate the classes; training more layers on little data would only overfit"),
+}
+
+
+def is_small(stats: SizeStats) -> bool:
+    return stats.median < SMALL_PER_CLASS
+
+
+def is_similar(evidence: SimilarityEvidence) -> bool:
+    return evidence.probe_score >= PROBE_SIMILAR and evidence.knn_score >= KNN_SIMILAR
+
+
+def is_borderline(evidence: SimilarityEvidence) -> bool:
+    return abs(evidence.probe_score - PROBE_SIMILAR) < BORDERLINE_MARGIN
+
+
+def quadrant_of(small: bool, similar: bool) -> int:
+    """1 large+different, 2 large+similar, 3 small+different, 4 small+similar."""
+    return (3 if small else 1) + (1 if similar else 0)
+
+
+def plan_for(quadrant: int, spec: BackboneSpec) -> Plan:
+    """The rule's plan for a quadrant on an architecture (stage counts depend on the architecture)."""
+    strategy, fraction, lr, epochs, augment, why = PLAN_TABLE[quadrant]
+    stages = len(spec.stage_names)
+    trainable = {"full": stages, "feature-extractor": 0}.get(strategy, max(1, int(stages * fraction + 0.5)))
+    return Plan(quadrant, strategy, trainable, lr, HEAD_LR / lr, epochs, augment, 0.1 if augment else 0.0, why)
+
+
+def candidate_plans(small: bool, spec: BackboneSpec) -> List[Plan]:
+    """What ``--pilot`` compares: the feature extractor, the partial plan for this size, full fine-tuning."""
+    return [plan_for(4, spec), plan_for(3 if small else 2, spec), plan_for(1, spec)]
+
+
+def finetune_command(data: Optional[Path], arch: str, plan: Plan, val_split: Optional[float]) -> str:
+    """The exact ``edgetl finetune`` command line for a plan."""
+    words = ["edgetl", "finetune"] + ([str(data)] if data is not None else [])
+    words += ["--arch", arch, "--strategy", plan.strategy]
+    if plan.strategy == "partial":
+        words += ["--trainable-stages", str(plan.trainable_stages)]
+    words += ["--lr", "{:g}".format(plan.lr), "--head-lr-mult", "{:g}".format(plan.head_lr_mult),
+              "--epochs", str(plan.epochs)]
+    if plan.label_smoothing:
+        words += ["--label-smoothing", "{:g}".format(plan.label_smoothing)]
+    if val_split is not None:
+        words += ["--val-split", "{:g}".format(val_split)]
+    return " ".join(shlex.quote(w) for w in words)

@@ -1,0 +1,149 @@
+"""Datasets: scan class folders (skipping unreadable files), split, and feed training.
+
+Accepted layouts: ``ROOT/train/<class>/*`` + ``ROOT/val/<class>/*``, or a flat ``ROOT/<class>/*``
+with a deterministic stratified ``val_split``. Unreadable files (corrupt, truncated, zero-byte,
+not an image) are skipped at scan time, counted and listed — never a crash mid-epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from PIL import Image
+
+from edgetl.data.sampling import stratified_split
+from edgetl.errors import DataError
+from edgetl.core.fileio import atomic_write_text
+from edgetl.spec.preprocess import load_rgb
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset(
+    ".jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jfif .ico .tga".split()
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+@dataclass
+class DatasetSplit:
+    """Class names, train/val samples and the files skipped while scanning."""
+
+    root: Path
+    classes: List[str]
+    train: List[Sample]
+    val: List[Sample]
+    layout: str  # "train/val folders" or "val-split F"
+    skipped: List[Tuple[Path, str]] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        def rows(samples: Sequence[Sample]) -> List[List[Any]]:
+            return [[str(s.path), s.label] for s in samples]
+
+        return {"root": str(self.root), "layout": self.layout, "classes": self.classes,
+                "train": rows(self.train), "val": rows(self.val)}
+
+    def save(self, run_dir: Path) -> None:
+        """Write ``split.json`` and ``skipped.txt`` (one ``path<TAB>reason`` per line) into the run."""
+        atomic_write_text(run_dir / "split.json", json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(run_dir / "skipped.txt", "".join("{}\t{}\n".format(p, r) for p, r in self.skipped))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "DatasetSplit":
+        data = json.loads((run_dir / "split.json").read_text())
+        return cls(Path(data["root"]), data["classes"], [Sample(Path(p), l) for p, l in data["train"]],
+                   [Sample(Path(p), l) for p, l in data["val"]], data["layout"])
+
+
+def check_image(path: Path) -> Optional[str]:
+    """None if ``path`` decodes fully as an image, else the reason it does not."""
+    try:
+        if path.stat().st_size == 0:
+            return "zero-byte file"
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))  # JPEG: decode at reduced scale, still reads the whole stream
+            img.load()
+        return None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        return "{}: {}".format(type(exc).__name__, exc)
+
+
+def _class_dirs(root: Path) -> List[Path]:
+    if not root.is_dir():
+        raise DataError("dataset folder not found: {}".format(root))
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(dirs) < 2:
+        raise DataError("{} needs at least 2 class folders, found {}".format(root, len(dirs)))
+    return dirs
+
+
+def scan_class_folders(root: Path, workers: int = 8) -> Tuple[List[str], List[Sample], List[Tuple[Path, str]]]:
+    """Classes (sorted folder names), readable samples and skipped files of a folder of class folders."""
+    dirs = _class_dirs(root)
+    candidates = [(p, label) for label, d in enumerate(dirs) for p in sorted(d.rglob("*")) if p.is_file()
+                  and not p.name.startswith(".")]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        reasons = list(pool.map(lambda c: check_image(c[0]) if c[0].suffix.lower() in IMAGE_SUFFIXES
+                                else "not an image file (suffix {!r})".format(c[0].suffix), candidates))
+    samples = [Sample(p, label) for (p, label), reason in zip(candidates, reasons) if reason is None]
+    skipped = [(p, reason) for (p, _), reason in zip(candidates, reasons) if reason is not None]
+    counts = [0] * len(dirs)
+    for sample in samples:
+        counts[sample.label] += 1
+    empty = [d.name for d, n in zip(dirs, counts) if n == 0]
+    if empty:
+        more = " and {} more".format(len(empty) - 5) if len(empty) > 5 else ""
+        raise DataError("class folder(s) with no readable images in {}: {}{}".format(root, ", ".join(empty[:5]), more))
+    return [d.name for d in dirs], samples, skipped
+
+
+def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -> DatasetSplit:
+    """Scan ``root`` (train/ + val/ folders, or flat class folders split by ``val_split``)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError("dataset folder not found: {}".format(root))
+    if (root / "train").is_dir():
+        if val_split is not None:
+            raise DataError("{} already has train/ and val/ folders; drop --val-split".format(root))
+        if not (root / "val").is_dir():
+            raise DataError("{} has train/ but no val/ folder (or use a flat folder with --val-split)".format(root))
+        classes, train, skipped = scan_class_folders(root / "train")
+        val_classes, val, val_skipped = scan_class_folders(root / "val")
+        if val_classes != classes:
+            only_train = sorted(set(classes) - set(val_classes))
+            only_val = sorted(set(val_classes) - set(classes))
+            raise DataError("val classes differ from train classes: only in train {}, only in val {}".format(
+                only_train, only_val))
+        return DatasetSplit(root, classes, train, val, "train/val folders", skipped + val_skipped)
+    fraction = 0.2 if val_split is None else val_split
+    if not 0.0 < fraction < 1.0:
+        raise DataError("--val-split must be between 0 and 1, got {}".format(fraction))
+    if val_split is None:
+        log.info("no train/ and val/ folders in %s: holding out %.0f%% per class for validation", root, fraction * 100)
+    classes, samples, skipped = scan_class_folders(root)
+    train, val = stratified_split(samples, fraction, seed)
+    return DatasetSplit(root, classes, train, val, "val-split {}".format(fraction), skipped)
+
+
+class ImageDataset:
+    """Map-style dataset (torch DataLoader compatible) of decoded, transformed images."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], Any]) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        sample = self.samples[index]
+        return self.transform(load_rgb(sample.path)), sample.label

@@ -1,0 +1,374 @@
+"""edgetl export: a run folder -> a deployable bundle whose every artifact was checked against
+the PyTorch model it came from.
+
+Each ONNX variant is written to a temporary file, checked, and only then renamed into place:
+fp32 (and the baked-preprocessing variant) must match PyTorch (parity gate), INT8 must keep
+val top-1 within ``max_int8_drop`` points of fp32, fp16 must stay close. A failed gate leaves no
+file under the artifact's name, keeps it out of ``bundle.json``, and the export raises after
+writing ``export_report.json``. ``build_engine.sh`` is always written; ``trt=True`` then builds
+the engine, or raises DependencyError (after everything else is written) without TensorRT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import onnx
+
+from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
+from edgetl.train.checkpoint import load_run, preprocess_of
+from edgetl.data.folders import DatasetSplit
+from edgetl.core.deps import require
+from edgetl.errors import CheckpointError, ConfigError, DependencyError, ExportError
+from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
+from edgetl.export.torch_to_onnx import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.export.parity import Parity, compare, fp16_failures, fp32_failures, int8_failures, load_eval_images, normalized, onnx_outputs, random_inputs, stretched_nearest, top1
+from edgetl.export.quantize import CALIB_METHODS, DEFAULT_CALIB_SIZE, INT8_TARGETS, ImageCalibrationReader, calibration_samples, quantize_onnx, write_calibration_manifest
+from edgetl.core.tables import text_table
+from edgetl.trt.plan import DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
+from edgetl.trt.build import build_bundle_engine
+from edgetl.export.fp16 import convert_to_fp16
+
+torch = require("torch")
+REPORT_FORMAT = "edgetl-export-report-v1"
+RANDOM_INPUTS = 8
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Every option of ``edgetl export``; validated on creation."""
+
+    run: str
+    out: Optional[str] = None  # None: the run folder
+    opset: int = 17
+    batch: Optional[int] = None  # None: dynamic batch axis
+    io_names: str = "default"
+    bake_preprocess: bool = False
+    int8: bool = False
+    int8_target: Optional[str] = None  # None: "trt" with trt=True, else "cpu"
+    calib_data: Optional[str] = None  # class folders, a flat image folder or a calibration manifest
+    calib_size: int = DEFAULT_CALIB_SIZE
+    calib_method: str = "minmax"
+    calib_dir: str = "calibration"  # manifests go to <calib_dir>/<run name>/manifest.json
+    max_int8_drop: float = 1.0  # points of val top-1
+    fp16: bool = False
+    trt: bool = False
+    target_trt: str = DEFAULT_TARGET
+    min_batch: Optional[int] = None
+    opt_batch: Optional[int] = None
+    max_batch: Optional[int] = None
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB
+    timing_cache: Optional[str] = None
+    val_images: int = 500  # parity/accuracy images: all of the val split up to this many
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.int8_target is None:
+            object.__setattr__(self, "int8_target", "trt" if self.trt else "cpu")
+        checks = [
+            (self.io_names in IO_NAMES, "--io-names must be one of " + ", ".join(IO_NAMES)),
+            (self.opset in EXPORTER_OPSETS, "--opset must be between {} and {}".format(
+                EXPORTER_OPSETS[0], EXPORTER_OPSETS[-1])),
+            (self.batch is None or self.batch >= 1, "--batch must be >= 1"),
+            (not (self.int8 and self.fp16), "choose one of --int8 and --fp16"),
+            (self.int8_target in INT8_TARGETS, "--int8-target must be one of " + ", ".join(INT8_TARGETS)),
+            (not (self.trt and self.int8 and self.int8_target == "cpu"),
+             "--int8-target cpu writes unsigned activations, which TensorRT rejects; use --int8-target trt with --trt"),
+            (self.int8 or self.calib_data is None, "--calib-data only applies with --int8"),
+            (self.calib_size >= 1, "--calib-size must be >= 1"),
+            (self.calib_method in CALIB_METHODS, "--calib-method must be one of " + ", ".join(CALIB_METHODS)),
+            (self.max_int8_drop >= 0, "--max-int8-drop must be >= 0"),
+            (self.val_images >= 1, "--val-images must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        onnx_versions(resolve_target(self.target_trt), self.opset)
+        self.profile()  # validates the batch range
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+
+    def profile(self) -> Optional[BatchProfile]:
+        """The engine's batch range: None for a static batch (then any given range must equal it)."""
+        given = [v for v in (self.min_batch, self.opt_batch, self.max_batch) if v is not None]
+        if self.batch is not None:
+            if any(v != self.batch for v in given):
+                raise ConfigError("--batch {} is static: --min/--opt/--max-batch must be {} too (or use "
+                                  "--dynamic-batch)".format(self.batch, self.batch))
+            return None
+        low = self.min_batch or 1
+        opt = self.opt_batch or low
+        return BatchProfile(low, opt, self.max_batch or max(8, opt))
+
+
+class _GateFailed(Exception):
+    """Internal: an artifact did not pass its check (its temporary file is discarded)."""
+
+
+class _Export:
+    """State of one export; each method produces one artifact."""
+
+    def __init__(self, config: ExportConfig) -> None:
+        self.config = config
+        self.run = Path(config.run)
+        self.out = Path(config.out) if config.out else self.run
+        if not (self.run / "split.json").is_file():
+            raise CheckpointError("{} is not a run folder with best.pt and split.json (its validation images "
+                                  "feed the parity gate)".format(self.run))
+        self.model, self.payload = load_run(self.run)
+        self.spec = preprocess_of(self.payload)
+        self.target = resolve_target(config.target_trt)
+        self.opset, self.ir_version = onnx_versions(self.target, config.opset)
+        self.input_name, self.output_name = IO_NAMES[config.io_names]
+        self.softmax = config.io_names == "jetson"
+        self.checkpoint_sha = sha256_file(self.run / "best.pt")
+        self.val_samples = DatasetSplit.load(self.run).val
+        self.images = load_eval_images(self.val_samples, self.spec, config.val_images, config.seed)
+        self.reference_module = ExportModule(self.model, softmax=self.softmax).eval()
+        self.reference = self._torch(normalized(self.images.crops, self.spec))
+        self.random = random_inputs(RANDOM_INPUTS, self.spec, "NCHW", config.seed)
+        self.random_pixels = random_inputs(RANDOM_INPUTS, self.spec, "NHWC", config.seed)
+        self.manifest = {"run": str(self.run.resolve()), "checkpoint_sha256": self.checkpoint_sha,
+                         "class_names": list(self.payload["class_names"]), "arch": self.payload["arch"],
+                         "strategy": self.payload["strategy"], "models": {}, "engines": {}}
+        self.report = {"format": REPORT_FORMAT, "run": str(self.run), "out": str(self.out),
+                       "checkpoint_sha256": self.checkpoint_sha, "config": asdict(config),
+                       "target_trt": asdict(self.target), "opset": self.opset, "ir_version": self.ir_version,
+                       "output_kind": self.output_kind, "artifacts": [], "failures": []}
+        self.fp32_outputs = None  # type: Optional[np.ndarray]
+
+    @property
+    def output_kind(self) -> str:
+        return "probabilities" if self.softmax else "logits"
+
+    def _torch(self, batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return np.concatenate([self.reference_module(torch.from_numpy(batch[i:i + 32])).numpy()
+                                   for i in range(0, len(batch), 32)]).astype(np.float64)
+
+    def _metadata(self, kind: str) -> Dict[str, str]:
+        return onnx_metadata(self.payload, self.spec, self.checkpoint_sha, model_kind=kind,
+                             input_layout="NHWC uint8" if kind == "baked" else "NCHW float32",
+                             output_kind=self.output_kind)
+
+    def _gated(self, kind: str, write: Callable[[Path], None], check: Callable[[Path], Dict[str, Any]]) -> bool:
+        """Write an artifact to a temporary file, check it, and rename it into place only if it passes."""
+        file = ONNX_FILES[kind]
+        entry = {"file": file, "kind": kind}  # type: Dict[str, Any]
+        try:
+            with atomic_path(self.out / file) as tmp:
+                write(tmp)
+                entry.update(check(tmp))
+                if entry["failures"]:
+                    raise _GateFailed()
+                sha = sha256_file(tmp)
+        except _GateFailed:
+            if (self.out / file).exists():
+                (self.out / file).unlink()  # an older file of that name would now look valid
+            entry["status"] = "failed"
+            self.report["failures"] += ["{}: {}".format(file, f) for f in entry["failures"]]
+            self.report["artifacts"].append(entry)
+            return False
+        entry["status"] = "passed"
+        self.report["artifacts"].append(entry)
+        info = ModelInfo(file, kind, self.input_name, self.output_name, "NHWC" if kind == "baked" else "NCHW",
+                         self.output_kind, self.config.batch, sha,
+                         self.config.int8_target if kind == "int8" else None)
+        self.manifest["models"][kind] = asdict(info)
+        return True
+
+    def _parity(self, path: Path, inputs: Optional[np.ndarray], reference_random: Optional[np.ndarray],
+                layout: str) -> Tuple[Dict[str, Any], Parity, np.ndarray]:
+        """Report section, parity and real-image outputs of an ONNX file against PyTorch
+        (random ``inputs`` too, unless None)."""
+        prepare = (lambda crops: normalized(crops, self.spec)) if layout == "NCHW" else None
+        real = onnx_outputs(path, self.images.crops, self.config.batch, prepare=prepare)
+        candidate, reference = real, self.reference
+        if inputs is not None:
+            candidate = np.concatenate([real, onnx_outputs(path, inputs, self.config.batch)])
+            reference = np.concatenate([self.reference, reference_random])
+        parity = compare(reference, candidate, len(real))
+        return {"parity": parity.to_dict(), "val_top1": top1(real, self.images.labels)}, parity, real
+
+    def fp32(self) -> bool:
+        def check(path: Path) -> Dict[str, Any]:
+            section, parity, self.fp32_outputs = self._parity(path, self.random, self._torch(self.random), "NCHW")
+            return dict(section, failures=fp32_failures(parity))
+
+        module = ExportModule(self.model, softmax=self.softmax)
+        return self._gated("fp32", lambda p: export_onnx(module, p, self.spec, self.input_name, self.output_name,
+                                                         self.config.batch, self.opset, self.ir_version,
+                                                         self._metadata("fp32")), check)
+
+    def baked(self) -> bool:
+        def check(path: Path) -> Dict[str, Any]:
+            reference_random = self._torch(normalized(self.random_pixels, self.spec))
+            section, parity, _ = self._parity(path, self.random_pixels, reference_random, "NHWC")
+            return dict(section, failures=fp32_failures(parity))
+
+        module = baked_module(self.model, self.spec, self.softmax)
+        return self._gated("baked", lambda p: export_onnx(module, p, self.spec, self.input_name, self.output_name,
+                                                          self.config.batch, self.opset, self.ir_version,
+                                                          self._metadata("baked")), check)
+
+    def int8(self) -> bool:
+        config = self.config
+        samples, source = calibration_samples(self.run, config.calib_data, config.calib_size, config.seed)
+        manifest_path = Path(config.calib_dir) / self.run.resolve().name / "manifest.json"
+        write_calibration_manifest(manifest_path, samples, {
+            "run": str(self.run.resolve()), "source": source, "seed": config.seed, "requested_size": config.calib_size,
+            "method": config.calib_method, "int8_target": config.int8_target})
+        reader = ImageCalibrationReader(samples, self.spec, self.input_name, config.batch or 1)
+
+        def write(path: Path) -> None:
+            quantize_onnx(self.out / ONNX_FILES["fp32"], path, reader, config.int8_target, config.calib_method)
+            finish_onnx(path, self.ir_version, dict(self._metadata("int8"), int8_target=config.int8_target))
+
+        def check(path: Path) -> Dict[str, Any]:
+            section, _, outputs = self._parity(path, None, None, "NCHW")  # random inputs break calibration
+            fp32_top1, int8_top1 = top1(self.fp32_outputs, self.images.labels), top1(outputs, self.images.labels)
+            drop = (fp32_top1 - int8_top1) * 100.0
+            gate = {"fp32_val_top1": fp32_top1, "int8_val_top1": int8_top1, "drop_points": drop,
+                    "max_drop_points": config.max_int8_drop, "images": len(self.images),
+                    "top1_agreement_with_fp32": float((outputs.argmax(1) == self.fp32_outputs.argmax(1)).mean())}
+            return dict(section, accuracy_gate=gate, int8_target=config.int8_target,
+                        failures=int8_failures(fp32_top1, int8_top1, config.max_int8_drop),
+                        calibration={"manifest": str(manifest_path), "images": len(samples), "source": source,
+                                     "method": config.calib_method})
+
+        return self._gated("int8", write, check)
+
+    def fp16(self) -> bool:
+        def write(path: Path) -> None:
+            onnx.save(convert_to_fp16(onnx.load(str(self.out / ONNX_FILES["fp32"]))), str(path))
+            finish_onnx(path, self.ir_version, self._metadata("fp16"))
+
+        def check(path: Path) -> Dict[str, Any]:
+            section, parity, _ = self._parity(path, self.random, self._torch(self.random), "NCHW")
+            return dict(section, failures=fp16_failures(parity))
+
+        return self._gated("fp16", write, check)
+
+    def jetson_geometry(self) -> None:
+        """Val top-1 under jetson-inference's preprocessing (whole frame stretched, nearest), next to ours."""
+        spec = stretched_nearest(self.spec)
+        stretched = load_eval_images(self.val_samples, spec, self.config.val_images, self.config.seed, center_crop=False)
+        outputs = onnx_outputs(self.out / ONNX_FILES["fp32"], stretched.crops, self.config.batch,
+                               prepare=lambda crops: normalized(crops, self.spec))
+        self.report["jetson_preprocessing"] = {
+            "center_crop_val_top1": top1(self.fp32_outputs, self.images.labels),
+            "stretched_val_top1": top1(outputs, stretched.labels), "images": len(stretched),
+            "note": "jetson-inference's imagenet resizes the whole frame (nearest neighbour) with no centre crop"}
+
+    def engine_plans(self) -> Tuple[List[EnginePlan], List[str]]:
+        """The engine build for the requested precision if its ONNX passed (also written as build_engine.sh),
+        and notes on what is not planned."""
+        precision = self.config.precision
+        notes = []
+        if precision == "int8" and self.config.int8_target == "cpu":
+            precision = "fp32"  # the CPU INT8 form cannot become an engine
+            notes.append("model_int8.onnx is the CPU form (unsigned activations), which TensorRT rejects: this "
+                         "script builds fp32; re-export with --int8 --int8-target trt for an INT8 engine")
+        plan = plan_engine(self.target, precision, self.input_name, self.output_name,
+                           (self.config.batch or -1, 3, self.spec.input_size, self.spec.input_size),
+                           self.config.profile(), self.config.workspace_mib, self.config.timing_cache)
+        if {v: k for k, v in ONNX_FILES.items()}[plan.onnx] not in self.manifest["models"]:
+            return [], notes + ["no {} engine: {} did not pass its gate (see {})".format(precision, plan.onnx, REPORT)]
+        return [plan], notes
+
+    def write_bundle(self) -> None:
+        plans, notes = self.engine_plans()
+        self.report["script_notes"] = notes
+        self.manifest["engines"] = {p.engine: p.to_dict() for p in plans}
+        script = self.out / BUILD_SCRIPT
+        atomic_write_text(script, build_script(plans, self.target, notes))
+        os.chmod(str(script), 0o755)
+        if self.out.resolve() != self.run.resolve():
+            atomic_write_text(self.out / LABELS, "".join(c + "\n" for c in self.payload["class_names"]))
+            self.spec.save(self.out / "preprocess.json")
+        write_manifest(self.out, self.manifest)
+
+    def save_report(self) -> None:
+        self.report["status"] = "failed" if self.report["failures"] else "passed"
+        atomic_write_text(self.out / REPORT, json.dumps(self.report, indent=2, default=float) + "\n")
+
+
+def baked_module(model: Any, spec: Any, softmax: bool) -> ExportModule:
+    """The module exported as ``model_baked.onnx``: uint8 NHWC pixels in, normalisation in the graph."""
+    return ExportModule(model, baked=spec, softmax=softmax)
+
+
+def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
+    """Export ``config.run``; returns the report. ``on_report`` sees the report before a failure is raised.
+
+    Raises ExportError when a gate fails, DependencyError when ``trt`` is set and TensorRT is not importable
+    (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written)."""
+    job = _Export(config)
+    job.out.mkdir(parents=True, exist_ok=True)
+    if (job.out / MANIFEST).exists():
+        (job.out / MANIFEST).unlink()  # the folder is a valid bundle again only once the gates have run
+    if job.fp32():
+        if config.bake_preprocess:
+            job.baked()
+        if config.int8:
+            job.int8()
+        if config.fp16 and job.target.strongly_typed:
+            job.fp16()
+        if config.io_names == "jetson":
+            job.jetson_geometry()
+        job.write_bundle()
+    pending = None  # type: Optional[Exception]
+    if config.trt and not job.report["failures"]:
+        pending = _build_engine(job)
+    job.save_report()
+    if on_report is not None:
+        on_report(job.report)
+    if job.report["failures"]:
+        raise ExportError("export failed: {}; see {}".format("; ".join(job.report["failures"]), job.out / REPORT))
+    if pending is not None:
+        raise pending
+    return job.report
+
+
+def _build_engine(job: _Export) -> Optional[Exception]:
+    """Build the engine; returns the DependencyError to raise later when TensorRT is missing."""
+    try:
+        engine = build_bundle_engine(job.out, job.config.precision, job.config.profile(), job.config.workspace_mib,
+                                     job.config.timing_cache)
+    except DependencyError as exc:
+        job.report["engine"] = {"status": "not built", "reason": str(exc)}
+        return DependencyError("--trt: {}. The ONNX model(s) and build_engine.sh are in {}: run "
+                               "'sh build_engine.sh' there on the device".format(exc, job.out))
+    job.report["engine"] = {"status": "built", "file": engine.name}
+    return None
+
+
+def format_report(report: Dict[str, Any]) -> str:
+    """The export report as a terminal table plus its gate lines."""
+    rows = []
+    for entry in report["artifacts"]:
+        parity = entry.get("parity", {})
+        rows.append([entry["file"], entry["status"], parity.get("real_inputs", ""), parity.get("max_abs_diff", ""),
+                     parity.get("min_cosine", ""), parity.get("top1_agreement", ""), entry.get("val_top1", "")])
+    lines = [text_table(["artifact", "status", "images", "max|diff|", "min cosine", "top-1 agree", "val top-1"], rows)]
+    for entry in report["artifacts"]:
+        gate = entry.get("accuracy_gate")
+        if gate:
+            lines.append("INT8 ({}): val top-1 {:.2%} vs fp32 {:.2%} ({:+.2f} points; gate: drop <= {:g})".format(
+                entry["int8_target"], gate["int8_val_top1"], gate["fp32_val_top1"], -gate["drop_points"],
+                gate["max_drop_points"]))
+    jetson = report.get("jetson_preprocessing")
+    if jetson:
+        lines.append("jetson-inference preprocessing (stretched, no crop): val top-1 {:.2%} vs {:.2%} with the "
+                     "centre crop".format(jetson["stretched_val_top1"], jetson["center_crop_val_top1"]))
+    if "engine" in report:
+        lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
+    lines += ["FAILED " + f for f in report["failures"]]
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""INT8 by explicit quantization: a static Q/DQ ONNX from onnxruntime.quantization, calibrated on
+a class-balanced, seeded sample of real training images, recorded in a manifest (paths + sha256)
+so the same INT8 model can be rebuilt (pass the manifest back as ``--calib-data``).
+
+Two forms of the same model:
+- ``trt``: signed int8 activations and weights, both symmetric (zero point 0), bias left in float,
+  Q/DQ on the inputs of weighted layers and residual adds: what TensorRT's explicit
+  quantization accepts (and the only INT8 path of TensorRT 11).
+- ``cpu``: unsigned activations (asymmetric) with signed weights, Q/DQ on every op ONNX Runtime
+  quantizes: the form its CPU kernels run fastest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from edgetl.data.folders import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
+from edgetl.core.deps import require
+from edgetl.data.sampling import select_balanced
+from edgetl.errors import DataError
+from edgetl.core.fileio import atomic_write_text, sha256_file
+from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb
+
+log = logging.getLogger(__name__)
+
+CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}
+INT8_TARGETS = ("trt", "cpu")
+DEFAULT_CALIB_SIZE = 256
+MANIFEST_FORMAT = "edgetl-calibration-v1"
+_TRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
+_CHUNK = 16  # images per calibration pass: bounds the memory of collected activations
+
+
+def calibration_samples(run_dir: Path, calib_data: Optional[str], size: int, seed: int) -> Tuple[List[Sample], str]:
+    """The calibration images and where they came from. Missing data is a hard error."""
+    if calib_data is None:
+        if not (Path(run_dir) / "split.json").is_file():
+            raise DataError("{} has no split.json to take calibration images from; pass --calib-data DIR".format(run_dir))
+        pool, source = DatasetSplit.load(Path(run_dir)).train, "the run's training split"
+    elif Path(calib_data).is_file() and calib_data.endswith(".json"):
+        return read_calibration_manifest(Path(calib_data)), "manifest " + calib_data
+    else:
+        pool, source = _images_in(Path(calib_data)), calib_data
+    missing = [s.path for s in pool if not Path(s.path).is_file()]
+    if missing:
+        raise DataError("{} calibration image(s) from {} are missing (e.g. {}); pass --calib-data DIR".format(
+            len(missing), source, missing[0]))
+    if not pool:
+        raise DataError("no calibration images in {}".format(source))
+    return select_balanced(pool, size, seed), source
+
+
+def _images_in(root: Path) -> List[Sample]:
+    """Class folders (balanced by class) or a flat folder of images."""
+    if not root.is_dir():
+        raise DataError("--calib-data folder not found: {}".format(root))
+    if sum(1 for p in root.iterdir() if p.is_dir()) >= 2:
+        return scan_class_folders(root)[1]
+    return [Sample(p, 0) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def write_calibration_manifest(path: Path, samples: Sequence[Sample], details: Dict[str, Any]) -> None:
+    entries = [{"path": str(s.path), "label": s.label, "sha256": sha256_file(Path(s.path))} for s in samples]
+    atomic_write_text(path, json.dumps(dict(details, format=MANIFEST_FORMAT, images=entries), indent=1) + "\n")
+
+
+def read_calibration_manifest(path: Path) -> List[Sample]:
+    """The samples of a manifest, each file verified against its recorded sha256."""
+    try:
+        data = json.loads(path.read_text())
+        entries = data["images"] if data.get("format") == MANIFEST_FORMAT else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError("cannot read calibration manifest {}: {}".format(path, exc)) from exc
+    if not entries:
+        raise DataError("{} is not an edgetl calibration manifest".format(path))
+    for entry in entries:
+        if not Path(entry["path"]).is_file():
+            raise DataError("calibration image {} (from {}) is missing".format(entry["path"], path))
+        if sha256_file(Path(entry["path"])) != entry["sha256"]:
+            raise DataError("calibration image {} changed since {} was written".format(entry["path"], path))
+    return [Sample(Path(e["path"]), int(e["label"])) for e in entries]
+
+
+class ImageCalibrationReader(CalibrationDataReader):
+    """Feeds calibration images one at a time, decoding each only when asked (nothing in __init__)."""
+
+    def __init__(self, samples: Sequence[Sample], spec: PreprocessSpec, input_name: str, batch: int = 1) -> None:
+        self.paths = [s.path for s in samples]
+        self.spec, self.input_name, self.batch = spec, input_name, batch
+        self.start, self.end = 0, len(self)
+
+    def __len__(self) -> int:
+        return len(self.paths) // self.batch
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end = start_index, end_index
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self.start >= min(self.end, len(self)):
+            return None
+        first = self.start * self.batch
+        self.start += 1
+        images = [eval_array(load_rgb(p), self.spec) for p in self.paths[first:first + self.batch]]
+        return {self.input_name: np.stack(images)}
+
+
+def _chunk_size(total: int) -> int:
+    """The largest divisor of ``total`` up to _CHUNK (onnxruntime needs equal chunks)."""
+    return max(d for d in range(1, min(_CHUNK, total) + 1) if total % d == 0)
+
+
+class _DropOrtAdvice(logging.Filter):
+    """onnxruntime logs advice to run its optimiser first; our graphs are already constant-folded."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, reader: ImageCalibrationReader, target: str, method: str) -> None:
+    """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) for ``target``."""
+    if target == "trt":
+        options = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                       op_types_to_quantize=_TRT_QUANTIZED_OPS,
+                       extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    else:
+        options = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, extra_options={})
+    options["extra_options"]["CalibStridedMinMax"] = _chunk_size(len(reader))
+    require("onnxruntime").set_default_logger_severity(3)  # calibration sessions warn about folded constants
+    root = logging.getLogger()
+    advice = _DropOrtAdvice()
+    root.addFilter(advice)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+            quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                            calibrate_method=CALIB_METHODS[method], **options)
+    finally:
+        root.removeFilter(advice)

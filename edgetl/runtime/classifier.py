@@ -1,0 +1,158 @@
+"""Device runtime: runners with one shape for ONNX Runtime, TensorRT and (optionally) PyTorch,
+and a ``Classifier`` that turns images into top-k labels from a bundle.
+
+Importing this module never imports torch (Jetson images often lack a matching build);
+TensorRT and torch are imported only when their backend is activated. Python 3.8 syntax.
+
+    with Classifier(Bundle.load("models/run"), backend="onnx") as clf:
+        print(clf.classify_paths(["cat.jpg"]))
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+from edgetl.spec.bundle import ONNX_FILES, Bundle, ModelInfo
+from edgetl.errors import CheckpointError, ConfigError, DataError, DependencyError
+from edgetl.spec.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
+from edgetl.runtime.base import Runner, infer_batched, softmax
+from edgetl.runtime.onnxrt import OnnxRuntimeRunner
+from edgetl.runtime.tensorrt import TrtRunner
+from edgetl.runtime.torch_runner import TorchRunner
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
+_ENGINE_PREFERENCE = ("int8", "fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str  # torch, onnx, onnx-int8 or trt
+    model: Optional[ModelInfo]  # the ONNX model (for trt: the one the engine was built from)
+    engine: Optional[str] = None
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
+    """Which model runs: ``auto`` prefers a TensorRT engine (when tensorrt is importable), then the
+    fp32 ONNX, then INT8 ONNX, then the PyTorch checkpoint (when torch is importable)."""
+    if backend not in BACKENDS:
+        raise ConfigError("backend must be one of {}, got {!r}".format(", ".join(BACKENDS), backend))
+    engines = bundle.engines()
+    onnx_model = bundle.model("fp32") or bundle.model("baked")
+    if backend == "trt" or (backend == "auto" and engines and _importable("tensorrt")):
+        if not engines:
+            raise CheckpointError("{} has no TensorRT engine; build one with 'edgetl build-engine {}' or "
+                                  "'edgetl export RUN --trt'".format(bundle.root, bundle.root))
+        engine = sorted(engines, key=lambda e: _ENGINE_PREFERENCE.index(bundle.engine_plan(e)["precision"]))[0]
+        source = {f: k for k, f in ONNX_FILES.items()}[bundle.engine_plan(engine)["onnx"]]
+        return BackendChoice("trt", bundle.model(source) or bundle.model("fp32"), engine)
+    if backend == "onnx" or (backend == "auto" and onnx_model is not None):
+        if onnx_model is None:
+            raise CheckpointError("{} has no ONNX model; run 'edgetl export RUN' first".format(bundle.root))
+        return BackendChoice("onnx", onnx_model)
+    if backend == "onnx-int8" or (backend == "auto" and bundle.model("int8") is not None):
+        if bundle.model("int8") is None:
+            raise CheckpointError("{} has no INT8 model; export it with 'edgetl export RUN --int8'".format(bundle.root))
+        return BackendChoice("onnx-int8", bundle.model("int8"))
+    if bundle.checkpoint_dir() is None:
+        raise CheckpointError("{} has no PyTorch checkpoint (best.pt), nor does the run it came from".format(bundle.root))
+    if not _importable("torch"):
+        raise DependencyError("the torch backend needs torch: pip install 'edgetl[train]' (or use --backend onnx)")
+    return BackendChoice("torch", None)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    source: str
+    labels: List[str]
+    probabilities: List[float]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"image": self.source, "top": [{"label": l, "probability": p}
+                                              for l, p in zip(self.labels, self.probabilities)]}
+
+
+class Classifier:
+    """Classify images with a bundle: preprocessing from ``preprocess.json``, labels from ``labels.txt``."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", device: str = "cpu", topk: int = 5,
+                 batch_size: int = 8) -> None:
+        if topk < 1:
+            raise ConfigError("--topk must be >= 1")
+        self.bundle, self.topk, self.device, self.batch_size = bundle, topk, device, batch_size
+        self.requested = backend
+        self.choice = choose_backend(bundle, backend)
+        self.runner = self._make_runner(self.choice)
+        if self.choice.engine is not None and bundle.engine_plan(self.choice.engine).get("profile"):
+            self.batch_size = min(batch_size, bundle.engine_plan(self.choice.engine)["profile"]["max"])
+
+    def _make_runner(self, choice: BackendChoice) -> Runner:
+        if choice.backend == "torch":
+            return TorchRunner(self.bundle.checkpoint_dir())
+        if choice.backend == "trt":
+            return TrtRunner(self.bundle.root / choice.engine, onnx_path=self.bundle.root / choice.model.file)
+        return OnnxRuntimeRunner(self.bundle.root / choice.model.file, device=self.device)
+
+    def __enter__(self) -> "Classifier":
+        try:
+            self.runner.activate()
+        except (CheckpointError, DependencyError) as exc:
+            if self.requested != "auto" or self.choice.backend != "trt":
+                raise
+            log.warning("not using the TensorRT engine: %s; falling back to ONNX Runtime", exc)
+            self.choice = choose_backend(self.bundle, "onnx")
+            self.runner = self._make_runner(self.choice)
+            self.runner.activate()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.runner.deactivate()
+
+    @property
+    def input_layout(self) -> str:
+        return "NCHW" if self.choice.model is None else self.choice.model.input_layout
+
+    def preprocess(self, img: Image.Image) -> np.ndarray:
+        """One image as the model takes it: normalised float32 CHW, or uint8 HWC for a baked model."""
+        spec = self.bundle.preprocess
+        if self.input_layout == "NHWC":
+            return np.asarray(resize_and_crop(to_rgb(img), spec), dtype=np.uint8)
+        return eval_array(img, spec)
+
+    def classify_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities of a preprocessed batch."""
+        name = next(iter(self.runner.input_metadata()))
+        static = None if self.choice.model is None else self.choice.model.batch
+        outputs = infer_batched(self.runner, name, batch, static, self.batch_size)
+        kind = "logits" if self.choice.model is None else self.choice.model.output_kind
+        return softmax(outputs.astype(np.float64)) if kind == "logits" else outputs.astype(np.float64)
+
+    def _top(self, source: str, probabilities: np.ndarray) -> Prediction:
+        order = np.argsort(-probabilities)[:min(self.topk, len(probabilities))]
+        labels = [self.bundle.labels[i] if i < len(self.bundle.labels) else "class {}".format(i) for i in order]
+        return Prediction(source, labels, [float(probabilities[i]) for i in order])
+
+    def classify_paths(self, paths: Sequence[Union[str, Path]]) -> Iterator[Tuple[str, Union[Prediction, str]]]:
+        """Yield ``(path, Prediction)``, or ``(path, error message)`` for a file that cannot be read."""
+        pending = []  # type: List[Tuple[str, np.ndarray]]
+        for index, path in enumerate(paths):
+            try:
+                pending.append((str(path), self.preprocess(load_rgb(Path(path)))))
+            except DataError as exc:
+                yield str(path), str(exc)
+            if pending and (len(pending) == self.batch_size or index == len(paths) - 1):
+                probabilities = self.classify_arrays(np.stack([a for _, a in pending]))
+                for (source, _), row in zip(pending, probabilities):
+                    yield source, self._top(source, row)
+                pending = []

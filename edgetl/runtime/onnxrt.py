@@ -1,0 +1,64 @@
+"""ONNX Runtime backend (CPU or CUDA execution provider); onnxruntime is imported on activation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+
+from edgetl.core.deps import require
+from edgetl.errors import CheckpointError, ConfigError, DependencyError
+from edgetl.runtime.base import Runner, TensorMeta
+
+log = logging.getLogger(__name__)
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int8)": np.int8}
+
+
+class OnnxRuntimeRunner(Runner):
+    """ONNX Runtime on the CPU (default) or the CUDA execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: Optional[int] = None, spin: bool = True) -> None:
+        super().__init__()
+        if device not in ("cpu", "cuda"):
+            raise ConfigError("ONNX Runtime device must be cpu or cuda, got {!r}".format(device))
+        self.path, self.device, self.threads, self.spin = Path(path), device, threads, spin
+        self.session = None  # type: Any
+
+    def _activate(self) -> None:
+        ort = require("onnxruntime")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+        if not self.spin:  # idle threads sleep instead of spinning (no load left on cores others time)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        if self.device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise DependencyError("this onnxruntime has no CUDA provider; install onnxruntime-gpu")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad files
+            raise CheckpointError("ONNX Runtime cannot load {}: {}".format(self.path, str(exc).splitlines()[0])) from exc
+        if self.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            log.warning("ONNX Runtime could not start its CUDA provider; running %s on the CPU", self.path.name)
+
+    def _deactivate(self) -> None:
+        self.session = None
+
+    def input_metadata(self) -> Dict[str, TensorMeta]:
+        return {i.name: TensorMeta(tuple(d if isinstance(d, int) else None for d in i.shape), _ORT_TYPES[i.type])
+                for i in self.session.get_inputs()}
+
+    def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feed)))

@@ -1,0 +1,160 @@
+"""TensorRT engine runner: name-based I/O (``set_input_shape`` / ``set_tensor_address`` /
+``execute_async_v3``, TensorRT >= 8.5) with device buffers from cuda-python.
+
+The engine's sidecar is checked against the running TensorRT and GPU *before* deserialising,
+so an engine from another device is refused with a rebuild hint instead of failing inside
+TensorRT. tensorrt and cuda-python are imported lazily. Python 3.8 syntax.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from edgetl.spec.bundle import sidecar_file
+from edgetl.core.fileio import sha256_file
+from edgetl.core.deps import require
+from edgetl.errors import CheckpointError, DependencyError
+from edgetl.runtime.base import Runner, TensorMeta
+from edgetl.trt.plan import DeviceInfo, rebuild_hint, sidecar_problems
+
+log = logging.getLogger(__name__)
+
+
+def cuda_runtime() -> Any:
+    """cuda-python's runtime API: ``cuda.bindings.runtime`` (>= 12.6.1/11.8.4), else ``cuda.cudart`` (< 13)."""
+    try:
+        from cuda.bindings import runtime  # type: ignore
+
+        return runtime
+    except ImportError:
+        return require("cuda.cudart")
+
+
+def cuda_check(cudart: Any, result: Any) -> Any:
+    """Unpack a cuda-python ``(err, *values)`` tuple, raising on an error code."""
+    err, values = result[0], result[1:]
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise RuntimeError("CUDA error {}".format(cudart.cudaGetErrorName(err)[1]))
+    return values[0] if len(values) == 1 else (values or None)
+
+
+def native_handle(obj: Any) -> int:
+    """Integer handle of a cuda-python object (``int(obj)`` is deprecated in cuda-bindings 13)."""
+    try:
+        from cuda.bindings.utils import get_cuda_native_handle  # type: ignore
+
+        return int(get_cuda_native_handle(obj))
+    except ImportError:
+        return int(obj)
+
+
+def device_info(trt: Any, cudart: Any, device: int = 0) -> DeviceInfo:
+    """The running TensorRT version and the GPU's name and compute capability."""
+    prop = cuda_check(cudart, cudart.cudaGetDeviceProperties(device))
+    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+    return DeviceInfo(trt.__version__, name.rstrip("\x00"), "{}.{}".format(prop.major, prop.minor))
+
+
+def load_sidecar(engine: Path) -> Optional[Dict[str, Any]]:
+    path = engine.with_name(sidecar_file(engine.name))
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}
+
+
+class TrtRunner(Runner):
+    """A TensorRT engine; ``onnx_path`` (the ONNX it was built from) lets the check catch stale engines."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine_path: Path, onnx_path: Optional[Path] = None) -> None:
+        super().__init__()
+        self.engine_path, self.onnx_path = Path(engine_path), onnx_path
+        self.buffers = {}  # type: Dict[str, Any]
+
+    def _activate(self) -> None:
+        trt = require("tensorrt")
+        self.cudart = cuda_runtime()
+        sidecar = load_sidecar(self.engine_path)
+        onnx_sha = sha256_file(self.onnx_path) if self.onnx_path is not None and self.onnx_path.is_file() else None
+        try:
+            device = device_info(trt, self.cudart)
+        except RuntimeError as exc:
+            raise DependencyError("TensorRT needs a usable CUDA GPU: {}".format(exc)) from exc
+        problems = sidecar_problems(sidecar, device, sha256_file(self.engine_path), onnx_sha)
+        if problems:
+            precision = (sidecar or {}).get("precision", "fp16")
+            raise CheckpointError("refusing to load {}: {}; {}".format(
+                self.engine_path.name, "; ".join(problems), rebuild_hint(precision)))
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.engine_path.read_bytes())
+        if self.engine is None:  # TensorRT logs the reason and returns None
+            raise CheckpointError("TensorRT could not deserialise {} (see its log above); {}".format(
+                self.engine_path.name, rebuild_hint((sidecar or {}).get("precision", "fp16"))))
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda_check(self.cudart, self.cudart.cudaStreamCreate())
+        # CUDA events around copy-in / execute / copy-out: last_stages_ms splits each call as trtexec does
+        self.events = [cuda_check(self.cudart, self.cudart.cudaEventCreate()) for _ in range(4)]
+        self.last_stages_ms = None  # type: Optional[Dict[str, float]]
+        self.tensors = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in self.tensors if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in self.tensors}
+
+    def _deactivate(self) -> None:
+        for pointer, _ in self.buffers.values():
+            cuda_check(self.cudart, self.cudart.cudaFree(pointer))
+        self.buffers = {}
+        for event in self.events:
+            cuda_check(self.cudart, self.cudart.cudaEventDestroy(event))
+        cuda_check(self.cudart, self.cudart.cudaStreamDestroy(self.stream))
+        self.context = self.engine = None
+
+    def input_metadata(self) -> Dict[str, TensorMeta]:
+        return {n: TensorMeta(tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)), self.dtypes[n])
+                for n in self.inputs}
+
+    def _device_buffer(self, name: str, nbytes: int) -> int:
+        pointer, size = self.buffers.get(name, (None, 0))
+        if size < nbytes:
+            if pointer is not None:
+                cuda_check(self.cudart, self.cudart.cudaFree(pointer))
+            pointer = cuda_check(self.cudart, self.cudart.cudaMalloc(nbytes))
+            self.buffers[name] = (pointer, nbytes)
+        return int(pointer)
+
+    def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        cudart, stream = self.cudart, self.stream
+        copy_in, copy_out = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        staged = [np.ascontiguousarray(feed[name]) for name in self.inputs]  # alive until the stream syncs
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[0], stream))
+        for name, array in zip(self.inputs, staged):
+            self.context.set_input_shape(name, tuple(array.shape))
+            pointer = self._device_buffer(name, array.nbytes)
+            cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, copy_in, stream))
+            self.context.set_tensor_address(name, pointer)
+        outputs = {}
+        for name in self.tensors:
+            if name in self.inputs:
+                continue
+            outputs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
+            self.context.set_tensor_address(name, self._device_buffer(name, outputs[name].nbytes))
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[1], stream))
+        if not self.context.execute_async_v3(native_handle(stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed for {}".format(self.engine_path.name))
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[2], stream))
+        for name, array in outputs.items():
+            cuda_check(cudart, cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
+                                                      copy_out, stream))
+        cuda_check(cudart, cudart.cudaEventRecord(self.events[3], stream))
+        cuda_check(cudart, cudart.cudaStreamSynchronize(stream))
+        self.last_stages_ms = {stage: float(cuda_check(cudart, cudart.cudaEventElapsedTime(start, end)))
+                               for stage, start, end in zip(("h2d", "compute", "d2h"), self.events, self.events[1:])}
+        return outputs

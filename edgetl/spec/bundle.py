@@ -1,0 +1,134 @@
+"""A deployable bundle: the files ``edgetl export`` writes and how the device side reads them.
+
+A bundle is a folder (the run folder itself, or ``export --out``) holding ``bundle.json``, which
+lists every artifact that passed its gate, plus ``labels.txt`` and ``preprocess.json``. A run
+folder that was never exported is readable too (torch backend only). Torch-free, Python 3.8
+syntax: this module is part of the device runtime.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from edgetl import __version__
+from edgetl.errors import CheckpointError
+from edgetl.core.fileio import atomic_write_text
+from edgetl.spec.preprocess import PreprocessSpec
+
+BUNDLE_FORMAT = "edgetl-bundle-v1"
+MANIFEST = "bundle.json"
+LABELS = "labels.txt"
+PREPROCESS = "preprocess.json"
+REPORT = "export_report.json"
+BUILD_SCRIPT = "build_engine.sh"
+CHECKPOINT = "best.pt"
+PRECISIONS = ("fp32", "fp16", "int8")
+# model kind -> ONNX file name. "baked": uint8 NHWC input with normalisation inside the graph.
+ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx",
+              "fp16": "model_fp16.onnx"}
+
+
+def engine_file(precision: str) -> str:
+    """File name of the TensorRT engine of a precision: ``model_<precision>.engine``."""
+    return "model_{}.engine".format(precision)
+
+
+def sidecar_file(engine: str) -> str:
+    """The JSON sidecar that describes an engine: ``<engine>.json``."""
+    return engine + ".json"
+
+
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One ONNX model of a bundle and how to feed it."""
+
+    file: str
+    kind: str  # a key of ONNX_FILES
+    input_name: str
+    output_name: str
+    input_layout: str  # "NCHW" (normalised float32) or "NHWC" (uint8 pixels, baked preprocessing)
+    output_kind: str  # "logits" or "probabilities"
+    batch: Optional[int]  # None: dynamic batch axis
+    sha256: str
+    int8_target: Optional[str] = None  # "trt" or "cpu" for INT8 models
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "ModelInfo":
+        return cls(**data)
+
+
+class Bundle:
+    """A bundle folder: labels, preprocessing, the ONNX models and engines listed in ``bundle.json``."""
+
+    def __init__(self, root: Path, manifest: Dict[str, Any], labels: List[str], preprocess: PreprocessSpec) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.labels = labels
+        self.preprocess = preprocess
+
+    @classmethod
+    def load(cls, path: Path) -> "Bundle":
+        """Read a bundle (a folder with ``bundle.json``) or a plain run folder (``best.pt``)."""
+        root = Path(path)
+        manifest_path = root / MANIFEST
+        if manifest_path.is_file():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+            except ValueError as exc:
+                raise CheckpointError("{} is not valid JSON: {}".format(manifest_path, exc)) from exc
+            if manifest.get("format") != BUNDLE_FORMAT:
+                raise CheckpointError("{} is not an edgetl bundle manifest ({})".format(manifest_path, BUNDLE_FORMAT))
+        elif (root / CHECKPOINT).is_file():
+            manifest = {"format": BUNDLE_FORMAT, "models": {}, "engines": {}}
+        else:
+            raise CheckpointError("{} is neither an exported bundle ({}) nor a run folder ({}); "
+                                  "run 'edgetl export RUN' first".format(root, MANIFEST, CHECKPOINT))
+        for name in (LABELS, PREPROCESS):
+            if not (root / name).is_file():
+                raise CheckpointError("{} has no {}".format(root, name))
+        labels = [line.strip() for line in (root / LABELS).read_text().splitlines() if line.strip()]
+        return cls(root, manifest, labels, PreprocessSpec.load(root / PREPROCESS))
+
+    def checkpoint_dir(self) -> Optional[Path]:
+        """The run folder holding ``best.pt``: the bundle itself, or the run it was exported from."""
+        for folder in (self.root, Path(self.manifest.get("run", self.root))):
+            if (folder / CHECKPOINT).is_file():
+                return folder
+        return None
+
+    def model(self, kind: str) -> Optional[ModelInfo]:
+        """The ONNX model of a kind (fp32, baked, int8, fp16) if the bundle has one on disk."""
+        data = self.manifest.get("models", {}).get(kind)
+        if data is None or not (self.root / data["file"]).is_file():
+            return None
+        return ModelInfo.from_dict(data)
+
+    def engines(self) -> List[str]:
+        """Engine files listed in the manifest that exist on disk."""
+        return [name for name in self.manifest.get("engines", {}) if (self.root / name).is_file()]
+
+    def engine_plan(self, engine: str) -> Optional[Dict[str, Any]]:
+        return self.manifest.get("engines", {}).get(engine)
+
+
+def read_manifest(root: Path) -> Dict[str, Any]:
+    """The manifest of ``root`` or a new empty one."""
+    path = Path(root) / MANIFEST
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("format") == BUNDLE_FORMAT:
+                return data
+        except ValueError:
+            pass
+    return {"format": BUNDLE_FORMAT, "models": {}, "engines": {}}
+
+
+def write_manifest(root: Path, manifest: Dict[str, Any]) -> None:
+    manifest = dict(manifest, format=BUNDLE_FORMAT, edgetl_version=__version__)
+    atomic_write_text(Path(root) / MANIFEST, json.dumps(manifest, indent=2) + "\n")

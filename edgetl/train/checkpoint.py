@@ -1,0 +1,85 @@
+"""Run checkpoints: atomic save, safe load (``weights_only=True``), rebuild a model from a run."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+from edgetl.spec.backbones import get_backbone
+from edgetl.train.config import trainable_stage_names
+from edgetl.core.deps import require
+from edgetl.errors import CheckpointError, ConfigError
+from edgetl.core.fileio import atomic_path
+from edgetl.train.model import EdgeClassifier, HeadConfig
+from edgetl.spec.preprocess import PreprocessSpec
+
+torch = require("torch")
+
+CHECKPOINT_FORMAT = "edgetl-checkpoint-v1"
+
+
+def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
+    """Write a checkpoint atomically (temp file in the same folder, then rename)."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(payload, format=CHECKPOINT_FORMAT), str(tmp))
+
+
+def load_checkpoint(path: Path) -> Dict[str, Any]:
+    """Load an edgetl checkpoint safely; CheckpointError with one line for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found: {}".format(path))
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt, truncated, or pickles outside the safe allowlist
+        raise CheckpointError("cannot load checkpoint {}: {}".format(path, str(exc).splitlines()[0])) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError("{} is not an edgetl checkpoint (a plain state dict? pass it as --weights)".format(path))
+    return payload
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, numpy and torch RNG states in a form ``weights_only`` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_from_checkpoint(payload: Dict[str, Any]) -> EdgeClassifier:
+    """Rebuild the trained model (eval mode, CPU) from a loaded checkpoint."""
+    try:
+        spec = get_backbone(payload["arch"], payload.get("cut_at"))
+        model = EdgeClassifier(spec, len(payload["class_names"]), HeadConfig(**payload["head"]))
+        model.freeze(trainable_stage_names(spec, payload["strategy"], payload["trainable_stages"]))
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        raise CheckpointError("checkpoint does not match its recorded model: {}".format(
+            str(exc).splitlines()[0])) from exc
+    return model.eval()
+
+
+def load_run(run: Path, which: str = "best.pt") -> Tuple[EdgeClassifier, Dict[str, Any]]:
+    """Model and checkpoint payload of a run folder (or a checkpoint file)."""
+    run = Path(run)
+    path = run / which if run.is_dir() else run
+    payload = load_checkpoint(path)
+    return model_from_checkpoint(payload), payload
+
+
+def preprocess_of(payload: Dict[str, Any]) -> PreprocessSpec:
+    return PreprocessSpec.from_dict(payload["preprocess"])

@@ -1,0 +1,89 @@
+"""Fine-tuning options as one validated, serialisable dataclass (torch-free: the CLI reads defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Dict, List, Optional
+
+from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
+from edgetl.errors import ConfigError
+
+STRATEGIES = ("feature-extractor", "partial", "full")
+HEADS = ("linear", "mlp")
+OPTIMIZERS = ("sgd", "adamw")
+CACHES = ("auto", "none", "ram", "features")  # input pipelines: see edgetl.data.pipelines
+
+
+def trainable_stage_names(spec: BackboneSpec, strategy: str, trainable_stages: int) -> List[str]:
+    """The base stages that train under a strategy (the head always trains)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError("strategy must be one of {}, got {!r}".format(", ".join(STRATEGIES), strategy))
+    names = spec.stage_names
+    if strategy == "full":
+        return names
+    if strategy == "feature-extractor":
+        return []
+    if not 1 <= trainable_stages <= len(names):
+        raise ConfigError(
+            "--trainable-stages must be between 1 and {} for {} (stages: {})".format(
+                len(names), spec.name, ", ".join(names))
+        )
+    return names[len(names) - trainable_stages:]
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Every option of a fine-tuning run; validated on creation, saved in the run."""
+
+    data: Optional[str] = None  # None: the built-in demo dataset
+    arch: str = DEFAULT_ARCH
+    strategy: str = "feature-extractor"
+    trainable_stages: int = 2
+    cut_at: Optional[str] = None  # end the base early at this stage (smaller, faster)
+    head: str = "linear"
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 0.005
+    head_lr_mult: float = 10.0
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-3
+    label_smoothing: float = 0.0
+    warmup_epochs: int = 1
+    amp: Optional[bool] = None  # None: on for CUDA
+    device: str = "auto"
+    seed: int = 0
+    workers: Optional[int] = None  # None: from the core count
+    cache: str = "auto"
+    feature_views: int = 0  # --cache features: 0 = the eval view, N = N augmented views per image
+    val_split: Optional[float] = None
+    weights: Optional[str] = None  # None: torchvision weights; "none": random init; else a file
+    out: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
+        checks = [
+            (self.head in HEADS, "--head must be one of " + ", ".join(HEADS)),
+            (self.strategy in STRATEGIES, "--strategy must be one of " + ", ".join(STRATEGIES)),
+            (self.optimizer in OPTIMIZERS, "--optimizer must be one of " + ", ".join(OPTIMIZERS)),
+            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.lr > 0 and self.head_lr_mult > 0, "--lr and --head-lr-mult must be > 0"),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
+            (self.workers is None or self.workers >= 0, "--workers must be >= 0"),
+            (self.cache in CACHES, "--cache must be one of " + ", ".join(CACHES)),
+            (self.cache != "features" or self.strategy == "feature-extractor",
+             "--cache features needs --strategy feature-extractor (other strategies train base layers)"),
+            (self.feature_views >= 0, "--feature-views must be >= 0"),
+            (self.feature_views == 0 or (self.strategy == "feature-extractor" and self.cache in ("auto", "features")),
+             "--feature-views needs --strategy feature-extractor with --cache features (or auto)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "FinetuneConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

