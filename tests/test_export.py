@@ -35,7 +35,7 @@ def test_real_export_passes_the_parity_gate_on_all_val_images(demo_bundle):
     for entry in (fp32, baked):
         parity = entry["parity"]
         assert entry["status"] == "passed"
-        assert parity["real_inputs"] == 80 and parity["random_inputs"] == 8  # all 4 x 20 val images
+        assert parity["real_inputs"] == 200 and parity["random_inputs"] == 8  # all 4 x 50 val images
         assert parity["max_abs_diff"] <= 1e-3 and parity["top1_agreement"] == 1.0 and parity["min_cosine"] > 0.9999
     assert json.loads((out / "export_report.json").read_text())["status"] == "passed"
 

@@ -11,7 +11,6 @@ from edgetl.spec.bundle import Bundle
 from edgetl.data.folders import Sample
 from edgetl.errors import DataError
 from edgetl.export.job import ExportConfig, export_run
-from edgetl.export.parity import int8_failures
 from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.data.sampling import select_balanced
 from edgetl.export.quantize import (ImageCalibrationReader, calibration_samples, read_calibration_manifest,
@@ -81,8 +80,9 @@ def _qdq_zero_points(model):
 
 
 def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
+    # the form, not accuracy: 24 images of a random-init model cannot resolve a 1-point gate
     report = export_run(ExportConfig(run=str(tiny_run), out=str(tmp_path), int8=True, int8_target="trt",
-                                     calib_size=12, calib_dir=str(tmp_path / "calibration")))
+                                     calib_size=12, max_int8_drop=100.0, calib_dir=str(tmp_path / "calibration")))
     model = onnx.load(str(tmp_path / "model_int8.onnx"))
     zero_points = _qdq_zero_points(model)
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
@@ -95,6 +95,8 @@ def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
     manifest = json.loads((tmp_path / "calibration" / tiny_run.name / "manifest.json").read_text())
     assert len(manifest["images"]) == 12 and manifest["int8_target"] == "trt"
     assert report["artifacts"][1]["calibration"]["images"] == 12
+    gate = report["artifacts"][1]["accuracy_gate"]  # judged as float Q/DQ, not by this CPU's int8 kernels
+    assert gate["simulation"].startswith("onnxruntime-float-qdq") and gate["images"] == 24  # 12 val + 12 held out
 
 
 @pytest.mark.slow
@@ -103,16 +105,12 @@ def test_int8_cpu_form_keeps_top1_within_the_gate_on_demo_data(demo_mobilenet_v2
                                      calib_dir=str(tmp_path / "calibration")))
     entry = report["artifacts"][1]
     gate = entry["accuracy_gate"]
-    assert entry["status"] == "passed" and gate["images"] == 80 and entry["calibration"]["images"] == 96
-    assert gate["drop_points"] <= 1.0 and gate["fp32_val_top1"] >= 0.85
+    assert report["status"] == "passed" and entry["status"] == "passed" and gate["verdict"] == "passed"
+    assert entry["calibration"]["images"] == 256 and gate["simulation"] == "onnxruntime-cpu-kernels"
+    assert (gate["images"], gate["val_images"], gate["heldout_train_images"]) == (544, 200, 344)  # 600 - 256 held out
+    assert gate["upper_bound_points"] <= 1.0 and gate["max_points"] == 1.0
+    assert gate["val_drop_points"] <= 1.0 and gate["fp32_val_top1"] >= 0.85
     zero_points = _qdq_zero_points(onnx.load(str(tmp_path / "model_int8.onnx")))
     assert any(z.dtype == np.uint8 for z in zero_points)  # unsigned activations: ONNX Runtime's fast CPU form
     script = (tmp_path / "build_engine.sh").read_text()  # TensorRT cannot take this form: the script says so
     assert "# NOTE: model_int8.onnx is the CPU form" in script and "--saveEngine=model_fp32.engine" in script
-
-
-def test_int8_gate_says_both_numbers():
-    assert int8_failures(0.90, 0.895, 1.0) == []
-    assert int8_failures(0.90, 0.92, 0.0) == []
-    (failure,) = int8_failures(0.90, 0.875, 1.0)
-    assert failure == "INT8 val top-1 87.50% vs fp32 90.00%: 2.50 points lower (gate --max-int8-drop 1)"

@@ -1,10 +1,7 @@
 """Device runtime: torch-free imports, Python 3.8 syntax, preprocessing parity, runners, predict."""
 
-import ast
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +43,7 @@ def int8_bundle(demo_mobilenet_v2_run, tmp_path_factory):
     """fp32 + baked + INT8 (CPU form) bundle of the real run, on a few validation images (fast)."""
     out = tmp_path_factory.mktemp("runtime_bundle")
     export_run(ExportConfig(run=str(demo_mobilenet_v2_run), out=str(out), bake_preprocess=True, int8=True,
-                            calib_size=16, max_int8_drop=100.0, val_images=8, calib_dir=str(out / "calibration")))
+                            calib_size=16, max_int8_drop=100.0, val_images=8, gate_images=8, calib_dir=str(out / "calibration")))
     return out
 
 

@@ -1,4 +1,4 @@
 """Workstation side: understanding data and models. Penultimate-layer embeddings
 (``embeddings``), the size x similarity rule (``rule``), ``advise`` and its ``pilot``,
 ``inspection`` (filters, activations, neighbours) and PNG ``contact_sheets``. Imports
-``edgetl.train`` and below."""
+``edgetl.train.loop`` and below."""

@@ -40,7 +40,8 @@ _PRECISIONS = ("fp32", "fp16", "int8")
 @click.option("--calib-dir", default="calibration", show_default=True,
               help="Calibration manifests go to CALIB_DIR/<run name>/manifest.json.")
 @click.option("--max-int8-drop", type=float, default=1.0, show_default=True,
-              help="Fail if INT8 val top-1 is more than this many points below fp32.")
+              help="Fail unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
+                   "train images) is within this many points.")
 @click.option("--fp16", is_flag=True, help="FP16 engine (and model_fp16.onnx for TensorRT >= 11).")
 @click.option("--trt", is_flag=True, help="Build the TensorRT engine here (needs TensorRT and a GPU).")
 @click.option("--target-trt", default="10.3", show_default=True,
@@ -53,6 +54,8 @@ _PRECISIONS = ("fp32", "fp16", "int8")
 @click.option("--timing-cache", default=None, help="Persistent TensorRT timing cache file (read and updated).")
 @click.option("--val-images", type=int, default=500, show_default=True,
               help="Validation images for the parity and accuracy gates (all of them up to this many).")
+@click.option("--gate-images", type=int, default=1000, show_default=True,
+              help="Training images not used for calibration that the INT8 gate adds to the val images (at most).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 def export(run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: bool, as_json: bool,

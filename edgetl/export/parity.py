@@ -92,9 +92,9 @@ def outputs_in_chunks(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray
 
 
 def onnx_outputs(path: Path, inputs: np.ndarray, batch: Optional[int], threads: Optional[int] = None,
-                 prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
-    """Outputs of an ONNX model (ONNX Runtime, CPU) for ``inputs``."""
-    with OnnxRuntimeRunner(path, threads=threads) as runner:
+                 prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None, optimize: bool = True) -> np.ndarray:
+    """Outputs of an ONNX model (ONNX Runtime, CPU) for ``inputs`` (``optimize``: see OnnxRuntimeRunner)."""
+    with OnnxRuntimeRunner(path, threads=threads, optimize=optimize) as runner:
         name = next(iter(runner.input_metadata()))
         return outputs_in_chunks(lambda x: infer_batched(runner, name, x, batch), inputs, prepare)
 
@@ -142,15 +142,6 @@ def fp16_failures(parity: Parity) -> List[str]:
     if not parity.min_cosine >= FP16_MIN_COSINE:
         failures.append("fp16 worst cosine similarity {:.5f} (gate >= {})".format(parity.min_cosine, FP16_MIN_COSINE))
     return failures
-
-
-def int8_failures(fp32_top1: float, int8_top1: float, max_drop_points: float) -> List[str]:
-    """The INT8 accuracy gate: val top-1 may fall at most ``max_drop_points`` below fp32."""
-    drop = (fp32_top1 - int8_top1) * 100.0
-    if drop <= max_drop_points + 1e-9:
-        return []
-    return ["INT8 val top-1 {:.2%} vs fp32 {:.2%}: {:.2f} points lower (gate --max-int8-drop {:g})".format(
-        int8_top1, fp32_top1, drop, max_drop_points)]
 
 
 def top1(outputs: np.ndarray, labels: np.ndarray) -> float:

@@ -20,21 +20,29 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(fl
 
 
 class OnnxRuntimeRunner(Runner):
-    """ONNX Runtime on the CPU (default) or the CUDA execution provider."""
+    """ONNX Runtime on the CPU (default) or the CUDA execution provider.
+
+    ``optimize=False`` disables every graph optimisation: Q/DQ pairs then run as float
+    quantize-dequantize arithmetic instead of fused integer kernels, a simulation of INT8 that does
+    not depend on one CPU's instruction set (how the TensorRT form is judged)."""
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: Optional[int] = None, spin: bool = True) -> None:
+    def __init__(self, path: Path, device: str = "cpu", threads: Optional[int] = None, spin: bool = True,
+                 optimize: bool = True) -> None:
         super().__init__()
         if device not in ("cpu", "cuda"):
             raise ConfigError("ONNX Runtime device must be cpu or cuda, got {!r}".format(device))
         self.path, self.device, self.threads, self.spin = Path(path), device, threads, spin
+        self.optimize = optimize
         self.session = None  # type: Any
 
     def _activate(self) -> None:
         ort = require("onnxruntime")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if not self.optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
