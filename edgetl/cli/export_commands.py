@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Sequence
 import click
 
 from edgetl.errors import ConfigError
+from edgetl.spec.formats import CPU_ISA_CHOICES
 
 _PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -31,6 +32,9 @@ _PRECISIONS = ("fp32", "fp16", "int8")
 @click.option("--int8", is_flag=True, help="Also write model_int8.onnx (static Q/DQ, calibrated, accuracy-gated).")
 @click.option("--int8-target", type=click.Choice(["trt", "cpu"]), default=None,
               help="trt: symmetric signed Q/DQ for TensorRT (default with --trt); cpu: fastest on ONNX Runtime CPU.")
+@click.option("--int8-cpu-isa", type=click.Choice(CPU_ISA_CHOICES), default="auto", show_default=True,
+              help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8U8, no saturation) or "
+                   "arm64 (S8S8, e.g. a Jetson's Cortex-A78AE); auto: this machine's.")
 @click.option("--calib-data", default=None,
               help="Calibration images: class folders, a flat folder, or a calibration manifest.json to rebuild "
                    "(default: the run's training split).")

@@ -24,7 +24,9 @@ import onnx
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.data.folders import DatasetSplit, Sample
+from edgetl.core.cpu import cpu_isa, isa_flags_of_interest
 from edgetl.core.deps import require
+from edgetl.spec.formats import INT8_CPU_FORMS
 from edgetl.errors import CheckpointError, ConfigError, DependencyError, ExportError
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
 from edgetl.export.torch_to_onnx import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
@@ -56,6 +58,7 @@ class ExportConfig:
     bake_preprocess: bool = False
     int8: bool = False
     int8_target: Optional[str] = None  # None: "trt" with trt=True, else "cpu"
+    int8_cpu_isa: str = "auto"  # the CPU the cpu form is built for (auto: this machine's; see spec.formats)
     calib_data: Optional[str] = None  # class folders, a flat image folder or a calibration manifest
     calib_size: int = DEFAULT_CALIB_SIZE
     calib_method: str = "minmax"
@@ -76,6 +79,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.int8_target is None:
             object.__setattr__(self, "int8_target", "trt" if self.trt else "cpu")
+        if self.int8_cpu_isa == "auto":
+            object.__setattr__(self, "int8_cpu_isa", cpu_isa())
         checks = [
             (self.io_names in IO_NAMES, "--io-names must be one of " + ", ".join(IO_NAMES)),
             (self.opset in EXPORTER_OPSETS, "--opset must be between {} and {}".format(
@@ -83,6 +88,7 @@ class ExportConfig:
             (self.batch is None or self.batch >= 1, "--batch must be >= 1"),
             (not (self.int8 and self.fp16), "choose one of --int8 and --fp16"),
             (self.int8_target in INT8_TARGETS, "--int8-target must be one of " + ", ".join(INT8_TARGETS)),
+            (self.int8_cpu_isa in INT8_CPU_FORMS, "--int8-cpu-isa must be one of auto, " + ", ".join(INT8_CPU_FORMS)),
             (not (self.trt and self.int8 and self.int8_target == "cpu"),
              "--int8-target cpu writes unsigned activations, which TensorRT rejects; use --int8-target trt with --trt"),
             (self.int8 or self.calib_data is None, "--calib-data only applies with --int8"),
@@ -187,7 +193,8 @@ class _Export:
         self.report["artifacts"].append(entry)
         info = ModelInfo(file, kind, self.input_name, self.output_name, "NHWC" if kind == "baked" else "NCHW",
                          self.output_kind, self.config.batch, sha,
-                         self.config.int8_target if kind == "int8" else None)
+                         self.config.int8_target if kind == "int8" else None,
+                         self._cpu_form_metadata().get("int8_cpu_isa") if kind == "int8" else None)
         self.manifest["models"][kind] = asdict(info)
         return True
 
@@ -238,8 +245,10 @@ class _Export:
         fp32_heldout = self._outputs(self.out / ONNX_FILES["fp32"], heldout.crops, True)
 
         def write(path: Path) -> None:
-            quantize_onnx(self.out / ONNX_FILES["fp32"], path, reader, config.int8_target, config.calib_method)
-            finish_onnx(path, self.ir_version, dict(self._metadata("int8"), int8_target=config.int8_target))
+            quantize_onnx(self.out / ONNX_FILES["fp32"], path, reader, config.int8_target, config.calib_method,
+                          INT8_CPU_FORMS[config.int8_cpu_isa])
+            finish_onnx(path, self.ir_version, dict(self._metadata("int8"), int8_target=config.int8_target,
+                                                    **self._cpu_form_metadata()))
 
         def check(path: Path) -> Dict[str, Any]:
             # random inputs break calibration: parity on the val images only
@@ -248,11 +257,18 @@ class _Export:
             gate = judge(np.concatenate([self.fp32_outputs, fp32_heldout]), np.concatenate([outputs, int8_heldout]),
                          self.images.labels, config.max_int8_drop, INT8_SIMULATION[config.int8_target])
             return dict(section, accuracy_gate=gate.to_dict(), int8_target=config.int8_target,
+                        **self._cpu_form_metadata(), cpu_isa_flags=isa_flags_of_interest(),
                         failures=gate.failures(),
                         calibration={"manifest": str(manifest_path), "images": len(samples), "source": source,
                                      "method": config.calib_method})
 
         return self._gated("int8", write, check)
+
+    def _cpu_form_metadata(self) -> Dict[str, str]:
+        """Which CPU the INT8 cpu form was built for, and its types (none for the TensorRT form)."""
+        if self.config.int8_target != "cpu":
+            return {}
+        return {"int8_cpu_isa": self.config.int8_cpu_isa, "int8_cpu_form": INT8_CPU_FORMS[self.config.int8_cpu_isa].name}
 
     def _outputs(self, path: Path, crops: np.ndarray, optimize: bool) -> np.ndarray:
         """ONNX outputs of uint8 crops (NCHW float model); no rows for no crops."""

@@ -24,6 +24,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from edgetl.data.folders import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
 from edgetl.core.deps import require
+from edgetl.spec.formats import INT8_CPU_FORMS, INT8_FORMS, Int8CpuForm
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.core.fileio import atomic_write_text, sha256_file
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 
 CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}
-INT8_TARGETS = ("trt", "cpu")
+INT8_TARGETS = INT8_FORMS
+_QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 DEFAULT_CALIB_SIZE = 256
 MANIFEST_FORMAT = "edgetl-calibration-v1"
 _TRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
@@ -125,14 +127,18 @@ class _DropOrtAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, reader: ImageCalibrationReader, target: str, method: str) -> None:
-    """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) for ``target``."""
+def quantize_onnx(fp32_path: Path, out_path: Path, reader: ImageCalibrationReader, target: str, method: str,
+                  cpu_form: Optional[Int8CpuForm] = None) -> None:
+    """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) for ``target``; the ``cpu``
+    target takes its activation/weight types from ``cpu_form`` (``INT8_CPU_FORMS`` of the target ISA)."""
     if target == "trt":
         options = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                        op_types_to_quantize=_TRT_QUANTIZED_OPS,
                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     else:
-        options = dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, extra_options={})
+        form = cpu_form or INT8_CPU_FORMS["vnni"]
+        options = dict(activation_type=_QUANT_TYPES[form.activations], weight_type=_QUANT_TYPES[form.weights],
+                       reduce_range=form.reduce_range, extra_options={})
     options["extra_options"]["CalibStridedMinMax"] = _chunk_size(len(reader))
     require("onnxruntime").set_default_logger_severity(3)  # calibration sessions warn about folded constants
     root = logging.getLogger()

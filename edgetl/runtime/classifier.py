@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from edgetl.spec.bundle import ONNX_FILES, Bundle, ModelInfo
+from edgetl.core.cpu import cpu_isa
 from edgetl.errors import CheckpointError, ConfigError, DataError, DependencyError
 from edgetl.spec.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
 from edgetl.runtime.base import Runner, infer_batched, softmax
@@ -43,6 +44,17 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def warn_if_built_for_another_cpu(model: ModelInfo, isa: Optional[str] = None) -> bool:
+    """Log a warning (and return True) when a CPU INT8 model was built for another instruction set: its
+    integer kernels, and so its predictions, may differ from what the export's accuracy gate measured."""
+    here = isa or cpu_isa()
+    if model.int8_target != "cpu" or model.int8_cpu_isa in (None, here):
+        return False
+    log.warning("%s was built for %s CPUs, this one is %s: predictions may differ from the export's accuracy gate; "
+                "re-export with --int8-cpu-isa %s", model.file, model.int8_cpu_isa, here, here)
+    return True
+
+
 def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
     """Which model runs: ``auto`` prefers a TensorRT engine (when tensorrt is importable), then the
     fp32 ONNX, then INT8 ONNX, then the PyTorch checkpoint (when torch is importable)."""
@@ -64,6 +76,7 @@ def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
     if backend == "onnx-int8" or (backend == "auto" and bundle.model("int8") is not None):
         if bundle.model("int8") is None:
             raise CheckpointError("{} has no INT8 model; export it with 'edgetl export RUN --int8'".format(bundle.root))
+        warn_if_built_for_another_cpu(bundle.model("int8"))
         return BackendChoice("onnx-int8", bundle.model("int8"))
     if bundle.checkpoint_dir() is None:
         raise CheckpointError("{} has no PyTorch checkpoint (best.pt), nor does the run it came from".format(bundle.root))

@@ -56,6 +56,7 @@ class ModelInfo:
     batch: Optional[int]  # None: dynamic batch axis
     sha256: str
     int8_target: Optional[str] = None  # "trt" or "cpu" for INT8 models
+    int8_cpu_isa: Optional[str] = None  # the CPU the cpu form was built for (edgetl.spec.formats.INT8_CPU_FORMS)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelInfo":

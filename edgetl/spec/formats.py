@@ -1,0 +1,46 @@
+"""The formats table: every name a bundle, the exporter, the runtime, the quantizer and the CLI's
+choices share, defined once (after Ultralytics' ``export_formats()``). Torch-free, Python 3.8."""
+
+from __future__ import annotations
+
+from typing import Dict, NamedTuple
+
+from edgetl.core.cpu import CPU_ISAS
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# ONNX model kinds in a bundle -> file name
+ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
+# tensor names per consumer: (input, output)
+IO_NAMES = {"default": ("input", "logits"), "jetson": ("input_0", "output_0")}
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+# INT8 forms: trt = symmetric signed Q/DQ that TensorRT's explicit quantization takes; cpu = ONNX Runtime's CPU kernels
+INT8_FORMS = ("trt", "cpu")
+CPU_ISA_CHOICES = ("auto",) + CPU_ISAS  # --int8-cpu-isa: auto = the exporting machine's
+
+
+class Int8CpuForm(NamedTuple):
+    """Activation/weight types of the CPU INT8 form for one instruction set, and why."""
+
+    activations: str  # uint8 or int8
+    weights: str  # int8 or uint8
+    reduce_range: bool  # 7-bit weights
+    why: str
+
+    @property
+    def name(self) -> str:
+        label = "{}{}".format(self.activations[0].upper() + "8", self.weights[0].upper() + "8")
+        return label + (" reduce_range" if self.reduce_range else "")
+
+
+# onnxruntime's quantization guide: U8S8 is fastest on x86, but without VNNI its VPMADDUBSW path can
+# saturate (it advises reduce_range or U8U8 there); S8S8 is its default elsewhere. The avx2 row is the
+# form measured to keep every prediction of the INT8 test fixture under an emulated AVX2-only CPU
+# (benchmarks/results/int8_forms.md).
+INT8_CPU_FORMS: Dict[str, Int8CpuForm] = {
+    "vnni": Int8CpuForm("uint8", "int8", False, "VNNI (VPDPBUSD) multiplies u8 x s8 without saturation: fastest exact"),
+    "avx2": Int8CpuForm("uint8", "uint8", False,
+                        "x86 without VNNI: u8 x s8 (VPMADDUBSW) can saturate; U8U8 takes a path that cannot"),
+    "arm64": Int8CpuForm("int8", "int8", False, "ARM dot-product kernels take s8 x s8 (onnxruntime's default form)"),
+}
+
