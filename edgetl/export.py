@@ -32,8 +32,8 @@ from .parity import (Parity, compare, fp16_failures, fp32_failures, int8_failure
 from .quantize import (CALIB_METHODS, DEFAULT_CALIB_SIZE, INT8_TARGETS, ImageCalibrationReader, calibration_samples,
                        quantize_onnx, write_calibration_manifest)
 from .report import text_table
-from .trt.plan import (DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, build_script, onnx_versions,
-                       plan_engine, resolve_target)
+from .trt.plan import (DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, batch_profile, build_script,
+                       onnx_versions, plan_engine, resolve_target)
 
 torch = require("torch")
 REPORT_FORMAT = "edgetl-export-report-v1"
@@ -98,15 +98,7 @@ class ExportConfig:
 
     def profile(self) -> Optional[BatchProfile]:
         """The engine's batch range: None for a static batch (then any given range must equal it)."""
-        given = [v for v in (self.min_batch, self.opt_batch, self.max_batch) if v is not None]
-        if self.batch is not None:
-            if any(v != self.batch for v in given):
-                raise ConfigError("--batch {} is static: --min/--opt/--max-batch must be {} too (or use "
-                                  "--dynamic-batch)".format(self.batch, self.batch))
-            return None
-        low = self.min_batch or 1
-        opt = self.opt_batch or low
-        return BatchProfile(low, opt, self.max_batch or max(8, opt))
+        return batch_profile(self.batch, self.min_batch, self.opt_batch, self.max_batch)
 
 
 class _GateFailed(Exception):
@@ -345,8 +337,9 @@ def _build_engine(job: _Export) -> Optional[Exception]:
     from .trt.build import build_bundle_engine
 
     try:
-        engine = build_bundle_engine(job.out, job.config.precision, job.config.profile(), job.config.workspace_mib,
-                                     job.config.timing_cache)
+        config = job.config
+        engine = build_bundle_engine(job.out, config.precision, (config.min_batch, config.opt_batch, config.max_batch),
+                                     config.workspace_mib, config.timing_cache)
     except DependencyError as exc:
         job.report["engine"] = {"status": "not built", "reason": str(exc)}
         return DependencyError("--trt: {}. The ONNX model(s) and build_engine.sh are in {}: run "
