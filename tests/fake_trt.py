@@ -295,15 +295,19 @@ def install(monkeypatch: Any, version: str) -> types.ModuleType:
     """Put the fakes of TensorRT ``version`` into sys.modules; JetPack 5's 8.5 with the old ``cuda.cudart``."""
     monkeypatch.setitem(sys.modules, "tensorrt", make_tensorrt(version))
     runtime = _Memory()
-    cuda = types.ModuleType("cuda")  # no __path__: importing a submodule not listed here fails
+    cuda = types.ModuleType("cuda")  # stands in for any real cuda-python; None entries make imports fail
     monkeypatch.setitem(sys.modules, "cuda", cuda)
-    if version == "8.5":
+    if version == "8.5":  # cuda-python 11.x: cuda.cudart, no cuda.bindings
         cuda.cudart = runtime
         monkeypatch.setitem(sys.modules, "cuda.cudart", runtime)
-        monkeypatch.delitem(sys.modules, "cuda.bindings", raising=False)
-    else:
+        for name in ("cuda.bindings", "cuda.bindings.runtime", "cuda.bindings.utils"):
+            monkeypatch.setitem(sys.modules, name, None)
+    else:  # cuda-bindings >= 12.6.1: runtime and get_cuda_native_handle
         cuda.bindings = types.ModuleType("cuda.bindings")
         cuda.bindings.runtime = runtime
+        cuda.bindings.utils = types.SimpleNamespace(get_cuda_native_handle=int)
         monkeypatch.setitem(sys.modules, "cuda.bindings", cuda.bindings)
         monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
+        monkeypatch.setitem(sys.modules, "cuda.bindings.utils", cuda.bindings.utils)
+        monkeypatch.setitem(sys.modules, "cuda.cudart", None)
     return sys.modules["tensorrt"]
