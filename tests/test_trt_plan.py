@@ -34,7 +34,9 @@ def test_onnx_versions_follow_the_parser_of_each_target():
     assert onnx_versions(resolve_target("8.5"), 17) == (17, 8)
     assert onnx_versions(resolve_target("8.6"), 13) == (13, 7)
     assert onnx_versions(resolve_target("10.3"), 20) == (20, 9)
-    assert onnx_versions(resolve_target("11.x"), 24) == (24, 12)
+    assert onnx_versions(resolve_target("11.x"), 22) == (22, 10)
+    with pytest.raises(ConfigError, match="opset <= 22"):  # 11.0/11.1 do not parse opset 24 (11.2 does)
+        onnx_versions(resolve_target("11.x"), 24)
     with pytest.raises(ConfigError, match="opset <= 17"):
         onnx_versions(resolve_target("8.6"), 18)
     with pytest.raises(ConfigError, match="opset <= 20"):

@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -31,7 +31,8 @@ from edgetl.runtime.base import Runner
 from edgetl.runtime.classifier import BACKENDS, choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.runtime.tensorrt import TrtRunner
+from edgetl.runtime.tensorrt import TrtRunner, load_sidecar
+from edgetl.trt.plan import sidecar_batch_range
 
 log = logging.getLogger(__name__)
 METHOD = ("latency: host wall-clock per call; 'relative': median over rounds of the model's fastest call divided "
@@ -88,6 +89,7 @@ class Target:
     static_batch: Optional[int]
     input_dtype: Any
     input_shape: Sequence[int]  # without the batch dimension
+    batch_range: Optional[Tuple[int, int]] = None  # (min, max) of a TensorRT engine's profile, from its sidecar
 
 
 def reference_onnx(path: Path) -> Path:
@@ -122,7 +124,7 @@ def targets_for(model: str, backends: Sequence[str], device: str = "cpu", thread
     if path.suffix == ".onnx":
         return [_onnx_target(model, "onnx", path, None, device, threads)]
     if path.suffix == ".engine":
-        return [Target(model, "trt", lambda: TrtRunner(path), None, np.float32, ())]
+        return [_trt_target(model, path, None, None)]
     bundle = Bundle.load(path)
     targets = []
     for backend in backends:
@@ -132,13 +134,31 @@ def targets_for(model: str, backends: Sequence[str], device: str = "cpu", thread
             targets.append(Target(model, "torch", lambda: TorchRunner(bundle.checkpoint_dir()), None, np.float32,
                                   (3, size, size)))
         elif choice.backend == "trt":
-            engine, onnx_file = bundle.root / choice.engine, bundle.root / choice.model.file
-            targets.append(Target(model, "trt", lambda: TrtRunner(engine, onnx_path=onnx_file), choice.model.batch,
-                                  np.float32, ()))
+            targets.append(_trt_target(model, bundle.root / choice.engine, bundle.root / choice.model.file,
+                                       choice.model.batch))
         else:
             targets.append(_onnx_target(model, choice.backend, bundle.root / choice.model.file, choice.model.batch,
                                         device, threads))
     return targets
+
+
+def _trt_target(model: str, engine: Path, onnx_file: Optional[Path], batch: Optional[int]) -> Target:
+    return Target(model, "trt", lambda: TrtRunner(engine, onnx_path=onnx_file), batch, np.float32, (),
+                  sidecar_batch_range(load_sidecar(engine)))
+
+
+def check_batches(targets: Sequence[Target], batches: Sequence[int]) -> None:
+    """ConfigError before any timing when a batch lies outside an engine's optimisation profile (TensorRT
+    rejects it; a static batch that differs is skipped instead)."""
+    for target in targets:
+        if target.batch_range is None:
+            continue
+        low, high = target.batch_range
+        bad = [b for b in batches if not low <= b <= high and not (target.static_batch and b != target.static_batch)]
+        if bad:
+            raise ConfigError("{} [trt] takes a batch of {} to {} (its engine's optimisation profile); --batch {} is "
+                              "outside it: rebuild with 'edgetl build-engine --min-batch/--max-batch'".format(
+                                  target.model, low, high, ",".join(str(b) for b in bad)))
 
 
 def _onnx_target(model: str, backend: str, path: Path, batch: Optional[int], device: str,
@@ -193,12 +213,13 @@ def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
 def _bench_latency(config: LatencyConfig) -> Dict[str, Any]:
     rng = np.random.default_rng(0)
     rows, skipped = [], []
+    targets = [t for model in config.models for t in targets_for(model, config.backends, config.device,
+                                                                  config.threads)]
+    check_batches(targets, config.batches)
     with tempfile.TemporaryDirectory(prefix="edgetl-ref-") as tmp:
         reference = OnnxRuntimeRunner(reference_onnx(Path(tmp) / "reference.onnx"), threads=config.threads, spin=False)
         with reference:
             reference_feed = {"x": rng.standard_normal((1, 3, 112, 112)).astype(np.float32)}
-            targets = [t for model in config.models for t in targets_for(model, config.backends, config.device,
-                                                                          config.threads)]
             for target in targets:
                 with target.make_runner() as runner:
                     for batch in config.batches:

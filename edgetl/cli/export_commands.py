@@ -140,23 +140,24 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
 @click.command("build-engine")
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--precision", type=click.Choice(_PRECISIONS), default="fp16", show_default=True)
-@click.option("--min-batch", type=int, default=1, show_default=True)
-@click.option("--opt-batch", type=int, default=1, show_default=True)
-@click.option("--max-batch", type=int, default=8, show_default=True)
+@click.option("--min-batch", type=int, default=None, help="Default: the bundle's (its static batch or export profile).")
+@click.option("--opt-batch", type=int, default=None, help="Default: the bundle's, else --min-batch.")
+@click.option("--max-batch", type=int, default=None, help="Default: the bundle's, else max(8, --opt-batch).")
 @click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True, help="MiB.")
 @click.option("--timing-cache", default=None, help="Persistent TensorRT timing cache file.")
-def build_engine(bundle: Path, precision: str, min_batch: int, opt_batch: int, max_batch: int, workspace_mib: int,
-                 timing_cache: Optional[str]) -> None:
+def build_engine(bundle: Path, precision: str, min_batch: Optional[int], opt_batch: Optional[int],
+                 max_batch: Optional[int], workspace_mib: int, timing_cache: Optional[str]) -> None:
     """Build a TensorRT engine from BUNDLE's ONNX on this device (torch-free) and write its sidecar.
+
+    Batch sizes not given come from the bundle: a static-batch bundle builds its fixed batch, a
+    dynamic one the profile it was exported with (1/1/8 if none was recorded).
 
     \b
     edgetl build-engine bundles/photos --precision fp16
     """
     from edgetl.trt.build import build_bundle_engine
-    from edgetl.trt.plan import BatchProfile
 
-    click.echo(build_bundle_engine(bundle, precision, BatchProfile(min_batch, opt_batch, max_batch), workspace_mib,
-                                   timing_cache))
+    click.echo(build_bundle_engine(bundle, precision, (min_batch, opt_batch, max_batch), workspace_mib, timing_cache))
 
 
 COMMANDS = (export, predict, build_engine)

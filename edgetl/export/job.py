@@ -34,7 +34,7 @@ from edgetl.export.gate import judge
 from edgetl.export.parity import EvalImages, Parity, compare, fp16_failures, fp32_failures, load_eval_images, normalized, onnx_outputs, random_inputs, stretched_nearest, top1
 from edgetl.export.quantize import CALIB_METHODS, DEFAULT_CALIB_SIZE, INT8_TARGETS, ImageCalibrationReader, calibration_samples, quantize_onnx, write_calibration_manifest
 from edgetl.core.tables import text_table
-from edgetl.trt.plan import DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
+from edgetl.trt.plan import DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, batch_profile, build_script, onnx_versions, plan_engine, resolve_target
 from edgetl.trt.build import build_bundle_engine
 from edgetl.export.fp16 import convert_to_fp16
 
@@ -110,15 +110,7 @@ class ExportConfig:
 
     def profile(self) -> Optional[BatchProfile]:
         """The engine's batch range: None for a static batch (then any given range must equal it)."""
-        given = [v for v in (self.min_batch, self.opt_batch, self.max_batch) if v is not None]
-        if self.batch is not None:
-            if any(v != self.batch for v in given):
-                raise ConfigError("--batch {} is static: --min/--opt/--max-batch must be {} too (or use "
-                                  "--dynamic-batch)".format(self.batch, self.batch))
-            return None
-        low = self.min_batch or 1
-        opt = self.opt_batch or low
-        return BatchProfile(low, opt, self.max_batch or max(8, opt))
+        return batch_profile(self.batch, self.min_batch, self.opt_batch, self.max_batch)
 
 
 class _GateFailed(Exception):
@@ -383,8 +375,9 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
 def _build_engine(job: _Export) -> Optional[Exception]:
     """Build the engine; returns the DependencyError to raise later when TensorRT is missing."""
     try:
-        engine = build_bundle_engine(job.out, job.config.precision, job.config.profile(), job.config.workspace_mib,
-                                     job.config.timing_cache)
+        config = job.config
+        engine = build_bundle_engine(job.out, config.precision, (config.min_batch, config.opt_batch, config.max_batch),
+                                     config.workspace_mib, config.timing_cache)
     except DependencyError as exc:
         job.report["engine"] = {"status": "not built", "reason": str(exc)}
         return DependencyError("--trt: {}. The ONNX model(s) and build_engine.sh are in {}: run "

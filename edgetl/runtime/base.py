@@ -49,6 +49,10 @@ class Runner:
     def input_metadata(self) -> Dict[str, TensorMeta]:
         raise NotImplementedError
 
+    def batch_range(self) -> Optional[Tuple[int, int]]:
+        """(min, max) batch the active model accepts when the backend limits it (TensorRT profiles); None: any."""
+        return None
+
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         if not self.is_active:
             raise RuntimeError("{} is not active: use it as a context manager or call activate()".format(self.name))
@@ -80,14 +84,16 @@ def check_feed(feed: Dict[str, np.ndarray], metadata: Dict[str, TensorMeta]) -> 
 
 def infer_batched(runner: Runner, input_name: str, array: np.ndarray, batch: Optional[int],
                   chunk: int = 16) -> np.ndarray:
-    """Run ``array`` through a single-input, single-output runner in chunks; a static ``batch``
-    is honoured by zero-padding the last chunk."""
-    step = batch or chunk
+    """Run ``array`` through a single-input, single-output runner in chunks that fit its batch limits
+    (a static ``batch``, else ``runner.batch_range()``): chunks of at most the maximum, a short last
+    chunk zero-padded up to the minimum, and the padded rows dropped from the result."""
+    low, high = (batch, batch) if batch else (runner.batch_range() or (1, chunk))
+    step = max(low, min(chunk, high))
     outputs = []
     for start in range(0, len(array), step):
         part = array[start:start + step]
-        if batch and len(part) < batch:
-            part = np.concatenate([part, np.zeros((batch - len(part),) + part.shape[1:], part.dtype)])
+        if len(part) < low:
+            part = np.concatenate([part, np.zeros((low - len(part),) + part.shape[1:], part.dtype)])
         result = runner.infer({input_name: np.ascontiguousarray(part)})
         outputs.append(next(iter(result.values()))[:len(array) - start])
     return np.concatenate(outputs)

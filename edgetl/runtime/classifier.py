@@ -106,9 +106,7 @@ class Classifier:
         self.bundle, self.topk, self.device, self.batch_size = bundle, topk, device, batch_size
         self.requested = backend
         self.choice = choose_backend(bundle, backend)
-        self.runner = self._make_runner(self.choice)
-        if self.choice.engine is not None and bundle.engine_plan(self.choice.engine).get("profile"):
-            self.batch_size = min(batch_size, bundle.engine_plan(self.choice.engine)["profile"]["max"])
+        self.runner = self._make_runner(self.choice)  # infer_batched keeps batches within the runner's limits
 
     def _make_runner(self, choice: BackendChoice) -> Runner:
         if choice.backend == "torch":

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from edgetl.spec.bundle import sidecar_file
 from edgetl.core.fileio import sha256_file
 from edgetl.core.deps import require
-from edgetl.errors import CheckpointError, DependencyError
+from edgetl.errors import CheckpointError, ConfigError, DependencyError
 from edgetl.runtime.base import Runner, TensorMeta
 from edgetl.trt.plan import DeviceInfo, rebuild_hint, sidecar_problems
 
@@ -100,6 +100,11 @@ class TrtRunner(Runner):
             raise CheckpointError("TensorRT could not deserialise {} (see its log above); {}".format(
                 self.engine_path.name, rebuild_hint((sidecar or {}).get("precision", "fp16"))))
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # TensorRT logs the reason and returns None, mostly out of GPU memory
+            self.engine = None
+            raise DependencyError("TensorRT could not create an execution context for {} (see its log above; "
+                                  "usually out of GPU memory: close other GPU programs or build the engine with a "
+                                  "smaller --max-batch)".format(self.engine_path.name))
         self.stream = cuda_check(self.cudart, self.cudart.cudaStreamCreate())
         # CUDA events around copy-in / execute / copy-out: last_stages_ms splits each call as trtexec does
         self.events = [cuda_check(self.cudart, self.cudart.cudaEventCreate()) for _ in range(4)]
@@ -121,6 +126,15 @@ class TrtRunner(Runner):
         return {n: TensorMeta(tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)), self.dtypes[n])
                 for n in self.inputs}
 
+    def batch_range(self) -> Optional[Tuple[int, int]]:
+        """(min, max) batch of the first input: its optimisation profile, or its fixed batch."""
+        name = self.inputs[0]
+        batch = self.engine.get_tensor_shape(name)[0]
+        if batch >= 0:
+            return batch, batch
+        low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+        return low[0], high[0]
+
     def _device_buffer(self, name: str, nbytes: int) -> int:
         pointer, size = self.buffers.get(name, (None, 0))
         if size < nbytes:
@@ -136,7 +150,12 @@ class TrtRunner(Runner):
         staged = [np.ascontiguousarray(feed[name]) for name in self.inputs]  # alive until the stream syncs
         cuda_check(cudart, cudart.cudaEventRecord(self.events[0], stream))
         for name, array in zip(self.inputs, staged):
-            self.context.set_input_shape(name, tuple(array.shape))
+            if not self.context.set_input_shape(name, tuple(array.shape)):  # False outside the profile
+                low, high = self.batch_range()
+                raise ConfigError("{} takes a batch of {} to {} (its optimisation profile), got {} for {!r}; "
+                                  "use a batch in that range or rebuild the engine with 'edgetl build-engine "
+                                  "--min-batch/--max-batch'".format(self.engine_path.name, low, high,
+                                                                    array.shape[0], name))
             pointer = self._device_buffer(name, array.nbytes)
             cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, copy_in, stream))
             self.context.set_tensor_address(name, pointer)

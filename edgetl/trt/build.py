@@ -19,13 +19,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
-from edgetl.spec.bundle import ONNX_FILES, Bundle, read_manifest, sidecar_file, write_manifest
+from edgetl.spec.bundle import ONNX_FILES, Bundle, engine_file, read_manifest, sidecar_file, write_manifest
 from edgetl.core.deps import require
 from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
-from edgetl.trt.plan import BatchProfile, EnginePlan, describe_parser_error, make_sidecar, plan_engine, resolve_target
+from edgetl.trt.plan import DEFAULT_WORKSPACE_MIB, BatchProfile, batch_profile, EnginePlan, describe_parser_error, make_sidecar, plan_engine, resolve_target
 from edgetl.runtime.tensorrt import cuda_runtime, device_info
 
 log = logging.getLogger(__name__)
@@ -141,25 +141,37 @@ def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
     return engine_path
 
 
-def plan_for_bundle(bundle: Bundle, precision: str, target_name: str, profile: Optional[BatchProfile],
-                    workspace_mib: int, timing_cache: Optional[str]) -> EnginePlan:
-    """The engine plan for a bundle's fp32 ONNX (its io names and batch) on a TensorRT target."""
+Batches = Tuple[Optional[int], Optional[int], Optional[int]]  # --min/--opt/--max-batch, None: not given
+
+
+def recorded_profile(bundle: Bundle, precision: str) -> Optional[BatchProfile]:
+    """The batch range the bundle was exported with (its planned engine of ``precision``, else any)."""
+    plans = bundle.manifest.get("engines", {})
+    plan = plans.get(engine_file(precision)) or next(iter(plans.values()), None)
+    return None if plan is None else EnginePlan.from_dict(plan).profile
+
+
+def plan_for_bundle(bundle: Bundle, precision: str, target_name: str, batches: Batches = (None, None, None),
+                    workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Optional[str] = None) -> EnginePlan:
+    """The engine plan for a bundle's fp32 ONNX (its io names and batch) on a TensorRT target; batch
+    values not given come from the bundle (its static batch or the profile it was exported with)."""
     info = bundle.model("fp32")
     if info is None:
         raise CheckpointError("{} has no model.onnx to build an engine from; run 'edgetl export' first".format(
             bundle.root))
     size = bundle.preprocess.input_size
     shape = (info.batch if info.batch else -1, 3, size, size)
+    profile = batch_profile(info.batch, *batches, recorded=recorded_profile(bundle, precision))
     return plan_engine(resolve_target(target_name), precision, info.input_name, info.output_name, shape, profile,
                        workspace_mib, timing_cache)
 
 
-def build_bundle_engine(bundle_dir: Path, precision: str, profile: Optional[BatchProfile] = None,
-                        workspace_mib: int = 1024, timing_cache: Optional[str] = None) -> Path:
+def build_bundle_engine(bundle_dir: Path, precision: str, batches: Batches = (None, None, None),
+                        workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Optional[str] = None) -> Path:
     """Build an engine for the running TensorRT from a bundle (the ``build-engine`` command)."""
     trt = require("tensorrt")
     bundle = Bundle.load(Path(bundle_dir))
-    plan = plan_for_bundle(bundle, precision, trt.__version__, profile, workspace_mib, timing_cache)
+    plan = plan_for_bundle(bundle, precision, trt.__version__, batches, workspace_mib, timing_cache)
     if plan.onnx == ONNX_FILES["fp16"] and bundle.model("fp16") is None:
         raise CheckpointError("TensorRT {} is strongly typed: an fp16 engine needs {}; export with "
                               "'--fp16 --target-trt {}'".format(trt.__version__, plan.onnx, plan.target))

@@ -38,21 +38,27 @@ class TrtTarget:
     explicit_batch_flag: bool  # create_network() needs 1 << EXPLICIT_BATCH (gone in 11)
     precision_flags: bool  # BuilderFlag.FP16/INT8 exist; False: strongly typed only (11+)
     progress_monitor: bool  # trt.IProgressMonitor exists
+    skip_inference_option: str  # trtexec's build-only switch: --buildOnly before 8.6, --skipInference from 8.6
 
     @property
     def strongly_typed(self) -> bool:
         return not self.precision_flags
 
 
+# trtexec options: 8.5 knows --buildOnly only (an unknown option makes trtexec exit); 8.6 adds
+# --skipInference and deprecates --buildOnly; 10.0 removes --buildOnly (NVIDIA/TensorRT
+# samples/common/sampleOptions.cpp on release/8.5, 8.6, 10.0).
 TARGETS = (
-    TrtTarget("8.5", (8, 5), "JetPack 5.1 (Python 3.8)", 17, 8, True, True, False),
-    TrtTarget("8.6", (8, 6), "JetPack 6.0", 17, 8, True, True, False),
+    TrtTarget("8.5", (8, 5), "JetPack 5.1 (Python 3.8)", 17, 8, True, True, False, "--buildOnly"),
+    TrtTarget("8.6", (8, 6), "JetPack 6.0", 17, 8, True, True, False, "--skipInference"),
     # 10.0-10.5: parser opset 9-20 (10.0 docs); ONNX submodule <= 1.16 -> IR 9 is conservative.
-    TrtTarget("10.3", (10, 0), "JetPack 6.1/6.2", 20, 9, False, True, True),
+    TrtTarget("10.3", (10, 0), "JetPack 6.1/6.2", 20, 9, False, True, True, "--skipInference"),
     # 10.6+: ONNX 1.17 submodule (opset 22, IR 10); later 10.x accept more (10.15: opset 24).
-    TrtTarget("10.x", (10, 6), "x86 / current TensorRT 10", 22, 10, False, True, True),
-    # 11: strongly typed; no FP16/INT8 flags, no calibrators. 11.2 parses opset 24 (11.5: 25).
-    TrtTarget("11.x", (11, 0), "x86; JetPack >= 7.2.2 on AGX Orin/Thor", 24, 12, False, False, True),
+    TrtTarget("10.x", (10, 6), "x86 / current TensorRT 10", 22, 10, False, True, True, "--skipInference"),
+    # 11: strongly typed; no FP16/INT8 flags, no calibrators. The row starts at 11.0, and only 11.2
+    # parses opset 24 (11.5: 25): opset 22 / IR 10 (as 10.6+) is conservative for 11.0 and 11.1.
+    TrtTarget("11.x", (11, 0), "x86; JetPack >= 7.2.2 on AGX Orin/Thor", 22, 10, False, False, True,
+              "--skipInference"),
 )
 TARGET_NAMES = tuple(t.name for t in TARGETS)
 
@@ -120,6 +126,23 @@ class BatchProfile:
         if not 1 <= self.min <= self.opt <= self.max:
             raise ConfigError("need 1 <= --min-batch <= --opt-batch <= --max-batch, got {}/{}/{}".format(
                 self.min, self.opt, self.max))
+
+
+def batch_profile(static_batch: Optional[int], min_batch: Optional[int] = None, opt_batch: Optional[int] = None,
+                  max_batch: Optional[int] = None, recorded: Optional[BatchProfile] = None) -> Optional[BatchProfile]:
+    """The batch range to build: None for a static batch (any given value must equal it); else the
+    given values (missing ones as 1 / min / max(8, opt)), or ``recorded`` (the bundle's) when none is given."""
+    given = [v for v in (min_batch, opt_batch, max_batch) if v is not None]
+    if static_batch is not None:
+        if any(v != static_batch for v in given):
+            raise ConfigError("the model has a static batch of {}: --min/--opt/--max-batch must be {} or left out "
+                              "(export with --dynamic-batch for a range)".format(static_batch, static_batch))
+        return None
+    if not given and recorded is not None:
+        return recorded
+    low = min_batch or 1
+    opt = opt_batch or low
+    return BatchProfile(low, opt, max_batch or max(8, opt))
 
 
 @dataclass(frozen=True)
@@ -214,7 +237,7 @@ def trtexec_command(plan: EnginePlan) -> List[str]:
     args.append("--memPoolSize=workspace:{}".format(plan.workspace_mib))
     if plan.timing_cache:
         args.append("--timingCacheFile=" + plan.timing_cache)
-    args.append("--skipInference")
+    args.append(resolve_target(plan.target).skip_inference_option)
     return args
 
 
@@ -287,6 +310,16 @@ def sidecar_problems(sidecar: Optional[Dict[str, Any]], device: DeviceInfo, engi
     if onnx_sha256 is not None and sidecar.get("onnx_sha256") != onnx_sha256:
         problems.append("it was built from an older {} than the one in the bundle".format(sidecar.get("onnx")))
     return problems
+
+
+def sidecar_batch_range(sidecar: Optional[Dict[str, Any]]) -> Optional[Tuple[int, int]]:
+    """(min, max) batch of an engine from its sidecar, to check options before loading it; None: unknown."""
+    shapes, input_shape = (sidecar or {}).get("profile_shapes"), (sidecar or {}).get("input_shape")
+    if shapes:
+        return int(shapes["min"][0]), int(shapes["max"][0])
+    if input_shape and int(input_shape[0]) > 0:
+        return int(input_shape[0]), int(input_shape[0])
+    return None
 
 
 def rebuild_hint(precision: str) -> str:

@@ -1,0 +1,208 @@
+"""Contract checks of how edgetl calls TensorRT and trtexec, without TensorRT: each supported version's
+trtexec options, and edgetl's runner/builder driven through the fakes in ``fake_trt`` (never figures)."""
+
+import json
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgetl.errors import ConfigError, DependencyError
+from edgetl.core.fileio import sha256_file
+from edgetl.trt.plan import (TARGET_NAMES, BatchProfile, DeviceInfo, build_script, make_sidecar, plan_engine,
+                             resolve_target)
+
+import fake_trt
+
+# trtexec's documented options ("  --name" lines of its help text) per release, from NVIDIA/TensorRT
+# samples/common/sampleOptions.cpp on branches release/8.5 (68b5072f), 8.6 (a0215c1a), 10.0 (ccf11997),
+# 10.3 (5b990f0a), 10.8 (64e56ab6), 10.16 (d0faf303), 11.0 (93842ac9), 11.1 (90536162). Each release is
+# written as the one before it, minus and plus what its help text dropped and added.
+_TRTEXEC_8_5 = set("""allowGPUFallback avgRuns avgTiming batch best buildOnly calib consistency device directIO
+    dumpLayerInfo dumpOutput dumpProfile dumpRefit duration exportLayerInfo exportOutput exportProfile exportTimes
+    exposeDMA fp16 help heuristic idleTime inputIOFormats int8 iterations layerOutputTypes layerPrecisions loadEngine
+    loadInputs maxBatch maxShapes maxShapesCalib memPoolSize minShapes minShapesCalib minTiming model noBuilderCache
+    noDataTransfers noTF32 onnx optShapes optShapesCalib output outputIOFormats percentile persistentCacheRatio plugins
+    precisionConstraints preview profilingVerbosity refit restricted safe saveEngine separateProfileRun serialized
+    shapes sleepTime sparsity std streams tacticSources threads timeDeserialize timeRefit timingCacheFile uffNHWC
+    useCudaGraph useDLACore useManagedMemory useSpinWait verbose warmUp workspace""".split())
+_CHANGES = [  # (release, removed, added)
+    ("8.6", "buildOnly plugins streams", "buildDLAStandalone builderOptimizationLevel dumpRawBindingsToFile "
+     "dynamicPlugins excludeLeanRuntime fp8 hardwareCompatibilityLevel ignoreParsedPluginLibs infStreams "
+     "layerDeviceTypes leanDLLPath maxAuxStreams nativeInstanceNorm setPluginsToSerialize skipInference staticPlugins "
+     "tempdir tempfileControls versionCompatible"),
+    ("10.0", "batch heuristic maxBatch minTiming model nativeInstanceNorm output uffNHWC workspace",
+     "allocationStrategy allowWeightStreaming bf16 calibProfile dumpOptimizationProfile errorOnTimingCacheMiss "
+     "getPlanVersionOnly markDebug noCompilationCache pluginInstanceNorm profile saveDebugTensors stripWeights "
+     "stronglyTyped useProfile weightStreamingBudget weightless"),
+    ("10.3", "", "int4 runtimePlatform stripAllWeights"),
+    ("10.8", "consistency", "asyncFileReader l2LimitForTiling maxTactics monitorMemory tilingOptimizationLevel"),
+    ("10.16", "useDLACore", "adjustForDLA consistency cpuOnly decomposableAttentions dumpKernelText "
+     "enablePluginOverride markUnfusedTensorsAsDebugTensors refitFromOnnx remoteAutoTuningConfig reportCapabilityDLA "
+     "safetyPlugins saveAllDebugTensors uint8AsymmetricQuantizationDLA"),
+    ("11.0", "best bf16 calib calibProfile fp16 fp8 int4 layerOutputTypes layerPrecisions maxShapesCalib "
+     "minShapesCalib optShapesCalib precisionConstraints restricted weightless",
+     "includeDataTransfers noCudaGraph noSpinWait"),
+    ("11.1", "", "accuracyAlgorithm accuracyThreshold atol continue dryRun helpBuildRoute loadRefOutputs refPair rtol "
+     "saveAllEngines setBuildRoute tuneBuildRouteFile tuneBuildRoutes tuningCacheFile tuningSearch tuningTimeOut"),
+]
+TRTEXEC_OPTIONS = {"8.5": _TRTEXEC_8_5}
+for _release, _removed, _added in _CHANGES:
+    TRTEXEC_OPTIONS[_release] = (list(TRTEXEC_OPTIONS.values())[-1] - set(_removed.split())) | set(_added.split())
+# the releases each target row covers (its lowest and newest that the table has)
+ROW_RELEASES = {"8.5": ("8.5",), "8.6": ("8.6",), "10.3": ("10.0", "10.3"), "10.x": ("10.8", "10.16"),
+                "11.x": ("11.0", "11.1")}
+
+
+def _trtexec_options(script: str):
+    """The option names of every trtexec call in a build_engine.sh."""
+    for line in script.replace("\\\n", " ").splitlines():
+        words = shlex.split(line) if line.startswith('"$TRTEXEC"') else []
+        yield from (w[2:].split("=")[0] for w in words[1:])
+
+
+def test_the_table_covers_every_target():
+    assert set(ROW_RELEASES) == set(TARGET_NAMES)
+
+
+@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("shape, profile", [((-1, 3, 224, 224), BatchProfile(1, 2, 8)), ((1, 3, 224, 224), None)])
+def test_build_engine_sh_uses_only_options_each_trtexec_knows(target, precision, shape, profile):
+    row = resolve_target(target)
+    plan = plan_engine(row, precision, "input", "logits", shape, profile, timing_cache="timing.cache")
+    options = list(_trtexec_options(build_script([plan], row)))
+    assert "onnx" in options and "saveEngine" in options
+    for release in ROW_RELEASES[target]:
+        unknown = [o for o in options if o not in TRTEXEC_OPTIONS[release]]
+        assert not unknown, "trtexec {} does not know --{}".format(release, ", --".join(unknown))
+
+
+# --- the runner, through the fakes -------------------------------------------------------------------
+
+SHAPE = (3, 4, 4)
+
+
+def _engine(folder: Path, version: str, profile=(2, 4, 8), static=None, **spec) -> Path:
+    """A fake engine (JSON the fake runtime reads) and its sidecar for ``version``."""
+    batch = static or -1
+    engine = folder / "model_fp16.engine"
+    engine.write_text(json.dumps(dict({"input": "input", "output": "logits", "shape": [batch, *SHAPE], "classes": 3,
+                                       "profile": None if static else list(profile)}, **spec)))
+    plan = plan_engine(resolve_target(version), "fp16", "input", "logits", (batch, *SHAPE),
+                       None if static else BatchProfile(*profile))
+    sidecar = make_sidecar(plan, DeviceInfo(fake_trt.VERSIONS[version], "Orin", "8.7"), "onnx-sha",
+                           sha256_file(engine), "fake")
+    engine.with_name(engine.name + ".json").write_text(json.dumps(sidecar))
+    return engine
+
+
+def _expected(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1).mean(axis=1)[:, None] + np.arange(3)
+
+
+def _images(count: int) -> np.ndarray:
+    return np.random.default_rng(count).standard_normal((count, *SHAPE)).astype(np.float32)
+
+
+@pytest.fixture(params=sorted(fake_trt.VERSIONS))
+def version(request, monkeypatch):
+    fake_trt.install(monkeypatch, request.param)
+    return request.param
+
+
+def test_runner_runs_batches_inside_the_profile(version, tmp_path):
+    from edgetl.runtime.tensorrt import TrtRunner
+
+    with TrtRunner(_engine(tmp_path, version)) as runner:
+        for count in (2, 5, 8):
+            images = _images(count)
+            np.testing.assert_allclose(runner.infer({"input": images})["logits"], _expected(images), rtol=1e-5)
+        assert runner.batch_range() == (2, 8)
+
+
+@pytest.mark.parametrize("before, batch", [(None, 16), (None, 1), (4, 16)])
+def test_runner_refuses_a_batch_outside_the_profile(version, tmp_path, before, batch):
+    from edgetl.runtime.tensorrt import TrtRunner
+
+    with TrtRunner(_engine(tmp_path, version)) as runner:
+        if before:  # TensorRT keeps the earlier valid shape: 4 rows would come back for 16
+            runner.infer({"input": _images(before)})
+        with pytest.raises(ConfigError, match="batch of 2 to 8 .*got {}".format(batch)):
+            runner.infer({"input": _images(batch)})
+
+
+def test_no_execution_context_is_a_clear_error(version, tmp_path):
+    from edgetl.runtime.tensorrt import TrtRunner
+
+    runner = TrtRunner(_engine(tmp_path, version, out_of_memory=True))
+    with pytest.raises(DependencyError, match="execution context"):
+        runner.activate()
+    assert not runner.is_active
+
+
+@pytest.mark.parametrize("count, chunk", [(17, 16), (1, 8), (9, 8), (3, 1)])
+def test_infer_batched_keeps_every_chunk_inside_the_profile(version, tmp_path, count, chunk):
+    from edgetl.runtime.base import infer_batched
+    from edgetl.runtime.tensorrt import TrtRunner
+
+    images = _images(count)
+    with TrtRunner(_engine(tmp_path, version)) as runner:  # profile 2..8: split above 8, pad below 2
+        outputs = infer_batched(runner, "input", images, None, chunk)
+    np.testing.assert_allclose(outputs, _expected(images), rtol=1e-5)
+
+
+def test_bench_latency_refuses_a_batch_outside_the_profile_before_timing(version, tmp_path, monkeypatch):
+    from edgetl.bench import latency
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed a batch the engine cannot run")
+
+    monkeypatch.setattr(latency, "time_interleaved", no_timing)
+    engine = _engine(tmp_path, version, profile=(1, 1, 8))
+    with pytest.raises(ConfigError, match=r"batch of 1 to 8 .*--batch 16"):
+        latency.bench_latency(latency.LatencyConfig([str(engine)], batches=(1, 16), warmup=0, iters=1, rounds=1))
+
+
+# --- build-engine, through the CLI ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def static_bundle(tiny_run, tmp_path_factory):
+    from edgetl.export.job import ExportConfig, export_run
+
+    out = tmp_path_factory.mktemp("static") / "bundle"
+    export_run(ExportConfig(run=str(tiny_run), out=str(out), batch=1))
+    return out
+
+
+def _build_engine(bundle: Path, *options: str):
+    from edgetl.cli import main
+
+    return CliRunner().invoke(main, ["build-engine", str(bundle), "--precision", "fp32", *options])
+
+
+def test_build_engine_without_tensorrt_names_the_dependency(static_bundle):
+    result = _build_engine(static_bundle)
+    assert result.exit_code == 1 and "tensorrt" in result.output and "static batch" not in result.output
+
+
+@pytest.mark.parametrize("fake", ["8.5", "10.3"])
+def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_path, monkeypatch, fake):
+    import shutil
+
+    from edgetl.spec.bundle import Bundle
+    from edgetl.runtime.tensorrt import TrtRunner
+
+    fake_trt.install(monkeypatch, fake)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(str(static_bundle), str(bundle))
+    result = _build_engine(bundle)
+    assert result.exit_code == 0, result.output
+    plan = Bundle.load(bundle).engine_plan("model_fp32.engine")
+    assert plan["profile"] is None and plan["input_shape"][0] == 1
+    with TrtRunner(bundle / "model_fp32.engine", onnx_path=bundle / "model.onnx") as runner:
+        assert runner.batch_range() == (1, 1)
+    refused = _build_engine(bundle, "--max-batch", "8")
+    assert refused.exit_code == 1 and "static batch of 1" in refused.output
