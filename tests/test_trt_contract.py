@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from edgetl.errors import ConfigError, DependencyError
 from edgetl.core.fileio import sha256_file
-from edgetl.trt.plan import (TARGET_NAMES, BatchProfile, DeviceInfo, build_script, make_sidecar, plan_engine,
+from edgetl.spec.engine_sidecar import DeviceInfo
+from edgetl.trt.plan import (TARGET_NAMES, BatchProfile, build_script, make_sidecar, plan_engine,
                              resolve_target)
 
 import fake_trt

@@ -6,9 +6,9 @@ import subprocess
 import pytest
 
 from edgetl.errors import ConfigError
-from edgetl.trt.plan import (BatchProfile, DeviceInfo, EnginePlan, build_script, builder_flags, describe_parser_error,
-                             make_sidecar, onnx_for_precision, onnx_versions, plan_engine, rebuild_hint,
-                             resolve_target, sidecar_problems, trtexec_command)
+from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
+from edgetl.trt.plan import (BatchProfile, EnginePlan, build_script, builder_flags, describe_parser_error, make_sidecar,
+                             onnx_for_precision, onnx_versions, plan_engine, resolve_target, trtexec_command)
 
 SHAPE = (-1, 3, 224, 224)
 

@@ -32,7 +32,7 @@ from edgetl.runtime.classifier import BACKENDS, choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.runtime.tensorrt import TrtRunner, load_sidecar
-from edgetl.trt.plan import sidecar_batch_range
+from edgetl.spec.engine_sidecar import sidecar_batch_range
 
 log = logging.getLogger(__name__)
 METHOD = ("latency: host wall-clock per call; 'relative': median over rounds of the model's fastest call divided "

@@ -20,7 +20,7 @@ from edgetl.core.fileio import sha256_file
 from edgetl.core.deps import require
 from edgetl.errors import CheckpointError, ConfigError, DependencyError
 from edgetl.runtime.base import Runner, TensorMeta
-from edgetl.trt.plan import DeviceInfo, rebuild_hint, sidecar_problems
+from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
 
 log = logging.getLogger(__name__)
 
