@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgetl.analysis.advise import advise  # noqa: E402
-from edgetl.core.fileio import atomic_write_text  # noqa: E402
 from edgetl.analysis.pilot import PilotConfig  # noqa: E402
+from edgetl.core.fileio import atomic_write_text  # noqa: E402
 from edgetl.core.tables import markdown_table  # noqa: E402
 
 TARGETS_S = {"advise (cold cache)": 180.0, "advise (cached features)": 30.0, "advise --pilot": 300.0}
@@ -38,38 +38,66 @@ def main() -> int:
     rows, reports = [], {}
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-cache-") as cache:
-        for name, pilot in (("advise (cold cache)", None), ("advise (cached features)", None),
-                            ("advise --pilot", PilotConfig())):
+        for name, pilot in (
+            ("advise (cold cache)", None),
+            ("advise (cached features)", None),
+            ("advise --pilot", PilotConfig()),
+        ):
             tick = time.perf_counter()
             report = advise(None, args.arch, cache_dir=Path(cache), pilot=pilot)
             seconds = time.perf_counter() - tick
             reports[name] = report
-            rows.append({"run": name, "wall_s": round(seconds, 1), "target_s": TARGETS_S[name],
-                         "ok": seconds <= TARGETS_S[name], "quadrant": report["quadrant"],
-                         "strategy": report["plan"]["strategy"],
-                         "probe_accuracy": round(report["similarity"]["probe_accuracy"], 4),
-                         "knn_accuracy": round(report["similarity"]["knn_accuracy"], 4),
-                         "confidence": round(report["similarity"]["confidence"], 4)})
+            rows.append(
+                {
+                    "run": name,
+                    "wall_s": round(seconds, 1),
+                    "target_s": TARGETS_S[name],
+                    "ok": seconds <= TARGETS_S[name],
+                    "quadrant": report["quadrant"],
+                    "strategy": report["plan"]["strategy"],
+                    "probe_accuracy": round(report["similarity"]["probe_accuracy"], 4),
+                    "knn_accuracy": round(report["similarity"]["knn_accuracy"], 4),
+                    "confidence": round(report["similarity"]["confidence"], 4),
+                }
+            )
             print("{:<26} {:7.1f} s (target {:.0f} s)".format(name, seconds, TARGETS_S[name]), flush=True)
     pilot_rows = reports["advise --pilot"]["pilot"]["rows"]
     result = {
-        "machine": {"cpus": os.cpu_count(), "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-                    "platform": platform.platform(), "load_average_at_start": load_before},
-        "data": reports["advise (cold cache)"]["data"], "size": reports["advise (cold cache)"]["size"],
-        "runs": rows, "pilot": pilot_rows,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+            "platform": platform.platform(),
+            "load_average_at_start": load_before,
+        },
+        "data": reports["advise (cold cache)"]["data"],
+        "size": reports["advise (cold cache)"]["size"],
+        "runs": rows,
+        "pilot": pilot_rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "advise_speed.json", json.dumps(result, indent=2) + "\n")
-    columns = ["run", "wall_s", "target_s", "ok", "quadrant", "strategy", "probe_accuracy", "knn_accuracy",
-               "confidence"]
+    columns = [
+        "run",
+        "wall_s",
+        "target_s",
+        "ok",
+        "quadrant",
+        "strategy",
+        "probe_accuracy",
+        "knn_accuracy",
+        "confidence",
+    ]
     pilot_columns = ["strategy", "trainable_stages", "val_top1", "time_s", "rule", "beats_rule"]
-    markdown = "\n\n".join([
-        "# edgetl advise speed ({} CPUs, OMP_NUM_THREADS={}, load average {:.1f} at start)".format(
-            os.cpu_count(), os.environ.get("OMP_NUM_THREADS"), load_before),
-        markdown_table(columns, [[row[c] for c in columns] for row in rows]),
-        "## Pilot runs",
-        markdown_table(pilot_columns, [[row[c] for c in pilot_columns] for row in pilot_rows]),
-    ])
+    markdown = "\n\n".join(
+        [
+            "# edgetl advise speed ({} CPUs, OMP_NUM_THREADS={}, load average {:.1f} at start)".format(
+                os.cpu_count(), os.environ.get("OMP_NUM_THREADS"), load_before
+            ),
+            markdown_table(columns, [[row[c] for c in columns] for row in rows]),
+            "## Pilot runs",
+            markdown_table(pilot_columns, [[row[c] for c in pilot_columns] for row in pilot_rows]),
+        ]
+    )
     atomic_write_text(args.out / "advise_speed.md", markdown + "\n")
     print("wrote {}".format(args.out / "advise_speed.md"))
     return 0 if all(row["ok"] for row in rows) else 1

@@ -37,20 +37,20 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torchvision import datasets  # noqa: E402
 
-from edgetl.spec.backbones import get_backbone, preprocess_spec  # noqa: E402
-from edgetl.train.config import FinetuneConfig  # noqa: E402
-from edgetl.train.checkpoint import load_run  # noqa: E402
-from edgetl.data.folders import load_dataset  # noqa: E402
 from edgetl.core.device import DeviceSetup  # noqa: E402
-from edgetl.data.pipelines import image_pipeline  # noqa: E402
-from edgetl.train.evaluate import predict_logits  # noqa: E402
+from edgetl.core.fileio import atomic_write_text, edgetl_home  # noqa: E402
+from edgetl.core.tables import markdown_table  # noqa: E402
 from edgetl.data.demo import DEMO_CLASSES, _render  # noqa: E402
 from edgetl.data.feature_cache import feature_pipeline  # noqa: E402
-from edgetl.core.fileio import atomic_write_text, edgetl_home  # noqa: E402
-from edgetl.train.model import HeadConfig, build_model  # noqa: E402
+from edgetl.data.folders import load_dataset  # noqa: E402
+from edgetl.data.pipelines import image_pipeline  # noqa: E402
+from edgetl.spec.backbones import get_backbone, preprocess_spec  # noqa: E402
 from edgetl.spec.preprocess import torch_transforms  # noqa: E402
-from edgetl.core.tables import markdown_table  # noqa: E402
+from edgetl.train.checkpoint import load_run  # noqa: E402
+from edgetl.train.config import FinetuneConfig  # noqa: E402
+from edgetl.train.evaluate import predict_logits  # noqa: E402
 from edgetl.train.loop import finetune  # noqa: E402
+from edgetl.train.model import HeadConfig, build_model  # noqa: E402
 from edgetl.train.weights import resolve_weights  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -97,7 +97,10 @@ def loader_benchmark(root: Path, workers: int, batch_size: int, rounds: int) -> 
     cpu = DeviceSetup.create("cpu")
     plain = torch.utils.data.DataLoader(
         datasets.ImageFolder(str(root / "train"), transform=torch_transforms(spec, train=True)),
-        batch_size=batch_size, shuffle=True, num_workers=workers)
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+    )
     tick = time.perf_counter()
     cache = image_pipeline("ram", split, spec, batch_size=batch_size, workers=workers, setup=cpu)
     build_s = time.perf_counter() - tick
@@ -113,13 +116,22 @@ def loader_benchmark(root: Path, workers: int, batch_size: int, rounds: int) -> 
             result = timed_epoch(source(r))
             if r > 0:
                 samples[name].append(result)
-    rows = {name: {key: statistics.median(s[key] for s in runs) for key in ("steady", "epoch")}
-            for name, runs in samples.items()}
+    rows = {
+        name: {key: statistics.median(s[key] for s in runs) for key in ("steady", "epoch")}
+        for name, runs in samples.items()
+    }
     base = rows["plain ImageFolder + PIL DataLoader"]
     for row in rows.values():
         row["ratio_steady"], row["ratio_epoch"] = row["steady"] / base["steady"], row["epoch"] / base["epoch"]
-    return {"workers": workers, "batch_size": batch_size, "rounds": rounds, "images_per_epoch": len(split.train),
-            "decoded_cache_build_s": build_s, "pipelines": rows, "samples": samples}
+    return {
+        "workers": workers,
+        "batch_size": batch_size,
+        "rounds": rounds,
+        "images_per_epoch": len(split.train),
+        "decoded_cache_build_s": build_s,
+        "pipelines": rows,
+        "samples": samples,
+    }
 
 
 def feature_benchmark(root: Path, workers: int, batch_size: int, epochs: int, work: Path) -> Dict[str, Any]:
@@ -128,24 +140,49 @@ def feature_benchmark(root: Path, workers: int, batch_size: int, epochs: int, wo
     split = load_dataset(root)
     model = build_model(spec, len(split.classes), HeadConfig(), "feature-extractor", 2, resolve_weights(spec, None))
     tick = time.perf_counter()
-    feature_pipeline(split, preprocess_spec(spec), model, batch_size=batch_size, views=0, seed=0, workers=workers,
-                     setup=DeviceSetup.create("cpu"))  # into $EDGETL_HOME (= work): the finetune runs reuse it
+    feature_pipeline(
+        split,
+        preprocess_spec(spec),
+        model,
+        batch_size=batch_size,
+        views=0,
+        seed=0,
+        workers=workers,
+        setup=DeviceSetup.create("cpu"),
+    )  # into $EDGETL_HOME (= work): the finetune runs reuse it
     extraction_s = time.perf_counter() - tick  # includes building the decoded caches
     runs = {}
     for cache in ("features", "ram", "none"):
-        config = FinetuneConfig(data=str(root), cache=cache, epochs=epochs, batch_size=batch_size, workers=workers,
-                                out=str(work / "run-{}".format(cache)))
+        config = FinetuneConfig(
+            data=str(root),
+            cache=cache,
+            epochs=epochs,
+            batch_size=batch_size,
+            workers=workers,
+            out=str(work / "run-{}".format(cache)),
+        )
         history = finetune(config, progress=False).history
-        runs[cache] = {"epoch_time_s": [h["epoch_time_s"] for h in history],
-                       "median_epoch_s": statistics.median(h["epoch_time_s"] for h in history),
-                       "val_top1": [h["val_top1"] for h in history], "final_val_top1": history[-1]["val_top1"]}
+        runs[cache] = {
+            "epoch_time_s": [h["epoch_time_s"] for h in history],
+            "median_epoch_s": statistics.median(h["epoch_time_s"] for h in history),
+            "val_top1": [h["val_top1"] for h in history],
+            "final_val_top1": history[-1]["val_top1"],
+        }
     head = runs["features"]["median_epoch_s"]
     for cache in ("ram", "none"):
         runs[cache]["speedup_of_head_only"] = runs[cache]["median_epoch_s"] / head
-        runs[cache]["top1_gap_points"] = round(100 * (runs["features"]["final_val_top1"] - runs[cache]["final_val_top1"]), 6)
-    return {"epochs": epochs, "batch_size": batch_size, "train_images": len(split.train), "val_images": len(split.val),
-            "feature_extraction_s": extraction_s, "runs": runs,
-            "eval_geometry": eval_geometry_check(work / "run-none", split, workers, batch_size)}
+        runs[cache]["top1_gap_points"] = round(
+            100 * (runs["features"]["final_val_top1"] - runs[cache]["final_val_top1"]), 6
+        )
+    return {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "train_images": len(split.train),
+        "val_images": len(split.val),
+        "feature_extraction_s": extraction_s,
+        "runs": runs,
+        "eval_geometry": eval_geometry_check(work / "run-none", split, workers, batch_size),
+    }
 
 
 def eval_geometry_check(run: Path, split: Any, workers: int, batch_size: int) -> Dict[str, Any]:
@@ -157,38 +194,84 @@ def eval_geometry_check(run: Path, split: Any, workers: int, batch_size: int) ->
     for cache in ("none", "ram"):
         pipeline = image_pipeline(cache, split, spec, batch_size=batch_size, workers=workers, setup=cpu)
         logits[cache], labels = predict_logits(model, pipeline.val_batches(), cpu)
-    top1 = {c: float((l.argmax(1) == labels).float().mean()) for c, l in logits.items()}
-    return {"max_abs_logit_diff": float((logits["none"] - logits["ram"]).abs().max()),
-            "same_predictions": bool(torch.equal(logits["none"].argmax(1), logits["ram"].argmax(1))),
-            "top1_pil": top1["none"], "top1_cache": top1["ram"]}
+    top1 = {c: float((out.argmax(1) == labels).float().mean()) for c, out in logits.items()}
+    return {
+        "max_abs_logit_diff": float((logits["none"] - logits["ram"]).abs().max()),
+        "same_predictions": bool(torch.equal(logits["none"].argmax(1), logits["ram"].argmax(1))),
+        "top1_pil": top1["none"],
+        "top1_cache": top1["ram"],
+    }
 
 
 def markdown(report: Dict[str, Any]) -> str:
     loaders, features = report["loaders"], report["features"]
-    lines = ["# Data-loading benchmark", "", "`{}` on {} ({} CPUs, torch {}), {}.".format(
-        report["command"], report["machine"]["platform"], report["machine"]["cpus"], report["machine"]["torch"],
-        report["date"]), "",
+    lines = [
+        "# Data-loading benchmark",
+        "",
+        "`{}` on {} ({} CPUs, torch {}), {}.".format(
+            report["command"],
+            report["machine"]["platform"],
+            report["machine"]["cpus"],
+            report["machine"]["torch"],
+            report["date"],
+        ),
+        "",
         "## Loaders: {} photo-sized JPEGs per epoch, batch {}, {} workers, median of {} rounds".format(
-            loaders["images_per_epoch"], loaders["batch_size"], loaders["workers"], loaders["rounds"]), ""]
-    lines.append(markdown_table(
-        ["pipeline", "img/s (steady)", "x plain", "img/s (whole epoch)", "x plain"],
-        [[n, r["steady"], r["ratio_steady"], r["epoch"], r["ratio_epoch"]] for n, r in loaders["pipelines"].items()]))
-    lines += ["", "Decoded cache built once in {:.1f} s (not in the rates).".format(loaders["decoded_cache_build_s"]), "",
-              "## Feature cache: MobileNetV2 feature-extractor, {} train / {} val images, {} epochs".format(
-                  features["train_images"], features["val_images"], features["epochs"]), ""]
+            loaders["images_per_epoch"], loaders["batch_size"], loaders["workers"], loaders["rounds"]
+        ),
+        "",
+    ]
+    lines.append(
+        markdown_table(
+            ["pipeline", "img/s (steady)", "x plain", "img/s (whole epoch)", "x plain"],
+            [
+                [n, r["steady"], r["ratio_steady"], r["epoch"], r["ratio_epoch"]]
+                for n, r in loaders["pipelines"].items()
+            ],
+        )
+    )
+    lines += [
+        "",
+        "Decoded cache built once in {:.1f} s (not in the rates).".format(loaders["decoded_cache_build_s"]),
+        "",
+        "## Feature cache: MobileNetV2 feature-extractor, {} train / {} val images, {} epochs".format(
+            features["train_images"], features["val_images"], features["epochs"]
+        ),
+        "",
+    ]
     runs = features["runs"]
-    lines.append(markdown_table(
-        ["--cache", "median epoch s", "head-only speed-up", "final val top-1", "top-1 gap (points)"],
-        [[c, r["median_epoch_s"], r.get("speedup_of_head_only", "-"), r["final_val_top1"],
-          r.get("top1_gap_points", "-")] for c, r in runs.items()]))
+    lines.append(
+        markdown_table(
+            ["--cache", "median epoch s", "head-only speed-up", "final val top-1", "top-1 gap (points)"],
+            [
+                [
+                    c,
+                    r["median_epoch_s"],
+                    r.get("speedup_of_head_only", "-"),
+                    r["final_val_top1"],
+                    r.get("top1_gap_points", "-"),
+                ]
+                for c, r in runs.items()
+            ],
+        )
+    )
     check = features["eval_geometry"]
-    lines += ["", "One-off feature extraction (incl. decoded caches): {:.1f} s. Per-epoch times and top-1 of every "
-              "epoch are in data.json.".format(features["feature_extraction_s"]), "",
-              "Eval geometry: the --cache none run's model on the val set through the PIL path and through the "
-              "decoded cache: max |logit difference| {:.2g}, same predictions: {}, top-1 {:.2%} vs {:.2%}.".format(
-                  check["max_abs_logit_diff"], check["same_predictions"], check["top1_pil"], check["top1_cache"]),
-              "", "## Targets", ""]
-    lines += ["- {}: {} ({})".format(t["target"], "met" if t["met"] else "NOT met", t["figures"]) for t in report["targets"]]
+    lines += [
+        "",
+        "One-off feature extraction (incl. decoded caches): {:.1f} s. Per-epoch times and top-1 of every "
+        "epoch are in data.json.".format(features["feature_extraction_s"]),
+        "",
+        "Eval geometry: the --cache none run's model on the val set through the PIL path and through the "
+        "decoded cache: max |logit difference| {:.2g}, same predictions: {}, top-1 {:.2%} vs {:.2%}.".format(
+            check["max_abs_logit_diff"], check["same_predictions"], check["top1_pil"], check["top1_cache"]
+        ),
+        "",
+        "## Targets",
+        "",
+    ]
+    lines += [
+        "- {}: {} ({})".format(t["target"], "met" if t["met"] else "NOT met", t["figures"]) for t in report["targets"]
+    ]
     return "\n".join(lines + [""] + NOTES) + "\n"
 
 
@@ -211,19 +294,32 @@ def targets(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     cache = report["loaders"]["pipelines"]["decoded-image cache (--cache ram)"]
     ram, none = report["features"]["runs"]["ram"], report["features"]["runs"]["none"]
     return [
-        {"target": "decoded-image cache >= 1.5x plain ImageFolder+PIL (same workers)",
-         "met": cache["ratio_steady"] >= 1.5 and cache["ratio_epoch"] >= 1.5,
-         "figures": "{:.2f}x steady, {:.2f}x whole epoch".format(cache["ratio_steady"], cache["ratio_epoch"])},
-        {"target": "head-only epoch (feature cache) >= 50x faster than a frozen-base epoch",
-         "met": ram["speedup_of_head_only"] >= 50,
-         "figures": "{:.0f}x vs --cache ram ({:.2f} s vs {:.4f} s)".format(
-             ram["speedup_of_head_only"], ram["median_epoch_s"], report["features"]["runs"]["features"]["median_epoch_s"])},
-        {"target": "feature-cache top-1 within 0.5 point of the frozen-base runs (not lower by more than 0.5)",
-         "met": min(ram["top1_gap_points"], none["top1_gap_points"]) >= -0.5,
-         "figures": "final val top-1: features {:.1%}, frozen base --cache ram {:.1%} (gap {:+.1f}), --cache none "
-                    "{:.1%} (gap {:+.1f})".format(report["features"]["runs"]["features"]["final_val_top1"],
-                                                  ram["final_val_top1"], ram["top1_gap_points"],
-                                                  none["final_val_top1"], none["top1_gap_points"])},
+        {
+            "target": "decoded-image cache >= 1.5x plain ImageFolder+PIL (same workers)",
+            "met": cache["ratio_steady"] >= 1.5 and cache["ratio_epoch"] >= 1.5,
+            "figures": "{:.2f}x steady, {:.2f}x whole epoch".format(cache["ratio_steady"], cache["ratio_epoch"]),
+        },
+        {
+            "target": "head-only epoch (feature cache) >= 50x faster than a frozen-base epoch",
+            "met": ram["speedup_of_head_only"] >= 50,
+            "figures": "{:.0f}x vs --cache ram ({:.2f} s vs {:.4f} s)".format(
+                ram["speedup_of_head_only"],
+                ram["median_epoch_s"],
+                report["features"]["runs"]["features"]["median_epoch_s"],
+            ),
+        },
+        {
+            "target": "feature-cache top-1 within 0.5 point of the frozen-base runs (not lower by more than 0.5)",
+            "met": min(ram["top1_gap_points"], none["top1_gap_points"]) >= -0.5,
+            "figures": "final val top-1: features {:.1%}, frozen base --cache ram {:.1%} (gap {:+.1f}), --cache none "
+            "{:.1%} (gap {:+.1f})".format(
+                report["features"]["runs"]["features"]["final_val_top1"],
+                ram["final_val_top1"],
+                ram["top1_gap_points"],
+                none["final_val_top1"],
+                none["top1_gap_points"],
+            ),
+        },
     ]
 
 
@@ -236,9 +332,15 @@ def main() -> None:
     args = parser.parse_args()
     root = make_photos(edgetl_home() / "bench-photos-v1")
     report: Dict[str, Any] = {
-        "command": "python benchmarks/bench_data.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()}}
+        "command": "python benchmarks/bench_data.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-data-") as work:
         os.environ["EDGETL_HOME"] = work
         report["loaders"] = loader_benchmark(root, args.workers, args.batch_size, args.rounds)

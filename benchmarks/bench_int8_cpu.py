@@ -36,13 +36,13 @@ sys.path.insert(0, str(ROOT))
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from edgetl.train.checkpoint import load_run, preprocess_of  # noqa: E402
-from edgetl.train.config import FinetuneConfig  # noqa: E402
+from edgetl.core.fileio import atomic_write_text  # noqa: E402
+from edgetl.core.tables import markdown_table  # noqa: E402
 from edgetl.data.folders import DatasetSplit  # noqa: E402
 from edgetl.export.job import ExportConfig, export_run  # noqa: E402
-from edgetl.core.fileio import atomic_write_text  # noqa: E402
 from edgetl.spec.preprocess import eval_array, load_rgb  # noqa: E402
-from edgetl.core.tables import markdown_table  # noqa: E402
+from edgetl.train.checkpoint import load_run, preprocess_of  # noqa: E402
+from edgetl.train.config import FinetuneConfig  # noqa: E402
 from edgetl.train.loop import finetune  # noqa: E402
 
 THREADS = 2
@@ -50,15 +50,24 @@ THREADS = 2
 
 def train_demo_run(root: Path) -> Path:
     """A feature-extractor run of the pretrained MobileNetV2 on the built-in demo data (2 epochs)."""
-    config = FinetuneConfig(arch="mobilenet_v2", strategy="feature-extractor", epochs=2, workers=0,
-                            out=str(root / "run"))
+    config = FinetuneConfig(
+        arch="mobilenet_v2", strategy="feature-extractor", epochs=2, workers=0, out=str(root / "run")
+    )
     return finetune(config, progress=False).run_dir
 
 
 def export_int8(run: Path, out: Path, target: str) -> Dict[str, Any]:
     """Export fp32 + INT8 (``target`` form); the gate is recorded, not enforced, so both numbers are kept."""
-    report = export_run(ExportConfig(run=str(run), out=str(out), int8=True, int8_target=target,
-                                     max_int8_drop=100.0, calib_dir=str(out / "calibration")))
+    report = export_run(
+        ExportConfig(
+            run=str(run),
+            out=str(out),
+            int8=True,
+            int8_target=target,
+            max_int8_drop=100.0,
+            calib_dir=str(out / "calibration"),
+        )
+    )
     return next(a for a in report["artifacts"] if a["kind"] == "int8")
 
 
@@ -82,8 +91,9 @@ def torch_eager(run: Path) -> Callable[[np.ndarray], Any]:
     return call
 
 
-def measure(backends: Dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, warmup: int, rounds: int,
-            iters: int) -> Dict[str, List[float]]:
+def measure(
+    backends: Dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, warmup: int, rounds: int, iters: int
+) -> Dict[str, List[float]]:
     times = {name: [] for name in backends}  # type: Dict[str, List[float]]
     for fn in backends.values():
         for _ in range(warmup):
@@ -114,30 +124,67 @@ def main() -> None:
     x = eval_array(load_rgb(DatasetSplit.load(run).val[0].path), preprocess_of(payload))[None]
     load_before = os.getloadavg()[0]
     times = measure({"torch eager fp32": torch_eager(run)}, x, args.warmup, args.rounds, args.iters)
-    times.update(measure({"onnxruntime fp32": ort_session(work / "cpu" / "model.onnx"),
-                          "onnxruntime int8 (cpu form)": ort_session(work / "cpu" / "model_int8.onnx"),
-                          "onnxruntime int8 (trt form)": ort_session(work / "trt" / "model_int8.onnx")},
-                         x, args.warmup, args.rounds, args.iters))
-    stats = {name: {"p50_ms": float(np.percentile(t, 50)), "p90_ms": float(np.percentile(t, 90)),
-                    "mean_ms": float(np.mean(t)), "calls": len(t)} for name, t in times.items()}
+    times.update(
+        measure(
+            {
+                "onnxruntime fp32": ort_session(work / "cpu" / "model.onnx"),
+                "onnxruntime int8 (cpu form)": ort_session(work / "cpu" / "model_int8.onnx"),
+                "onnxruntime int8 (trt form)": ort_session(work / "trt" / "model_int8.onnx"),
+            },
+            x,
+            args.warmup,
+            args.rounds,
+            args.iters,
+        )
+    )
+    stats = {
+        name: {
+            "p50_ms": float(np.percentile(t, 50)),
+            "p90_ms": float(np.percentile(t, 90)),
+            "mean_ms": float(np.mean(t)),
+            "calls": len(t),
+        }
+        for name, t in times.items()
+    }
     base = stats["onnxruntime fp32"]["p50_ms"]
     for entry in stats.values():
         entry["speedup_vs_ort_fp32"] = base / entry["p50_ms"]
     accuracy = {target: entry["accuracy_gate"] for target, entry in int8.items()}
     speedup = stats["onnxruntime int8 (cpu form)"]["speedup_vs_ort_fp32"]
     result = {
-        "benchmark": "int8_cpu", "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": THREADS,
-                    "processor": platform.processor(), "torch": torch.__version__, "onnxruntime": ort.__version__,
-                    "load_average_1min": [load_before, os.getloadavg()[0]]},
-        "model": {"arch": payload["arch"], "strategy": payload["strategy"], "classes": payload["class_names"],
-                  "run": str(run), "batch": 1, "input": list(x.shape),
-                  "training": {k: summary.get(k) for k in ("epochs", "num_train", "num_val", "best_val_top1")}},
-        "protocol": {"warmup": args.warmup, "rounds": args.rounds, "iters_per_round": args.iters,
-                     "interleaved": "ONNX Runtime backends with each other; PyTorch eager timed first, alone"},
-        "latency": stats, "accuracy": accuracy,
-        "target": {"int8_cpu_faster_than_fp32": speedup > 1.0,
-                   "int8_cpu_within_1_point": accuracy["cpu"]["drop_points"] <= 1.0},
+        "benchmark": "int8_cpu",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": " ".join(sys.argv),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "threads": THREADS,
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "onnxruntime": ort.__version__,
+            "load_average_1min": [load_before, os.getloadavg()[0]],
+        },
+        "model": {
+            "arch": payload["arch"],
+            "strategy": payload["strategy"],
+            "classes": payload["class_names"],
+            "run": str(run),
+            "batch": 1,
+            "input": list(x.shape),
+            "training": {k: summary.get(k) for k in ("epochs", "num_train", "num_val", "best_val_top1")},
+        },
+        "protocol": {
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "iters_per_round": args.iters,
+            "interleaved": "ONNX Runtime backends with each other; PyTorch eager timed first, alone",
+        },
+        "latency": stats,
+        "accuracy": accuracy,
+        "target": {
+            "int8_cpu_faster_than_fp32": speedup > 1.0,
+            "int8_cpu_within_1_point": accuracy["cpu"]["drop_points"] <= 1.0,
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "int8_cpu.json", json.dumps(result, indent=2) + "\n")
@@ -147,31 +194,55 @@ def main() -> None:
 
 def markdown_report(result: Dict[str, Any]) -> str:
     machine = result["machine"]
-    rows = [[name, s["p50_ms"], s["p90_ms"], s["mean_ms"], s["speedup_vs_ort_fp32"]]
-            for name, s in result["latency"].items()]
-    accuracy = [[target, a["fp32_val_top1"], a["int8_val_top1"], a["drop_points"], a["top1_agreement_with_fp32"],
-                 a["images"]] for target, a in result["accuracy"].items()]
+    rows = [
+        [name, s["p50_ms"], s["p90_ms"], s["mean_ms"], s["speedup_vs_ort_fp32"]]
+        for name, s in result["latency"].items()
+    ]
+    accuracy = [
+        [target, a["fp32_val_top1"], a["int8_val_top1"], a["drop_points"], a["top1_agreement_with_fp32"], a["images"]]
+        for target, a in result["accuracy"].items()
+    ]
     target = result["target"]
-    return "\n".join([
-        "# INT8 on CPU: MobileNetV2, batch 1, {} threads".format(machine["threads"]), "",
-        "`{}` on {} ({} CPUs; torch {}, onnxruntime {}), {}. Machine load (1-min average) before/after "
-        "timing: {:.1f}/{:.1f} (a shared machine: absolute times are noisy, ratios from one run are the "
-        "result).".format(result["command"], machine["platform"], machine["cpus"], machine["torch"],
-                          machine["onnxruntime"], result["date"], *machine["load_average_1min"]), "",
-        "## Latency ({} rounds x {} calls per backend after {} warm-up calls; ORT backends interleaved)".format(
-            result["protocol"]["rounds"], result["protocol"]["iters_per_round"], result["protocol"]["warmup"]), "",
-        markdown_table(["backend", "p50 ms", "p90 ms", "mean ms", "x ORT fp32 (p50)"], rows), "",
-        "## Accuracy (val split, through ONNX Runtime)", "",
-        markdown_table(["INT8 form", "fp32 top-1", "int8 top-1", "drop (points)", "agreement with fp32", "images"],
-                       accuracy), "",
-        "## Targets", "",
-        "- INT8 (cpu form) faster than ONNX Runtime fp32: {} ({:.2f}x)".format(
-            "met" if target["int8_cpu_faster_than_fp32"] else "NOT met",
-            result["latency"]["onnxruntime int8 (cpu form)"]["speedup_vs_ort_fp32"]),
-        "- INT8 (cpu form) val top-1 within 1 point of fp32: {}".format(
-            "met" if target["int8_cpu_within_1_point"] else "NOT met"),
-        "",
-    ])
+    return "\n".join(
+        [
+            "# INT8 on CPU: MobileNetV2, batch 1, {} threads".format(machine["threads"]),
+            "",
+            "`{}` on {} ({} CPUs; torch {}, onnxruntime {}), {}. Machine load (1-min average) before/after "
+            "timing: {:.1f}/{:.1f} (a shared machine: absolute times are noisy, ratios from one run are the "
+            "result).".format(
+                result["command"],
+                machine["platform"],
+                machine["cpus"],
+                machine["torch"],
+                machine["onnxruntime"],
+                result["date"],
+                *machine["load_average_1min"],
+            ),
+            "",
+            "## Latency ({} rounds x {} calls per backend after {} warm-up calls; ORT backends interleaved)".format(
+                result["protocol"]["rounds"], result["protocol"]["iters_per_round"], result["protocol"]["warmup"]
+            ),
+            "",
+            markdown_table(["backend", "p50 ms", "p90 ms", "mean ms", "x ORT fp32 (p50)"], rows),
+            "",
+            "## Accuracy (val split, through ONNX Runtime)",
+            "",
+            markdown_table(
+                ["INT8 form", "fp32 top-1", "int8 top-1", "drop (points)", "agreement with fp32", "images"], accuracy
+            ),
+            "",
+            "## Targets",
+            "",
+            "- INT8 (cpu form) faster than ONNX Runtime fp32: {} ({:.2f}x)".format(
+                "met" if target["int8_cpu_faster_than_fp32"] else "NOT met",
+                result["latency"]["onnxruntime int8 (cpu form)"]["speedup_vs_ort_fp32"],
+            ),
+            "- INT8 (cpu form) val top-1 within 1 point of fp32: {}".format(
+                "met" if target["int8_cpu_within_1_point"] else "NOT met"
+            ),
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

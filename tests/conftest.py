@@ -31,12 +31,14 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_image_folder(counts={"a": 4, "b": 4}, size=40, split=False)`` -> root.
 
     With ``split=True`` it writes ``root/train/<class>`` and ``root/val/<class>`` (counts each)."""
-    def make(counts: Dict[str, int] = None, size: int = 40, split: bool = False, name: str = "data",
-             seed: int = 0) -> Path:
+
+    def make(
+        counts: Dict[str, int] = None, size: int = 40, split: bool = False, name: str = "data", seed: int = 0
+    ) -> Path:
         counts = counts or {"bars_h": 6, "bars_v": 6}
         root = tmp_path / name
         rng = np.random.default_rng(seed)
-        for part in (("train", "val") if split else ("",)):
+        for part in ("train", "val") if split else ("",):
             for kind, (cls, n) in enumerate(sorted(counts.items())):
                 folder = root / part / cls
                 folder.mkdir(parents=True, exist_ok=True)
@@ -61,8 +63,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             folder.mkdir(parents=True)
             for i in range(n):
                 Image.fromarray(_pattern(kind, 48, rng)).save(folder / "{}.jpg".format(i))
-    config = FinetuneConfig(data=str(root / "data"), arch=TINY_ARCH, strategy="full", weights="none", epochs=1,
-                            batch_size=8, workers=0, out=str(root / "run"))
+    config = FinetuneConfig(
+        data=str(root / "data"),
+        arch=TINY_ARCH,
+        strategy="full",
+        weights="none",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        out=str(root / "run"),
+    )
     return finetune(config, progress=False).run_dir
 
 
@@ -95,13 +105,22 @@ def demo_mobilenet_v2_run(tmp_path_factory: pytest.TempPathFactory, pretrained_m
     After the default 256-image calibration, 344 training images stay held out: with the 200 val images
     the INT8 gate judges 544, enough to resolve its 1-point bound. Outputs depend on the input, unlike
     ``tiny_run``'s random init."""
-    from edgetl.train.config import FinetuneConfig
     from edgetl.data.demo import ensure_demo_dataset
+    from edgetl.train.config import FinetuneConfig
     from edgetl.train.loop import finetune
 
     root = tmp_path_factory.mktemp("demo_mnv2")
     data = ensure_demo_dataset(root / "demo", train_per_class=150, val_per_class=50)
-    config = FinetuneConfig(data=str(data), arch="mobilenet_v2", strategy="feature-extractor", epochs=30,
-                            warmup_epochs=0, lr=0.002, label_smoothing=0.1, batch_size=32, workers=0,
-                            out=str(root / "run"))
+    config = FinetuneConfig(
+        data=str(data),
+        arch="mobilenet_v2",
+        strategy="feature-extractor",
+        epochs=30,
+        warmup_epochs=0,
+        lr=0.002,
+        label_smoothing=0.1,
+        batch_size=32,
+        workers=0,
+        out=str(root / "run"),
+    )
     return finetune(config, progress=False).run_dir

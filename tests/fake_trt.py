@@ -77,8 +77,11 @@ class Context:
 
     def get_tensor_shape(self, name: str) -> tuple:
         batch = -1 if self.shape is None else self.shape[0]
-        return (batch,) + tuple(self.engine.spec["shape"][1:]) if name == self.engine.spec["input"] else (
-            batch, self.engine.spec["classes"])
+        return (
+            (batch,) + tuple(self.engine.spec["shape"][1:])
+            if name == self.engine.spec["input"]
+            else (batch, self.engine.spec["classes"])
+        )
 
     def set_tensor_address(self, name: str, pointer: int) -> bool:
         self.addresses[name] = int(pointer)
@@ -159,8 +162,13 @@ class OnnxParser:
         graph = onnx.load(path, load_external_data=False).graph
         dims = [d.dim_value if d.dim_value > 0 else -1 for d in graph.input[0].type.tensor_type.shape.dim]
         classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-        self.network.spec = {"input": graph.input[0].name, "output": graph.output[0].name, "shape": dims,
-                             "classes": classes, "profile": None}
+        self.network.spec = {
+            "input": graph.input[0].name,
+            "output": graph.output[0].name,
+            "shape": dims,
+            "classes": classes,
+            "profile": None,
+        }
         return True
 
 
@@ -237,8 +245,19 @@ class IProgressMonitor:  # TensorRT >= 10
 def make_tensorrt(version: str) -> types.ModuleType:
     """A ``tensorrt`` module as TensorRT ``version`` (a key of VERSIONS) presents it."""
     module = types.ModuleType("tensorrt")
-    names = ("ILogger", "Logger", "TensorIOMode", "DataType", "MemoryPoolType", "BuilderFlag",
-             "NetworkDefinitionCreationFlag", "nptype", "Runtime", "OnnxParser", "Builder")
+    names = (
+        "ILogger",
+        "Logger",
+        "TensorIOMode",
+        "DataType",
+        "MemoryPoolType",
+        "BuilderFlag",
+        "NetworkDefinitionCreationFlag",
+        "nptype",
+        "Runtime",
+        "OnnxParser",
+        "Builder",
+    )
     for name in names:
         setattr(module, name, globals()[name])
     if not version.startswith("8."):

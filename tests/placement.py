@@ -32,8 +32,11 @@ class OnDevice(torch.Tensor):
             raise PlacementError("can't convert a device tensor to numpy (call .cpu() first)")
         flat, _ = tree_flatten((args, kwargs))
         if any(isinstance(v, OnDevice) for v in flat) and any(_is_host_tensor(v) for v in flat):
-            raise PlacementError("Expected all tensors to be on the same device ({} mixes device and host "
-                                 "tensors)".format(getattr(func, "__name__", func)))
+            raise PlacementError(
+                "Expected all tensors to be on the same device ({} mixes device and host tensors)".format(
+                    getattr(func, "__name__", func)
+                )
+            )
         with torch._C.DisableTorchFunctionSubclass():
             result = func(*args, **kwargs)
         return tree_map(lambda v: v.as_subclass(OnDevice) if isinstance(v, torch.Tensor) else v, result)

@@ -11,16 +11,33 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.analysis.advise import (advise, cross_validated_accuracy, knn_classify, ridge_probe, ridge_weights,
-                                    stratified_folds)
-from edgetl.analysis.rule import (KNN_SIMILAR, PROBE_SIMILAR, SMALL_PER_CLASS, SimilarityEvidence, SizeStats,
-                                  candidate_plans, finetune_command, is_similar, is_small, plan_for, quadrant_of)
+from edgetl.analysis.advise import (
+    advise,
+    cross_validated_accuracy,
+    knn_classify,
+    ridge_probe,
+    ridge_weights,
+    stratified_folds,
+)
+from edgetl.analysis.pilot import PilotConfig, _verdict, run_pilot
+from edgetl.analysis.rule import (
+    KNN_SIMILAR,
+    PROBE_SIMILAR,
+    SMALL_PER_CLASS,
+    SimilarityEvidence,
+    SizeStats,
+    candidate_plans,
+    finetune_command,
+    is_similar,
+    is_small,
+    plan_for,
+    quadrant_of,
+)
+from edgetl.cli import main
+from edgetl.data.folders import Sample
 from edgetl.data.sampling import sample_per_class
 from edgetl.spec.backbones import get_backbone
-from edgetl.cli import main
 from edgetl.train.config import FinetuneConfig
-from edgetl.data.folders import Sample
-from edgetl.analysis.pilot import PilotConfig, _verdict, run_pilot
 
 MOBILENET_V2 = get_backbone("mobilenet_v2")  # 9 named stages
 
@@ -31,26 +48,42 @@ def _stats(*counts: int) -> SizeStats:
 
 def _evidence(probe_score: float, knn_score: float, classes: int = 4) -> SimilarityEvidence:
     chance = 1.0 / classes
-    return SimilarityEvidence(chance + probe_score * (1 - chance), chance + knn_score * (1 - chance), chance,
-                              0.5, 100, 5)
+    return SimilarityEvidence(
+        chance + probe_score * (1 - chance), chance + knn_score * (1 - chance), chance, 0.5, 100, 5
+    )
 
 
-@pytest.mark.parametrize("counts, small", [
-    ((999, 999), True), ((1000, 1000), False), ((10, 999, 5000), True), ((10, 1000, 5000), False),
-    ((999, 1001), False),  # median of an even count: (999 + 1001) / 2 = 1000 -> large
-    ((998, 1000), True), ((1, 1, 1), True), ((100000, 3), False),
-])
+@pytest.mark.parametrize(
+    "counts, small",
+    [
+        ((999, 999), True),
+        ((1000, 1000), False),
+        ((10, 999, 5000), True),
+        ((10, 1000, 5000), False),
+        ((999, 1001), False),  # median of an even count: (999 + 1001) / 2 = 1000 -> large
+        ((998, 1000), True),
+        ((1, 1, 1), True),
+        ((100000, 3), False),
+    ],
+)
 def test_small_means_median_images_per_class_below_1000(counts: tuple, small: bool) -> None:
     assert SMALL_PER_CLASS == 1000
     assert is_small(_stats(*counts)) is small
 
 
-@pytest.mark.parametrize("probe, knn, similar", [
-    (1.0, 1.0, True), (PROBE_SIMILAR, KNN_SIMILAR, True), (PROBE_SIMILAR - 1e-6, 1.0, False),
-    (1.0, KNN_SIMILAR - 1e-6, False), (0.0, 0.0, False), (0.9, 0.3, False), (0.5, 0.9, False),
-])
-def test_similar_needs_both_probe_and_knn_scores_over_their_thresholds(probe: float, knn: float,
-                                                                        similar: bool) -> None:
+@pytest.mark.parametrize(
+    "probe, knn, similar",
+    [
+        (1.0, 1.0, True),
+        (PROBE_SIMILAR, KNN_SIMILAR, True),
+        (PROBE_SIMILAR - 1e-6, 1.0, False),
+        (1.0, KNN_SIMILAR - 1e-6, False),
+        (0.0, 0.0, False),
+        (0.9, 0.3, False),
+        (0.5, 0.9, False),
+    ],
+)
+def test_similar_needs_both_probe_and_knn_scores_over_their_thresholds(probe: float, knn: float, similar: bool) -> None:
     evidence = _evidence(probe, knn)
     assert evidence.probe_score == pytest.approx(probe)
     assert is_similar(evidence) is similar
@@ -61,14 +94,18 @@ def test_score_is_chance_adjusted() -> None:
     assert two_classes.probe_score == 0.0 and two_classes.knn_score == 0.5
 
 
-@pytest.mark.parametrize("small, similar, quadrant, strategy, stages", [
-    (False, False, 1, "full", 9),
-    (False, True, 2, "partial", 3),
-    (True, False, 3, "partial", 5),
-    (True, True, 4, "feature-extractor", 0),
-])
-def test_quadrants_and_plans_follow_the_rule(small: bool, similar: bool, quadrant: int, strategy: str,
-                                             stages: int) -> None:
+@pytest.mark.parametrize(
+    "small, similar, quadrant, strategy, stages",
+    [
+        (False, False, 1, "full", 9),
+        (False, True, 2, "partial", 3),
+        (True, False, 3, "partial", 5),
+        (True, True, 4, "feature-extractor", 0),
+    ],
+)
+def test_quadrants_and_plans_follow_the_rule(
+    small: bool, similar: bool, quadrant: int, strategy: str, stages: int
+) -> None:
     assert quadrant_of(small, similar) == quadrant
     plan = plan_for(quadrant, MOBILENET_V2)
     assert (plan.quadrant, plan.strategy, plan.trainable_stages) == (quadrant, strategy, stages)
@@ -137,8 +174,10 @@ def test_sample_per_class_caps_each_class_deterministically() -> None:
 
 def test_pilot_verdict_marks_only_candidates_that_beat_the_rule_by_the_margin() -> None:
     def rows(*tops: float) -> list:
-        return [{"strategy": s, "val_top1": t, "time_s": 1.0, "rule": s == "feature-extractor"}
-                for s, t in zip(("feature-extractor", "partial", "full"), tops)]
+        return [
+            {"strategy": s, "val_top1": t, "time_s": 1.0, "rule": s == "feature-extractor"}
+            for s, t in zip(("feature-extractor", "partial", "full"), tops)
+        ]
 
     config = PilotConfig()
     agree = _verdict(rows(0.80, 0.81, 0.70), 100, config, 100)  # +1 point: within the 2-point margin
@@ -162,8 +201,9 @@ def _noise_dataset(root: Path, classes: int = 4, per_class: int = 6, size: int =
 
 
 @pytest.mark.slow
-def test_advise_on_noise_classes_says_different_small_quadrant_3(tmp_path: Path, pretrained_mobilenet_v2: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_advise_on_noise_classes_says_different_small_quadrant_3(
+    tmp_path: Path, pretrained_mobilenet_v2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("EDGETL_HOME", str(tmp_path / "home"))  # feature cache in a temp folder
     data = _noise_dataset(tmp_path / "noise")
     result = CliRunner().invoke(main, ["-q", "advise", str(data), "--json", "--workers", "0"])
@@ -192,8 +232,9 @@ def test_advise_on_demo_data_says_similar_with_high_probe_accuracy(pretrained_mo
 
 
 @pytest.mark.slow
-def test_pilot_trains_every_candidate_and_compares_with_the_rule(make_image_folder, pretrained_mobilenet_v2: Path
-                                                                 ) -> None:
+def test_pilot_trains_every_candidate_and_compares_with_the_rule(
+    make_image_folder, pretrained_mobilenet_v2: Path
+) -> None:
     from edgetl.data.folders import load_dataset
 
     split = load_dataset(make_image_folder(counts={"a": 3, "b": 3}, size=32, split=True))

@@ -16,12 +16,33 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "edgetl"
 # The torch-free device side: what a Jetson runs with the core install.
-DEVICE_SIDE = ["edgetl/__init__.py", "edgetl/errors.py", "edgetl/core", "edgetl/spec", "edgetl/runtime", "edgetl/trt",
-               "edgetl/cli", "edgetl/bench/__init__.py", "edgetl/bench/latency.py", "edgetl/bench/machine.py"]
+DEVICE_SIDE = [
+    "edgetl/__init__.py",
+    "edgetl/errors.py",
+    "edgetl/core",
+    "edgetl/spec",
+    "edgetl/runtime",
+    "edgetl/trt",
+    "edgetl/cli",
+    "edgetl/bench/__init__.py",
+    "edgetl/bench/latency.py",
+    "edgetl/bench/machine.py",
+]
 HEAVY = ("torch", "torchvision", "onnxruntime")
 # Modules a function may import lazily: optional or heavy dependencies (and the CLI's stages, which pull in torch).
-LAZY_OK = ("torch", "torchvision", "onnxruntime", "tensorrt", "cuda", "matplotlib", "onnx", "onnxslim", "polygraphy",
-           "importlinter", "click.testing")
+LAZY_OK = (
+    "torch",
+    "torchvision",
+    "onnxruntime",
+    "tensorrt",
+    "cuda",
+    "matplotlib",
+    "onnx",
+    "onnxslim",
+    "polygraphy",
+    "importlinter",
+    "click.testing",
+)
 
 
 def device_side_files() -> List[Path]:
@@ -48,9 +69,13 @@ def test_import_contracts_hold() -> None:
 
 def test_device_side_imports_no_torch_or_onnxruntime() -> None:
     names = [module_name(p) for p in device_side_files()]
-    code = "import importlib, sys\nfor n in {!r}: importlib.import_module(n)\nprint(sorted(m for m in {!r} if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code.format(names, HEAVY)], cwd=str(ROOT), capture_output=True,
-                            text=True, check=True)
+    code = (
+        "import importlib, sys\nfor n in {!r}: importlib.import_module(n)\n"
+        "print(sorted(m for m in {!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code.format(names, HEAVY)], cwd=str(ROOT), capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]", result.stdout
     assert "edgetl.runtime.tensorrt" in names and "edgetl.cli.export_commands" in names  # the glob found them
 
@@ -66,9 +91,22 @@ def test_device_side_needs_nothing_newer_than_python_3_8() -> None:
     if vermin is None:
         pytest.fail("vermin is not installed: pip install -e '.[test]'")
     files = [str(p.relative_to(ROOT)) for p in device_side_files()]
-    result = subprocess.run([vermin, "-t=3.8-", "--no-tips", "--violations", "--eval-annotations",
-                             "--backport", "dataclasses", "--no-parse-comments"] + files,
-                            cwd=str(ROOT), capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            vermin,
+            "-t=3.8-",
+            "--no-tips",
+            "--violations",
+            "--eval-annotations",
+            "--backport",
+            "dataclasses",
+            "--no-parse-comments",
+        ]
+        + files,
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -81,10 +119,18 @@ def test_imports_inside_functions_are_only_for_heavy_or_optional_modules() -> No
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for inner in ast.walk(node):
-                names = ([inner.module or ""] if isinstance(inner, ast.ImportFrom)
-                         else [a.name for a in inner.names] if isinstance(inner, ast.Import) else [])
-                offenders += ["{}:{} {}".format(path.relative_to(ROOT), inner.lineno, n) for n in names
-                              if not n.startswith(LAZY_OK) and n not in ALLOWED_LAZY_EDGETL]
+                names = (
+                    [inner.module or ""]
+                    if isinstance(inner, ast.ImportFrom)
+                    else [a.name for a in inner.names]
+                    if isinstance(inner, ast.Import)
+                    else []
+                )
+                offenders += [
+                    "{}:{} {}".format(path.relative_to(ROOT), inner.lineno, n)
+                    for n in names
+                    if not n.startswith(LAZY_OK) and n not in ALLOWED_LAZY_EDGETL
+                ]
     assert not offenders, "\n".join(offenders)
 
 

@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.spec.backbones import BACKBONES, get_backbone
 from edgetl.bench.variants import DEFAULT_CUT, VariantsConfig, pareto_front
 from edgetl.cli import main
 from edgetl.errors import ConfigError
+from edgetl.spec.backbones import BACKBONES, get_backbone
 
 TINY_ARCH = "mobilenet_v3_small"
 VARIANTS = ["frozen-features", "frozen", "cut-stage4", "partial-2", "full"]
@@ -34,16 +34,49 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
                 pixels = np.clip(np.array(colour) + rng.normal(0, 20, (48, 48, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / "{}.jpg".format(i))
     out = root / "out"
-    args = ["-q", "bench", "variants", str(root / "data"), "--arch", TINY_ARCH, "--weights", "none", "--epochs", "1",
-            "--batch-size", "6", "--workers", "0", "--device", "cpu", "--steps", "1", "--batch", "1,2",
-            "--warmup", "1", "--iters", "2", "--rounds", "1", "--threads", "2", "--out", str(out)]
+    args = [
+        "-q",
+        "bench",
+        "variants",
+        str(root / "data"),
+        "--arch",
+        TINY_ARCH,
+        "--weights",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--batch",
+        "1,2",
+        "--warmup",
+        "1",
+        "--iters",
+        "2",
+        "--rounds",
+        "1",
+        "--threads",
+        "2",
+        "--out",
+        str(out),
+    ]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("EDGETL_HOME", str(root / "home"))
         patch.chdir(root)  # nothing may be written outside --out and EDGETL_HOME
         result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    return {"output": result.output, "out": out, "root": root,
-            "report": json.loads((out / "variants.json").read_text())}
+    return {
+        "output": result.output,
+        "out": out,
+        "root": root,
+        "report": json.loads((out / "variants.json").read_text()),
+    }
 
 
 def test_one_row_per_variant_with_training_and_inference_fields(compared: Dict[str, Any]) -> None:
@@ -72,8 +105,13 @@ def test_training_cost_and_model_size_order_as_expected(compared: Dict[str, Any]
     full, cut = by_name["full"], by_name["cut-stage4"]
     assert cut["params"] < full["params"] and cut["flops"] < full["flops"]
     assert by_name["frozen"]["params"] == full["params"] and by_name["frozen"]["flops"] == full["flops"]
-    assert 0 < by_name["frozen"]["training"]["params_trainable"] < by_name["partial-2"]["training"]["params_trainable"] \
-        < full["training"]["params_trainable"] == full["params"]
+    assert (
+        0
+        < by_name["frozen"]["training"]["params_trainable"]
+        < by_name["partial-2"]["training"]["params_trainable"]
+        < full["training"]["params_trainable"]
+        == full["params"]
+    )
     # the head-only step on cached features is far cheaper than a step through the whole network
     assert by_name["frozen-features"]["training"]["step_ms"] < full["training"]["step_ms"]
 
@@ -96,8 +134,16 @@ def test_pareto_points_and_outputs(compared: Dict[str, Any]) -> None:
 
 def test_pareto_front_on_a_hand_made_table() -> None:
     # (latency ms, top-1)
-    points = [(10.0, 0.90), (5.0, 0.85), (20.0, 0.95), (12.0, 0.88), (5.0, 0.80), (20.0, 0.95), (3.0, 0.50),
-              (25.0, 0.94)]
+    points = [
+        (10.0, 0.90),
+        (5.0, 0.85),
+        (20.0, 0.95),
+        (12.0, 0.88),
+        (5.0, 0.80),
+        (20.0, 0.95),
+        (3.0, 0.50),
+        (25.0, 0.94),
+    ]
     # (12, .88) is beaten by (10, .90); (5, .80) by (5, .85) at equal latency; (25, .94) by (20, .95);
     # the two identical (20, .95) points dominate nothing of each other
     assert pareto_front(points) == [0, 1, 2, 5, 6]

@@ -31,17 +31,27 @@ def test_version_and_help_examples() -> None:
 
 
 def test_cli_import_does_not_import_torch() -> None:
-    code = "import sys, edgetl.cli; print(sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules))"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = (
+        "import sys, edgetl.cli; print(sorted(m for m in ('torch', 'torchvision', 'onnxruntime') if m in sys.modules))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["finetune", "/definitely/missing"], "Error: dataset folder not found: /definitely/missing"),
-    (["finetune", "--strategy", "partial", "--trainable-stages", "0"], "Error: --trainable-stages must be between 1"),
-    (["finetune", "--resume"], "Error: --resume needs --out"),
-    (["finetune", "--epochs", "0"], "Error: --epochs must be >= 1"),
-    (["evaluate", "/definitely/missing"], "Error: checkpoint not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["finetune", "/definitely/missing"], "Error: dataset folder not found: /definitely/missing"),
+        (
+            ["finetune", "--strategy", "partial", "--trainable-stages", "0"],
+            "Error: --trainable-stages must be between 1",
+        ),
+        (["finetune", "--resume"], "Error: --resume needs --out"),
+        (["finetune", "--epochs", "0"], "Error: --epochs must be >= 1"),
+        (["evaluate", "/definitely/missing"], "Error: checkpoint not found"),
+    ],
+)
 def test_user_mistakes_are_one_line_errors(args, message: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
@@ -53,9 +63,28 @@ def test_finetune_and_evaluate_from_the_cli(make_image_folder, tmp_path: Path) -
     data = make_image_folder({"x": 6, "y": 6})
     out = tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(main, ["-q", "finetune", str(data), "--arch", "mobilenet_v3_small", "--weights", "none",
-                                  "--epochs", "1", "--batch-size", "4", "--workers", "0", "--val-split", "0.34",
-                                  "--out", str(out)])
+    result = runner.invoke(
+        main,
+        [
+            "-q",
+            "finetune",
+            str(data),
+            "--arch",
+            "mobilenet_v3_small",
+            "--weights",
+            "none",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--workers",
+            "0",
+            "--val-split",
+            "0.34",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "best val top-1" in result.output and str(out) in result.output
     resumed = runner.invoke(main, ["finetune", "--out", str(out), "--resume", "--lr", "0.1"])

@@ -46,11 +46,14 @@ def test_bad_files_are_skipped_counted_and_listed(make_image_folder, tmp_path: P
     assert len(listed) == 5 and all("\t" in line for line in listed)
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda root: None, "dataset folder not found"),
-    (lambda root: (root / "only").mkdir(parents=True), "at least 2 class folders"),
-    (lambda root: [(root / c).mkdir(parents=True) for c in ("a", "b")], "no readable images in"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "dataset folder not found"),
+        (lambda root: (root / "only").mkdir(parents=True), "at least 2 class folders"),
+        (lambda root: [(root / c).mkdir(parents=True) for c in ("a", "b")], "no readable images in"),
+    ],
+)
 def test_unusable_folders_give_clear_errors(tmp_path: Path, setup, message: str) -> None:
     root = tmp_path / "data"
     setup(root)

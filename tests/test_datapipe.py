@@ -11,16 +11,25 @@ import pytest
 import torch
 from PIL import Image
 
-from edgetl.data.augment import (RRC_RATIO, RRC_SCALE, augment_decoded, crop_resize_per_image, crop_resize_roi_align,
-                            draw_crop_randoms, eval_crop_decoded, normalize_batch, random_resized_crop_boxes)
-from edgetl.train.config import FinetuneConfig
-from edgetl.data.folders import Sample, load_dataset
 from edgetl.core.device import DeviceSetup
-from edgetl.data.pipelines import DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, image_pipeline
-from edgetl.train.inputs import resolve_cache
+from edgetl.data.augment import (
+    RRC_RATIO,
+    RRC_SCALE,
+    augment_decoded,
+    crop_resize_per_image,
+    crop_resize_roi_align,
+    draw_crop_randoms,
+    eval_crop_decoded,
+    normalize_batch,
+    random_resized_crop_boxes,
+)
 from edgetl.data.decoded_cache import open_decoded_images, slot_shape, upright_size
+from edgetl.data.folders import Sample, load_dataset
+from edgetl.data.pipelines import DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, image_pipeline
 from edgetl.errors import ConfigError
 from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb, resize_shorter_side
+from edgetl.train.config import FinetuneConfig
+from edgetl.train.inputs import resolve_cache
 
 SPEC = PreprocessSpec(input_size=56, resize_size=64)  # small, so the tests stay fast
 SIZES = [(100, 75), (75, 100), (64, 64), (240, 60), (60, 240), (40, 30)]  # incl. beyond 3:2 and upscaled
@@ -139,7 +148,9 @@ def test_batch_augmentation_shape_range_and_agreement_with_pil(tmp_path: Path) -
 def _split_folder(tmp_path: Path) -> Path:
     for part, count in (("train", 6), ("val", 3)):
         for label, name in enumerate(("a", "b")):
-            _photos(tmp_path / "data" / part / name, [SIZES[(i + label) % len(SIZES)] for i in range(count)], seed=label)
+            _photos(
+                tmp_path / "data" / part / name, [SIZES[(i + label) % len(SIZES)] for i in range(count)], seed=label
+            )
     return tmp_path / "data"
 
 

@@ -8,11 +8,11 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgetl.spec.bundle import Bundle
-from edgetl.core.fileio import sha256_file
 from edgetl.cli import main
+from edgetl.core.fileio import sha256_file
 from edgetl.errors import ConfigError, ExportError
 from edgetl.export.job import ExportConfig, export_run
+from edgetl.spec.bundle import Bundle
 from edgetl.spec.preprocess import PreprocessSpec
 
 
@@ -82,8 +82,9 @@ def test_broken_baked_normalisation_fails_and_leaves_no_valid_artifact(demo_mobi
     real_baked_module = export_module.baked_module
 
     def wrong_std(model, spec, softmax):  # a deliberately wrong graph: std 1 instead of the ImageNet std
-        return real_baked_module(model, PreprocessSpec(spec.input_size, spec.resize_size, spec.mean, (1.0, 1.0, 1.0)),
-                                 softmax)
+        return real_baked_module(
+            model, PreprocessSpec(spec.input_size, spec.resize_size, spec.mean, (1.0, 1.0, 1.0)), softmax
+        )
 
     monkeypatch.setattr(export_module, "baked_module", wrong_std)
     (tmp_path / "model_baked.onnx").write_bytes(b"stale file from an earlier export")
@@ -152,16 +153,19 @@ def test_trt_without_tensorrt_fails_after_writing_onnx_and_script(tiny_run, tmp_
     assert json.loads((tmp_path / "export_report.json").read_text())["engine"]["status"] == "not built"
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"int8": True, "fp16": True}, "one of --int8 and --fp16"),
-    ({"trt": True, "int8": True, "int8_target": "cpu"}, "TensorRT rejects"),
-    ({"calib_data": "x"}, "only applies with --int8"),
-    ({"opset": 18, "target_trt": "8.6"}, "opset <= 17"),
-    ({"opset": 12}, "--opset must be between 13"),
-    ({"batch": 2, "max_batch": 8}, "static"),
-    ({"min_batch": 4, "opt_batch": 2}, "min-batch"),
-    ({"io_names": "caffe"}, "--io-names"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"int8": True, "fp16": True}, "one of --int8 and --fp16"),
+        ({"trt": True, "int8": True, "int8_target": "cpu"}, "TensorRT rejects"),
+        ({"calib_data": "x"}, "only applies with --int8"),
+        ({"opset": 18, "target_trt": "8.6"}, "opset <= 17"),
+        ({"opset": 12}, "--opset must be between 13"),
+        ({"batch": 2, "max_batch": 8}, "static"),
+        ({"min_batch": 4, "opt_batch": 2}, "min-batch"),
+        ({"io_names": "caffe"}, "--io-names"),
+    ],
+)
 def test_export_config_rejects_conflicts(options, message):
     with pytest.raises(ConfigError, match=message):
         ExportConfig(run="models/x", **options)

@@ -11,18 +11,18 @@ import pytest
 import torch
 
 import edgetl.train.loop as train_module
+from edgetl.core.device import DeviceSetup
 from edgetl.data.augment import eval_crop_decoded, normalize_batch
-from edgetl.spec.backbones import get_backbone
-from edgetl.train.checkpoint import load_checkpoint
-from edgetl.train.config import FinetuneConfig
+from edgetl.data.feature_cache import feature_pipeline
 from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import decoded_caches
-from edgetl.train.evaluate import evaluate_model
-from edgetl.data.feature_cache import feature_pipeline
-from edgetl.train.model import HeadConfig, build_model, parameter_groups
+from edgetl.spec.backbones import get_backbone
 from edgetl.spec.preprocess import PreprocessSpec
-from edgetl.core.device import DeviceSetup
+from edgetl.train.checkpoint import load_checkpoint
+from edgetl.train.config import FinetuneConfig
+from edgetl.train.evaluate import evaluate_model
 from edgetl.train.loop import TrainStep, cosine_with_warmup, finetune, make_optimizer, resume, train_one_epoch
+from edgetl.train.model import HeadConfig, build_model, parameter_groups
 
 SPEC = PreprocessSpec(input_size=56, resize_size=64)
 CPU = DeviceSetup.create("cpu")
@@ -58,7 +58,9 @@ def test_head_on_cached_features_equals_head_through_the_frozen_base(make_image_
     pipeline = feature_pipeline(split, SPEC, model, batch_size=4, views=0, seed=0, workers=0, setup=CPU)
     # the same inputs (the eval view) in the same order, through the whole model with its frozen base
     train_images, val_images = decoded_caches(split, SPEC, 0, CPU)
-    inputs = normalize_batch(eval_crop_decoded(train_images.pixels, torch.arange(12), train_images.geometry, SPEC), SPEC)
+    inputs = normalize_batch(
+        eval_crop_decoded(train_images.pixels, torch.arange(12), train_images.geometry, SPEC), SPEC
+    )
     labels = torch.tensor([s.label for s in split.train])
     order = torch.randperm(12, generator=torch.Generator().manual_seed(5))
     _train_epoch(through_base, through_base, [(inputs[rows], labels[rows]) for rows in order.split(4)])
@@ -68,15 +70,18 @@ def test_head_on_cached_features_equals_head_through_the_frozen_base(make_image_
         assert not torch.allclose(value, initial_head[name])  # the head did train
     for name, value in through_base.base.state_dict().items():
         assert torch.equal(model.base.state_dict()[name], value)  # frozen: weights and BN statistics
-    val_inputs = normalize_batch(eval_crop_decoded(val_images.pixels, torch.arange(12), val_images.geometry, SPEC), SPEC)
+    val_inputs = normalize_batch(
+        eval_crop_decoded(val_images.pixels, torch.arange(12), val_images.geometry, SPEC), SPEC
+    )
     val_labels = torch.tensor([s.label for s in split.val])
     on_features = evaluate_model(model.head, pipeline.val_batches(), CPU.device, 2)
     on_images = evaluate_model(through_base, [(val_inputs, val_labels)], CPU.device, 2)
     assert on_features.top1 == on_images.top1 and on_features.confusion == on_images.confusion
 
 
-def test_augmented_views_are_fixed_and_reused(make_image_folder, frozen_model,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_augmented_views_are_fixed_and_reused(
+    make_image_folder, frozen_model, caplog: pytest.LogCaptureFixture
+) -> None:
     split = load_dataset(make_image_folder(counts={"a": 3, "b": 3}, size=40, split=True))
     model = frozen_model
     plain = feature_pipeline(split, SPEC, model, batch_size=4, views=0, seed=0, workers=0, setup=CPU)
@@ -99,12 +104,24 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(make_image_folder, pretrained_mobilenet_v2: Path,
-                                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(
+    make_image_folder,
+    pretrained_mobilenet_v2: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     data = make_image_folder(counts={"a": 4, "b": 4}, size=40, split=True)
-    config = FinetuneConfig(data=str(data), strategy="partial", trainable_stages=1, cut_at="stage4", epochs=2,
-                            batch_size=4, workers=0, out=str(tmp_path / "whole"))  # cut: a small, fast base
+    config = FinetuneConfig(
+        data=str(data),
+        strategy="partial",
+        trainable_stages=1,
+        cut_at="stage4",
+        epochs=2,
+        batch_size=4,
+        workers=0,
+        out=str(tmp_path / "whole"),
+    )  # cut: a small, fast base
     with caplog.at_level(logging.INFO, logger="edgetl.train.inputs"):
         whole = finetune(config, progress=False)
     assert "--cache auto: using ram" in caplog.text and whole.summary["cache"] == "ram"
@@ -120,8 +137,9 @@ def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(make_image_f
     monkeypatch.setattr(train_module, "_write_metrics", original_write)
     resumed = resume(tmp_path / "killed", progress=False)
     timing = ("epoch_time_s", "images_per_s")
-    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed.history] == \
-           [{k: v for k, v in h.items() if k not in timing} for h in whole.history]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed.history] == [
+        {k: v for k, v in h.items() if k not in timing} for h in whole.history
+    ]
     expected, got = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "killed" / "last.pt")
     assert got["config"]["cache"] == "ram"  # auto's choice is recorded, so a resume cannot pick differently
     for name, value in expected["model"].items():
@@ -129,14 +147,15 @@ def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(make_image_f
     assert json.loads((tmp_path / "whole" / "config.json").read_text())["cache"] == "auto"
 
 
-def test_finetune_on_the_feature_cache_matches_evaluating_its_checkpoint(make_image_folder, pretrained_mobilenet_v2: Path,
-                                                                         tmp_path: Path,
-                                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_finetune_on_the_feature_cache_matches_evaluating_its_checkpoint(
+    make_image_folder, pretrained_mobilenet_v2: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from edgetl.train.evaluate import evaluate_run
 
     data = make_image_folder(counts={"a": 4, "b": 4}, size=40, split=True)
-    config = FinetuneConfig(data=str(data), cut_at="stage4", epochs=2, batch_size=4, workers=0,
-                            out=str(tmp_path / "run"))
+    config = FinetuneConfig(
+        data=str(data), cut_at="stage4", epochs=2, batch_size=4, workers=0, out=str(tmp_path / "run")
+    )
     with caplog.at_level(logging.INFO, logger="edgetl.train.inputs"):
         result = finetune(config, progress=False)
     assert "--cache auto: using features" in caplog.text and result.summary["cache"] == "features"

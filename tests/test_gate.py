@@ -46,8 +46,10 @@ def test_degraded_outputs_fail_with_the_numbers():
     result = judge(fp32, degraded, labels[:100], 1.0, "test")
     assert result.verdict == "failed" and result.disagreements == 20 and result.val_drop_points == pytest.approx(20.0)
     (line,) = result.failures()
-    assert line.startswith("INT8 top-1 disagrees with fp32 on 20 of 400 images (100 val + 300 held-out train): "
-                           "95% upper bound 7.18 points > --max-int8-drop 1 (val top-1 80.00% vs fp32 100.00%)")
+    assert line.startswith(
+        "INT8 top-1 disagrees with fp32 on 20 of 400 images (100 val + 300 held-out train): "
+        "95% upper bound 7.18 points > --max-int8-drop 1 (val top-1 80.00% vs fp32 100.00%)"
+    )
     assert "\n" not in line
 
 
@@ -56,6 +58,8 @@ def test_tiny_sample_is_unresolvable_and_says_how_many_images_it_needs():
     result = judge(fp32, fp32.copy(), labels[:80], 1.0, "test")
     assert result.verdict == "unresolvable" and result.disagreements == 0 and result.images_needed == 299
     (line,) = result.failures()
-    assert line == ("INT8 gate unresolvable: 120 images (80 val + 40 held-out train) cannot show a 95% bound <= 1 "
-                    "points of top-1 disagreement with fp32 even with none; it needs >= 299 images")
+    assert line == (
+        "INT8 gate unresolvable: 120 images (80 val + 40 held-out train) cannot show a 95% bound <= 1 "
+        "points of top-1 disagreement with fp32 even with none; it needs >= 299 images"
+    )
     assert judge(fp32, fp32, labels, 0.0, "test").failures()[0].endswith("no sample can show a bound of 0 points")

@@ -14,11 +14,18 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from edgetl.analysis.embeddings import cache_key, compute_features, list_images, pretrained_model, run_model
+from edgetl.analysis.inspection import (
+    activations_png,
+    embed,
+    filters_png,
+    first_conv,
+    similar_png,
+    stage_maps,
+    top_activating_png,
+)
 from edgetl.cli import main
 from edgetl.errors import ConfigError
-from edgetl.analysis.embeddings import cache_key, compute_features, list_images, pretrained_model, run_model
-from edgetl.analysis.inspection import (activations_png, embed, filters_png, first_conv, similar_png, stage_maps,
-                               top_activating_png)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +69,7 @@ def test_filters_side_by_side_when_fine_tuning_changed_them(tiny_model, tmp_path
     with Image.open(path) as img:
         pixels = np.asarray(img.convert("RGB")).astype(int)
     top = 2 * 14 + 6 + 20  # below the sheet title and the panel titles
-    pretrained, tuned = pixels[top:, :grid[0]], pixels[top:, grid[0] + 6:2 * grid[0] + 6]
+    pretrained, tuned = pixels[top:, : grid[0]], pixels[top:, grid[0] + 6 : 2 * grid[0] + 6]
     assert not np.array_equal(pretrained, tuned)
 
     path, note = filters_png(replace(tiny_model, weights_source=str(tmp_path / "same.pth")), tmp_path / "same")
@@ -80,8 +87,9 @@ def test_activations_show_the_strongest_channels_of_the_stage(tiny_model, tiny_i
 
 
 @pytest.mark.parametrize("stage, message", [("nope", "has no stage"), ("pre_logits", "not convolutional")])
-def test_activations_of_a_bad_stage_are_a_clear_error(tiny_model, tiny_images: Path, tmp_path: Path, stage: str,
-                                                      message: str) -> None:
+def test_activations_of_a_bad_stage_are_a_clear_error(
+    tiny_model, tiny_images: Path, tmp_path: Path, stage: str, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message):
         activations_png(tiny_model, next((tiny_images / "beta").iterdir()), stage, tmp_path)
 
@@ -93,8 +101,9 @@ def pretrained(pretrained_mobilenet_v2: Path):
 
 
 @pytest.mark.slow
-def test_similar_returns_the_query_itself_first_at_distance_zero(pretrained, pattern_images: Path,
-                                                                 tmp_path: Path) -> None:
+def test_similar_returns_the_query_itself_first_at_distance_zero(
+    pretrained, pattern_images: Path, tmp_path: Path
+) -> None:
     query = pattern_images / "kind1" / "2.png"
     options = dict(workers=0, cache_dir=tmp_path / "cache")
     path, neighbours = similar_png(pretrained, query, pattern_images, tmp_path, k=8, **options)
@@ -114,8 +123,9 @@ def test_similar_returns_the_query_itself_first_at_distance_zero(pretrained, pat
 
 @pytest.mark.slow
 def test_top_activating_ranks_images_by_the_channel_peak(pretrained, pattern_images: Path, tmp_path: Path) -> None:
-    path, rows = top_activating_png(pretrained, "stage2", 5, pattern_images, tmp_path, k=4, workers=0,
-                                    cache_dir=tmp_path / "cache")
+    path, rows = top_activating_png(
+        pretrained, "stage2", 5, pattern_images, tmp_path, k=4, workers=0, cache_dir=tmp_path / "cache"
+    )
     assert path.name == "top-stage2-ch5.png"
     assert _png_size(path) == (6 + 4 * (160 + 6), 6 + 2 * 14 + (160 + 2 * 14 + 6))
     paths, _ = list_images(pattern_images)
@@ -124,13 +134,13 @@ def test_top_activating_ranks_images_by_the_channel_peak(pretrained, pattern_ima
     assert [p for p, _ in rows] == [paths[i] for i in expected]
     assert [v for _, v in rows] == pytest.approx(peaks[expected].tolist(), rel=1e-4)
     with pytest.raises(ConfigError, match="--channel must be between 0 and 23"):  # stage2 has 24 channels
-        top_activating_png(pretrained, "stage2", 24, pattern_images, tmp_path, workers=0,
-                           cache_dir=tmp_path / "cache")
+        top_activating_png(pretrained, "stage2", 24, pattern_images, tmp_path, workers=0, cache_dir=tmp_path / "cache")
 
 
 @pytest.mark.slow
-def test_feature_cache_is_reused_and_invalidated_by_a_changed_file(pretrained, pattern_images: Path,
-                                                                   tmp_path: Path) -> None:
+def test_feature_cache_is_reused_and_invalidated_by_a_changed_file(
+    pretrained, pattern_images: Path, tmp_path: Path
+) -> None:
     data = tmp_path / "data"
     shutil.copytree(pattern_images / "kind2", data)
     paths, _ = list_images(data)
@@ -147,8 +157,11 @@ def test_feature_cache_is_reused_and_invalidated_by_a_changed_file(pretrained, p
 
 def test_embed_writes_features_and_file_list(tiny_run: Path, tiny_model, tmp_path: Path) -> None:
     data = tiny_run.parent / "data"  # train/ and val/: 36 images
-    result = CliRunner().invoke(main, ["-q", "embed", str(tiny_run), str(data), "--out", str(tmp_path / "f.npy"),
-                                       "--workers", "0"], env={"EDGETL_HOME": str(tmp_path / "home")})
+    result = CliRunner().invoke(
+        main,
+        ["-q", "embed", str(tiny_run), str(data), "--out", str(tmp_path / "f.npy"), "--workers", "0"],
+        env={"EDGETL_HOME": str(tmp_path / "home")},
+    )
     assert result.exit_code == 0, result.output
     assert "36 images x 1024 features" in result.output
     features = np.load(tmp_path / "f.npy")
@@ -163,23 +176,46 @@ def test_embed_writes_features_and_file_list(tiny_run: Path, tiny_model, tmp_pat
 
 def test_inspect_cli_writes_pngs_and_says_where(tiny_run: Path, tiny_images: Path, tmp_path: Path) -> None:
     image = sorted((tiny_images / "beta").iterdir())[0]
-    args = ["-q", "inspect", str(tiny_run), str(image), "--filters", "--activations", "--stage", "stage2",
-            "--similar", "--data", str(tiny_images), "-k", "3", "--out", str(tmp_path / "pngs"), "--workers", "0"]
+    args = [
+        "-q",
+        "inspect",
+        str(tiny_run),
+        str(image),
+        "--filters",
+        "--activations",
+        "--stage",
+        "stage2",
+        "--similar",
+        "--data",
+        str(tiny_images),
+        "-k",
+        "3",
+        "--out",
+        str(tmp_path / "pngs"),
+        "--workers",
+        "0",
+    ]
     result = CliRunner().invoke(main, args, env={"EDGETL_HOME": str(tmp_path / "home")})
     assert result.exit_code == 0, result.output
     written = sorted(p.name for p in (tmp_path / "pngs").iterdir())
-    assert written == ["activations-stage2-{}.png".format(image.stem), "filters.png",
-                       "similar-{}.png".format(image.stem)]
+    assert written == [
+        "activations-stage2-{}.png".format(image.stem),
+        "filters.png",
+        "similar-{}.png".format(image.stem),
+    ]
     for name in written:
         assert "wrote {}".format(tmp_path / "pngs" / name) in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "choose at least one of"),
-    (["--activations"], "--activations needs at least one IMAGE"),
-    (["--top-activating", "--stage", "stage3", "--channel", "1"], "need --data DIR"),
-    (["--filters", "--stage", "stage9", "--activations", "IMG"], "has no stage 'stage9'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "choose at least one of"),
+        (["--activations"], "--activations needs at least one IMAGE"),
+        (["--top-activating", "--stage", "stage3", "--channel", "1"], "need --data DIR"),
+        (["--filters", "--stage", "stage9", "--activations", "IMG"], "has no stage 'stage9'"),
+    ],
+)
 def test_inspect_cli_errors_are_one_line(tiny_run: Path, tiny_images: Path, args: list, message: str) -> None:
     image = str(next((tiny_images / "alpha").iterdir()))
     result = CliRunner().invoke(main, ["inspect", str(tiny_run)] + [image if a == "IMG" else a for a in args])

@@ -42,17 +42,30 @@ def _types(model: onnx.ModelProto) -> tuple:
     """(activation zero-point types, weight types) of a Q/DQ model."""
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     activations = {inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear"}
-    weights = {inits[n.input[0]].dtype for n in model.graph.node
-               if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4}
+    weights = {
+        inits[n.input[0]].dtype
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4
+    }
     return activations, weights
 
 
-@pytest.mark.parametrize("isa,activations,weights", [("vnni", np.uint8, np.int8), ("avx2", np.uint8, np.uint8),
-                                                     ("arm64", np.int8, np.int8)])
+@pytest.mark.parametrize(
+    "isa,activations,weights", [("vnni", np.uint8, np.int8), ("avx2", np.uint8, np.uint8), ("arm64", np.int8, np.int8)]
+)
 def test_cpu_form_is_built_for_the_named_isa(tiny_run: Path, tmp_path: Path, isa: str, activations, weights) -> None:
-    report = export_run(ExportConfig(run=str(tiny_run), out=str(tmp_path), int8=True, int8_target="cpu",
-                                     int8_cpu_isa=isa, calib_size=12, calib_dir=str(tmp_path / "calibration"),
-                                     max_int8_drop=100.0))  # a random-init model: this test is about the form
+    report = export_run(
+        ExportConfig(
+            run=str(tiny_run),
+            out=str(tmp_path),
+            int8=True,
+            int8_target="cpu",
+            int8_cpu_isa=isa,
+            calib_size=12,
+            calib_dir=str(tmp_path / "calibration"),
+            max_int8_drop=100.0,
+        )
+    )  # a random-init model: this test is about the form
     assert _types(onnx.load(str(tmp_path / "model_int8.onnx"))) == ({np.dtype(activations)}, {np.dtype(weights)})
     entry = report["artifacts"][1]
     assert entry["int8_cpu_isa"] == isa and entry["int8_cpu_form"] == INT8_CPU_FORMS[isa].name
@@ -65,8 +78,18 @@ def test_auto_builds_for_this_machine(tiny_run: Path) -> None:
 
 
 def test_runtime_warns_when_the_cpu_differs(tiny_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    export_run(ExportConfig(run=str(tiny_run), out=str(tmp_path), int8=True, int8_target="cpu", int8_cpu_isa="arm64",
-                            calib_size=12, calib_dir=str(tmp_path / "calibration"), max_int8_drop=100.0))
+    export_run(
+        ExportConfig(
+            run=str(tiny_run),
+            out=str(tmp_path),
+            int8=True,
+            int8_target="cpu",
+            int8_cpu_isa="arm64",
+            calib_size=12,
+            calib_dir=str(tmp_path / "calibration"),
+            max_int8_drop=100.0,
+        )
+    )
     model = Bundle.load(tmp_path).model("int8")
     with caplog.at_level(logging.WARNING):
         assert warn_if_built_for_another_cpu(model, isa="avx2")

@@ -7,14 +7,18 @@ import numpy as np
 import onnx
 import pytest
 
-from edgetl.spec.bundle import Bundle
 from edgetl.data.folders import Sample
+from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.export.job import ExportConfig, export_run
+from edgetl.export.quantize import (
+    ImageCalibrationReader,
+    calibration_samples,
+    read_calibration_manifest,
+    write_calibration_manifest,
+)
+from edgetl.spec.bundle import Bundle
 from edgetl.spec.preprocess import PreprocessSpec
-from edgetl.data.sampling import select_balanced
-from edgetl.export.quantize import (ImageCalibrationReader, calibration_samples, read_calibration_manifest,
-                             write_calibration_manifest)
 
 
 def _samples(counts):
@@ -81,13 +85,24 @@ def _qdq_zero_points(model):
 
 def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
     # the form, not accuracy: 24 images of a random-init model cannot resolve a 1-point gate
-    report = export_run(ExportConfig(run=str(tiny_run), out=str(tmp_path), int8=True, int8_target="trt",
-                                     calib_size=12, max_int8_drop=100.0, calib_dir=str(tmp_path / "calibration")))
+    report = export_run(
+        ExportConfig(
+            run=str(tiny_run),
+            out=str(tmp_path),
+            int8=True,
+            int8_target="trt",
+            calib_size=12,
+            max_int8_drop=100.0,
+            calib_dir=str(tmp_path / "calibration"),
+        )
+    )
     model = onnx.load(str(tmp_path / "model_int8.onnx"))
     zero_points = _qdq_zero_points(model)
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
     inits = {t.name: t for t in model.graph.initializer}
-    dequantized = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    dequantized = [
+        inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+    ]
     assert dequantized and all(t.data_type == onnx.TensorProto.INT8 for t in dequantized)  # no int32 bias
     assert model.ir_version == 8 and model.opset_import[0].version == 17
     assert Bundle.load(tmp_path).model("int8").int8_target == "trt"
@@ -101,8 +116,15 @@ def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_int8_cpu_form_keeps_top1_within_the_gate_on_demo_data(demo_mobilenet_v2_run, tmp_path):
-    report = export_run(ExportConfig(run=str(demo_mobilenet_v2_run), out=str(tmp_path), int8=True, int8_target="cpu",
-                                     calib_dir=str(tmp_path / "calibration")))
+    report = export_run(
+        ExportConfig(
+            run=str(demo_mobilenet_v2_run),
+            out=str(tmp_path),
+            int8=True,
+            int8_target="cpu",
+            calib_dir=str(tmp_path / "calibration"),
+        )
+    )
     entry = report["artifacts"][1]
     gate = entry["accuracy_gate"]
     assert report["status"] == "passed" and entry["status"] == "passed" and gate["verdict"] == "passed"

@@ -10,16 +10,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.spec.bundle import Bundle
 from edgetl.cli import main
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, ConfigError
+from edgetl.export.fp16 import convert_to_fp16
 from edgetl.export.job import ExportConfig, export_run
-from edgetl.spec.preprocess import eval_array, load_rgb, torch_transforms
 from edgetl.runtime.classifier import Classifier, choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.export.fp16 import convert_to_fp16
+from edgetl.spec.bundle import Bundle
+from edgetl.spec.preprocess import eval_array, load_rgb, torch_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -42,8 +42,19 @@ def test_numpy_preprocessing_equals_the_torch_eval_transform(demo_mobilenet_v2_r
 def int8_bundle(demo_mobilenet_v2_run, tmp_path_factory):
     """fp32 + baked + INT8 (CPU form) bundle of the real run, on a few validation images (fast)."""
     out = tmp_path_factory.mktemp("runtime_bundle")
-    export_run(ExportConfig(run=str(demo_mobilenet_v2_run), out=str(out), bake_preprocess=True, int8=True,
-                            calib_size=16, max_int8_drop=100.0, val_images=8, gate_images=8, calib_dir=str(out / "calibration")))
+    export_run(
+        ExportConfig(
+            run=str(demo_mobilenet_v2_run),
+            out=str(out),
+            bake_preprocess=True,
+            int8=True,
+            calib_size=16,
+            max_int8_drop=100.0,
+            val_images=8,
+            gate_images=8,
+            calib_dir=str(out / "calibration"),
+        )
+    )
     return out
 
 
@@ -130,15 +141,17 @@ def test_predict_cli_reports_unreadable_files_and_continues(int8_bundle, demo_mo
         Image.open(sample.path).save(images / "img{}.png".format(i))
     (images / "broken.jpg").write_bytes(b"not a jpeg")
     (images / "notes.txt").write_text("ignored: not an image suffix")
-    result = CliRunner().invoke(main, ["predict", str(int8_bundle), str(images), "--topk", "2",
-                                                       "--backend", "onnx-int8"])
+    result = CliRunner().invoke(
+        main, ["predict", str(int8_bundle), str(images), "--topk", "2", "--backend", "onnx-int8"]
+    )
     assert result.exit_code == 1
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and all(line.split(": ", 1)[1].count("%") == 2 for line in lines)
     assert "broken.jpg: error: unreadable image" in result.stderr and "1 of 3 image(s)" in result.stderr
 
-    result = CliRunner().invoke(main, ["predict", str(int8_bundle), str(images / "img0.png"),
-                                                       "--json", "--backend", "onnx"])
+    result = CliRunner().invoke(
+        main, ["predict", str(int8_bundle), str(images / "img0.png"), "--json", "--backend", "onnx"]
+    )
     assert result.exit_code == 0
     (record,) = [json.loads(line) for line in result.stdout.splitlines()]
     assert record["image"].endswith("img0.png") and len(record["top"]) == 4
@@ -152,8 +165,9 @@ def test_tensorrt_engine_matches_onnxruntime(int8_bundle, demo_mobilenet_v2_run)
 
     build_bundle_engine(int8_bundle, "fp32")
     paths = [s.path for s in DatasetSplit.load(demo_mobilenet_v2_run).val[::10]]
-    with Classifier(Bundle.load(int8_bundle), backend="trt") as trt, \
-            Classifier(Bundle.load(int8_bundle), backend="onnx") as ort:
+    with Classifier(Bundle.load(int8_bundle), backend="trt") as trt, Classifier(
+        Bundle.load(int8_bundle), backend="onnx"
+    ) as ort:
         for (_, a), (_, b) in zip(trt.classify_paths(paths), ort.classify_paths(paths)):
             assert a.labels[0] == b.labels[0]
             assert a.probabilities[0] == pytest.approx(b.probabilities[0], abs=1e-3)

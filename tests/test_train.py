@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgetl.errors import CheckpointError, ConfigError
 from edgetl.train.checkpoint import load_checkpoint, load_run
 from edgetl.train.config import FinetuneConfig
-from edgetl.errors import CheckpointError, ConfigError
 from edgetl.train.loop import finetune, resume
 
 METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr_base", "lr_head")
@@ -23,8 +23,20 @@ METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr_b
 
 def test_run_folder_contents(tiny_run: Path) -> None:
     payload = load_checkpoint(tiny_run / "last.pt")
-    for key in ("model", "optimizer", "scheduler", "scaler", "epoch", "rng", "class_names", "arch", "strategy",
-                "preprocess", "config", "history"):
+    for key in (
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "epoch",
+        "rng",
+        "class_names",
+        "arch",
+        "strategy",
+        "preprocess",
+        "config",
+        "history",
+    ):
         assert key in payload, key
     assert payload["class_names"] == ["alpha", "beta", "gamma"]
     assert (tiny_run / "labels.txt").read_text().split() == ["alpha", "beta", "gamma"]
@@ -58,8 +70,18 @@ def test_wrong_checkpoint_is_one_clear_error(tmp_path: Path, pretrained_mobilene
 
 def _config(data: Path, out: Path) -> FinetuneConfig:
     # partial with dropout in the trainable pre-logit stage, 2 loader workers: every RNG path is exercised
-    return FinetuneConfig(data=str(data), arch="mobilenet_v3_small", strategy="partial", trainable_stages=3,
-                          weights="none", epochs=3, batch_size=6, workers=2, val_split=0.25, out=str(out))
+    return FinetuneConfig(
+        data=str(data),
+        arch="mobilenet_v3_small",
+        strategy="partial",
+        trainable_stages=3,
+        weights="none",
+        epochs=3,
+        batch_size=6,
+        workers=2,
+        val_split=0.25,
+        out=str(out),
+    )
 
 
 def _metrics(history):
@@ -71,9 +93,13 @@ def test_resume_after_kill_matches_uninterrupted_run(make_image_folder, tmp_path
     reference = finetune(_config(data, tmp_path / "reference"), progress=False)
 
     killed_dir = tmp_path / "killed"
-    code = ("import json, sys, torch; from edgetl.train.config import FinetuneConfig; from edgetl.train.loop import finetune; "
-            "torch.set_num_threads({}); finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)"
-            .format(torch.get_num_threads()))  # same thread count as this process: same float results
+    code = (
+        "import json, sys, torch; from edgetl.train.config import FinetuneConfig; "
+        "from edgetl.train.loop import finetune; "
+        "torch.set_num_threads({}); finetune(FinetuneConfig(**json.loads(sys.argv[1])), progress=False)".format(
+            torch.get_num_threads()
+        )
+    )  # same thread count as this process: same float results
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(_config(data, killed_dir)))])
     deadline = time.monotonic() + 120
     while not (killed_dir / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -103,8 +129,17 @@ def test_resume_can_extend_epochs(tiny_run: Path, tmp_path: Path) -> None:
 
 def test_cut_run_round_trips_through_its_checkpoint(make_image_folder, tmp_path: Path) -> None:
     data = make_image_folder({"a": 4, "b": 4})
-    config = FinetuneConfig(data=str(data), arch="mobilenet_v3_small", cut_at="stage3", weights="none", epochs=1,
-                            batch_size=4, workers=0, val_split=0.25, out=str(tmp_path / "cut"))
+    config = FinetuneConfig(
+        data=str(data),
+        arch="mobilenet_v3_small",
+        cut_at="stage3",
+        weights="none",
+        epochs=1,
+        batch_size=4,
+        workers=0,
+        val_split=0.25,
+        out=str(tmp_path / "cut"),
+    )
     result = finetune(config, progress=False)
     assert result.summary["cut_at"] == "stage3"
     model, payload = load_run(result.run_dir)
@@ -137,8 +172,8 @@ def test_evaluation_accepts_labels_already_on_the_device() -> None:
 def test_resume_into_an_amp_scaler_from_a_run_saved_without_amp(tiny_run: Path) -> None:
     """A run started on CPU (AMP off: empty scaler state) resumes on a CUDA host (AMP on)."""
     from edgetl.train.checkpoint import model_from_checkpoint
-    from edgetl.train.model import parameter_groups
     from edgetl.train.loop import cosine_with_warmup, make_optimizer, restore_training_state
+    from edgetl.train.model import parameter_groups
 
     state = load_checkpoint(tiny_run / "last.pt")
     assert state["scaler"] == {}

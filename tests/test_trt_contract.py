@@ -5,56 +5,81 @@ import json
 import shlex
 from pathlib import Path
 
+import fake_trt
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgetl.errors import ConfigError, DependencyError
 from edgetl.core.fileio import sha256_file
+from edgetl.errors import ConfigError, DependencyError
 from edgetl.spec.engine_sidecar import DeviceInfo
-from edgetl.trt.plan import (TARGET_NAMES, BatchProfile, build_script, make_sidecar, plan_engine,
-                             resolve_target)
-
-import fake_trt
+from edgetl.trt.plan import TARGET_NAMES, BatchProfile, build_script, make_sidecar, plan_engine, resolve_target
 
 # trtexec's documented options ("  --name" lines of its help text) per release, from NVIDIA/TensorRT
 # samples/common/sampleOptions.cpp on branches release/8.5 (68b5072f), 8.6 (a0215c1a), 10.0 (ccf11997),
 # 10.3 (5b990f0a), 10.8 (64e56ab6), 10.16 (d0faf303), 11.0 (93842ac9), 11.1 (90536162). Each release is
 # written as the one before it, minus and plus what its help text dropped and added.
-_TRTEXEC_8_5 = set("""allowGPUFallback avgRuns avgTiming batch best buildOnly calib consistency device directIO
+_TRTEXEC_8_5 = set(
+    """allowGPUFallback avgRuns avgTiming batch best buildOnly calib consistency device directIO
     dumpLayerInfo dumpOutput dumpProfile dumpRefit duration exportLayerInfo exportOutput exportProfile exportTimes
     exposeDMA fp16 help heuristic idleTime inputIOFormats int8 iterations layerOutputTypes layerPrecisions loadEngine
     loadInputs maxBatch maxShapes maxShapesCalib memPoolSize minShapes minShapesCalib minTiming model noBuilderCache
     noDataTransfers noTF32 onnx optShapes optShapesCalib output outputIOFormats percentile persistentCacheRatio plugins
     precisionConstraints preview profilingVerbosity refit restricted safe saveEngine separateProfileRun serialized
     shapes sleepTime sparsity std streams tacticSources threads timeDeserialize timeRefit timingCacheFile uffNHWC
-    useCudaGraph useDLACore useManagedMemory useSpinWait verbose warmUp workspace""".split())
+    useCudaGraph useDLACore useManagedMemory useSpinWait verbose warmUp workspace""".split()
+)
 _CHANGES = [  # (release, removed, added)
-    ("8.6", "buildOnly plugins streams", "buildDLAStandalone builderOptimizationLevel dumpRawBindingsToFile "
-     "dynamicPlugins excludeLeanRuntime fp8 hardwareCompatibilityLevel ignoreParsedPluginLibs infStreams "
-     "layerDeviceTypes leanDLLPath maxAuxStreams nativeInstanceNorm setPluginsToSerialize skipInference staticPlugins "
-     "tempdir tempfileControls versionCompatible"),
-    ("10.0", "batch heuristic maxBatch minTiming model nativeInstanceNorm output uffNHWC workspace",
-     "allocationStrategy allowWeightStreaming bf16 calibProfile dumpOptimizationProfile errorOnTimingCacheMiss "
-     "getPlanVersionOnly markDebug noCompilationCache pluginInstanceNorm profile saveDebugTensors stripWeights "
-     "stronglyTyped useProfile weightStreamingBudget weightless"),
+    (
+        "8.6",
+        "buildOnly plugins streams",
+        "buildDLAStandalone builderOptimizationLevel dumpRawBindingsToFile "
+        "dynamicPlugins excludeLeanRuntime fp8 hardwareCompatibilityLevel ignoreParsedPluginLibs infStreams "
+        "layerDeviceTypes leanDLLPath maxAuxStreams nativeInstanceNorm setPluginsToSerialize skipInference "
+        "staticPlugins "
+        "tempdir tempfileControls versionCompatible",
+    ),
+    (
+        "10.0",
+        "batch heuristic maxBatch minTiming model nativeInstanceNorm output uffNHWC workspace",
+        "allocationStrategy allowWeightStreaming bf16 calibProfile dumpOptimizationProfile errorOnTimingCacheMiss "
+        "getPlanVersionOnly markDebug noCompilationCache pluginInstanceNorm profile saveDebugTensors stripWeights "
+        "stronglyTyped useProfile weightStreamingBudget weightless",
+    ),
     ("10.3", "", "int4 runtimePlatform stripAllWeights"),
     ("10.8", "consistency", "asyncFileReader l2LimitForTiling maxTactics monitorMemory tilingOptimizationLevel"),
-    ("10.16", "useDLACore", "adjustForDLA consistency cpuOnly decomposableAttentions dumpKernelText "
-     "enablePluginOverride markUnfusedTensorsAsDebugTensors refitFromOnnx remoteAutoTuningConfig reportCapabilityDLA "
-     "safetyPlugins saveAllDebugTensors uint8AsymmetricQuantizationDLA"),
-    ("11.0", "best bf16 calib calibProfile fp16 fp8 int4 layerOutputTypes layerPrecisions maxShapesCalib "
-     "minShapesCalib optShapesCalib precisionConstraints restricted weightless",
-     "includeDataTransfers noCudaGraph noSpinWait"),
-    ("11.1", "", "accuracyAlgorithm accuracyThreshold atol continue dryRun helpBuildRoute loadRefOutputs refPair rtol "
-     "saveAllEngines setBuildRoute tuneBuildRouteFile tuneBuildRoutes tuningCacheFile tuningSearch tuningTimeOut"),
+    (
+        "10.16",
+        "useDLACore",
+        "adjustForDLA consistency cpuOnly decomposableAttentions dumpKernelText "
+        "enablePluginOverride markUnfusedTensorsAsDebugTensors refitFromOnnx remoteAutoTuningConfig "
+        "reportCapabilityDLA "
+        "safetyPlugins saveAllDebugTensors uint8AsymmetricQuantizationDLA",
+    ),
+    (
+        "11.0",
+        "best bf16 calib calibProfile fp16 fp8 int4 layerOutputTypes layerPrecisions maxShapesCalib "
+        "minShapesCalib optShapesCalib precisionConstraints restricted weightless",
+        "includeDataTransfers noCudaGraph noSpinWait",
+    ),
+    (
+        "11.1",
+        "",
+        "accuracyAlgorithm accuracyThreshold atol continue dryRun helpBuildRoute loadRefOutputs refPair rtol "
+        "saveAllEngines setBuildRoute tuneBuildRouteFile tuneBuildRoutes tuningCacheFile tuningSearch tuningTimeOut",
+    ),
 ]
 TRTEXEC_OPTIONS = {"8.5": _TRTEXEC_8_5}
 for _release, _removed, _added in _CHANGES:
     TRTEXEC_OPTIONS[_release] = (list(TRTEXEC_OPTIONS.values())[-1] - set(_removed.split())) | set(_added.split())
 # the releases each target row covers (its lowest and newest that the table has)
-ROW_RELEASES = {"8.5": ("8.5",), "8.6": ("8.6",), "10.3": ("10.0", "10.3"), "10.x": ("10.8", "10.16"),
-                "11.x": ("11.0", "11.1")}
+ROW_RELEASES = {
+    "8.5": ("8.5",),
+    "8.6": ("8.6",),
+    "10.3": ("10.0", "10.3"),
+    "10.x": ("10.8", "10.16"),
+    "11.x": ("11.0", "11.1"),
+}
 
 
 def _trtexec_options(script: str):
@@ -90,12 +115,26 @@ def _engine(folder: Path, version: str, profile=(2, 4, 8), static=None, **spec) 
     """A fake engine (JSON the fake runtime reads) and its sidecar for ``version``."""
     batch = static or -1
     engine = folder / "model_fp16.engine"
-    engine.write_text(json.dumps(dict({"input": "input", "output": "logits", "shape": [batch, *SHAPE], "classes": 3,
-                                       "profile": None if static else list(profile)}, **spec)))
-    plan = plan_engine(resolve_target(version), "fp16", "input", "logits", (batch, *SHAPE),
-                       None if static else BatchProfile(*profile))
-    sidecar = make_sidecar(plan, DeviceInfo(fake_trt.VERSIONS[version], "Orin", "8.7"), "onnx-sha",
-                           sha256_file(engine), "fake")
+    engine.write_text(
+        json.dumps(
+            dict(
+                {
+                    "input": "input",
+                    "output": "logits",
+                    "shape": [batch, *SHAPE],
+                    "classes": 3,
+                    "profile": None if static else list(profile),
+                },
+                **spec,
+            )
+        )
+    )
+    plan = plan_engine(
+        resolve_target(version), "fp16", "input", "logits", (batch, *SHAPE), None if static else BatchProfile(*profile)
+    )
+    sidecar = make_sidecar(
+        plan, DeviceInfo(fake_trt.VERSIONS[version], "Orin", "8.7"), "onnx-sha", sha256_file(engine), "fake"
+    )
     engine.with_name(engine.name + ".json").write_text(json.dumps(sidecar))
     return engine
 
@@ -169,6 +208,7 @@ def test_bench_latency_refuses_a_batch_outside_the_profile_before_timing(version
 
 # --- build-engine, through the CLI ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def static_bundle(tiny_run, tmp_path_factory):
     from edgetl.export.job import ExportConfig, export_run
@@ -193,8 +233,8 @@ def test_build_engine_without_tensorrt_names_the_dependency(static_bundle):
 def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_path, monkeypatch, fake):
     import shutil
 
-    from edgetl.spec.bundle import Bundle
     from edgetl.runtime.tensorrt import TrtRunner
+    from edgetl.spec.bundle import Bundle
 
     fake_trt.install(monkeypatch, fake)
     bundle = tmp_path / "bundle"

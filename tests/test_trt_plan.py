@@ -7,24 +7,54 @@ import pytest
 
 from edgetl.errors import ConfigError
 from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
-from edgetl.trt.plan import (BatchProfile, EnginePlan, build_script, builder_flags, describe_parser_error, make_sidecar,
-                             onnx_for_precision, onnx_versions, plan_engine, resolve_target, trtexec_command)
+from edgetl.trt.plan import (
+    BatchProfile,
+    EnginePlan,
+    build_script,
+    builder_flags,
+    describe_parser_error,
+    make_sidecar,
+    onnx_for_precision,
+    onnx_versions,
+    plan_engine,
+    resolve_target,
+    trtexec_command,
+)
 
 SHAPE = (-1, 3, 224, 224)
 
 
-@pytest.mark.parametrize("given, row", [
-    ("8.5", "8.5"), ("8.5.2.2", "8.5"), ("8.6.2.3", "8.6"), ("10.3.0.30", "10.3"), ("10.0", "10.3"), ("10", "10.3"),
-    ("10.8.0", "10.x"), ("10.x", "10.x"), ("11.4.1", "11.x"), ("11", "11.x"), ("11.x", "11.x"),
-])
+@pytest.mark.parametrize(
+    "given, row",
+    [
+        ("8.5", "8.5"),
+        ("8.5.2.2", "8.5"),
+        ("8.6.2.3", "8.6"),
+        ("10.3.0.30", "10.3"),
+        ("10.0", "10.3"),
+        ("10", "10.3"),
+        ("10.8.0", "10.x"),
+        ("10.x", "10.x"),
+        ("11.4.1", "11.x"),
+        ("11", "11.x"),
+        ("11.x", "11.x"),
+    ],
+)
 def test_resolve_target_maps_versions_to_rows(given, row):
     assert resolve_target(given).name == row
 
 
-@pytest.mark.parametrize("given, message", [
-    ("8", "ambiguous"), ("8.4", "not supported"), ("7.1.3", "not supported"), ("9.0", "not supported"),
-    ("12.0", "not supported"), ("jetpack", "must be a TensorRT version"),
-])
+@pytest.mark.parametrize(
+    "given, message",
+    [
+        ("8", "ambiguous"),
+        ("8.4", "not supported"),
+        ("7.1.3", "not supported"),
+        ("9.0", "not supported"),
+        ("12.0", "not supported"),
+        ("jetpack", "must be a TensorRT version"),
+    ],
+)
 def test_resolve_target_rejects_unknown_versions(given, message):
     with pytest.raises(ConfigError, match=message):
         resolve_target(given)
@@ -43,13 +73,20 @@ def test_onnx_versions_follow_the_parser_of_each_target():
         onnx_versions(resolve_target("10.3"), 21)
 
 
-@pytest.mark.parametrize("target, precision, flags, onnx", [
-    ("8.5", "fp32", (), "model.onnx"), ("8.5", "fp16", ("FP16",), "model.onnx"),
-    ("8.6", "int8", ("INT8", "FP16"), "model_int8.onnx"), ("10.3", "fp16", ("FP16",), "model.onnx"),
-    ("10.x", "int8", ("INT8", "FP16"), "model_int8.onnx"),
-    # TensorRT 11 is strongly typed: no precision flags; fp16 comes from an fp16 ONNX, int8 from Q/DQ.
-    ("11.x", "fp16", (), "model_fp16.onnx"), ("11.x", "int8", (), "model_int8.onnx"), ("11.x", "fp32", (), "model.onnx"),
-])
+@pytest.mark.parametrize(
+    "target, precision, flags, onnx",
+    [
+        ("8.5", "fp32", (), "model.onnx"),
+        ("8.5", "fp16", ("FP16",), "model.onnx"),
+        ("8.6", "int8", ("INT8", "FP16"), "model_int8.onnx"),
+        ("10.3", "fp16", ("FP16",), "model.onnx"),
+        ("10.x", "int8", ("INT8", "FP16"), "model_int8.onnx"),
+        # TensorRT 11 is strongly typed: no precision flags; fp16 comes from an fp16 ONNX, int8 from Q/DQ.
+        ("11.x", "fp16", (), "model_fp16.onnx"),
+        ("11.x", "int8", (), "model_int8.onnx"),
+        ("11.x", "fp32", (), "model.onnx"),
+    ],
+)
 def test_builder_flags_and_source_onnx_per_target(target, precision, flags, onnx):
     row = resolve_target(target)
     assert builder_flags(row, precision) == flags
@@ -90,12 +127,21 @@ def test_plan_rejects_names_trtexec_cannot_take_and_bad_workspace():
 
 
 def test_trtexec_command_jetpack6_fp16_dynamic():
-    plan = plan_engine(resolve_target("8.6"), "fp16", "input_0", "output_0", SHAPE, BatchProfile(1, 2, 4), 2048,
-                       "timing.cache")
+    plan = plan_engine(
+        resolve_target("8.6"), "fp16", "input_0", "output_0", SHAPE, BatchProfile(1, 2, 4), 2048, "timing.cache"
+    )
     assert trtexec_command(plan) == [
-        "trtexec", "--onnx=model.onnx", "--saveEngine=model_fp16.engine", "--fp16",
-        "--minShapes=input_0:1x3x224x224", "--optShapes=input_0:2x3x224x224", "--maxShapes=input_0:4x3x224x224",
-        "--memPoolSize=workspace:2048", "--timingCacheFile=timing.cache", "--skipInference"]
+        "trtexec",
+        "--onnx=model.onnx",
+        "--saveEngine=model_fp16.engine",
+        "--fp16",
+        "--minShapes=input_0:1x3x224x224",
+        "--optShapes=input_0:2x3x224x224",
+        "--maxShapes=input_0:4x3x224x224",
+        "--memPoolSize=workspace:2048",
+        "--timingCacheFile=timing.cache",
+        "--skipInference",
+    ]
 
 
 def test_trtexec_command_int8_and_tensorrt11():

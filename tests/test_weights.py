@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgetl.spec.backbones import get_backbone
-from edgetl.errors import WeightsError
-from edgetl.train.model import EdgeClassifier, HeadConfig, load_base_weights
 from edgetl.core.fileio import sha256_file
+from edgetl.errors import WeightsError
+from edgetl.spec.backbones import get_backbone
+from edgetl.train.model import EdgeClassifier, HeadConfig, load_base_weights
 from edgetl.train.weights import fetch_weights, load_state_dict, resolve_weights, verify_file
 
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"

@@ -21,17 +21,32 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edgetl.spec.backbones import get_backbone
-from edgetl.data.folders import DatasetSplit, load_dataset
-from edgetl.errors import DataError
-from edgetl.analysis.rule import (BORDERLINE_MARGIN, HEAD_LR, CONFIDENCE_IMAGENET_LIKE, IMBALANCED_BELOW, KNN_SIMILAR,
-                                  PROBE_SIMILAR, QUADRANT_NAMES, SMALL_PER_CLASS, SimilarityEvidence, SizeStats,
-                                  candidate_plans, finetune_command, is_borderline, is_similar, is_small, plan_for,
-                                  quadrant_of)
-from edgetl.data.sampling import sample_per_class
-from edgetl.analysis.pilot import PilotConfig, format_pilot, run_pilot
 from edgetl.analysis.embeddings import compute_features, imagenet_probabilities, pretrained_model
+from edgetl.analysis.pilot import PilotConfig, format_pilot, run_pilot
+from edgetl.analysis.rule import (
+    BORDERLINE_MARGIN,
+    CONFIDENCE_IMAGENET_LIKE,
+    HEAD_LR,
+    IMBALANCED_BELOW,
+    KNN_SIMILAR,
+    PROBE_SIMILAR,
+    QUADRANT_NAMES,
+    SMALL_PER_CLASS,
+    SimilarityEvidence,
+    SizeStats,
+    candidate_plans,
+    finetune_command,
+    is_borderline,
+    is_similar,
+    is_small,
+    plan_for,
+    quadrant_of,
+)
 from edgetl.data.demo import ensure_demo_dataset
+from edgetl.data.folders import DatasetSplit, load_dataset
+from edgetl.data.sampling import sample_per_class
+from edgetl.errors import DataError
+from edgetl.spec.backbones import get_backbone
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +94,7 @@ def ridge_weights(x: np.ndarray, targets: np.ndarray, penalty: float) -> np.ndar
 
 def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, classes: int) -> np.ndarray:
     """Predicted classes by the k nearest training images (cosine similarity), votes weighted by similarity."""
+
     def unit(x: np.ndarray) -> np.ndarray:
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -92,8 +108,9 @@ def knn_classify(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, c
     return np.argmax(votes, axis=1)
 
 
-def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, classify: Any,
-                             folds: int, seed: int) -> float:
+def cross_validated_accuracy(
+    features: np.ndarray, labels: np.ndarray, classes: int, classify: Any, folds: int, seed: int
+) -> float:
     """Mean over classes of the accuracy of ``classify`` with every image held out once."""
     fold = stratified_folds(labels, folds, seed)
     predicted = np.empty_like(labels)
@@ -103,8 +120,14 @@ def cross_validated_accuracy(features: np.ndarray, labels: np.ndarray, classes: 
     return float(np.mean([np.mean(predicted[labels == c] == c) for c in range(classes)]))
 
 
-def similarity_evidence(features: np.ndarray, labels: np.ndarray, classes: int, probabilities: np.ndarray,
-                        categories: Sequence[str], seed: int = 0) -> SimilarityEvidence:
+def similarity_evidence(
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: int,
+    probabilities: np.ndarray,
+    categories: Sequence[str],
+    seed: int = 0,
+) -> SimilarityEvidence:
     """Probe and k-NN accuracy (stratified cross-validation) and the ImageNet classifier's mean confidence."""
     smallest = int(np.bincount(labels, minlength=classes).min())
     if smallest < 2:
@@ -114,14 +137,21 @@ def similarity_evidence(features: np.ndarray, labels: np.ndarray, classes: int, 
     knn = cross_validated_accuracy(features, labels, classes, knn_classify, folds, seed)
     top = np.bincount(probabilities.argmax(1), minlength=len(categories))
     common = tuple((categories[i], int(top[i])) for i in np.argsort(-top, kind="stable")[:3] if top[i] > 0)
-    return SimilarityEvidence(probe, knn, 1.0 / classes, float(probabilities.max(1).mean()), len(labels), folds,
-                              common)
+    return SimilarityEvidence(probe, knn, 1.0 / classes, float(probabilities.max(1).mean()), len(labels), folds, common)
 
 
-def advise(data: Optional[Path] = None, arch: str = "mobilenet_v2", val_split: Optional[float] = None,
-           seed: int = 0, max_per_class: int = 100, device: str = "auto", workers: Optional[int] = None,
-           cache_dir: Optional[Path] = None, pilot: Optional[PilotConfig] = None,
-           progress: bool = False) -> Dict[str, Any]:
+def advise(
+    data: Optional[Path] = None,
+    arch: str = "mobilenet_v2",
+    val_split: Optional[float] = None,
+    seed: int = 0,
+    max_per_class: int = 100,
+    device: str = "auto",
+    workers: Optional[int] = None,
+    cache_dir: Optional[Path] = None,
+    pilot: Optional[PilotConfig] = None,
+    progress: bool = False,
+) -> Dict[str, Any]:
     """Measure size and similarity of DATA (default: the demo dataset) and return the advice as a dict;
     with ``pilot``, also train the candidate strategies briefly and compare (``report["pilot"]``)."""
     started = time.perf_counter()
@@ -134,25 +164,52 @@ def advise(data: Optional[Path] = None, arch: str = "mobilenet_v2", val_split: O
     stats = size_stats(split)
     chosen = sample_per_class(split.train, max_per_class, seed)
     model = pretrained_model(arch)
-    features = compute_features(model, [s.path for s in chosen], workers=workers, device=device,
-                                cache_dir=cache_dir, progress=progress)
+    features = compute_features(
+        model, [s.path for s in chosen], workers=workers, device=device, cache_dir=cache_dir, progress=progress
+    )
     labels = np.array([s.label for s in chosen], dtype=np.int64)
-    evidence = similarity_evidence(features, labels, len(split.classes), imagenet_probabilities(model, features),
-                                   model.imagenet_categories, seed)
+    evidence = similarity_evidence(
+        features, labels, len(split.classes), imagenet_probabilities(model, features), model.imagenet_categories, seed
+    )
     plan = plan_for(quadrant_of(is_small(stats), is_similar(evidence)), spec)
     report = {
-        "data": str(root), "arch": arch, "layout": split.layout, "skipped_files": len(split.skipped),
-        "size": dict(classes=list(stats.classes), counts=list(stats.counts), min=stats.minimum, median=stats.median,
-                     max=stats.maximum, balance=stats.balance, train_total=stats.total, val_total=stats.val_total,
-                     small=is_small(stats)),
-        "similarity": dict(asdict(evidence), imagenet_labels=[list(p) for p in evidence.imagenet_labels],
-                           probe_score=evidence.probe_score, knn_score=evidence.knn_score,
-                           similar=is_similar(evidence), borderline=is_borderline(evidence)),
-        "quadrant": plan.quadrant, "quadrant_name": QUADRANT_NAMES[plan.quadrant],
-        "plan": asdict(plan), "command": finetune_command(None if data is None else root, arch, plan, val_split),
-        "thresholds": dict(small_per_class=SMALL_PER_CLASS, probe_similar=PROBE_SIMILAR, knn_similar=KNN_SIMILAR,
-                           borderline_margin=BORDERLINE_MARGIN, confidence_imagenet_like=CONFIDENCE_IMAGENET_LIKE,
-                           imbalanced_below=IMBALANCED_BELOW, knn_k=KNN_K, cv_folds=CV_FOLDS),
+        "data": str(root),
+        "arch": arch,
+        "layout": split.layout,
+        "skipped_files": len(split.skipped),
+        "size": dict(
+            classes=list(stats.classes),
+            counts=list(stats.counts),
+            min=stats.minimum,
+            median=stats.median,
+            max=stats.maximum,
+            balance=stats.balance,
+            train_total=stats.total,
+            val_total=stats.val_total,
+            small=is_small(stats),
+        ),
+        "similarity": dict(
+            asdict(evidence),
+            imagenet_labels=[list(p) for p in evidence.imagenet_labels],
+            probe_score=evidence.probe_score,
+            knn_score=evidence.knn_score,
+            similar=is_similar(evidence),
+            borderline=is_borderline(evidence),
+        ),
+        "quadrant": plan.quadrant,
+        "quadrant_name": QUADRANT_NAMES[plan.quadrant],
+        "plan": asdict(plan),
+        "command": finetune_command(None if data is None else root, arch, plan, val_split),
+        "thresholds": dict(
+            small_per_class=SMALL_PER_CLASS,
+            probe_similar=PROBE_SIMILAR,
+            knn_similar=KNN_SIMILAR,
+            borderline_margin=BORDERLINE_MARGIN,
+            confidence_imagenet_like=CONFIDENCE_IMAGENET_LIKE,
+            imbalanced_below=IMBALANCED_BELOW,
+            knn_k=KNN_K,
+            cv_folds=CV_FOLDS,
+        ),
     }
     if pilot is not None:
         report["pilot"] = run_pilot(split, arch, candidate_plans(is_small(stats), spec), plan.quadrant, pilot, progress)
@@ -186,51 +243,96 @@ def format_advice(report: Dict[str, Any]) -> str:
     lines = ["edgetl advise: {} ({}, {} classes)".format(report["data"], report["arch"], len(size["classes"])), ""]
     lines += ["Size (training split)"] + _wrap(
         "images per class: min {}, median {:g}, max {}; balance (min/max) {:.2f}; total {} train + {} val".format(
-            size["min"], size["median"], size["max"], size["balance"], size["train_total"], size["val_total"]))
-    lines += _wrap("-> {}: median {:g} {} {} images per class".format(
-        "small" if size["small"] else "large", size["median"], "<" if size["small"] else ">=", SMALL_PER_CLASS))
+            size["min"], size["median"], size["max"], size["balance"], size["train_total"], size["val_total"]
+        )
+    )
+    lines += _wrap(
+        "-> {}: median {:g} {} {} images per class".format(
+            "small" if size["small"] else "large", size["median"], "<" if size["small"] else ">=", SMALL_PER_CLASS
+        )
+    )
     if size["balance"] < IMBALANCED_BELOW:
-        lines += _wrap("! imbalanced (balance < {:g}): accuracy is dominated by the big classes; collect more images "
-                       "of the small ones and check per-class accuracy with edgetl evaluate".format(IMBALANCED_BELOW))
-    lines += [""] + _wrap("Similarity to the pretraining data: the frozen pretrained {} on {} training images, "
-                          "{}-fold cross-validation. Accuracies are means over classes; chance is {}; score = "
-                          "(accuracy - chance) / (1 - chance).".format(
-                              report["arch"], sim["images"], sim["folds"], _percent(sim["chance"])), "", "")
+        lines += _wrap(
+            "! imbalanced (balance < {:g}): accuracy is dominated by the big classes; collect more images "
+            "of the small ones and check per-class accuracy with edgetl evaluate".format(IMBALANCED_BELOW)
+        )
+    lines += [""] + _wrap(
+        "Similarity to the pretraining data: the frozen pretrained {} on {} training images, "
+        "{}-fold cross-validation. Accuracies are means over classes; chance is {}; score = "
+        "(accuracy - chance) / (1 - chance).".format(
+            report["arch"], sim["images"], sim["folds"], _percent(sim["chance"])
+        ),
+        "",
+        "",
+    )
     probe_ok, knn_ok = sim["probe_score"] >= PROBE_SIMILAR, sim["knn_score"] >= KNN_SIMILAR
-    lines += _measure("linear probe", _percent(sim["probe_accuracy"]), "score " + _compare(sim["probe_score"],
-                                                                                           PROBE_SIMILAR),
-                      "a linear (ridge) classifier on the frozen features {} your classes".format(
-                          "separates" if probe_ok else "does NOT separate"))
-    lines += _measure("k-NN (k={})".format(KNN_K), _percent(sim["knn_accuracy"]),
-                      "score " + _compare(sim["knn_score"], KNN_SIMILAR),
-                      "images of a class are each other's nearest neighbours in feature space" if knn_ok else
-                      "nearest neighbours in feature space are often of ANOTHER class")
+    lines += _measure(
+        "linear probe",
+        _percent(sim["probe_accuracy"]),
+        "score " + _compare(sim["probe_score"], PROBE_SIMILAR),
+        "a linear (ridge) classifier on the frozen features {} your classes".format(
+            "separates" if probe_ok else "does NOT separate"
+        ),
+    )
+    lines += _measure(
+        "k-NN (k={})".format(KNN_K),
+        _percent(sim["knn_accuracy"]),
+        "score " + _compare(sim["knn_score"], KNN_SIMILAR),
+        "images of a class are each other's nearest neighbours in feature space"
+        if knn_ok
+        else "nearest neighbours in feature space are often of ANOTHER class",
+    )
     imagenet_like = sim["confidence"] >= CONFIDENCE_IMAGENET_LIKE
     labels = ", ".join("{} ({})".format(label, count) for label, count in sim["imagenet_labels"])
-    lines += _measure("confidence", "{:.2f}".format(sim["confidence"]),
-                      "{} {:.2f}".format(">=" if imagenet_like else "<", CONFIDENCE_IMAGENET_LIKE),
-                      "mean top-1 softmax of the pretrained ImageNet classifier: the content {} like ImageNet's "
-                      "(most often predicted: {}); reported, not part of the verdict".format(
-                          "looks" if imagenet_like else "does not look", labels))
-    lines += _wrap("-> {} (similar = probe score >= {:.2f} and k-NN score >= {:.2f}){}".format(
-        "similar" if sim["similar"] else "different", PROBE_SIMILAR, KNN_SIMILAR,
-        "; borderline (probe score within {:.2f} of its threshold): --pilot measures the candidates".format(
-            BORDERLINE_MARGIN) if sim["borderline"] else ""))
+    lines += _measure(
+        "confidence",
+        "{:.2f}".format(sim["confidence"]),
+        "{} {:.2f}".format(">=" if imagenet_like else "<", CONFIDENCE_IMAGENET_LIKE),
+        "mean top-1 softmax of the pretrained ImageNet classifier: the content {} like ImageNet's "
+        "(most often predicted: {}); reported, not part of the verdict".format(
+            "looks" if imagenet_like else "does not look", labels
+        ),
+    )
+    lines += _wrap(
+        "-> {} (similar = probe score >= {:.2f} and k-NN score >= {:.2f}){}".format(
+            "similar" if sim["similar"] else "different",
+            PROBE_SIMILAR,
+            KNN_SIMILAR,
+            "; borderline (probe score within {:.2f} of its threshold): --pilot measures the candidates".format(
+                BORDERLINE_MARGIN
+            )
+            if sim["borderline"]
+            else "",
+        )
+    )
     if sim["similar"] and not imagenet_like:
         lines += _wrap("not ImageNet-like content, yet the pretrained features already fit this task", "     ", "     ")
     lines += ["", "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"])]
-    lines += _wrap("Recommendation: {}{}: {}".format(
-        plan["strategy"], " with the top {} stages trainable".format(plan["trainable_stages"])
-        if plan["strategy"] == "partial" else "", plan["why"]), "", "  ")
+    lines += _wrap(
+        "Recommendation: {}{}: {}".format(
+            plan["strategy"],
+            " with the top {} stages trainable".format(plan["trainable_stages"])
+            if plan["strategy"] == "partial"
+            else "",
+            plan["why"],
+        ),
+        "",
+        "  ",
+    )
     if plan["strategy"] == "feature-extractor":
         lines += _wrap("learning rate: new head {:g} (the pretrained base is frozen)".format(HEAD_LR))
     else:
         lines += _wrap("learning rates: new head {:g}, trainable pretrained layers {:g}".format(HEAD_LR, plan["lr"]))
-    lines += _wrap("augment harder: " + (
-        "yes: little data and features that must change overfit fast; finetune's RandomResizedCrop + flip is the "
-        "minimum (add colour jitter, rotation, more images if you can); label smoothing {:g} also regularises".format(
-            plan["label_smoothing"]) if plan["augment_harder"] else
-        "no: finetune's RandomResizedCrop + flip is enough here"))
+    lines += _wrap(
+        "augment harder: "
+        + (
+            "yes: little data and features that must change overfit fast; finetune's RandomResizedCrop + flip is the "
+            "minimum (add colour jitter, rotation, more images if you can); "
+            "label smoothing {:g} also regularises".format(plan["label_smoothing"])
+            if plan["augment_harder"]
+            else "no: finetune's RandomResizedCrop + flip is enough here"
+        )
+    )
     lines += ["", "  " + report["command"]]  # never wrapped: it is copied as it is
     if "pilot" in report:
         lines += ["", format_pilot(report["pilot"])]

@@ -33,8 +33,9 @@ def fit_text(text: str, width: int) -> str:
     return "..." + text
 
 
-def tile_grid(tiles: Sequence[Image.Image], captions: Sequence[Sequence[str]], columns: int,
-              title: Sequence[str] = ()) -> Image.Image:
+def tile_grid(
+    tiles: Sequence[Image.Image], captions: Sequence[Sequence[str]], columns: int, title: Sequence[str] = ()
+) -> Image.Image:
     """Equal-sized tiles in rows of ``columns``, each with its caption lines below, title lines on top.
 
     Size: width ``PAD + columns * (tile_w + PAD)``, height ``PAD + len(title) * LINE + rows * (tile_h +
@@ -60,8 +61,10 @@ def tile_grid(tiles: Sequence[Image.Image], captions: Sequence[Sequence[str]], c
 def side_by_side(panels: Sequence[Image.Image], title: Sequence[str] = ()) -> Image.Image:
     """Panels next to each other, top-aligned, ``PAD`` apart, under ``title`` lines spanning them all
     (the sheet widens to fit the longest title line)."""
-    width = max([sum(p.width for p in panels) + PAD * (len(panels) - 1)]
-                + [_font().getbbox(line)[2] + 2 * PAD for line in title])
+    width = max(
+        [sum(p.width for p in panels) + PAD * (len(panels) - 1)]
+        + [_font().getbbox(line)[2] + 2 * PAD for line in title]
+    )
     top = len(title) * LINE + (PAD if title else 0)
     sheet = Image.new("RGB", (width, top + max(p.height for p in panels)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -98,8 +101,10 @@ def filter_tiles(weights: Sequence[np.ndarray], cell: int) -> List[List[Image.Im
     low = stacked.min(axis=(0, 2, 3, 4), keepdims=True)
     high = stacked.max(axis=(0, 2, 3, 4), keepdims=True)
     pixels = np.round(255 * (stacked - low) / np.maximum(high - low, 1e-12)).astype(np.uint8)
-    return [[Image.fromarray(f.transpose(1, 2, 0), "RGB").resize((cell, cell), Image.NEAREST) for f in one]
-            for one in pixels]
+    return [
+        [Image.fromarray(f.transpose(1, 2, 0), "RGB").resize((cell, cell), Image.NEAREST) for f in one]
+        for one in pixels
+    ]
 
 
 def change_tiles(before: np.ndarray, after: np.ndarray, cell: int) -> List[Image.Image]:

@@ -20,16 +20,16 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from edgetl.spec.backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entry
-from edgetl.data.folders import IMAGE_SUFFIXES, ImageDataset, Sample, check_image
 from edgetl.core.deps import require
 from edgetl.core.device import resolve_device, resolve_workers
-from edgetl.errors import ConfigError, DataError
 from edgetl.core.fileio import atomic_path, edgetl_home, file_fingerprints
+from edgetl.data.folders import IMAGE_SUFFIXES, ImageDataset, Sample, check_image
+from edgetl.errors import ConfigError, DataError
+from edgetl.spec.backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entry
 from edgetl.spec.preprocess import PreprocessSpec, torch_transforms
+from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.train.model import EdgeClassifier, HeadConfig, load_base_weights
 from edgetl.train.weights import fetch_weights, load_state_dict
-from edgetl.train.checkpoint import load_run, preprocess_of
 
 torch = require("torch")
 log = logging.getLogger(__name__)
@@ -59,8 +59,14 @@ def pretrained_model(arch: str) -> FeatureModel:
     load_base_weights(model, state, path)
     head = (state[spec.classifier + ".weight"].float(), state[spec.classifier + ".bias"].float())
     categories = tuple(weights_entry(spec).meta["categories"])
-    return FeatureModel("pretrained:{}:{}".format(arch, path.name), spec, model.base.eval(), preprocess_spec(spec),
-                        imagenet_head=head, imagenet_categories=categories)
+    return FeatureModel(
+        "pretrained:{}:{}".format(arch, path.name),
+        spec,
+        model.base.eval(),
+        preprocess_spec(spec),
+        imagenet_head=head,
+        imagenet_categories=categories,
+    )
 
 
 def run_model(run: Path) -> FeatureModel:
@@ -70,8 +76,13 @@ def run_model(run: Path) -> FeatureModel:
     model, payload = load_run(run)
     stat = checkpoint.stat()
     identity = "run:{}:{}:{}".format(checkpoint.resolve(), stat.st_size, stat.st_mtime_ns)
-    return FeatureModel(identity, model.spec, model.base.eval(), preprocess_of(payload),
-                        weights_source=payload.get("config", {}).get("weights"))
+    return FeatureModel(
+        identity,
+        model.spec,
+        model.base.eval(),
+        preprocess_of(payload),
+        weights_source=payload.get("config", {}).get("weights"),
+    )
 
 
 def list_images(root: Path, workers: int = 8) -> Tuple[List[Path], List[Tuple[Path, str]]]:
@@ -79,8 +90,9 @@ def list_images(root: Path, workers: int = 8) -> Tuple[List[Path], List[Tuple[Pa
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError("image folder not found: {}".format(root))
-    candidates = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
-                        and p.suffix.lower() in IMAGE_SUFFIXES)
+    candidates = sorted(
+        p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = list(pool.map(check_image, candidates))
     paths = [p for p, reason in zip(candidates, reasons) if reason is None]
@@ -107,8 +119,11 @@ def stage_output_module(model: FeatureModel, stage: str) -> Any:
     """The last module of a convolutional stage: its output is the stage's activation maps."""
     paths = model.spec.modules_of(stage)  # ConfigError listing the stages if unknown
     if stage not in model.spec.conv_stage_names:
-        raise ConfigError("stage {!r} of {} is not convolutional (no activation maps); choose one of: {}".format(
-            stage, model.spec.name, ", ".join(model.spec.conv_stage_names)))
+        raise ConfigError(
+            "stage {!r} of {} is not convolutional (no activation maps); choose one of: {}".format(
+                stage, model.spec.name, ", ".join(model.spec.conv_stage_names)
+            )
+        )
     return model.base.get_submodule(paths[-1])
 
 
@@ -127,8 +142,9 @@ def captured_stage(model: FeatureModel, stage: str) -> Iterator[Dict[str, Any]]:
         handle.remove()
 
 
-def _compute(model: FeatureModel, paths: Sequence[Path], measure: str, batch_size: int, workers: int,
-             device: Any, progress: bool) -> np.ndarray:
+def _compute(
+    model: FeatureModel, paths: Sequence[Path], measure: str, batch_size: int, workers: int, device: Any, progress: bool
+) -> np.ndarray:
     dataset = ImageDataset([Sample(Path(p), 0) for p in paths], torch_transforms(model.preprocess, train=False))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     base = model.base.to(device).eval()
@@ -149,9 +165,17 @@ def _measuring(model: FeatureModel, measure: str) -> Iterator[Dict[str, Any]]:
             yield captured
 
 
-def compute_features(model: FeatureModel, paths: Sequence[Path], stage: Optional[str] = None, batch_size: int = 32,
-                     workers: Optional[int] = None, device: str = "auto", cache_dir: Optional[Path] = None,
-                     cache: bool = True, progress: bool = False) -> np.ndarray:
+def compute_features(
+    model: FeatureModel,
+    paths: Sequence[Path],
+    stage: Optional[str] = None,
+    batch_size: int = 32,
+    workers: Optional[int] = None,
+    device: str = "auto",
+    cache_dir: Optional[Path] = None,
+    cache: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
     """float32 (N, D): pooled penultimate features of each file, or with ``stage`` each channel's spatial
     maximum in that stage's output. Cached in ``cache_dir`` (default ``default_cache_dir()``) unless ``cache``
     is False."""

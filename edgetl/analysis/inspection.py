@@ -20,12 +20,21 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from edgetl.core.deps import require
-from edgetl.errors import ConfigError, WeightsError
+from edgetl.analysis.contact_sheets import (
+    change_tiles,
+    filter_tiles,
+    grid_columns,
+    heat_overlay,
+    save_png,
+    side_by_side,
+    thumbnail,
+    tile_grid,
+)
 from edgetl.analysis.embeddings import FeatureModel, captured_stage, compute_features, list_images
+from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text
+from edgetl.errors import ConfigError, WeightsError
 from edgetl.spec.preprocess import load_rgb, resize_and_crop, torch_transforms
-from edgetl.analysis.contact_sheets import change_tiles, filter_tiles, grid_columns, heat_overlay, save_png, side_by_side, thumbnail, tile_grid
 from edgetl.train.weights import RANDOM_INIT, load_state_dict, resolve_weights
 
 torch = require("torch")
@@ -80,8 +89,11 @@ def filters_png(model: FeatureModel, out_dir: Path) -> Tuple[Path, str]:
     before = pretrained_first_conv(model, name)
     columns = grid_columns(len(tuned))
     caption = [[str(i)] for i in range(len(tuned))]
-    title = ["{} first conv ({}): {} filters {}x{}, each scaled to its own weight range".format(
-        model.spec.name, name, len(tuned), *tuned.shape[2:])]
+    title = [
+        "{} first conv ({}): {} filters {}x{}, each scaled to its own weight range".format(
+            model.spec.name, name, len(tuned), *tuned.shape[2:]
+        )
+    ]
     if before is None or before.shape != tuned.shape:
         panels = [tile_grid(filter_tiles([tuned], FILTER_CELL)[0], caption, columns, ["this run"])]
         note = "no pretrained weights to compare with"
@@ -91,13 +103,16 @@ def filters_png(model: FeatureModel, out_dir: Path) -> Tuple[Path, str]:
     else:
         change = float(np.linalg.norm(tuned - before) / max(np.linalg.norm(before), 1e-12))
         pre_tiles, tuned_tiles = filter_tiles([before, tuned], FILTER_CELL)
-        panels = [tile_grid(pre_tiles, caption, columns, ["pretrained"]),
-                  tile_grid(tuned_tiles, caption, columns, ["fine-tuned"]),
-                  tile_grid(change_tiles(before, tuned, FILTER_CELL), caption, columns,
-                            ["change (grey = none)"])]
+        panels = [
+            tile_grid(pre_tiles, caption, columns, ["pretrained"]),
+            tile_grid(tuned_tiles, caption, columns, ["fine-tuned"]),
+            tile_grid(change_tiles(before, tuned, FILTER_CELL), caption, columns, ["change (grey = none)"]),
+        ]
         note = "changed by fine-tuning: relative L2 change {:.2%}".format(change)
-        title.append("fine-tuning changed them by {:.2%} (relative L2); the change panel is amplified to its "
-                     "largest weight change".format(change))
+        title.append(
+            "fine-tuning changed them by {:.2%} (relative L2); the change panel is amplified to its "
+            "largest weight change".format(change)
+        )
     sheet = side_by_side(panels, title)
     return save_png(sheet, Path(out_dir) / "filters.png"), note
 
@@ -112,8 +127,9 @@ def stage_maps(model: FeatureModel, paths: Sequence[Path], stage: str) -> np.nda
     return captured["maps"].float().numpy()
 
 
-def activations_png(model: FeatureModel, image: Path, stage: str, out_dir: Path,
-                    count: int = 8) -> Tuple[Path, List[int]]:
+def activations_png(
+    model: FeatureModel, image: Path, stage: str, out_dir: Path, count: int = 8
+) -> Tuple[Path, List[int]]:
     """Write the ``count`` strongest channels (by mean activation) of ``stage`` for ``image`` over the image."""
     maps = stage_maps(model, [image], stage)[0]
     count = min(count, len(maps))
@@ -121,17 +137,22 @@ def activations_png(model: FeatureModel, image: Path, stage: str, out_dir: Path,
     channels = [int(c) for c in np.argsort(-means, kind="stable")[:count]]
     view = _model_view(model, image)
     tiles = [view] + [heat_overlay(view, maps[c], maps[c].max()) for c in channels]
-    captions = [["input (model's view)", ""]] + [["channel {}".format(c), "mean {:.3g} max {:.3g}".format(
-        means[c], maps[c].max())] for c in channels]
-    title = ["{}: {} ({} channels, {}x{} maps), strongest {} by mean activation".format(
-        Path(image).name, stage, maps.shape[0], maps.shape[1], maps.shape[2], count),
-        "each map scaled to its own max: dark = weak, bright = strong"]
+    captions = [["input (model's view)", ""]] + [
+        ["channel {}".format(c), "mean {:.3g} max {:.3g}".format(means[c], maps[c].max())] for c in channels
+    ]
+    title = [
+        "{}: {} ({} channels, {}x{} maps), strongest {} by mean activation".format(
+            Path(image).name, stage, maps.shape[0], maps.shape[1], maps.shape[2], count
+        ),
+        "each map scaled to its own max: dark = weak, bright = strong",
+    ]
     out = Path(out_dir) / "activations-{}-{}.png".format(_safe(stage), _safe(Path(image).stem))
     return save_png(tile_grid(tiles, captions, grid_columns(len(tiles)), title), out), channels
 
 
-def nearest_neighbours(model: FeatureModel, query: Path, paths: Sequence[Path], features: np.ndarray,
-                       k: int) -> List[Tuple[Path, float]]:
+def nearest_neighbours(
+    model: FeatureModel, query: Path, paths: Sequence[Path], features: np.ndarray, k: int
+) -> List[Tuple[Path, float]]:
     """The ``k`` files closest to ``query`` by Euclidean distance of penultimate features, nearest first.
     A query that is one of ``paths`` uses its own row (distance exactly 0)."""
     resolved = [Path(p).resolve() for p in paths]
@@ -144,17 +165,21 @@ def nearest_neighbours(model: FeatureModel, query: Path, paths: Sequence[Path], 
     return [(Path(paths[i]), float(distances[i])) for i in order]
 
 
-def similar_png(model: FeatureModel, query: Path, data: Path, out_dir: Path, k: int = 8,
-                **feature_options: Any) -> Tuple[Path, List[Tuple[Path, float]]]:
+def similar_png(
+    model: FeatureModel, query: Path, data: Path, out_dir: Path, k: int = 8, **feature_options: Any
+) -> Tuple[Path, List[Tuple[Path, float]]]:
     """Write a contact sheet of the query and its ``k`` nearest neighbours in ``data`` (features cached)."""
     paths, _ = list_images(data)
     features = compute_features(model, paths, **feature_options)
     neighbours = nearest_neighbours(model, query, paths, features, k)
     tiles = [thumbnail(_model_view(model, p), THUMB) for p in [query] + [p for p, _ in neighbours]]
-    captions = [["query", Path(query).name]] + [["#{} d={:.3f}".format(i + 1, d), _relative(p, data)]
-                                                for i, (p, d) in enumerate(neighbours)]
-    title = ["nearest neighbours of {} among {} images in {}".format(Path(query).name, len(paths), data),
-             "Euclidean distance of {}'s penultimate features ({} dims)".format(model.spec.name, features.shape[1])]
+    captions = [["query", Path(query).name]] + [
+        ["#{} d={:.3f}".format(i + 1, d), _relative(p, data)] for i, (p, d) in enumerate(neighbours)
+    ]
+    title = [
+        "nearest neighbours of {} among {} images in {}".format(Path(query).name, len(paths), data),
+        "Euclidean distance of {}'s penultimate features ({} dims)".format(model.spec.name, features.shape[1]),
+    ]
     out = Path(out_dir) / "similar-{}.png".format(_safe(Path(query).stem))
     return save_png(tile_grid(tiles, captions, min(SHEET_COLUMNS, len(tiles)), title), out), neighbours
 
@@ -166,23 +191,29 @@ def _relative(path: Path, root: Path) -> str:
         return Path(path).name
 
 
-def top_activating_png(model: FeatureModel, stage: str, channel: int, data: Path, out_dir: Path, k: int = 8,
-                       **feature_options: Any) -> Tuple[Path, List[Tuple[Path, float]]]:
+def top_activating_png(
+    model: FeatureModel, stage: str, channel: int, data: Path, out_dir: Path, k: int = 8, **feature_options: Any
+) -> Tuple[Path, List[Tuple[Path, float]]]:
     """Write the ``k`` images of ``data`` whose channel ``channel`` of ``stage`` peaks highest, with its map."""
     paths, _ = list_images(data)
     peaks = compute_features(model, paths, stage=stage, **feature_options)  # (N, C) spatial maxima, cached
     if not 0 <= channel < peaks.shape[1]:
-        raise ConfigError("--channel must be between 0 and {} for stage {!r} of {}".format(
-            peaks.shape[1] - 1, stage, model.spec.name))
+        raise ConfigError(
+            "--channel must be between 0 and {} for stage {!r} of {}".format(peaks.shape[1] - 1, stage, model.spec.name)
+        )
     order = np.argsort(-peaks[:, channel], kind="stable")[:k]
     chosen = [Path(paths[i]) for i in order]
     maps = stage_maps(model, chosen, stage)[:, channel]
     vmax = float(maps.max())
     tiles = [thumbnail(heat_overlay(_model_view(model, p), m, vmax), THUMB) for p, m in zip(chosen, maps)]
-    captions = [["#{} max {:.3g}".format(i + 1, peaks[j, channel]), _relative(p, data)]
-                for i, (j, p) in enumerate(zip(order, chosen))]
-    title = ["{} channel {}: top {} of {} images in {}".format(stage, channel, len(chosen), len(paths), data),
-             "ranked by the channel's spatial maximum; maps share one scale (bright = strongest)"]
+    captions = [
+        ["#{} max {:.3g}".format(i + 1, peaks[j, channel]), _relative(p, data)]
+        for i, (j, p) in enumerate(zip(order, chosen))
+    ]
+    title = [
+        "{} channel {}: top {} of {} images in {}".format(stage, channel, len(chosen), len(paths), data),
+        "ranked by the channel's spatial maximum; maps share one scale (bright = strongest)",
+    ]
     out = Path(out_dir) / "top-{}-ch{}.png".format(_safe(stage), channel)
     rows = [(p, float(peaks[j, channel])) for j, p in zip(order, chosen)]
     return save_png(tile_grid(tiles, captions, min(SHEET_COLUMNS, len(tiles)), title), out), rows
@@ -198,9 +229,22 @@ def embed(model: FeatureModel, data: Path, out: Path, **feature_options: Any) ->
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.save(handle, features)
     sidecar = out.with_suffix(".json")
-    atomic_write_text(sidecar, json.dumps({
-        "features": out.name, "shape": list(features.shape), "dtype": "float32", "model": model.identity,
-        "arch": model.spec.name, "preprocess": model.preprocess.to_dict(), "data": str(data),
-        "files": [str(p) for p in paths], "skipped": [[str(p), reason] for p, reason in skipped],
-    }, indent=1) + "\n")
+    atomic_write_text(
+        sidecar,
+        json.dumps(
+            {
+                "features": out.name,
+                "shape": list(features.shape),
+                "dtype": "float32",
+                "model": model.identity,
+                "arch": model.spec.name,
+                "preprocess": model.preprocess.to_dict(),
+                "data": str(data),
+                "files": [str(p) for p in paths],
+                "skipped": [[str(p), reason] for p, reason in skipped],
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     return out, sidecar, (int(features.shape[0]), int(features.shape[1]))

@@ -94,15 +94,39 @@ class Plan:
 QUADRANT_NAMES = {1: "large + different", 2: "large + similar", 3: "small + different", 4: "small + similar"}
 # quadrant -> (strategy, fraction of the stages that train, lr of pretrained layers, epochs, augment harder, why)
 PLAN_TABLE: Dict[int, Tuple[str, float, float, int, bool, str]] = {
-    1: ("full", 1.0, 0.01, 10, False,
-        "plenty of data and features that do not fit yet: retrain every layer, starting from the pretrained weights"),
-    2: ("partial", 1 / 3, 0.001, 10, False,
-        "the pretrained features fit; plenty of data lets the top third of the stages specialise at a small lr"),
-    3: ("partial", 1 / 2, 0.005, 20, True,
+    1: (
+        "full",
+        1.0,
+        0.01,
+        10,
+        False,
+        "plenty of data and features that do not fit yet: retrain every layer, starting from the pretrained weights",
+    ),
+    2: (
+        "partial",
+        1 / 3,
+        0.001,
+        10,
+        False,
+        "the pretrained features fit; plenty of data lets the top third of the stages specialise at a small lr",
+    ),
+    3: (
+        "partial",
+        1 / 2,
+        0.005,
+        20,
+        True,
         "features must adapt but data is scarce: train the top half of the stages, keep the generic early "
-        "filters frozen, and regularise hard"),
-    4: ("feature-extractor", 0.0, 0.005, 15, False,
-        "the frozen features already separate the classes; training more layers on little data would only overfit"),
+        "filters frozen, and regularise hard",
+    ),
+    4: (
+        "feature-extractor",
+        0.0,
+        0.005,
+        15,
+        False,
+        "the frozen features already separate the classes; training more layers on little data would only overfit",
+    ),
 }
 
 
@@ -142,8 +166,14 @@ def finetune_command(data: Optional[Path], arch: str, plan: Plan, val_split: Opt
     words += ["--arch", arch, "--strategy", plan.strategy]
     if plan.strategy == "partial":
         words += ["--trainable-stages", str(plan.trainable_stages)]
-    words += ["--lr", "{:g}".format(plan.lr), "--head-lr-mult", "{:g}".format(plan.head_lr_mult),
-              "--epochs", str(plan.epochs)]
+    words += [
+        "--lr",
+        "{:g}".format(plan.lr),
+        "--head-lr-mult",
+        "{:g}".format(plan.head_lr_mult),
+        "--epochs",
+        str(plan.epochs),
+    ]
     if plan.label_smoothing:
         words += ["--label-smoothing", "{:g}".format(plan.label_smoothing)]
     if val_split is not None:

@@ -4,7 +4,8 @@ regression gate that survives noisy CI machines.
 Noise-robust method: every model is timed in rounds interleaved with a fixed reference workload
 (a small deterministic conv net in ONNX Runtime, same threads). Per round, the model's fastest call
 is divided by the reference's fastest call (the fastest calls are the ones least disturbed by other
-load); the gate compares the median of those ratios with the baseline's, never raw milliseconds, so a machine that is uniformly slower or busier today does not
+load); the gate compares the median of those ratios with the baseline's, never raw milliseconds,
+so a machine that is uniformly slower or busier today does not
 fail the gate, while a model that got slower relative to the same yardstick does.
 Torch-free at import (device side); Python 3.8 syntax.
 """
@@ -21,22 +22,24 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgetl.spec.bundle import Bundle
+from edgetl.bench.machine import machine_info
 from edgetl.core.deps import torch_threads
-from edgetl.errors import ConfigError, EdgetlError
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
-from edgetl.bench.machine import machine_info
+from edgetl.errors import ConfigError, EdgetlError
 from edgetl.runtime.base import Runner
 from edgetl.runtime.classifier import BACKENDS, choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
-from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.runtime.tensorrt import TrtRunner, load_sidecar
+from edgetl.runtime.torch_runner import TorchRunner
+from edgetl.spec.bundle import Bundle
 from edgetl.spec.engine_sidecar import sidecar_batch_range
 
 log = logging.getLogger(__name__)
-METHOD = ("latency: host wall-clock per call; 'relative': median over rounds of the model's fastest call divided "
-          "by the fastest call of a fixed reference conv net (ONNX Runtime, same threads) timed in the same round")
+METHOD = (
+    "latency: host wall-clock per call; 'relative': median over rounds of the model's fastest call divided "
+    "by the fastest call of a fixed reference conv net (ONNX Runtime, same threads) timed in the same round"
+)
 
 
 class RegressionError(EdgetlError):
@@ -103,14 +106,21 @@ def reference_onnx(path: Path) -> Path:
     for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
         weight = numpy_helper.from_array((rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32), "w%d" % i)
         inits.append(weight)
-        nodes.append(helper.make_node("Conv", [current, weight.name], ["c%d" % i], pads=[1, 1, 1, 1],
-                                      strides=[2 if i % 2 == 0 else 1] * 2))
+        nodes.append(
+            helper.make_node(
+                "Conv", [current, weight.name], ["c%d" % i], pads=[1, 1, 1, 1], strides=[2 if i % 2 == 0 else 1] * 2
+            )
+        )
         nodes.append(helper.make_node("Relu", ["c%d" % i], ["r%d" % i]))
         current = "r%d" % i
     nodes.append(helper.make_node("GlobalAveragePool", [current], ["y"]))
-    graph = helper.make_graph(nodes, "edgetl_reference", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                              ["batch", 3, 112, 112])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels[-1], 1, 1])],
-                              initializer=inits)
+    graph = helper.make_graph(
+        nodes,
+        "edgetl_reference",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels[-1], 1, 1])],
+        initializer=inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -118,7 +128,9 @@ def reference_onnx(path: Path) -> Path:
     return path
 
 
-def targets_for(model: str, backends: Sequence[str], device: str = "cpu", threads: Optional[int] = None) -> List[Target]:
+def targets_for(
+    model: str, backends: Sequence[str], device: str = "cpu", threads: Optional[int] = None
+) -> List[Target]:
     """The (model, backend) pairs to time: a file is its own backend; a bundle/run gives one per backend."""
     path = Path(model)
     if path.suffix == ".onnx":
@@ -131,20 +143,32 @@ def targets_for(model: str, backends: Sequence[str], device: str = "cpu", thread
         choice = choose_backend(bundle, backend)
         if choice.backend == "torch":
             size = bundle.preprocess.input_size
-            targets.append(Target(model, "torch", lambda: TorchRunner(bundle.checkpoint_dir()), None, np.float32,
-                                  (3, size, size)))
+            targets.append(
+                Target(model, "torch", lambda: TorchRunner(bundle.checkpoint_dir()), None, np.float32, (3, size, size))
+            )
         elif choice.backend == "trt":
-            targets.append(_trt_target(model, bundle.root / choice.engine, bundle.root / choice.model.file,
-                                       choice.model.batch))
+            targets.append(
+                _trt_target(model, bundle.root / choice.engine, bundle.root / choice.model.file, choice.model.batch)
+            )
         else:
-            targets.append(_onnx_target(model, choice.backend, bundle.root / choice.model.file, choice.model.batch,
-                                        device, threads))
+            targets.append(
+                _onnx_target(
+                    model, choice.backend, bundle.root / choice.model.file, choice.model.batch, device, threads
+                )
+            )
     return targets
 
 
 def _trt_target(model: str, engine: Path, onnx_file: Optional[Path], batch: Optional[int]) -> Target:
-    return Target(model, "trt", lambda: TrtRunner(engine, onnx_path=onnx_file), batch, np.float32, (),
-                  sidecar_batch_range(load_sidecar(engine)))
+    return Target(
+        model,
+        "trt",
+        lambda: TrtRunner(engine, onnx_path=onnx_file),
+        batch,
+        np.float32,
+        (),
+        sidecar_batch_range(load_sidecar(engine)),
+    )
 
 
 def check_batches(targets: Sequence[Target], batches: Sequence[int]) -> None:
@@ -156,13 +180,17 @@ def check_batches(targets: Sequence[Target], batches: Sequence[int]) -> None:
         low, high = target.batch_range
         bad = [b for b in batches if not low <= b <= high and not (target.static_batch and b != target.static_batch)]
         if bad:
-            raise ConfigError("{} [trt] takes a batch of {} to {} (its engine's optimisation profile); --batch {} is "
-                              "outside it: rebuild with 'edgetl build-engine --min-batch/--max-batch'".format(
-                                  target.model, low, high, ",".join(str(b) for b in bad)))
+            raise ConfigError(
+                "{} [trt] takes a batch of {} to {} (its engine's optimisation profile); --batch {} is "
+                "outside it: rebuild with 'edgetl build-engine --min-batch/--max-batch'".format(
+                    target.model, low, high, ",".join(str(b) for b in bad)
+                )
+            )
 
 
-def _onnx_target(model: str, backend: str, path: Path, batch: Optional[int], device: str,
-                 threads: Optional[int]) -> Target:
+def _onnx_target(
+    model: str, backend: str, path: Path, batch: Optional[int], device: str, threads: Optional[int]
+) -> Target:
     return Target(model, backend, lambda: OnnxRuntimeRunner(path, device=device, threads=threads), batch, None, ())
 
 
@@ -184,8 +212,9 @@ def _time_calls(call: Callable[[], Any], count: int) -> List[float]:
     return times
 
 
-def time_interleaved(model_call: Callable[[], Any], reference_call: Callable[[], Any], warmup: int, iters: int,
-                     rounds: int) -> Dict[str, Any]:
+def time_interleaved(
+    model_call: Callable[[], Any], reference_call: Callable[[], Any], warmup: int, iters: int, rounds: int
+) -> Dict[str, Any]:
     """Time ``model_call`` in rounds alternating with ``reference_call``; latency stats and the ratio."""
     _time_calls(model_call, warmup)
     _time_calls(reference_call, max(1, warmup // 2))
@@ -198,9 +227,14 @@ def time_interleaved(model_call: Callable[[], Any], reference_call: Callable[[],
         reference_times += reference
         ratios.append(float(min(times) / min(reference)))  # fastest calls: least touched by other load
     times = np.asarray(model_times)
-    return {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90)),
-            "p99_ms": float(np.percentile(times, 99)), "mean_ms": float(times.mean()),
-            "reference_p50_ms": float(np.median(reference_times)), "relative": float(np.median(ratios))}
+    return {
+        "p50_ms": float(np.percentile(times, 50)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "mean_ms": float(times.mean()),
+        "reference_p50_ms": float(np.median(reference_times)),
+        "relative": float(np.median(ratios)),
+    }
 
 
 def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
@@ -213,8 +247,7 @@ def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
 def _bench_latency(config: LatencyConfig) -> Dict[str, Any]:
     rng = np.random.default_rng(0)
     rows, skipped = [], []
-    targets = [t for model in config.models for t in targets_for(model, config.backends, config.device,
-                                                                  config.threads)]
+    targets = [t for model in config.models for t in targets_for(model, config.backends, config.device, config.threads)]
     check_batches(targets, config.batches)
     with tempfile.TemporaryDirectory(prefix="edgetl-ref-") as tmp:
         reference = OnnxRuntimeRunner(reference_onnx(Path(tmp) / "reference.onnx"), threads=config.threads, spin=False)
@@ -224,20 +257,39 @@ def _bench_latency(config: LatencyConfig) -> Dict[str, Any]:
                 with target.make_runner() as runner:
                     for batch in config.batches:
                         if target.static_batch and batch != target.static_batch:
-                            skipped.append("{} [{}] batch {}: exported with a fixed batch of {}".format(
-                                target.model, target.backend, batch, target.static_batch))
+                            skipped.append(
+                                "{} [{}] batch {}: exported with a fixed batch of {}".format(
+                                    target.model, target.backend, batch, target.static_batch
+                                )
+                            )
                             continue
                         feed = _feed(runner, target, batch, rng)
-                        stats = time_interleaved(lambda: runner.infer(feed), lambda: reference.infer(reference_feed),
-                                                 config.warmup, config.iters, config.rounds)
-                        rows.append(LatencyRow(target.model, target.backend, batch,
-                                               images_per_s=batch * 1000.0 / stats["mean_ms"],
-                                               stages_ms=getattr(runner, "last_stages_ms", None), **stats))
+                        stats = time_interleaved(
+                            lambda: runner.infer(feed),
+                            lambda: reference.infer(reference_feed),
+                            config.warmup,
+                            config.iters,
+                            config.rounds,
+                        )
+                        rows.append(
+                            LatencyRow(
+                                target.model,
+                                target.backend,
+                                batch,
+                                images_per_s=batch * 1000.0 / stats["mean_ms"],
+                                stages_ms=getattr(runner, "last_stages_ms", None),
+                                **stats,
+                            )
+                        )
     for reason in skipped:
         log.info("skipped %s", reason)
-    return {"machine": machine_info(config.threads), "method": METHOD,
-            "config": {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(config).items()},
-            "rows": [asdict(r) for r in rows], "skipped": skipped}
+    return {
+        "machine": machine_info(config.threads),
+        "method": METHOD,
+        "config": {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in asdict(config).items()},
+        "rows": [asdict(r) for r in rows],
+        "skipped": skipped,
+    }
 
 
 def row_key(row: Dict[str, Any]) -> str:
@@ -246,7 +298,9 @@ def row_key(row: Dict[str, Any]) -> str:
     return "{} [{}] batch {}".format(Path(row["model"]).name, row["backend"], row["batch"])
 
 
-def compare_to_baseline(report: Dict[str, Any], baseline: Dict[str, Any], max_regression_pct: float) -> List[Dict[str, Any]]:
+def compare_to_baseline(
+    report: Dict[str, Any], baseline: Dict[str, Any], max_regression_pct: float
+) -> List[Dict[str, Any]]:
     """Per row: the baseline's and today's relative time and the change in percent; ``ok`` is False where
     today's ratio exceeds the baseline's by more than ``max_regression_pct``. Rows new to the baseline pass."""
     previous = {row_key(r): r for r in baseline.get("rows", [])}
@@ -254,9 +308,15 @@ def compare_to_baseline(report: Dict[str, Any], baseline: Dict[str, Any], max_re
     for row in report["rows"]:
         base = previous.get(row_key(row))
         change = None if base is None else (row["relative"] / base["relative"] - 1.0) * 100.0
-        verdicts.append({"key": row_key(row), "baseline_relative": None if base is None else base["relative"],
-                         "relative": row["relative"], "change_pct": change,
-                         "ok": change is None or change <= max_regression_pct})
+        verdicts.append(
+            {
+                "key": row_key(row),
+                "baseline_relative": None if base is None else base["relative"],
+                "relative": row["relative"],
+                "change_pct": change,
+                "ok": change is None or change <= max_regression_pct,
+            }
+        )
     return verdicts
 
 
@@ -264,27 +324,59 @@ def fail_on_regressions(verdicts: Optional[List[Dict[str, Any]]], max_regression
     """Raise RegressionError naming every row that regressed beyond the threshold."""
     failed = [v for v in verdicts or [] if not v["ok"]]
     if failed:
-        raise RegressionError("{} slower than the baseline by more than {:g}%: {}".format(
-            "a model got" if len(failed) == 1 else "{} models got".format(len(failed)), max_regression_pct,
-            "; ".join("{} (+{:.1f}%)".format(v["key"], v["change_pct"]) for v in failed)))
+        raise RegressionError(
+            "{} slower than the baseline by more than {:g}%: {}".format(
+                "a model got" if len(failed) == 1 else "{} models got".format(len(failed)),
+                max_regression_pct,
+                "; ".join("{} (+{:.1f}%)".format(v["key"], v["change_pct"]) for v in failed),
+            )
+        )
 
 
 def format_latency(report: Dict[str, Any], verdicts: Optional[List[Dict[str, Any]]] = None) -> str:
     """The results table (plus the baseline comparison when there is one)."""
     headers = ["model", "backend", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "vs reference"]
-    rows = [[Path(r["model"]).name, r["backend"], r["batch"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["mean_ms"],
-             r["images_per_s"], "{:.3f}x".format(r["relative"])] for r in report["rows"]]
+    rows = [
+        [
+            Path(r["model"]).name,
+            r["backend"],
+            r["batch"],
+            r["p50_ms"],
+            r["p90_ms"],
+            r["p99_ms"],
+            r["mean_ms"],
+            r["images_per_s"],
+            "{:.3f}x".format(r["relative"]),
+        ]
+        for r in report["rows"]
+    ]
     lines = [text_table(headers, rows)]
     stages = [(row_key(r), r["stages_ms"]) for r in report["rows"] if r.get("stages_ms")]
     if stages:
-        lines += ["", text_table(["model", "h2d ms", "compute ms", "d2h ms"],
-                                 [[k, s["h2d"], s["compute"], s["d2h"]] for k, s in stages])]
+        lines += [
+            "",
+            text_table(
+                ["model", "h2d ms", "compute ms", "d2h ms"], [[k, s["h2d"], s["compute"], s["d2h"]] for k, s in stages]
+            ),
+        ]
     lines += ["skipped: " + reason for reason in report["skipped"]]
     if verdicts is not None:
-        lines += ["", text_table(["model", "baseline", "now", "change", "verdict"], [
-            [v["key"], "-" if v["baseline_relative"] is None else "{:.3f}x".format(v["baseline_relative"]),
-             "{:.3f}x".format(v["relative"]), "new" if v["change_pct"] is None else "{:+.1f}%".format(v["change_pct"]),
-             "ok" if v["ok"] else "REGRESSED"] for v in verdicts])]
+        lines += [
+            "",
+            text_table(
+                ["model", "baseline", "now", "change", "verdict"],
+                [
+                    [
+                        v["key"],
+                        "-" if v["baseline_relative"] is None else "{:.3f}x".format(v["baseline_relative"]),
+                        "{:.3f}x".format(v["relative"]),
+                        "new" if v["change_pct"] is None else "{:+.1f}%".format(v["change_pct"]),
+                        "ok" if v["ok"] else "REGRESSED",
+                    ]
+                    for v in verdicts
+                ],
+            ),
+        ]
     return "\n".join(lines)
 
 

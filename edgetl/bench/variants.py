@@ -5,7 +5,8 @@ Variants: the frozen base with the feature cache (``--cache features``) and with
 pipeline), the frozen base cut early at a stage (smaller, faster), partial fine-tuning of the top K
 stages, and the full fine-tune. Per variant:
 - training: the time of the variant's own step (as ``finetune`` runs it) on a synthetic
-  device-resident batch, i.e. compute alone, all variants timed in interleaved rounds; epoch time and images/s of the real run (input
+  device-resident batch, i.e. compute alone, all variants timed in interleaved rounds;
+  epoch time and images/s of the real run (input
   pipeline included, from its metrics.csv); peak memory of the run; best val top-1/top-5;
 - inference: parameters, FLOPs at batch 1, and latency/throughput of the exported bundle on every
   backend through ``edgetl.bench.latency`` (all variants in one interleaved run), with the val top-1
@@ -27,20 +28,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from edgetl.spec.backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
-from edgetl.train.checkpoint import load_run
-from edgetl.train.config import FinetuneConfig
-from edgetl.core.deps import require
-from edgetl.errors import ConfigError
-from edgetl.export.job import ExportConfig, export_run
-from edgetl.data.feature_cache import HeadBatches
-from edgetl.core.fileio import atomic_write_text
-from edgetl.train.model import HeadConfig, build_model, count_parameters
-from edgetl.core.device import DeviceSetup
-from edgetl.train.loop import finetune
 from edgetl.bench.data import training_step_rate
 from edgetl.bench.latency import LatencyConfig, bench_latency
 from edgetl.bench.variants_report import format_markdown, plot_accuracy_latency
+from edgetl.core.deps import require
+from edgetl.core.device import DeviceSetup
+from edgetl.core.fileio import atomic_write_text
+from edgetl.data.feature_cache import HeadBatches
+from edgetl.errors import ConfigError
+from edgetl.export.job import ExportConfig, export_run
+from edgetl.spec.backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
+from edgetl.train.checkpoint import load_run
+from edgetl.train.config import FinetuneConfig
+from edgetl.train.loop import finetune
+from edgetl.train.model import HeadConfig, build_model, count_parameters
 
 torch = require("torch")
 log = logging.getLogger(__name__)
@@ -49,11 +50,22 @@ REPORT_FORMAT = "edgetl-variants-v1"
 IMAGE_CACHES = ("ram", "none")
 STEP_ROUNDS = 3
 # A mid/late stage per architecture, like taking an intermediate "mixed7" output of a big backbone.
-DEFAULT_CUT = {"mobilenet_v2": "stage5", "mobilenet_v3_small": "stage4", "mobilenet_v3_large": "stage5",
-               "resnet18": "layer3", "resnet50": "layer3", "efficientnet_b0": "stage5"}
+DEFAULT_CUT = {
+    "mobilenet_v2": "stage5",
+    "mobilenet_v3_small": "stage4",
+    "mobilenet_v3_large": "stage5",
+    "resnet18": "layer3",
+    "resnet50": "layer3",
+    "efficientnet_b0": "stage5",
+}
 CPU_BACKENDS = ("torch", "onnx", "onnx-int8")
-BACKEND_LABELS = {"torch": "torch eager", "onnx": "ORT fp32", "onnx-int8": "ORT int8", "trt-fp16": "TensorRT fp16",
-                  "trt-int8": "TensorRT int8"}
+BACKEND_LABELS = {
+    "torch": "torch eager",
+    "onnx": "ORT fp32",
+    "onnx-int8": "ORT int8",
+    "trt-fp16": "TensorRT fp16",
+    "trt-int8": "TensorRT int8",
+}
 
 
 @dataclass(frozen=True)
@@ -106,22 +118,47 @@ class VariantsConfig:
 
     def variants(self) -> List[Variant]:
         cut = get_backbone(self.arch, self.cut_stage).cut_at
-        return [Variant("frozen-features", "feature-extractor", "features"),
-                Variant("frozen", "feature-extractor", self.image_cache),
-                Variant("cut-" + cut, "feature-extractor", "features", cut_at=cut),
-                Variant("partial-{}".format(self.trainable_stages), "partial", self.image_cache,
-                        trainable_stages=self.trainable_stages),
-                Variant("full", "full", self.image_cache)]
+        return [
+            Variant("frozen-features", "feature-extractor", "features"),
+            Variant("frozen", "feature-extractor", self.image_cache),
+            Variant("cut-" + cut, "feature-extractor", "features", cut_at=cut),
+            Variant(
+                "partial-{}".format(self.trainable_stages),
+                "partial",
+                self.image_cache,
+                trainable_stages=self.trainable_stages,
+            ),
+            Variant("full", "full", self.image_cache),
+        ]
 
     def finetune_config(self, variant: Variant, run_dir: Path) -> FinetuneConfig:
-        return FinetuneConfig(data=self.data, arch=self.arch, strategy=variant.strategy,
-                              trainable_stages=variant.trainable_stages, cut_at=variant.cut_at, epochs=self.epochs,
-                              batch_size=self.batch_size, device=self.device, seed=self.seed, workers=self.workers,
-                              cache=variant.cache, val_split=self.val_split, weights=self.weights, out=str(run_dir))
+        return FinetuneConfig(
+            data=self.data,
+            arch=self.arch,
+            strategy=variant.strategy,
+            trainable_stages=variant.trainable_stages,
+            cut_at=variant.cut_at,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            device=self.device,
+            seed=self.seed,
+            workers=self.workers,
+            cache=variant.cache,
+            val_split=self.val_split,
+            weights=self.weights,
+            out=str(run_dir),
+        )
 
     def latency_config(self, models: Sequence[str], backends: Sequence[str] = CPU_BACKENDS) -> LatencyConfig:
-        return LatencyConfig(models=list(models), backends=tuple(backends), batches=tuple(self.batches),
-                             warmup=self.warmup, iters=self.iters, rounds=self.rounds, threads=self.threads)
+        return LatencyConfig(
+            models=list(models),
+            backends=tuple(backends),
+            batches=tuple(self.batches),
+            warmup=self.warmup,
+            iters=self.iters,
+            rounds=self.rounds,
+            threads=self.threads,
+        )
 
 
 class PeakMemory:
@@ -136,7 +173,7 @@ class PeakMemory:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.before_mib, self.kind = torch.cuda.memory_allocated(self.device) / 2 ** 20, "cuda max allocated"
+            self.before_mib, self.kind = torch.cuda.memory_allocated(self.device) / 2**20, "cuda max allocated"
             return self
         try:
             ctypes.CDLL(None).malloc_trim(0)
@@ -152,7 +189,7 @@ class PeakMemory:
 
     def __exit__(self, *exc_info: Any) -> None:
         if self.device.type == "cuda":
-            self.mib = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            self.mib = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self.kind == "peak RSS":
             self.mib = _status_kib("VmHWM") / 1024.0
         else:
@@ -169,26 +206,31 @@ def _status_kib(field: str) -> float:
     return 0.0
 
 
-def step_timer(config: FinetuneConfig, variant: Variant, num_classes: int, setup: DeviceSetup) -> Callable[[int], float]:
+def step_timer(
+    config: FinetuneConfig, variant: Variant, num_classes: int, setup: DeviceSetup
+) -> Callable[[int], float]:
     """A function timing ``n`` of the variant's training steps (images/s) on a synthetic device-resident
     batch (random weights): the whole model, or the head alone on features for ``--cache features``."""
     spec = get_backbone(config.arch, config.cut_at)
     size = preprocess_spec(spec).input_size
     device, memory_format = setup.device, setup.memory_format
     torch.manual_seed(config.seed)
-    model = build_model(spec, num_classes, HeadConfig(config.head), config.strategy, config.trainable_stages,
-                        None).to(device, memory_format=memory_format)
+    model = build_model(spec, num_classes, HeadConfig(config.head), config.strategy, config.trainable_stages, None).to(
+        device, memory_format=memory_format
+    )
     labels = torch.randint(num_classes, (config.batch_size,), device=device)
     if variant.cache == "features":
         features = torch.randn(config.batch_size, model.feature_dim, device=device)
-        return lambda n: training_step_rate(model, model.head, features, labels, config, setup=setup, steps=n,
-                                            batches=HeadBatches)
+        return lambda n: training_step_rate(
+            model, model.head, features, labels, config, setup=setup, steps=n, batches=HeadBatches
+        )
     images = torch.randn(config.batch_size, 3, size, size, device=device).contiguous(memory_format=memory_format)
     return lambda n: training_step_rate(model, model, images, labels, config, setup=setup, steps=n)
 
 
-def step_rates(config: VariantsConfig, variants: Sequence[Variant], num_classes: int,
-               setup: DeviceSetup) -> Dict[str, float]:
+def step_rates(
+    config: VariantsConfig, variants: Sequence[Variant], num_classes: int, setup: DeviceSetup
+) -> Dict[str, float]:
     """Median images/s of each variant's training step over ``STEP_ROUNDS`` rounds that visit the variants
     in turn (``config.steps`` timed steps each), so load changes on a shared machine hit all alike."""
     timers = {v.name: step_timer(config.finetune_config(v, Path(".")), v, num_classes, setup) for v in variants}
@@ -199,20 +241,32 @@ def step_rates(config: VariantsConfig, variants: Sequence[Variant], num_classes:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def train_variant(config: VariantsConfig, variant: Variant, folder: Path, device: Any, progress: bool) -> Dict[str, Any]:
+def train_variant(
+    config: VariantsConfig, variant: Variant, folder: Path, device: Any, progress: bool
+) -> Dict[str, Any]:
     """Fine-tune one variant into ``folder/run``; the figures of the real run."""
     log.info("training variant %s", variant.name)
     with PeakMemory(device) as memory:
         result = finetune(config.finetune_config(variant, folder / "run"), progress=progress)
     summary, history = result.summary, result.history
-    return {"run": str(result.run_dir), "cache": summary["cache"], "params_trainable": summary["params_trainable"],
-            "steps_per_epoch": math.ceil(summary["num_train"] / config.batch_size),
-            "epoch_s": statistics.mean(h["epoch_time_s"] for h in history),
-            "images_per_s": statistics.mean(h["images_per_s"] for h in history), "run_time_s": summary["run_time_s"],
-            "peak_memory_mib": memory.mib, "memory_before_mib": memory.before_mib, "memory_kind": memory.kind,
-            "val_top1": summary["best_val_top1"], "val_top5": summary["best_val_top5"],
-            "num_train": summary["num_train"], "num_val": summary["num_val"], "data": summary["dataset"],
-            "classes": len(summary["classes"])}
+    return {
+        "run": str(result.run_dir),
+        "cache": summary["cache"],
+        "params_trainable": summary["params_trainable"],
+        "steps_per_epoch": math.ceil(summary["num_train"] / config.batch_size),
+        "epoch_s": statistics.mean(h["epoch_time_s"] for h in history),
+        "images_per_s": statistics.mean(h["images_per_s"] for h in history),
+        "run_time_s": summary["run_time_s"],
+        "peak_memory_mib": memory.mib,
+        "memory_before_mib": memory.before_mib,
+        "memory_kind": memory.kind,
+        "val_top1": summary["best_val_top1"],
+        "val_top5": summary["best_val_top5"],
+        "num_train": summary["num_train"],
+        "num_val": summary["num_val"],
+        "data": summary["dataset"],
+        "classes": len(summary["classes"]),
+    }
 
 
 def model_size(run_dir: Path) -> Tuple[int, int]:
@@ -245,16 +299,30 @@ def export_variant(folder: Path, with_trt: bool) -> Dict[str, Tuple[Path, float]
     accuracy gate is recorded, not enforced (``max_int8_drop=100``): a variant is compared, not rejected.
     TensorRT engines are built from the ONNX of the same precision and take that ONNX's val top-1."""
     run, calib = str(folder / "run"), str(folder / "calibration")
-    cpu = export_run(ExportConfig(run=run, out=str(folder / "bundle"), int8=True, int8_target="cpu",
-                                  max_int8_drop=100.0, calib_dir=calib))
-    bundles = {"onnx": (folder / "bundle", _artifact_top1(cpu, "fp32")),
-               "onnx-int8": (folder / "bundle", _artifact_top1(cpu, "int8"))}
+    cpu = export_run(
+        ExportConfig(
+            run=run, out=str(folder / "bundle"), int8=True, int8_target="cpu", max_int8_drop=100.0, calib_dir=calib
+        )
+    )
+    bundles = {
+        "onnx": (folder / "bundle", _artifact_top1(cpu, "fp32")),
+        "onnx-int8": (folder / "bundle", _artifact_top1(cpu, "int8")),
+    }
     if with_trt:
         fp16 = export_run(ExportConfig(run=run, out=str(folder / "trt-fp16"), fp16=True, trt=True, calib_dir=calib))
         kinds = {a["kind"] for a in fp16["artifacts"]}
         bundles["trt-fp16"] = (folder / "trt-fp16", _artifact_top1(fp16, "fp16" if "fp16" in kinds else "fp32"))
-        int8 = export_run(ExportConfig(run=run, out=str(folder / "trt-int8"), int8=True, int8_target="trt", trt=True,
-                                       max_int8_drop=100.0, calib_dir=calib))
+        int8 = export_run(
+            ExportConfig(
+                run=run,
+                out=str(folder / "trt-int8"),
+                int8=True,
+                int8_target="trt",
+                trt=True,
+                max_int8_drop=100.0,
+                calib_dir=calib,
+            )
+        )
         bundles["trt-int8"] = (folder / "trt-int8", _artifact_top1(int8, "int8"))
     return bundles
 
@@ -269,8 +337,9 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
     return front
 
 
-def _latency_rows(config: VariantsConfig, bundles: Dict[str, Dict[str, Tuple[Path, float]]],
-                  with_trt: bool) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
+def _latency_rows(
+    config: VariantsConfig, bundles: Dict[str, Dict[str, Tuple[Path, float]]], with_trt: bool
+) -> Tuple[List[Dict[str, Any]], Dict[str, Any]]:
     """One interleaved latency run over every variant's bundle (and one over the TensorRT bundles)."""
     report = bench_latency(config.latency_config([str(b["onnx"][0]) for b in bundles.values()]))
     rows = [dict(r, key=r["backend"]) for r in report["rows"]]
@@ -311,19 +380,46 @@ def compare_variants(config: VariantsConfig, progress: bool = True) -> Dict[str,
         accuracy = dict({key: top1 for key, (_, top1) in bundles[variant.name].items()}, torch=train["val_top1"])
         inference = []
         for key in [k for k in BACKEND_LABELS if k in accuracy]:
-            timed = [r for r in rows if r["key"] == key and Path(r["model"]) == bundles[variant.name][
-                "onnx" if key == "torch" else key][0]]
-            inference.append({"backend": key, "label": BACKEND_LABELS[key], "val_top1": accuracy[key],
-                              "latency": {str(r["batch"]): {k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms",
-                                                                               "images_per_s", "relative")}
-                                          for r in timed}})
-        entries.append(dict(asdict(variant), training=train, params=params, flops=flops,
-                            bundle=str(bundles[variant.name]["onnx"][0]), inference=inference))
-    report = {"format": REPORT_FORMAT, "arch": config.arch, "device": str(device), "out": str(out),
-              "data": training[variants[0].name]["data"], "config": {k: list(v) if isinstance(v, tuple) else v
-                                                                     for k, v in asdict(config).items()},
-              "variants": entries, "skipped": ([skip_trt] if skip_trt else []) + latency["skipped"],
-              "latency_method": latency["method"], "machine": latency["machine"]}
+            timed = [
+                r
+                for r in rows
+                if r["key"] == key and Path(r["model"]) == bundles[variant.name]["onnx" if key == "torch" else key][0]
+            ]
+            inference.append(
+                {
+                    "backend": key,
+                    "label": BACKEND_LABELS[key],
+                    "val_top1": accuracy[key],
+                    "latency": {
+                        str(r["batch"]): {
+                            k: r[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_s", "relative")
+                        }
+                        for r in timed
+                    },
+                }
+            )
+        entries.append(
+            dict(
+                asdict(variant),
+                training=train,
+                params=params,
+                flops=flops,
+                bundle=str(bundles[variant.name]["onnx"][0]),
+                inference=inference,
+            )
+        )
+    report = {
+        "format": REPORT_FORMAT,
+        "arch": config.arch,
+        "device": str(device),
+        "out": str(out),
+        "data": training[variants[0].name]["data"],
+        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        "variants": entries,
+        "skipped": ([skip_trt] if skip_trt else []) + latency["skipped"],
+        "latency_method": latency["method"],
+        "machine": latency["machine"],
+    }
     report["pareto"] = pareto_points(report)
     write_outputs(report, out)
     return report
@@ -331,9 +427,18 @@ def compare_variants(config: VariantsConfig, progress: bool = True) -> Dict[str,
 
 def pareto_points(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Every (variant, backend) at batch 1 with its p50 latency, val top-1 and Pareto membership."""
-    points = [{"variant": v["name"], "backend": i["backend"], "label": i["label"], "val_top1": i["val_top1"],
-               "p50_ms": i["latency"]["1"]["p50_ms"]}
-              for v in report["variants"] for i in v["inference"] if "1" in i["latency"]]
+    points = [
+        {
+            "variant": v["name"],
+            "backend": i["backend"],
+            "label": i["label"],
+            "val_top1": i["val_top1"],
+            "p50_ms": i["latency"]["1"]["p50_ms"],
+        }
+        for v in report["variants"]
+        for i in v["inference"]
+        if "1" in i["latency"]
+    ]
     front = set(pareto_front([(p["p50_ms"], p["val_top1"]) for p in points]))
     return [dict(p, pareto=i in front) for i, p in enumerate(points)]
 
@@ -342,5 +447,6 @@ def write_outputs(report: Dict[str, Any], out: Path) -> None:
     """variants.json, variants.md and variants.png (accuracy vs batch-1 latency, Pareto front marked)."""
     atomic_write_text(out / "variants.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "variants.md", format_markdown(report) + "\n")
-    plot_accuracy_latency(report["pareto"], out / "variants.png",
-                          "{}: val top-1 vs batch-1 p50 latency".format(report["arch"]))
+    plot_accuracy_latency(
+        report["pareto"], out / "variants.png", "{}: val top-1 vs batch-1 p50 latency".format(report["arch"])
+    )

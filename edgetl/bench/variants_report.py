@@ -10,8 +10,19 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path
 from edgetl.core.tables import markdown_table, text_table
 
-TRAINING_HEADERS = ("variant", "strategy", "cache", "trainable params", "step ms", "step img/s", "epoch s",
-                    "epoch img/s", "peak MiB", "val top-1", "val top-5")
+TRAINING_HEADERS = (
+    "variant",
+    "strategy",
+    "cache",
+    "trainable params",
+    "step ms",
+    "step img/s",
+    "epoch s",
+    "epoch img/s",
+    "peak MiB",
+    "val top-1",
+    "val top-5",
+)
 _MARKERS = {"torch": "o", "onnx": "s", "onnx-int8": "D", "trt-fp16": "^", "trt-int8": "v"}
 
 
@@ -23,9 +34,21 @@ def training_rows(report: Dict[str, Any]) -> List[List[Any]]:
     rows = []
     for v in report["variants"]:
         t = v["training"]
-        rows.append([v["name"], v["strategy"], t["cache"], t["params_trainable"], t["step_ms"], t["step_images_per_s"],
-                     t["epoch_s"], t["images_per_s"], t["peak_memory_mib"], _percent(t["val_top1"]),
-                     _percent(t["val_top5"])])
+        rows.append(
+            [
+                v["name"],
+                v["strategy"],
+                t["cache"],
+                t["params_trainable"],
+                t["step_ms"],
+                t["step_images_per_s"],
+                t["epoch_s"],
+                t["images_per_s"],
+                t["peak_memory_mib"],
+                _percent(t["val_top1"]),
+                _percent(t["val_top5"]),
+            ]
+        )
     return rows
 
 
@@ -56,16 +79,27 @@ def inference_rows(report: Dict[str, Any]) -> List[List[Any]]:
 def _heading(report: Dict[str, Any]) -> str:
     first = report["variants"][0]["training"]
     return "{} on {} ({} train / {} val images), {} epochs, batch {}, training on {}".format(
-        report["arch"], report["data"], first["num_train"], first["num_val"], report["config"]["epochs"],
-        report["config"]["batch_size"], report["device"])
+        report["arch"],
+        report["data"],
+        first["num_train"],
+        first["num_val"],
+        report["config"]["epochs"],
+        report["config"]["batch_size"],
+        report["device"],
+    )
 
 
 def format_text(report: Dict[str, Any]) -> str:
     """The report as terminal tables, skipped backends and where the files are."""
-    lines = [_heading(report), "", "training (step: compute on a synthetic batch; epoch: the real run):",
-             text_table(TRAINING_HEADERS, training_rows(report)), "",
-             "inference (latency of the exported bundle; val top-1 of each artifact):",
-             text_table(inference_headers(report), inference_rows(report))]
+    lines = [
+        _heading(report),
+        "",
+        "training (step: compute on a synthetic batch; epoch: the real run):",
+        text_table(TRAINING_HEADERS, training_rows(report)),
+        "",
+        "inference (latency of the exported bundle; val top-1 of each artifact):",
+        text_table(inference_headers(report), inference_rows(report)),
+    ]
     lines += [""] + ["skipped: " + reason for reason in report["skipped"]]
     out = Path(report["out"])
     lines.append("wrote {}, {} and {}".format(out / "variants.md", out / "variants.json", out / "variants.png"))
@@ -75,14 +109,25 @@ def format_text(report: Dict[str, Any]) -> str:
 def format_markdown(report: Dict[str, Any]) -> str:
     """The report as Markdown: heading, training table, inference table, method notes."""
     memory = report["variants"][0]["training"]["memory_kind"]
-    lines = ["# Variant comparison: {}".format(report["arch"]), "", _heading(report) + ".", "",
-             "## Training", "",
-             "Step: the variant's own training step on a synthetic device-resident batch (compute alone); "
-             "epoch: mean over the real run's epochs (input pipeline included); peak memory: {} during "
-             "the run.".format(memory), "",
-             markdown_table(TRAINING_HEADERS, training_rows(report)), "", "## Inference", "",
-             "Latency of each exported bundle, all variants timed in one run: " + report["latency_method"], "",
-             markdown_table(inference_headers(report), inference_rows(report))]
+    lines = [
+        "# Variant comparison: {}".format(report["arch"]),
+        "",
+        _heading(report) + ".",
+        "",
+        "## Training",
+        "",
+        "Step: the variant's own training step on a synthetic device-resident batch (compute alone); "
+        "epoch: mean over the real run's epochs (input pipeline included); peak memory: {} during "
+        "the run.".format(memory),
+        "",
+        markdown_table(TRAINING_HEADERS, training_rows(report)),
+        "",
+        "## Inference",
+        "",
+        "Latency of each exported bundle, all variants timed in one run: " + report["latency_method"],
+        "",
+        markdown_table(inference_headers(report), inference_rows(report)),
+    ]
     if report["skipped"]:
         lines += ["", "Skipped:", ""] + ["- " + reason for reason in report["skipped"]]
     return "\n".join(lines)
@@ -98,17 +143,42 @@ def plot_accuracy_latency(points: Sequence[Dict[str, Any]], path: Path, title: s
     variants = list(dict.fromkeys(p["variant"] for p in points))
     colours = {name: pyplot.get_cmap("tab10")(i % 10) for i, name in enumerate(variants)}
     for p in points:
-        axes.scatter(p["p50_ms"], 100.0 * p["val_top1"], color=colours[p["variant"]],
-                     marker=_MARKERS.get(p["backend"], "x"), s=55, zorder=3)
+        axes.scatter(
+            p["p50_ms"],
+            100.0 * p["val_top1"],
+            color=colours[p["variant"]],
+            marker=_MARKERS.get(p["backend"], "x"),
+            s=55,
+            zorder=3,
+        )
     front = sorted((p for p in points if p["pareto"]), key=lambda p: p["p50_ms"])
     if front:
-        axes.step([p["p50_ms"] for p in front], [100.0 * p["val_top1"] for p in front], where="post", linestyle="--",
-                  color="0.3", zorder=2, label="Pareto front")
-        axes.scatter([p["p50_ms"] for p in front], [100.0 * p["val_top1"] for p in front], s=190, facecolors="none",
-                     edgecolors="black", linewidths=1.3, zorder=4)
+        axes.step(
+            [p["p50_ms"] for p in front],
+            [100.0 * p["val_top1"] for p in front],
+            where="post",
+            linestyle="--",
+            color="0.3",
+            zorder=2,
+            label="Pareto front",
+        )
+        axes.scatter(
+            [p["p50_ms"] for p in front],
+            [100.0 * p["val_top1"] for p in front],
+            s=190,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.3,
+            zorder=4,
+        )
         for p in front:
-            axes.annotate("{} / {}".format(p["variant"], p["label"]), (p["p50_ms"], 100.0 * p["val_top1"]),
-                          textcoords="offset points", xytext=(7, -12), fontsize=7)
+            axes.annotate(
+                "{} / {}".format(p["variant"], p["label"]),
+                (p["p50_ms"], 100.0 * p["val_top1"]),
+                textcoords="offset points",
+                xytext=(7, -12),
+                fontsize=7,
+            )
     handles = [axes.scatter([], [], color=colours[v], marker="o", label=v) for v in variants]
     backends = list(dict.fromkeys((p["backend"], p["label"]) for p in points))
     handles += [axes.scatter([], [], color="0.4", marker=_MARKERS.get(b, "x"), label=label) for b, label in backends]

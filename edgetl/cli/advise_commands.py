@@ -6,8 +6,8 @@ from typing import Optional, Tuple
 
 import click
 
-from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.errors import ConfigError
+from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 _WORKERS = click.option("--workers", type=int, default=None, help="DataLoader workers (default: from the core count).")
@@ -17,22 +17,47 @@ _BATCH = click.option("--batch-size", type=int, default=32, show_default=True)
 @click.command()
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_ARCH, show_default=True)
-@click.option("--val-split", type=float, default=None,
-              help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).")
-@click.option("--max-images-per-class", type=int, default=100, show_default=True,
-              help="Similarity is measured on at most this many training images per class.")
+@click.option(
+    "--val-split",
+    type=float,
+    default=None,
+    help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).",
+)
+@click.option(
+    "--max-images-per-class",
+    type=int,
+    default=100,
+    show_default=True,
+    help="Similarity is measured on at most this many training images per class.",
+)
 @click.option("--pilot", is_flag=True, help="Also train the candidate strategies briefly and compare.")
 @click.option("--pilot-epochs", type=int, default=2, show_default=True)
-@click.option("--pilot-images-per-class", type=int, default=30, show_default=True,
-              help="Training images per class in each pilot run (val: up to 20 per class).")
+@click.option(
+    "--pilot-images-per-class",
+    type=int,
+    default=30,
+    show_default=True,
+    help="Training images per class in each pilot run (val: up to 20 per class).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_DEVICE
 @_WORKERS
 @click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON.")
 @click.pass_context
-def advise(ctx: click.Context, data: Optional[Path], arch: str, val_split: Optional[float], max_images_per_class: int,
-           pilot: bool, pilot_epochs: int, pilot_images_per_class: int, seed: int, device: str,
-           workers: Optional[int], as_json: bool) -> None:
+def advise(
+    ctx: click.Context,
+    data: Optional[Path],
+    arch: str,
+    val_split: Optional[float],
+    max_images_per_class: int,
+    pilot: bool,
+    pilot_epochs: int,
+    pilot_images_per_class: int,
+    seed: int,
+    device: str,
+    workers: Optional[int],
+    as_json: bool,
+) -> None:
     """Recommend a transfer strategy for DATA from measured size x similarity (default: the demo set).
 
     Similarity is measured with the frozen pretrained backbone: cross-validated linear-probe and k-NN
@@ -44,16 +69,30 @@ def advise(ctx: click.Context, data: Optional[Path], arch: str, val_split: Optio
     edgetl advise photos/ --pilot          # also train each candidate for 2 epochs and compare
     edgetl advise photos/ --json
     """
-    from edgetl.analysis.advise import advise as run_advise, format_advice
+    from edgetl.analysis.advise import advise as run_advise
+    from edgetl.analysis.advise import format_advice
     from edgetl.analysis.pilot import PilotConfig
 
     if max_images_per_class < 2:
         raise ConfigError("--max-images-per-class must be >= 2 (cross-validation needs 2 per class)")
-    pilot_config = PilotConfig(epochs=pilot_epochs, train_per_class=pilot_images_per_class, device=device,
-                               workers=workers, seed=seed) if pilot else None
-    report = run_advise(data, arch, val_split=val_split, seed=seed, max_per_class=max_images_per_class,
-                        device=device, workers=workers, pilot=pilot_config,
-                        progress=ctx.obj["progress"] and not as_json)
+    pilot_config = (
+        PilotConfig(
+            epochs=pilot_epochs, train_per_class=pilot_images_per_class, device=device, workers=workers, seed=seed
+        )
+        if pilot
+        else None
+    )
+    report = run_advise(
+        data,
+        arch,
+        val_split=val_split,
+        seed=seed,
+        max_per_class=max_images_per_class,
+        device=device,
+        workers=workers,
+        pilot=pilot_config,
+        progress=ctx.obj["progress"] and not as_json,
+    )
     click.echo(json.dumps(report, indent=2) if as_json else format_advice(report))
 
 
@@ -66,18 +105,40 @@ def advise(ctx: click.Context, data: Optional[Path], arch: str, val_split: Optio
 @click.option("--top-activating", is_flag=True, help="Images in --data that excite --channel of --stage most.")
 @click.option("--stage", default=None, help="Named stage of the backbone, e.g. stage5 (an unknown name lists them).")
 @click.option("--channel", type=int, default=None, help="Channel of --stage for --top-activating.")
-@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder of images (searched recursively) for --similar / --top-activating.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of images (searched recursively) for --similar / --top-activating.",
+)
 @click.option("-k", "k", type=int, default=8, show_default=True, help="Neighbours / images to show.")
 @click.option("--maps", type=int, default=8, show_default=True, help="Activation maps per image.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the PNGs (default RUN/inspect).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the PNGs (default RUN/inspect).",
+)
 @_BATCH
 @_DEVICE
 @_WORKERS
-def inspect_run(run: Path, images: Tuple[Path, ...], filters: bool, activations: bool, similar: bool,
-            top_activating: bool, stage: Optional[str], channel: Optional[int], data: Optional[Path], k: int,
-            maps: int, out: Optional[Path], batch_size: int, device: str, workers: Optional[int]) -> None:
+def inspect_run(
+    run: Path,
+    images: Tuple[Path, ...],
+    filters: bool,
+    activations: bool,
+    similar: bool,
+    top_activating: bool,
+    stage: Optional[str],
+    channel: Optional[int],
+    data: Optional[Path],
+    k: int,
+    maps: int,
+    out: Optional[Path],
+    batch_size: int,
+    device: str,
+    workers: Optional[int],
+) -> None:
     """Write PNGs of what RUN's backbone learned; IMAGES feed --activations and --similar.
 
     \b
@@ -88,7 +149,13 @@ def inspect_run(run: Path, images: Tuple[Path, ...], filters: bool, activations:
     """
     _check_inspect_options(images, filters, activations, similar, top_activating, stage, channel, data, k, maps)
     from edgetl.analysis.embeddings import run_model, stage_output_module
-    from edgetl.analysis.inspection import activations_png, default_output_dir, filters_png, similar_png, top_activating_png
+    from edgetl.analysis.inspection import (
+        activations_png,
+        default_output_dir,
+        filters_png,
+        similar_png,
+        top_activating_png,
+    )
 
     model = run_model(run)
     if stage is not None:
@@ -113,9 +180,18 @@ def inspect_run(run: Path, images: Tuple[Path, ...], filters: bool, activations:
             click.echo("  {:>2}. {:10.4g}  {}".format(rank, value, image))
 
 
-def _check_inspect_options(images: Tuple[Path, ...], filters: bool, activations: bool, similar: bool,
-                           top_activating: bool, stage: Optional[str], channel: Optional[int],
-                           data: Optional[Path], k: int, maps: int) -> None:
+def _check_inspect_options(
+    images: Tuple[Path, ...],
+    filters: bool,
+    activations: bool,
+    similar: bool,
+    top_activating: bool,
+    stage: Optional[str],
+    channel: Optional[int],
+    data: Optional[Path],
+    k: int,
+    maps: int,
+) -> None:
     if not (filters or activations or similar or top_activating):
         raise ConfigError("choose at least one of --filters, --activations, --similar, --top-activating")
     needs = [
@@ -135,8 +211,12 @@ def _check_inspect_options(images: Tuple[Path, ...], filters: bool, activations:
 @click.command()
 @click.argument("run", type=click.Path(exists=True, path_type=Path))
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Features file (.npy); the file list goes next to it as .json.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Features file (.npy); the file list goes next to it as .json.",
+)
 @_BATCH
 @_DEVICE
 @_WORKERS
@@ -149,8 +229,9 @@ def embed(run: Path, data: Path, out: Path, batch_size: int, device: str, worker
     from edgetl.analysis.embeddings import run_model
     from edgetl.analysis.inspection import embed as run_embed
 
-    features, sidecar, shape = run_embed(run_model(run), data, out, batch_size=batch_size, device=device,
-                                         workers=workers)
+    features, sidecar, shape = run_embed(
+        run_model(run), data, out, batch_size=batch_size, device=device, workers=workers
+    )
     click.echo("wrote {} ({} images x {} features) and {}".format(features, shape[0], shape[1], sidecar))
 
 

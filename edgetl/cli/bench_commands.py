@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 
 import click
 
-from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.cli.options import workers_option
+from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 
 
 @click.group()
@@ -35,25 +35,56 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[in
 
 @bench.command("latency")
 @click.argument("models", nargs=-1, required=True)
-@click.option("--backend", "backends", multiple=True, default=("auto",), show_default=True,
-              type=click.Choice(("auto", "torch", "onnx", "onnx-int8", "trt")),
-              help="For a bundle or run folder; repeat to time several. Files use their own backend.")
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    default=("auto",),
+    show_default=True,
+    type=click.Choice(("auto", "torch", "onnx", "onnx-int8", "trt")),
+    help="For a bundle or run folder; repeat to time several. Files use their own backend.",
+)
 @click.option("--batch", "batches", default="1,8", show_default=True, callback=_batches, help="Batch sizes.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Timing rounds, each interleaved with the reference workload.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timing rounds, each interleaved with the reference workload.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (ONNX Runtime, torch).")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
-              help="ONNX Runtime device.")
-@click.option("--json-out", type=click.Path(path_type=Path), default=None,
-              help="Write the report here (use it later as --baseline).")
+@click.option(
+    "--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True, help="ONNX Runtime device."
+)
+@click.option(
+    "--json-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the report here (use it later as --baseline).",
+)
 @click.option("--baseline", type=click.Path(path_type=Path), default=None, help="A report from an earlier run.")
-@click.option("--max-regression", type=click.FloatRange(min=0), default=15.0, show_default=True,
-              help="Allowed slowdown in percent of the reference-relative time vs --baseline.")
-def bench_latency(models: tuple, backends: tuple, batches: tuple, warmup: int, iters: int, rounds: int,
-                  threads: Optional[int], device: str, json_out: Optional[Path], baseline: Optional[Path],
-                  max_regression: float) -> None:
+@click.option(
+    "--max-regression",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="Allowed slowdown in percent of the reference-relative time vs --baseline.",
+)
+def bench_latency(
+    models: tuple,
+    backends: tuple,
+    batches: tuple,
+    warmup: int,
+    iters: int,
+    rounds: int,
+    threads: Optional[int],
+    device: str,
+    json_out: Optional[Path],
+    baseline: Optional[Path],
+    max_regression: float,
+) -> None:
     """Latency p50/p90/p99/mean and img/s of MODELS (.onnx, .engine, bundle or run folder).
 
     With --baseline, exits 1 when a model got slower than the baseline by more than --max-regression
@@ -66,12 +97,14 @@ def bench_latency(models: tuple, backends: tuple, batches: tuple, warmup: int, i
     """
     from edgetl.bench import latency
 
-    report = latency.bench_latency(latency.LatencyConfig(models, backends, batches, warmup, iters, rounds, threads,
-                                                         device))
+    report = latency.bench_latency(
+        latency.LatencyConfig(models, backends, batches, warmup, iters, rounds, threads, device)
+    )
     if json_out is not None:
         latency.write_report(json_out, report)
-    verdicts = None if baseline is None else latency.compare_to_baseline(
-        report, latency.read_report(baseline), max_regression)
+    verdicts = (
+        None if baseline is None else latency.compare_to_baseline(report, latency.read_report(baseline), max_regression)
+    )
     click.echo(latency.format_latency(report, verdicts))
     latency.fail_on_regressions(verdicts, max_regression)
 
@@ -82,24 +115,52 @@ def bench_latency(models: tuple, backends: tuple, batches: tuple, warmup: int, i
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @workers_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batches", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Batches timed per pipeline (after one warm-up batch).")
-@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Training steps timed per strategy (after one warm-up step).")
+@click.option(
+    "--batches",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Batches timed per pipeline (after one warm-up batch).",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Training steps timed per strategy (after one warm-up step).",
+)
 @click.option("--val-split", type=float, default=None, help="As for finetune, when DATA has no train/ and val/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def bench_data(data: Optional[Path], arch: str, batch_size: int, workers: Optional[int], device: str, batches: int,
-               steps: int, val_split: Optional[float], as_json: bool) -> None:
+def bench_data(
+    data: Optional[Path],
+    arch: str,
+    batch_size: int,
+    workers: Optional[int],
+    device: str,
+    batches: int,
+    steps: int,
+    val_split: Optional[float],
+    as_json: bool,
+) -> None:
     """Is training on DATA input-bound? Images/s of each --cache pipeline next to the model's training step.
 
     \b
     edgetl bench data photos/ --arch mobilenet_v2
     edgetl bench data photos/ --workers 8 --json > data-bench.json
     """
-    from edgetl.bench.data import bench_data as run_bench_data, format_bench_data
+    from edgetl.bench.data import bench_data as run_bench_data
+    from edgetl.bench.data import format_bench_data
 
-    report = run_bench_data(data, arch=arch, batch_size=batch_size, workers=workers, device=device, batches=batches,
-                            steps=steps, val_split=val_split)
+    report = run_bench_data(
+        data,
+        arch=arch,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        batches=batches,
+        steps=steps,
+        val_split=val_split,
+    )
     click.echo(json.dumps(report, indent=2) if as_json else format_bench_data(report))
 
 
@@ -107,34 +168,81 @@ def bench_data(data: Optional[Path], arch: str, batch_size: int, workers: Option
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_ARCH, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--cut-at", default=None, metavar="STAGE",
-              help="Stage where the cut feature extractor ends (default: a mid/late stage, stage5 for mobilenet_v2).")
-@click.option("--trainable-stages", type=click.IntRange(min=1), default=2, show_default=True,
-              help="K: the partial variant trains the top K stages.")
-@click.option("--image-cache", type=click.Choice(["ram", "none"]), default="ram", show_default=True,
-              help="--cache of the variants that do not train on cached features.")
+@click.option(
+    "--cut-at",
+    default=None,
+    metavar="STAGE",
+    help="Stage where the cut feature extractor ends (default: a mid/late stage, stage5 for mobilenet_v2).",
+)
+@click.option(
+    "--trainable-stages",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="K: the partial variant trains the top K stages.",
+)
+@click.option(
+    "--image-cache",
+    type=click.Choice(["ram", "none"]),
+    default="ram",
+    show_default=True,
+    help="--cache of the variants that do not train on cached features.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--weights", "weights_", default=None, help="As for finetune: a file, or 'none' for random init.")
 @click.option("--device", default="auto", show_default=True, help="Training device: auto, cpu, cuda or cuda:N.")
 @workers_option
 @click.option("--val-split", type=float, default=None, help="As for finetune, when DATA has no train/ and val/.")
-@click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Synthetic training steps timed per variant in each of 3 interleaved rounds.")
-@click.option("--batch", "batches", default="1,8", show_default=True, callback=_batches,
-              help="Inference batch sizes, comma-separated.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Synthetic training steps timed per variant in each of 3 interleaved rounds.",
+)
+@click.option(
+    "--batch",
+    "batches",
+    default="1,8",
+    show_default=True,
+    callback=_batches,
+    help="Inference batch sizes, comma-separated.",
+)
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Timed inference calls per backend and batch.")
+@click.option(
+    "--iters",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Timed inference calls per backend and batch.",
+)
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the runtime's).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: models/variants-<time>/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
-def bench_variants(ctx: click.Context, data: Optional[Path], arch: str, epochs: int, cut_at: Optional[str],
-                   trainable_stages: int, image_cache: str, batch_size: int, weights_: Optional[str], device: str,
-                   workers: Optional[int], val_split: Optional[float], steps: int, batches: Tuple[int, ...],
-                   warmup: int, iters: int, rounds: int, threads: Optional[int], out: Optional[Path],
-                   as_json: bool) -> None:
+def bench_variants(
+    ctx: click.Context,
+    data: Optional[Path],
+    arch: str,
+    epochs: int,
+    cut_at: Optional[str],
+    trainable_stages: int,
+    image_cache: str,
+    batch_size: int,
+    weights_: Optional[str],
+    device: str,
+    workers: Optional[int],
+    val_split: Optional[float],
+    steps: int,
+    batches: Tuple[int, ...],
+    warmup: int,
+    iters: int,
+    rounds: int,
+    threads: Optional[int],
+    out: Optional[Path],
+    as_json: bool,
+) -> None:
     """Which variant should I ship? Train frozen (with and without the feature cache), cut, partial and
     full variants on DATA, export each, and compare training cost, accuracy and latency per backend.
 
@@ -145,11 +253,26 @@ def bench_variants(ctx: click.Context, data: Optional[Path], arch: str, epochs: 
     from edgetl.bench.variants import VariantsConfig, compare_variants
     from edgetl.bench.variants_report import format_text
 
-    config = VariantsConfig(data=None if data is None else str(data), arch=arch, epochs=epochs, cut_at=cut_at,
-                            trainable_stages=trainable_stages, image_cache=image_cache, batch_size=batch_size,
-                            weights=weights_, device=device, workers=workers, val_split=val_split, steps=steps,
-                            batches=batches, warmup=warmup, iters=iters, rounds=rounds, threads=threads,
-                            out=None if out is None else str(out))
+    config = VariantsConfig(
+        data=None if data is None else str(data),
+        arch=arch,
+        epochs=epochs,
+        cut_at=cut_at,
+        trainable_stages=trainable_stages,
+        image_cache=image_cache,
+        batch_size=batch_size,
+        weights=weights_,
+        device=device,
+        workers=workers,
+        val_split=val_split,
+        steps=steps,
+        batches=batches,
+        warmup=warmup,
+        iters=iters,
+        rounds=rounds,
+        threads=threads,
+        out=None if out is None else str(out),
+    )
     report = compare_variants(config, progress=ctx.obj["progress"])
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report))
 

@@ -25,45 +25,96 @@ _PRECISIONS = ("fp32", "fp16", "int8")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (checked against --target-trt).")
 @click.option("--batch", type=int, default=None, help="Static batch size (default: dynamic batch axis).")
 @click.option("--dynamic-batch", is_flag=True, help="Dynamic batch axis (the default; excludes --batch).")
-@click.option("--io-names", type=click.Choice(["default", "jetson"]), default="default", show_default=True,
-              help="jetson: tensors input_0/output_0 and softmax output, as jetson-inference's imagenet expects.")
-@click.option("--bake-preprocess", is_flag=True,
-              help="Also write model_baked.onnx: uint8 NHWC input, scale + mean/std inside the graph.")
+@click.option(
+    "--io-names",
+    type=click.Choice(["default", "jetson"]),
+    default="default",
+    show_default=True,
+    help="jetson: tensors input_0/output_0 and softmax output, as jetson-inference's imagenet expects.",
+)
+@click.option(
+    "--bake-preprocess",
+    is_flag=True,
+    help="Also write model_baked.onnx: uint8 NHWC input, scale + mean/std inside the graph.",
+)
 @click.option("--int8", is_flag=True, help="Also write model_int8.onnx (static Q/DQ, calibrated, accuracy-gated).")
-@click.option("--int8-target", type=click.Choice(["trt", "cpu"]), default=None,
-              help="trt: symmetric signed Q/DQ for TensorRT (default with --trt); cpu: fastest on ONNX Runtime CPU.")
-@click.option("--int8-cpu-isa", type=click.Choice(CPU_ISA_CHOICES), default="auto", show_default=True,
-              help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8U8, no saturation) or "
-                   "arm64 (S8S8, e.g. a Jetson's Cortex-A78AE); auto: this machine's.")
-@click.option("--calib-data", default=None,
-              help="Calibration images: class folders, a flat folder, or a calibration manifest.json to rebuild "
-                   "(default: the run's training split).")
+@click.option(
+    "--int8-target",
+    type=click.Choice(["trt", "cpu"]),
+    default=None,
+    help="trt: symmetric signed Q/DQ for TensorRT (default with --trt); cpu: fastest on ONNX Runtime CPU.",
+)
+@click.option(
+    "--int8-cpu-isa",
+    type=click.Choice(CPU_ISA_CHOICES),
+    default="auto",
+    show_default=True,
+    help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8U8, no saturation) or "
+    "arm64 (S8S8, e.g. a Jetson's Cortex-A78AE); auto: this machine's.",
+)
+@click.option(
+    "--calib-data",
+    default=None,
+    help="Calibration images: class folders, a flat folder, or a calibration manifest.json to rebuild "
+    "(default: the run's training split).",
+)
 @click.option("--calib-size", type=int, default=256, show_default=True)
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True)
-@click.option("--calib-dir", default="calibration", show_default=True,
-              help="Calibration manifests go to CALIB_DIR/<run name>/manifest.json.")
-@click.option("--max-int8-drop", type=float, default=1.0, show_default=True,
-              help="Fail unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
-                   "train images) is within this many points.")
+@click.option(
+    "--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True
+)
+@click.option(
+    "--calib-dir",
+    default="calibration",
+    show_default=True,
+    help="Calibration manifests go to CALIB_DIR/<run name>/manifest.json.",
+)
+@click.option(
+    "--max-int8-drop",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Fail unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
+    "train images) is within this many points.",
+)
 @click.option("--fp16", is_flag=True, help="FP16 engine (and model_fp16.onnx for TensorRT >= 11).")
 @click.option("--trt", is_flag=True, help="Build the TensorRT engine here (needs TensorRT and a GPU).")
-@click.option("--target-trt", default="10.3", show_default=True,
-              help="TensorRT on the device: 8.5, 8.6, 10.3, 10.x, 11.x or a full version; sets ONNX opset/IR limits.")
+@click.option(
+    "--target-trt",
+    default="10.3",
+    show_default=True,
+    help="TensorRT on the device: 8.5, 8.6, 10.3, 10.x, 11.x or a full version; sets ONNX opset/IR limits.",
+)
 @click.option("--min-batch", type=int, default=None, help="Optimisation profile (dynamic batch), default 1.")
 @click.option("--opt-batch", type=int, default=None, help="Default: --min-batch.")
 @click.option("--max-batch", type=int, default=None, help="Default: 8 (or --opt-batch if larger).")
-@click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True,
-              help="TensorRT workspace memory pool, MiB.")
+@click.option(
+    "--workspace",
+    "workspace_mib",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="TensorRT workspace memory pool, MiB.",
+)
 @click.option("--timing-cache", default=None, help="Persistent TensorRT timing cache file (read and updated).")
-@click.option("--val-images", type=int, default=500, show_default=True,
-              help="Validation images for the parity and accuracy gates (all of them up to this many).")
-@click.option("--gate-images", type=int, default=1000, show_default=True,
-              help="Training images not used for calibration that the INT8 gate adds to the val images (at most).")
+@click.option(
+    "--val-images",
+    type=int,
+    default=500,
+    show_default=True,
+    help="Validation images for the parity and accuracy gates (all of them up to this many).",
+)
+@click.option(
+    "--gate-images",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Training images not used for calibration that the INT8 gate adds to the val images (at most).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-def export(run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: bool, as_json: bool,
-           **options: Any) -> None:
+def export(
+    run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: bool, as_json: bool, **options: Any
+) -> None:
     """Export RUN to a bundle: ONNX checked against PyTorch, optional INT8/FP16, TensorRT engine.
 
     \b
@@ -77,8 +128,9 @@ def export(run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: 
     if batch is not None and dynamic_batch:
         raise ConfigError("--batch and --dynamic-batch exclude each other")
     config = ExportConfig(run=str(run), out=None if out is None else str(out), batch=batch, **options)
-    export_run(config, on_report=lambda r: click.echo(json.dumps(r, indent=2, default=float) if as_json
-                                                       else format_report(r)))
+    export_run(
+        config, on_report=lambda r: click.echo(json.dumps(r, indent=2, default=float) if as_json else format_report(r))
+    )
     click.echo("bundle: {}".format(out or run))
 
 
@@ -98,10 +150,20 @@ def expand_images(inputs: Sequence[Path]) -> List[Path]:
 @click.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["auto", "torch", "onnx", "onnx-int8", "trt"]), default="auto",
-              show_default=True, help="auto: TensorRT engine if usable, else ONNX Runtime, else PyTorch.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="ONNX Runtime execution provider.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnx", "onnx-int8", "trt"]),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT engine if usable, else ONNX Runtime, else PyTorch.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution provider.",
+)
 @click.option("--topk", type=int, default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
 def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, topk: int, as_json: bool) -> None:
@@ -113,8 +175,8 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
     edgetl predict models/photos test/cat.jpg test/more/
     edgetl predict bundles/photos frames/ --backend trt --topk 3 --json
     """
-    from edgetl.spec.bundle import Bundle
     from edgetl.runtime.classifier import Classifier
+    from edgetl.spec.bundle import Bundle
 
     paths = expand_images(images)
     if not paths:
@@ -125,13 +187,21 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
         for path, result in classifier.classify_paths(paths):
             if isinstance(result, str):
                 failed += 1
-                click.echo(json.dumps({"image": path, "error": result}) if as_json else "{}: error: {}".format(
-                    path, result), err=not as_json)
+                click.echo(
+                    json.dumps({"image": path, "error": result}) if as_json else "{}: error: {}".format(path, result),
+                    err=not as_json,
+                )
             elif as_json:
                 click.echo(json.dumps(result.to_dict()))
             else:
-                click.echo("{}: {}".format(path, ", ".join("{} {:.1%}".format(l, p) for l, p in
-                                                           zip(result.labels, result.probabilities))))
+                click.echo(
+                    "{}: {}".format(
+                        path,
+                        ", ".join(
+                            "{} {:.1%}".format(label, p) for label, p in zip(result.labels, result.probabilities)
+                        ),
+                    )
+                )
     if failed:
         click.echo("{} of {} image(s) could not be read".format(failed, len(paths)), err=True)
         sys.exit(1)
@@ -145,8 +215,15 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
 @click.option("--max-batch", type=int, default=None, help="Default: the bundle's, else max(8, --opt-batch).")
 @click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True, help="MiB.")
 @click.option("--timing-cache", default=None, help="Persistent TensorRT timing cache file.")
-def build_engine(bundle: Path, precision: str, min_batch: Optional[int], opt_batch: Optional[int],
-                 max_batch: Optional[int], workspace_mib: int, timing_cache: Optional[str]) -> None:
+def build_engine(
+    bundle: Path,
+    precision: str,
+    min_batch: Optional[int],
+    opt_batch: Optional[int],
+    max_batch: Optional[int],
+    workspace_mib: int,
+    timing_cache: Optional[str],
+) -> None:
     """Build a TensorRT engine from BUNDLE's ONNX on this device (torch-free) and write its sidecar.
 
     Batch sizes not given come from the bundle: a static-batch bundle builds its fixed batch, a

@@ -25,5 +25,9 @@ class WorkersParam(click.ParamType):
 
 
 workers_option = click.option(
-    "--workers", type=WorkersParam(), default="auto", show_default=True,
-    help="DataLoader worker processes: 'auto' (the usable cores, at most 8) or a number (0: load in the main process).")
+    "--workers",
+    type=WorkersParam(),
+    default="auto",
+    show_default=True,
+    help="DataLoader worker processes: 'auto' (the usable cores, at most 8) or a number (0: load in the main process).",
+)

@@ -7,10 +7,10 @@ from typing import Any, Optional
 import click
 from click.core import ParameterSource
 
+from edgetl.cli.options import workers_option
+from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
-from edgetl.errors import ConfigError
-from edgetl.cli.options import workers_option
 
 _D = FinetuneConfig  # defaults live in one place: the dataclass
 
@@ -43,18 +43,33 @@ def weights_fetch(arch: str) -> None:
 @click.command()
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=_D.arch, show_default=True)
-@click.option("--strategy", type=click.Choice(STRATEGIES), default=_D.strategy, show_default=True,
-              help="Freeze the whole conv base, train the last K stages, or train everything.")
-@click.option("--trainable-stages", type=int, default=_D.trainable_stages, show_default=True,
-              help="K for --strategy partial: how many named stages (from the top) train.")
-@click.option("--cut-at", default=None, metavar="STAGE",
-              help="End the base early at this named stage: a smaller, faster feature extractor.")
+@click.option(
+    "--strategy",
+    type=click.Choice(STRATEGIES),
+    default=_D.strategy,
+    show_default=True,
+    help="Freeze the whole conv base, train the last K stages, or train everything.",
+)
+@click.option(
+    "--trainable-stages",
+    type=int,
+    default=_D.trainable_stages,
+    show_default=True,
+    help="K for --strategy partial: how many named stages (from the top) train.",
+)
+@click.option(
+    "--cut-at",
+    default=None,
+    metavar="STAGE",
+    help="End the base early at this named stage: a smaller, faster feature extractor.",
+)
 @click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True)
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
 @click.option("--lr", type=float, default=_D.lr, show_default=True, help="Learning rate of pretrained layers.")
-@click.option("--head-lr-mult", type=float, default=_D.head_lr_mult, show_default=True,
-              help="The new head trains at lr x this.")
+@click.option(
+    "--head-lr-mult", type=float, default=_D.head_lr_mult, show_default=True, help="The new head trains at lr x this."
+)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer, show_default=True)
 @click.option("--weight-decay", type=float, default=_D.weight_decay, show_default=True)
 @click.option("--label-smoothing", type=float, default=_D.label_smoothing, show_default=True)
@@ -63,22 +78,42 @@ def weights_fetch(arch: str) -> None:
 @click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
 @workers_option
-@click.option("--cache", type=click.Choice(CACHES), default=_D.cache, show_default=True,
-              help="Input pipeline: none (PIL decoding each epoch), ram (decoded-image cache, crops per batch on "
-                   "the device), features (frozen base run once, head trains on its features), auto (features "
-                   "for feature-extractor, else ram).")
-@click.option("--feature-views", type=int, default=_D.feature_views, show_default=True,
-              help="--cache features: 0 = one un-augmented view per image, N = N random crop+flip views.")
-@click.option("--val-split", type=float, default=None,
-              help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).")
-@click.option("--weights", "weights_", default=None,
-              help="A local state dict, or 'none' for random init (default: torchvision's, cached).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Run folder (default models/<arch>-<strategy>-<time>).")
+@click.option(
+    "--cache",
+    type=click.Choice(CACHES),
+    default=_D.cache,
+    show_default=True,
+    help="Input pipeline: none (PIL decoding each epoch), ram (decoded-image cache, crops per batch on "
+    "the device), features (frozen base run once, head trains on its features), auto (features "
+    "for feature-extractor, else ram).",
+)
+@click.option(
+    "--feature-views",
+    type=int,
+    default=_D.feature_views,
+    show_default=True,
+    help="--cache features: 0 = one un-augmented view per image, N = N random crop+flip views.",
+)
+@click.option(
+    "--val-split",
+    type=float,
+    default=None,
+    help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).",
+)
+@click.option(
+    "--weights",
+    "weights_",
+    default=None,
+    help="A local state dict, or 'none' for random init (default: torchvision's, cached).",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Run folder (default models/<arch>-<strategy>-<time>)."
+)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.pass_context
-def finetune(ctx: click.Context, data: Optional[Path], out: Optional[Path], resume: bool, weights_: Optional[str],
-             **options: Any) -> None:
+def finetune(
+    ctx: click.Context, data: Optional[Path], out: Optional[Path], resume: bool, weights_: Optional[str], **options: Any
+) -> None:
     """Fine-tune a pretrained backbone on DATA (class folders; default: the built-in demo set).
 
     \b
@@ -86,28 +121,44 @@ def finetune(ctx: click.Context, data: Optional[Path], out: Optional[Path], resu
     edgetl finetune photos/ --strategy partial --trainable-stages 3 --epochs 10 --out models/photos
     edgetl finetune --out models/photos --resume     # continue after an interruption
     """
-    from edgetl.train.loop import finetune as run_finetune, history_table, resume as run_resume
+    from edgetl.train.loop import finetune as run_finetune
+    from edgetl.train.loop import history_table
+    from edgetl.train.loop import resume as run_resume
 
     progress = ctx.obj["progress"]
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out pointing at the run to continue")
-        changed = [name for name in ctx.params if name not in ("out", "resume", "epochs")
-                   and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+        changed = [
+            name
+            for name in ctx.params
+            if name not in ("out", "resume", "epochs") and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        ]
         if changed:
-            raise ConfigError("--resume continues with the run's saved options; only --epochs may be given "
-                              "(got: {})".format(", ".join("--" + n.rstrip("_").replace("_", "-") for n in changed)))
+            raise ConfigError(
+                "--resume continues with the run's saved options; only --epochs may be given (got: {})".format(
+                    ", ".join("--" + n.rstrip("_").replace("_", "-") for n in changed)
+                )
+            )
         epochs = options["epochs"] if ctx.get_parameter_source("epochs") == ParameterSource.COMMANDLINE else None
         result = run_resume(out, epochs=epochs, progress=progress)
     else:
-        config = FinetuneConfig(data=None if data is None else str(data), out=None if out is None else str(out),
-                                weights=weights_, **options)
+        config = FinetuneConfig(
+            data=None if data is None else str(data), out=None if out is None else str(out), weights=weights_, **options
+        )
         result = run_finetune(config, progress=progress)
     click.echo(history_table(result.history))
     summary = result.summary
-    click.echo("best val top-1 {:.2%} (epoch {}), {} trainable of {} parameters, {:.0f} s; run: {}".format(
-        summary["best_val_top1"], summary["best_epoch"], summary["params_trainable"], summary["params_total"],
-        summary["run_time_s"], result.run_dir))
+    click.echo(
+        "best val top-1 {:.2%} (epoch {}), {} trainable of {} parameters, {:.0f} s; run: {}".format(
+            summary["best_val_top1"],
+            summary["best_epoch"],
+            summary["params_trainable"],
+            summary["params_total"],
+            summary["run_time_s"],
+            result.run_dir,
+        )
+    )
 
 
 @click.command()

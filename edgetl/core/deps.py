@@ -26,9 +26,7 @@ def require(module: str) -> ModuleType:
         package, extra = _PROVIDERS.get(top, (top, None))
         hint = "pip install 'edgetl[{}]'".format(extra) if extra else "pip install {}".format(package)
         raise DependencyError(
-            "this needs the '{}' package, which is not importable ({}); install it with: {}".format(
-                package, exc, hint
-            )
+            "this needs the '{}' package, which is not importable ({}); install it with: {}".format(package, exc, hint)
         ) from exc
 
 

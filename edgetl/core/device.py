@@ -84,5 +84,6 @@ class DeviceSetup:
     def describe(self) -> str:
         if self.device.type == "cuda":
             return "training on {} (AMP {}, channels_last, cudnn.benchmark)".format(
-                self.device, "on" if self.use_amp else "off")
+                self.device, "on" if self.use_amp else "off"
+            )
         return "training on CPU (no CUDA device): AMP, channels_last and cudnn.benchmark are off"

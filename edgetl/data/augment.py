@@ -18,8 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
-from edgetl.data.decoded_cache import GEOMETRY_COLUMNS, upright_size
 from edgetl.core.deps import require
+from edgetl.data.decoded_cache import GEOMETRY_COLUMNS, upright_size
 from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
@@ -46,7 +46,7 @@ def random_resized_crop_boxes(width: Any, height: Any, randoms: Any) -> Tuple[An
     width = torch.as_tensor(width, dtype=torch.float64).reshape(-1, 1)
     height = torch.as_tensor(height, dtype=torch.float64).reshape(-1, 1)
     u = randoms.to(torch.float64).reshape(len(randoms), -1)
-    tries = u[:, :4 * RRC_TRIES].reshape(len(u), RRC_TRIES, 4)
+    tries = u[:, : 4 * RRC_TRIES].reshape(len(u), RRC_TRIES, 4)
     area = width * height
     target_area = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * tries[..., 0])
     log_lo, log_hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
@@ -68,8 +68,15 @@ def random_resized_crop_boxes(width: Any, height: Any, randoms: Any) -> Tuple[An
     fb_h = torch.where(in_ratio < RRC_RATIO[0], torch.round(width / RRC_RATIO[0]), height)
     fb_top, fb_left = torch.floor((height - fb_h) / 2), torch.floor((width - fb_w) / 2)
     found = ok.any(1)
-    boxes = torch.stack([torch.where(found, pick(top), fb_top), torch.where(found, pick(left), fb_left),
-                         torch.where(found, pick(h), fb_h), torch.where(found, pick(w), fb_w)], 1)
+    boxes = torch.stack(
+        [
+            torch.where(found, pick(top), fb_top),
+            torch.where(found, pick(left), fb_left),
+            torch.where(found, pick(h), fb_h),
+            torch.where(found, pick(w), fb_w),
+        ],
+        1,
+    )
     return boxes.to(torch.int64), u[:, -1] < 0.5
 
 
@@ -99,18 +106,25 @@ def crop_resize_roi_align(pixels: Any, boxes: Any, transposed: Any, size: int) -
     return torch.where(flag.view(-1, 1, 1, 1), out.transpose(-1, -2), out)
 
 
-def crop_resize_per_image(pixels: Any, rows: Any, boxes: Any, transposed: Any, flips: Any, size: int,
-                          interpolation: str) -> Any:
+def crop_resize_per_image(
+    pixels: Any, rows: Any, boxes: Any, transposed: Any, flips: Any, size: int, interpolation: str
+) -> Any:
     """Per image: crop ``pixels[rows[b]]`` (NHWC uint8), resize (uint8 antialiased interpolate), flip."""
     crops = []
-    for row, (top, left, height, width), flag, flip in zip(rows.tolist(), boxes.tolist(), transposed.tolist(),
-                                                            flips.tolist()):
+    for row, (top, left, height, width), flag, flip in zip(
+        rows.tolist(), boxes.tolist(), transposed.tolist(), flips.tolist()
+    ):
         if flag:
-            crop = pixels[row, left:left + width, top:top + height].permute(2, 1, 0)
+            crop = pixels[row, left : left + width, top : top + height].permute(2, 1, 0)
         else:
-            crop = pixels[row, top:top + height, left:left + width].permute(2, 0, 1)
-        resized = F.interpolate(crop.unsqueeze(0), size=(size, size), mode=interpolation,
-                                antialias=interpolation != "nearest", align_corners=None)
+            crop = pixels[row, top : top + height, left : left + width].permute(2, 0, 1)
+        resized = F.interpolate(
+            crop.unsqueeze(0),
+            size=(size, size),
+            mode=interpolation,
+            antialias=interpolation != "nearest",
+            align_corners=None,
+        )
         crops.append(resized.flip(-1) if flip else resized)
     return torch.cat(crops)
 

@@ -29,10 +29,10 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from edgetl.data.folders import Sample
 from edgetl.core.deps import require
-from edgetl.errors import DataError
 from edgetl.core.fileio import atomic_path, atomic_write_text, edgetl_home, file_fingerprints
+from edgetl.data.folders import Sample
+from edgetl.errors import DataError
 from edgetl.spec.preprocess import PreprocessSpec, center_crop_offsets, load_rgb, resize_shorter_side, resized_size
 
 torch = require("torch")
@@ -71,8 +71,8 @@ def fit_slot(resized: np.ndarray, spec: PreprocessSpec) -> Tuple[np.ndarray, Lis
     offset = max(0, (long_side - cols) // 2)
     valid = min(long_side, cols)
     slot = np.empty((rows, cols, 3), dtype=np.uint8)
-    slot[:, :valid] = stored[:, offset:offset + valid]
-    slot[:, valid:] = slot[:, valid - 1:valid]  # edge replicate: a crop touching the border never sees black
+    slot[:, :valid] = stored[:, offset : offset + valid]
+    slot[:, valid:] = slot[:, valid - 1 : valid]  # edge replicate: a crop touching the border never sees black
     eval_left, eval_top = center_crop_offsets(width, height, spec.input_size)
     if transposed:
         return slot, [rows, valid, 1, eval_top - offset, eval_left]
@@ -118,8 +118,15 @@ class DecodedImages:
         return dict(self.__dict__, _pixels=None)
 
 
-def open_decoded_images(samples: Sequence[Sample], spec: PreprocessSpec, root: Path, part: str,
-                        cache_dir: Optional[Path] = None, workers: int = 0, device: Any = None) -> DecodedImages:
+def open_decoded_images(
+    samples: Sequence[Sample],
+    spec: PreprocessSpec,
+    root: Path,
+    part: str,
+    cache_dir: Optional[Path] = None,
+    workers: int = 0,
+    device: Any = None,
+) -> DecodedImages:
     """The decoded cache of ``samples`` (``part`` of the dataset at ``root``), built if missing or outdated."""
     directory = Path(cache_dir or default_cache_dir()) / "decoded"
     directory.mkdir(parents=True, exist_ok=True)
@@ -130,8 +137,13 @@ def open_decoded_images(samples: Sequence[Sample], spec: PreprocessSpec, root: P
     meta = _read_meta(meta_path)
     if meta is None or meta.get("key") != key or not pixels_path.is_file():
         outdated = [p for p in directory.glob(prefix + "-*.json") if p != meta_path]
-        log.info("decoded-image cache for %s (%d images): %s, building %s", part, len(samples),
-                 "the dataset changed" if outdated else "none yet", pixels_path)
+        log.info(
+            "decoded-image cache for %s (%d images): %s, building %s",
+            part,
+            len(samples),
+            "the dataset changed" if outdated else "none yet",
+            pixels_path,
+        )
         meta = _build(samples, spec, pixels_path, meta_path, key, root, part, workers, device)
         _remove_stale(directory, prefix, keep=stem)
     else:
@@ -158,13 +170,24 @@ def _remove_stale(directory: Path, prefix: str, keep: str) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _build(samples: Sequence[Sample], spec: PreprocessSpec, pixels_path: Path, meta_path: Path, key: str,
-           root: Path, part: str, workers: int, device: Any) -> dict:
+def _build(
+    samples: Sequence[Sample],
+    spec: PreprocessSpec,
+    pixels_path: Path,
+    meta_path: Path,
+    key: str,
+    root: Path,
+    part: str,
+    workers: int,
+    device: Any,
+) -> dict:
     shape = (len(samples),) + slot_shape(spec)
     need, free = cache_bytes(len(samples), spec), shutil.disk_usage(str(pixels_path.parent)).free
     if need > free:
-        raise DataError("the decoded-image cache needs {:.2f} GB in {}, only {:.2f} GB free: use --cache none "
-                        "or set EDGETL_HOME to a bigger disk".format(need / 1e9, pixels_path.parent, free / 1e9))
+        raise DataError(
+            "the decoded-image cache needs {:.2f} GB in {}, only {:.2f} GB free: use --cache none "
+            "or set EDGETL_HOME to a bigger disk".format(need / 1e9, pixels_path.parent, free / 1e9)
+        )
     started = time.perf_counter()
     geometry = np.zeros((len(samples), len(GEOMETRY_COLUMNS)), dtype=np.int64)
     gpu = device is not None and torch.device(device).type == "cuda"
@@ -175,10 +198,18 @@ def _build(samples: Sequence[Sample], spec: PreprocessSpec, pixels_path: Path, m
             geometry[index] = row
         pixels.flush()
         del pixels
-    meta = {"format": CACHE_FORMAT, "key": key, "root": str(Path(root).resolve()), "part": part,
-            "count": len(samples), "shape": list(shape), "preprocess": spec.to_dict(),
-            "decoder": "nvjpeg+pil" if gpu else "pil", "build_s": time.perf_counter() - started,
-            "geometry": geometry.tolist()}
+    meta = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "root": str(Path(root).resolve()),
+        "part": part,
+        "count": len(samples),
+        "shape": list(shape),
+        "preprocess": spec.to_dict(),
+        "decoder": "nvjpeg+pil" if gpu else "pil",
+        "build_s": time.perf_counter() - started,
+        "geometry": geometry.tolist(),
+    }
     atomic_write_text(meta_path, json.dumps(meta) + "\n")
     log.info("decoded %d images in %.1f s (%s, %.0f MB)", len(samples), meta["build_s"], meta["decoder"], need / 1e6)
     return meta
@@ -210,10 +241,12 @@ def _plain_jpeg(path: Path) -> bool:
         return img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(_EXIF_ORIENTATION, 1) == 1
 
 
-def _decoded_slots(samples: Sequence[Sample], spec: PreprocessSpec, workers: int,
-                   device: Any) -> Iterator[Tuple[int, np.ndarray, List[int]]]:
-    loader = torch.utils.data.DataLoader(_SlotSource(samples, spec, jpeg_bytes=device is not None),
-                                         batch_size=None, num_workers=workers)
+def _decoded_slots(
+    samples: Sequence[Sample], spec: PreprocessSpec, workers: int, device: Any
+) -> Iterator[Tuple[int, np.ndarray, List[int]]]:
+    loader = torch.utils.data.DataLoader(
+        _SlotSource(samples, spec, jpeg_bytes=device is not None), batch_size=None, num_workers=workers
+    )
     pending: List[Tuple[int, Any]] = []
     for index, kind, payload, row in loader:
         if kind == "error":
@@ -229,8 +262,9 @@ def _decoded_slots(samples: Sequence[Sample], spec: PreprocessSpec, workers: int
         yield from decode_resize_on_gpu(pending, spec, device)
 
 
-def decode_resize_on_gpu(items: Sequence[Tuple[int, Any]], spec: PreprocessSpec,
-                         device: Any) -> Iterator[Tuple[int, np.ndarray, List[int]]]:
+def decode_resize_on_gpu(
+    items: Sequence[Tuple[int, Any]], spec: PreprocessSpec, device: Any
+) -> Iterator[Tuple[int, np.ndarray, List[int]]]:
     """Decode (index, JPEG bytes) items in one nvjpeg batch, resize on the GPU, fit into slots."""
     io = require("torchvision.io")
     with warnings.catch_warnings():
@@ -238,8 +272,12 @@ def decode_resize_on_gpu(items: Sequence[Tuple[int, Any]], spec: PreprocessSpec,
         images = io.decode_jpeg([data for _, data in items], mode=io.ImageReadMode.RGB, device=device)
     for (index, _), image in zip(items, images):
         width, height = resized_size(int(image.shape[2]), int(image.shape[1]), spec.resize_size)
-        resized = torch.nn.functional.interpolate(image.unsqueeze(0).float(), size=(height, width),
-                                                  mode=spec.interpolation, antialias=spec.interpolation != "nearest")
+        resized = torch.nn.functional.interpolate(
+            image.unsqueeze(0).float(),
+            size=(height, width),
+            mode=spec.interpolation,
+            antialias=spec.interpolation != "nearest",
+        )
         pixels = resized.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
         slot, row = fit_slot(pixels, spec)
         yield index, slot, row

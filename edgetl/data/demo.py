@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgetl.errors import ConfigError, DataError
 from edgetl.core.fileio import edgetl_home
+from edgetl.errors import ConfigError, DataError
 
 DEMO_CLASSES = ("stripes", "checkers", "dots", "rings")
 DEMO_VERSION = 1
@@ -109,13 +109,14 @@ def _remove_stale_tmp(root: Path) -> None:
     """Delete ``<root>.tmp-<pid>`` folders left by processes that no longer run."""
     prefix = root.name + ".tmp-"
     for path in root.parent.iterdir():
-        pid = path.name[len(prefix):]
+        pid = path.name[len(prefix) :]
         if path.name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(str(path), ignore_errors=True)
 
 
 def ensure_demo_dataset(root: Path | None = None, train_per_class: int = 60, val_per_class: int = 20) -> Path:
-    """Generate (once; cached) the demo dataset as real JPEG files in root/train/<class>/ and root/val/<class>/; return root."""
+    """Generate (once; cached) the demo dataset as real JPEG files in root/train/<class>/ and
+    root/val/<class>/; return root."""
     if train_per_class < 1 or val_per_class < 1:
         raise ConfigError("demo dataset needs at least one train and one val image per class")
     root = Path(root) if root is not None else default_demo_root()

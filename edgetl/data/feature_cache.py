@@ -18,12 +18,19 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Tuple
 
-from edgetl.data.folders import DatasetSplit
-from edgetl.data.pipelines import BatchStream, DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, make_loader
-from edgetl.data.decoded_cache import DecodedImages, default_cache_dir
 from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_path
+from edgetl.data.decoded_cache import DecodedImages, default_cache_dir
+from edgetl.data.folders import DatasetSplit
+from edgetl.data.pipelines import (
+    BatchStream,
+    DecodedBatches,
+    EpochBatchSampler,
+    decoded_caches,
+    device_finish,
+    make_loader,
+)
 from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
@@ -94,20 +101,40 @@ class FeaturePipeline:
         order = torch.randperm(count, generator=generator)
         views = torch.randint(self.train.shape[0], (count,), generator=generator)
         order, views = order.to(self.train.device), views.to(self.train.device)
-        return HeadBatches((self.train[views[rows], rows], self.train_labels[rows])
-                           for rows in order.split(self.batch_size))
+        return HeadBatches(
+            (self.train[views[rows], rows], self.train_labels[rows]) for rows in order.split(self.batch_size)
+        )
 
     def val_batches(self) -> HeadBatches:
         return HeadBatches(zip(self.val.split(self.batch_size), self.val_labels.split(self.batch_size)))
 
 
-def feature_pipeline(split: DatasetSplit, spec: PreprocessSpec, model: Any, *, batch_size: int, views: int, seed: int,
-                     workers: int, setup: DeviceSetup, cache_dir: Optional[Path] = None) -> FeaturePipeline:
+def feature_pipeline(
+    split: DatasetSplit,
+    spec: PreprocessSpec,
+    model: Any,
+    *,
+    batch_size: int,
+    views: int,
+    seed: int,
+    workers: int,
+    setup: DeviceSetup,
+    cache_dir: Optional[Path] = None,
+) -> FeaturePipeline:
     """Features of ``split`` through ``model.base`` (loaded from the cache or computed now)."""
     cache_dir = Path(cache_dir or default_cache_dir())
     train_images, val_images = decoded_caches(split, spec, workers, setup, cache_dir)
-    parts = [FEATURE_FORMAT, train_images.key, val_images.key, state_hash(model.base), views, seed, setup.use_amp,
-             setup.memory_format, setup.device.type]
+    parts = [
+        FEATURE_FORMAT,
+        train_images.key,
+        val_images.key,
+        state_hash(model.base),
+        views,
+        seed,
+        setup.use_amp,
+        setup.memory_format,
+        setup.device.type,
+    ]
     key = hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).hexdigest()
     path = cache_dir / "train-features" / "{}-{}.pt".format(train_images.path.stem, key[:16])
     stored = _load(path, key)
@@ -123,19 +150,30 @@ def feature_pipeline(split: DatasetSplit, spec: PreprocessSpec, model: Any, *, b
 
         train_labels, val_labels = [s.label for s in split.train], [s.label for s in split.val]
         view_seeds = [view_seed(seed, v) for v in range(views)] or [None]
-        stored = {"key": key, "val": features(val_images, val_labels, None).cpu(),
-                  "train": torch.stack([features(train_images, train_labels, s) for s in view_seeds]).cpu()}
-        log.info("feature cache: ran the frozen base over %d train (x%d views) + %d val images in %.1f s",
-                 len(split.train), len(view_seeds), len(split.val), time.perf_counter() - started)
+        stored = {
+            "key": key,
+            "val": features(val_images, val_labels, None).cpu(),
+            "train": torch.stack([features(train_images, train_labels, s) for s in view_seeds]).cpu(),
+        }
+        log.info(
+            "feature cache: ran the frozen base over %d train (x%d views) + %d val images in %.1f s",
+            len(split.train),
+            len(view_seeds),
+            len(split.val),
+            time.perf_counter() - started,
+        )
         with atomic_path(path) as tmp:
             torch.save(stored, str(tmp))
         _remove_orphans(path.parent, train_images.path.parent)
     else:
         log.info("feature cache: reusing %s", path)
-    labels = [setup.to_device(torch.tensor([s.label for s in samples], dtype=torch.int64))
-              for samples in (split.train, split.val)]
-    return FeaturePipeline(setup.to_device(stored["train"]), labels[0], setup.to_device(stored["val"]), labels[1],
-                           batch_size)
+    labels = [
+        setup.to_device(torch.tensor([s.label for s in samples], dtype=torch.int64))
+        for samples in (split.train, split.val)
+    ]
+    return FeaturePipeline(
+        setup.to_device(stored["train"]), labels[0], setup.to_device(stored["val"]), labels[1], batch_size
+    )
 
 
 def _load(path: Path, key: str) -> Optional[dict]:

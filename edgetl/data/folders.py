@@ -16,16 +16,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
+from edgetl.core.fileio import atomic_write_text
 from edgetl.data.sampling import stratified_split
 from edgetl.errors import DataError
-from edgetl.core.fileio import atomic_write_text
 from edgetl.spec.preprocess import load_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset(
-    ".jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jfif .ico .tga".split()
-)
+IMAGE_SUFFIXES = frozenset(".jpg .jpeg .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .jfif .ico .tga".split())
 
 
 @dataclass(frozen=True)
@@ -49,8 +47,13 @@ class DatasetSplit:
         def rows(samples: Sequence[Sample]) -> List[List[Any]]:
             return [[str(s.path), s.label] for s in samples]
 
-        return {"root": str(self.root), "layout": self.layout, "classes": self.classes,
-                "train": rows(self.train), "val": rows(self.val)}
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "classes": self.classes,
+            "train": rows(self.train),
+            "val": rows(self.val),
+        }
 
     def save(self, run_dir: Path) -> None:
         """Write ``split.json`` and ``skipped.txt`` (one ``path<TAB>reason`` per line) into the run."""
@@ -60,8 +63,13 @@ class DatasetSplit:
     @classmethod
     def load(cls, run_dir: Path) -> "DatasetSplit":
         data = json.loads((run_dir / "split.json").read_text())
-        return cls(Path(data["root"]), data["classes"], [Sample(Path(p), l) for p, l in data["train"]],
-                   [Sample(Path(p), l) for p, l in data["val"]], data["layout"])
+        return cls(
+            Path(data["root"]),
+            data["classes"],
+            [Sample(Path(p), label) for p, label in data["train"]],
+            [Sample(Path(p), label) for p, label in data["val"]],
+            data["layout"],
+        )
 
 
 def check_image(path: Path) -> Optional[str]:
@@ -89,11 +97,23 @@ def _class_dirs(root: Path) -> List[Path]:
 def scan_class_folders(root: Path, workers: int = 8) -> Tuple[List[str], List[Sample], List[Tuple[Path, str]]]:
     """Classes (sorted folder names), readable samples and skipped files of a folder of class folders."""
     dirs = _class_dirs(root)
-    candidates = [(p, label) for label, d in enumerate(dirs) for p in sorted(d.rglob("*")) if p.is_file()
-                  and not p.name.startswith(".")]
+    candidates = [
+        (p, label)
+        for label, d in enumerate(dirs)
+        for p in sorted(d.rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    ]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        reasons = list(pool.map(lambda c: check_image(c[0]) if c[0].suffix.lower() in IMAGE_SUFFIXES
-                                else "not an image file (suffix {!r})".format(c[0].suffix), candidates))
+        reasons = list(
+            pool.map(
+                lambda c: (
+                    check_image(c[0])
+                    if c[0].suffix.lower() in IMAGE_SUFFIXES
+                    else "not an image file (suffix {!r})".format(c[0].suffix)
+                ),
+                candidates,
+            )
+        )
     samples = [Sample(p, label) for (p, label), reason in zip(candidates, reasons) if reason is None]
     skipped = [(p, reason) for (p, _), reason in zip(candidates, reasons) if reason is not None]
     counts = [0] * len(dirs)
@@ -121,8 +141,9 @@ def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))
             only_val = sorted(set(val_classes) - set(classes))
-            raise DataError("val classes differ from train classes: only in train {}, only in val {}".format(
-                only_train, only_val))
+            raise DataError(
+                "val classes differ from train classes: only in train {}, only in val {}".format(only_train, only_val)
+            )
         return DatasetSplit(root, classes, train, val, "train/val folders", skipped + val_skipped)
     fraction = 0.2 if val_split is None else val_split
     if not 0.0 < fraction < 1.0:

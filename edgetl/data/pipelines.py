@@ -23,11 +23,17 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgetl.data.augment import augment_decoded, draw_crop_randoms, eval_crop_decoded, normalize_batch, random_resized_crop_boxes
-from edgetl.data.folders import DatasetSplit, Sample
-from edgetl.data.decoded_cache import DecodedImages, open_decoded_images
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
+from edgetl.data.augment import (
+    augment_decoded,
+    draw_crop_randoms,
+    eval_crop_decoded,
+    normalize_batch,
+    random_resized_crop_boxes,
+)
+from edgetl.data.decoded_cache import DecodedImages, open_decoded_images
+from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.spec.preprocess import PreprocessSpec, load_rgb, resize_and_crop
 
 torch = require("torch")
@@ -129,9 +135,15 @@ def make_loader(dataset: Any, sampler: EpochBatchSampler, workers: int, setup: D
     the dropout stream of the epoch a resumed run starts in. (The workers never use that seed.)
     """
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None, pin_memory=setup.pin_memory,
-        generator=torch.Generator().manual_seed(0))
+        dataset,
+        batch_size=None,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+        pin_memory=setup.pin_memory,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 class ImagePipeline:
@@ -154,6 +166,7 @@ class ImagePipeline:
 
 def device_finish(setup: DeviceSetup, spec: PreprocessSpec) -> Callable[[Any], Tuple[Any, Any]]:
     """Move a loader batch to the device (non-blocking), crop raw decoded batches there, normalise."""
+
     def finish(batch: Tuple[Any, ...]) -> Tuple[Any, Any]:
         if len(batch) == 4:
             pixels, geometry, randoms, labels = batch
@@ -169,16 +182,27 @@ def device_finish(setup: DeviceSetup, spec: PreprocessSpec) -> Callable[[Any], T
     return finish
 
 
-def decoded_caches(split: DatasetSplit, spec: PreprocessSpec, workers: int, setup: DeviceSetup,
-                   cache_dir: Optional[Path] = None) -> Tuple[DecodedImages, DecodedImages]:
+def decoded_caches(
+    split: DatasetSplit, spec: PreprocessSpec, workers: int, setup: DeviceSetup, cache_dir: Optional[Path] = None
+) -> Tuple[DecodedImages, DecodedImages]:
     """The (train, val) decoded-image caches of a split, built if needed (GPU JPEG decode on CUDA)."""
     gpu = setup.device if setup.device.type == "cuda" else None
-    return tuple(open_decoded_images(samples, spec, split.root, part, cache_dir, workers, gpu)
-                 for part, samples in (("train", split.train), ("val", split.val)))
+    return tuple(
+        open_decoded_images(samples, spec, split.root, part, cache_dir, workers, gpu)
+        for part, samples in (("train", split.train), ("val", split.val))
+    )
 
 
-def image_pipeline(cache: str, split: DatasetSplit, spec: PreprocessSpec, *, batch_size: int, workers: int,
-                   setup: DeviceSetup, cache_dir: Optional[Path] = None) -> ImagePipeline:
+def image_pipeline(
+    cache: str,
+    split: DatasetSplit,
+    spec: PreprocessSpec,
+    *,
+    batch_size: int,
+    workers: int,
+    setup: DeviceSetup,
+    cache_dir: Optional[Path] = None,
+) -> ImagePipeline:
     """The ``none`` (PIL) or ``ram`` (decoded cache) pipeline of a split."""
     if cache == "none":
         train_set, val_set = PilBatches(split.train, spec), PilBatches(split.val, spec)

@@ -28,11 +28,15 @@ def convert_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
     graph = converted.graph
-    if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for node in graph.node for attr in node.attribute):
+    if any(
+        attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for node in graph.node
+        for attr in node.attribute
+    ):
         raise ExportError("float16 conversion does not handle control-flow subgraphs (If/Loop/Scan)")
-    keep_float32 = {node.input[i] for node in graph.node for i in _FLOAT32_ONLY_INPUTS.get(node.op_type, ())
-                    if i < len(node.input)}
+    keep_float32 = {
+        node.input[i] for node in graph.node for i in _FLOAT32_ONLY_INPUTS.get(node.op_type, ()) if i < len(node.input)
+    }
     for index, init in enumerate(graph.initializer):
         if init.data_type == TensorProto.FLOAT and init.name not in keep_float32:
             graph.initializer[index].CopyFrom(_to_fp16(init))
@@ -58,8 +62,9 @@ def _cast_boundaries(graph: onnx.GraphProto) -> None:
         half = value.name + "_fp16"
         for node in graph.node:
             node.input[:] = [half if name == value.name else name for name in node.input]
-        entry.append(onnx.helper.make_node("Cast", [value.name], [half], to=TensorProto.FLOAT16,
-                                           name=value.name + "_to_fp16"))
+        entry.append(
+            onnx.helper.make_node("Cast", [value.name], [half], to=TensorProto.FLOAT16, name=value.name + "_to_fp16")
+        )
     for value in graph.output:
         if value.type.tensor_type.elem_type != TensorProto.FLOAT:
             continue
@@ -67,8 +72,9 @@ def _cast_boundaries(graph: onnx.GraphProto) -> None:
         for node in graph.node:
             node.output[:] = [half if name == value.name else name for name in node.output]
             node.input[:] = [half if name == value.name else name for name in node.input]
-        exit_.append(onnx.helper.make_node("Cast", [half], [value.name], to=TensorProto.FLOAT,
-                                           name=value.name + "_to_fp32"))
+        exit_.append(
+            onnx.helper.make_node("Cast", [half], [value.name], to=TensorProto.FLOAT, name=value.name + "_to_fp32")
+        )
     nodes = entry + list(graph.node) + exit_
     del graph.node[:]
     graph.node.extend(nodes)

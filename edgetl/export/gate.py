@@ -27,8 +27,13 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
     if p >= 1.0:
         return 1.0 if k >= n else 0.0
     log_p, log_q = math.log(p), math.log1p(-p)
-    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                                 + i * log_p + (n - i) * log_q) for i in range(min(k, n) + 1)))
+    return min(
+        1.0,
+        sum(
+            math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+            for i in range(min(k, n) + 1)
+        ),
+    )
 
 
 def upper_bound(k: int, n: int, confidence: float = CONFIDENCE) -> float:
@@ -79,23 +84,40 @@ class GateResult:
 
     def failures(self, name: str = "INT8", option: str = "--max-int8-drop") -> List[str]:
         """One line per failure, with the numbers (empty: passed)."""
-        sample = "{} images ({} val + {} held-out train)".format(self.images, self.val_images,
-                                                                  self.heldout_train_images)
+        sample = "{} images ({} val + {} held-out train)".format(
+            self.images, self.val_images, self.heldout_train_images
+        )
         if self.verdict == "unresolvable":
-            need = ("needs >= {} images".format(self.images_needed) if self.images_needed
-                    else "no sample can show a bound of 0 points")
-            return ["{} gate unresolvable: {} cannot show a {:.0%} bound <= {:g} points of top-1 disagreement "
-                    "with fp32 even with none; it {}".format(name, sample, CONFIDENCE, self.max_points, need)]
+            need = (
+                "needs >= {} images".format(self.images_needed)
+                if self.images_needed
+                else "no sample can show a bound of 0 points"
+            )
+            return [
+                "{} gate unresolvable: {} cannot show a {:.0%} bound <= {:g} points of top-1 disagreement "
+                "with fp32 even with none; it {}".format(name, sample, CONFIDENCE, self.max_points, need)
+            ]
         if self.verdict == "failed":
-            return ["{} top-1 disagrees with fp32 on {} of {}: {:.0%} upper bound {:.2f} points > {} {:g} "
-                    "(val top-1 {:.2%} vs fp32 {:.2%})".format(
-                        name, self.disagreements, sample, CONFIDENCE, self.upper_bound_points, option,
-                        self.max_points, self.reduced_val_top1, self.fp32_val_top1)]
+            return [
+                "{} top-1 disagrees with fp32 on {} of {}: {:.0%} upper bound {:.2f} points > {} {:g} "
+                "(val top-1 {:.2%} vs fp32 {:.2%})".format(
+                    name,
+                    self.disagreements,
+                    sample,
+                    CONFIDENCE,
+                    self.upper_bound_points,
+                    option,
+                    self.max_points,
+                    self.reduced_val_top1,
+                    self.fp32_val_top1,
+                )
+            ]
         return []
 
 
-def judge(reference: np.ndarray, candidate: np.ndarray, val_labels: np.ndarray, max_points: float,
-          simulation: str) -> GateResult:
+def judge(
+    reference: np.ndarray, candidate: np.ndarray, val_labels: np.ndarray, max_points: float, simulation: str
+) -> GateResult:
     """Judge ``candidate`` outputs against fp32 ``reference`` outputs (rows: the val images, labelled
     by ``val_labels``, then the held-out training images)."""
     reference, candidate = np.asarray(reference), np.asarray(candidate)
@@ -109,5 +131,17 @@ def judge(reference: np.ndarray, candidate: np.ndarray, val_labels: np.ndarray, 
         verdict = "passed" if bound <= max_points + 1e-9 else "failed"
     fp32_top1 = float((reference[:n_val].argmax(1) == val_labels).mean())
     reduced_top1 = float((candidate[:n_val].argmax(1) == val_labels).mean())
-    return GateResult(n, n_val, n - n_val, disagreements, bound, max_points, verdict, needed, fp32_top1,
-                      reduced_top1, (fp32_top1 - reduced_top1) * 100.0, simulation)
+    return GateResult(
+        n,
+        n_val,
+        n - n_val,
+        disagreements,
+        bound,
+        max_points,
+        verdict,
+        needed,
+        fp32_top1,
+        reduced_top1,
+        (fp32_top1 - reduced_top1) * 100.0,
+        simulation,
+    )

@@ -21,22 +21,52 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import onnx
 
-from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
-from edgetl.train.checkpoint import load_run, preprocess_of
-from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.core.cpu import cpu_isa, isa_flags_of_interest
 from edgetl.core.deps import require
-from edgetl.spec.formats import INT8_CPU_FORMS
-from edgetl.errors import CheckpointError, ConfigError, DependencyError, ExportError
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
-from edgetl.export.torch_to_onnx import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
-from edgetl.export.gate import judge
-from edgetl.export.parity import EvalImages, Parity, compare, fp16_failures, fp32_failures, load_eval_images, normalized, onnx_outputs, random_inputs, stretched_nearest, top1
-from edgetl.export.quantize import CALIB_METHODS, DEFAULT_CALIB_SIZE, INT8_TARGETS, ImageCalibrationReader, calibration_samples, quantize_onnx, write_calibration_manifest
 from edgetl.core.tables import text_table
-from edgetl.trt.plan import DEFAULT_TARGET, DEFAULT_WORKSPACE_MIB, BatchProfile, EnginePlan, batch_profile, build_script, onnx_versions, plan_engine, resolve_target
-from edgetl.trt.build import build_bundle_engine
+from edgetl.data.folders import DatasetSplit, Sample
+from edgetl.errors import CheckpointError, ConfigError, DependencyError, ExportError
 from edgetl.export.fp16 import convert_to_fp16
+from edgetl.export.gate import judge
+from edgetl.export.parity import (
+    EvalImages,
+    Parity,
+    compare,
+    fp16_failures,
+    fp32_failures,
+    load_eval_images,
+    normalized,
+    onnx_outputs,
+    random_inputs,
+    stretched_nearest,
+    top1,
+)
+from edgetl.export.quantize import (
+    CALIB_METHODS,
+    DEFAULT_CALIB_SIZE,
+    INT8_TARGETS,
+    ImageCalibrationReader,
+    calibration_samples,
+    quantize_onnx,
+    write_calibration_manifest,
+)
+from edgetl.export.torch_to_onnx import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
+from edgetl.spec.formats import INT8_CPU_FORMS
+from edgetl.train.checkpoint import load_run, preprocess_of
+from edgetl.trt.build import build_bundle_engine
+from edgetl.trt.plan import (
+    DEFAULT_TARGET,
+    DEFAULT_WORKSPACE_MIB,
+    BatchProfile,
+    EnginePlan,
+    batch_profile,
+    build_script,
+    onnx_versions,
+    plan_engine,
+    resolve_target,
+)
 
 torch = require("torch")
 REPORT_FORMAT = "edgetl-export-report-v1"
@@ -83,14 +113,19 @@ class ExportConfig:
             object.__setattr__(self, "int8_cpu_isa", cpu_isa())
         checks = [
             (self.io_names in IO_NAMES, "--io-names must be one of " + ", ".join(IO_NAMES)),
-            (self.opset in EXPORTER_OPSETS, "--opset must be between {} and {}".format(
-                EXPORTER_OPSETS[0], EXPORTER_OPSETS[-1])),
+            (
+                self.opset in EXPORTER_OPSETS,
+                "--opset must be between {} and {}".format(EXPORTER_OPSETS[0], EXPORTER_OPSETS[-1]),
+            ),
             (self.batch is None or self.batch >= 1, "--batch must be >= 1"),
             (not (self.int8 and self.fp16), "choose one of --int8 and --fp16"),
             (self.int8_target in INT8_TARGETS, "--int8-target must be one of " + ", ".join(INT8_TARGETS)),
             (self.int8_cpu_isa in INT8_CPU_FORMS, "--int8-cpu-isa must be one of auto, " + ", ".join(INT8_CPU_FORMS)),
-            (not (self.trt and self.int8 and self.int8_target == "cpu"),
-             "--int8-target cpu writes unsigned activations, which TensorRT rejects; use --int8-target trt with --trt"),
+            (
+                not (self.trt and self.int8 and self.int8_target == "cpu"),
+                "--int8-target cpu writes unsigned activations, which TensorRT rejects; "
+                "use --int8-target trt with --trt",
+            ),
             (self.int8 or self.calib_data is None, "--calib-data only applies with --int8"),
             (self.calib_size >= 1, "--calib-size must be >= 1"),
             (self.calib_method in CALIB_METHODS, "--calib-method must be one of " + ", ".join(CALIB_METHODS)),
@@ -125,8 +160,10 @@ class _Export:
         self.run = Path(config.run)
         self.out = Path(config.out) if config.out else self.run
         if not (self.run / "split.json").is_file():
-            raise CheckpointError("{} is not a run folder with best.pt and split.json (its validation images "
-                                  "feed the parity gate)".format(self.run))
+            raise CheckpointError(
+                "{} is not a run folder with best.pt and split.json (its validation images "
+                "feed the parity gate)".format(self.run)
+            )
         self.model, self.payload = load_run(self.run)
         self.spec = preprocess_of(self.payload)
         self.target = resolve_target(config.target_trt)
@@ -140,13 +177,28 @@ class _Export:
         self.reference = self._torch(normalized(self.images.crops, self.spec))
         self.random = random_inputs(RANDOM_INPUTS, self.spec, "NCHW", config.seed)
         self.random_pixels = random_inputs(RANDOM_INPUTS, self.spec, "NHWC", config.seed)
-        self.manifest = {"run": str(self.run.resolve()), "checkpoint_sha256": self.checkpoint_sha,
-                         "class_names": list(self.payload["class_names"]), "arch": self.payload["arch"],
-                         "strategy": self.payload["strategy"], "models": {}, "engines": {}}
-        self.report = {"format": REPORT_FORMAT, "run": str(self.run), "out": str(self.out),
-                       "checkpoint_sha256": self.checkpoint_sha, "config": asdict(config),
-                       "target_trt": asdict(self.target), "opset": self.opset, "ir_version": self.ir_version,
-                       "output_kind": self.output_kind, "artifacts": [], "failures": []}
+        self.manifest = {
+            "run": str(self.run.resolve()),
+            "checkpoint_sha256": self.checkpoint_sha,
+            "class_names": list(self.payload["class_names"]),
+            "arch": self.payload["arch"],
+            "strategy": self.payload["strategy"],
+            "models": {},
+            "engines": {},
+        }
+        self.report = {
+            "format": REPORT_FORMAT,
+            "run": str(self.run),
+            "out": str(self.out),
+            "checkpoint_sha256": self.checkpoint_sha,
+            "config": asdict(config),
+            "target_trt": asdict(self.target),
+            "opset": self.opset,
+            "ir_version": self.ir_version,
+            "output_kind": self.output_kind,
+            "artifacts": [],
+            "failures": [],
+        }
         self.fp32_outputs = None  # type: Optional[np.ndarray]
 
     @property
@@ -155,13 +207,19 @@ class _Export:
 
     def _torch(self, batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return np.concatenate([self.reference_module(torch.from_numpy(batch[i:i + 32])).numpy()
-                                   for i in range(0, len(batch), 32)]).astype(np.float64)
+            return np.concatenate(
+                [self.reference_module(torch.from_numpy(batch[i : i + 32])).numpy() for i in range(0, len(batch), 32)]
+            ).astype(np.float64)
 
     def _metadata(self, kind: str) -> Dict[str, str]:
-        return onnx_metadata(self.payload, self.spec, self.checkpoint_sha, model_kind=kind,
-                             input_layout="NHWC uint8" if kind == "baked" else "NCHW float32",
-                             output_kind=self.output_kind)
+        return onnx_metadata(
+            self.payload,
+            self.spec,
+            self.checkpoint_sha,
+            model_kind=kind,
+            input_layout="NHWC uint8" if kind == "baked" else "NCHW float32",
+            output_kind=self.output_kind,
+        )
 
     def _gated(self, kind: str, write: Callable[[Path], None], check: Callable[[Path], Dict[str, Any]]) -> bool:
         """Write an artifact to a temporary file, check it, and rename it into place only if it passes."""
@@ -183,15 +241,29 @@ class _Export:
             return False
         entry["status"] = "passed"
         self.report["artifacts"].append(entry)
-        info = ModelInfo(file, kind, self.input_name, self.output_name, "NHWC" if kind == "baked" else "NCHW",
-                         self.output_kind, self.config.batch, sha,
-                         self.config.int8_target if kind == "int8" else None,
-                         self._cpu_form_metadata().get("int8_cpu_isa") if kind == "int8" else None)
+        info = ModelInfo(
+            file,
+            kind,
+            self.input_name,
+            self.output_name,
+            "NHWC" if kind == "baked" else "NCHW",
+            self.output_kind,
+            self.config.batch,
+            sha,
+            self.config.int8_target if kind == "int8" else None,
+            self._cpu_form_metadata().get("int8_cpu_isa") if kind == "int8" else None,
+        )
         self.manifest["models"][kind] = asdict(info)
         return True
 
-    def _parity(self, path: Path, inputs: Optional[np.ndarray], reference_random: Optional[np.ndarray],
-                layout: str, optimize: bool = True) -> Tuple[Dict[str, Any], Parity, np.ndarray]:
+    def _parity(
+        self,
+        path: Path,
+        inputs: Optional[np.ndarray],
+        reference_random: Optional[np.ndarray],
+        layout: str,
+        optimize: bool = True,
+    ) -> Tuple[Dict[str, Any], Parity, np.ndarray]:
         """Report section, parity and real-image outputs of an ONNX file against PyTorch
         (random ``inputs`` too, unless None; ``optimize``: see OnnxRuntimeRunner)."""
         prepare = self._normalized if layout == "NCHW" else None
@@ -209,9 +281,21 @@ class _Export:
             return dict(section, failures=fp32_failures(parity))
 
         module = ExportModule(self.model, softmax=self.softmax)
-        return self._gated("fp32", lambda p: export_onnx(module, p, self.spec, self.input_name, self.output_name,
-                                                         self.config.batch, self.opset, self.ir_version,
-                                                         self._metadata("fp32")), check)
+        return self._gated(
+            "fp32",
+            lambda p: export_onnx(
+                module,
+                p,
+                self.spec,
+                self.input_name,
+                self.output_name,
+                self.config.batch,
+                self.opset,
+                self.ir_version,
+                self._metadata("fp32"),
+            ),
+            check,
+        )
 
     def baked(self) -> bool:
         def check(path: Path) -> Dict[str, Any]:
@@ -220,39 +304,83 @@ class _Export:
             return dict(section, failures=fp32_failures(parity))
 
         module = baked_module(self.model, self.spec, self.softmax)
-        return self._gated("baked", lambda p: export_onnx(module, p, self.spec, self.input_name, self.output_name,
-                                                          self.config.batch, self.opset, self.ir_version,
-                                                          self._metadata("baked")), check)
+        return self._gated(
+            "baked",
+            lambda p: export_onnx(
+                module,
+                p,
+                self.spec,
+                self.input_name,
+                self.output_name,
+                self.config.batch,
+                self.opset,
+                self.ir_version,
+                self._metadata("baked"),
+            ),
+            check,
+        )
 
     def int8(self) -> bool:
         config = self.config
         samples, source = calibration_samples(self.run, config.calib_data, config.calib_size, config.seed)
         manifest_path = Path(config.calib_dir) / self.run.resolve().name / "manifest.json"
-        write_calibration_manifest(manifest_path, samples, {
-            "run": str(self.run.resolve()), "source": source, "seed": config.seed, "requested_size": config.calib_size,
-            "method": config.calib_method, "int8_target": config.int8_target})
+        write_calibration_manifest(
+            manifest_path,
+            samples,
+            {
+                "run": str(self.run.resolve()),
+                "source": source,
+                "seed": config.seed,
+                "requested_size": config.calib_size,
+                "method": config.calib_method,
+                "int8_target": config.int8_target,
+            },
+        )
         reader = ImageCalibrationReader(samples, self.spec, self.input_name, config.batch or 1)
         heldout = self._heldout_images(samples)
         optimize = config.int8_target == "cpu"
         fp32_heldout = self._outputs(self.out / ONNX_FILES["fp32"], heldout.crops, True)
 
         def write(path: Path) -> None:
-            quantize_onnx(self.out / ONNX_FILES["fp32"], path, reader, config.int8_target, config.calib_method,
-                          INT8_CPU_FORMS[config.int8_cpu_isa])
-            finish_onnx(path, self.ir_version, dict(self._metadata("int8"), int8_target=config.int8_target,
-                                                    **self._cpu_form_metadata()))
+            quantize_onnx(
+                self.out / ONNX_FILES["fp32"],
+                path,
+                reader,
+                config.int8_target,
+                config.calib_method,
+                INT8_CPU_FORMS[config.int8_cpu_isa],
+            )
+            finish_onnx(
+                path,
+                self.ir_version,
+                dict(self._metadata("int8"), int8_target=config.int8_target, **self._cpu_form_metadata()),
+            )
 
         def check(path: Path) -> Dict[str, Any]:
             # random inputs break calibration: parity on the val images only
             section, _, outputs = self._parity(path, None, None, "NCHW", optimize=optimize)
             int8_heldout = self._outputs(path, heldout.crops, optimize)
-            gate = judge(np.concatenate([self.fp32_outputs, fp32_heldout]), np.concatenate([outputs, int8_heldout]),
-                         self.images.labels, config.max_int8_drop, INT8_SIMULATION[config.int8_target])
-            return dict(section, accuracy_gate=gate.to_dict(), int8_target=config.int8_target,
-                        **self._cpu_form_metadata(), cpu_isa_flags=isa_flags_of_interest(),
-                        failures=gate.failures(),
-                        calibration={"manifest": str(manifest_path), "images": len(samples), "source": source,
-                                     "method": config.calib_method})
+            gate = judge(
+                np.concatenate([self.fp32_outputs, fp32_heldout]),
+                np.concatenate([outputs, int8_heldout]),
+                self.images.labels,
+                config.max_int8_drop,
+                INT8_SIMULATION[config.int8_target],
+            )
+            return dict(
+                section,
+                accuracy_gate=gate.to_dict(),
+                int8_target=config.int8_target,
+                **self._cpu_form_metadata(),
+                cpu_isa_flags=isa_flags_of_interest(),
+                failures=gate.failures(),
+                calibration={
+                    "manifest": str(manifest_path),
+                    "images": len(samples),
+                    "source": source,
+                    "method": config.calib_method,
+                },
+            )
 
         return self._gated("int8", write, check)
 
@@ -260,7 +388,10 @@ class _Export:
         """Which CPU the INT8 cpu form was built for, and its types (none for the TensorRT form)."""
         if self.config.int8_target != "cpu":
             return {}
-        return {"int8_cpu_isa": self.config.int8_cpu_isa, "int8_cpu_form": INT8_CPU_FORMS[self.config.int8_cpu_isa].name}
+        return {
+            "int8_cpu_isa": self.config.int8_cpu_isa,
+            "int8_cpu_form": INT8_CPU_FORMS[self.config.int8_cpu_isa].name,
+        }
 
     def _outputs(self, path: Path, crops: np.ndarray, optimize: bool) -> np.ndarray:
         """ONNX outputs of uint8 crops (NCHW float model); no rows for no crops."""
@@ -294,13 +425,18 @@ class _Export:
     def jetson_geometry(self) -> None:
         """Val top-1 under jetson-inference's preprocessing (whole frame stretched, nearest), next to ours."""
         spec = stretched_nearest(self.spec)
-        stretched = load_eval_images(self.val_samples, spec, self.config.val_images, self.config.seed, center_crop=False)
-        outputs = onnx_outputs(self.out / ONNX_FILES["fp32"], stretched.crops, self.config.batch,
-                               prepare=self._normalized)
+        stretched = load_eval_images(
+            self.val_samples, spec, self.config.val_images, self.config.seed, center_crop=False
+        )
+        outputs = onnx_outputs(
+            self.out / ONNX_FILES["fp32"], stretched.crops, self.config.batch, prepare=self._normalized
+        )
         self.report["jetson_preprocessing"] = {
             "center_crop_val_top1": top1(self.fp32_outputs, self.images.labels),
-            "stretched_val_top1": top1(outputs, stretched.labels), "images": len(stretched),
-            "note": "jetson-inference's imagenet resizes the whole frame (nearest neighbour) with no centre crop"}
+            "stretched_val_top1": top1(outputs, stretched.labels),
+            "images": len(stretched),
+            "note": "jetson-inference's imagenet resizes the whole frame (nearest neighbour) with no centre crop",
+        }
 
     def engine_plans(self) -> Tuple[List[EnginePlan], List[str]]:
         """The engine build for the requested precision if its ONNX passed (also written as build_engine.sh),
@@ -309,11 +445,20 @@ class _Export:
         notes = []
         if precision == "int8" and self.config.int8_target == "cpu":
             precision = "fp32"  # the CPU INT8 form cannot become an engine
-            notes.append("model_int8.onnx is the CPU form (unsigned activations), which TensorRT rejects: this "
-                         "script builds fp32; re-export with --int8 --int8-target trt for an INT8 engine")
-        plan = plan_engine(self.target, precision, self.input_name, self.output_name,
-                           (self.config.batch or -1, 3, self.spec.input_size, self.spec.input_size),
-                           self.config.profile(), self.config.workspace_mib, self.config.timing_cache)
+            notes.append(
+                "model_int8.onnx is the CPU form (unsigned activations), which TensorRT rejects: this "
+                "script builds fp32; re-export with --int8 --int8-target trt for an INT8 engine"
+            )
+        plan = plan_engine(
+            self.target,
+            precision,
+            self.input_name,
+            self.output_name,
+            (self.config.batch or -1, 3, self.spec.input_size, self.spec.input_size),
+            self.config.profile(),
+            self.config.workspace_mib,
+            self.config.timing_cache,
+        )
         if {v: k for k, v in ONNX_FILES.items()}[plan.onnx] not in self.manifest["models"]:
             return [], notes + ["no {} engine: {} did not pass its gate (see {})".format(precision, plan.onnx, REPORT)]
         return [plan], notes
@@ -376,12 +521,19 @@ def _build_engine(job: _Export) -> Optional[Exception]:
     """Build the engine; returns the DependencyError to raise later when TensorRT is missing."""
     try:
         config = job.config
-        engine = build_bundle_engine(job.out, config.precision, (config.min_batch, config.opt_batch, config.max_batch),
-                                     config.workspace_mib, config.timing_cache)
+        engine = build_bundle_engine(
+            job.out,
+            config.precision,
+            (config.min_batch, config.opt_batch, config.max_batch),
+            config.workspace_mib,
+            config.timing_cache,
+        )
     except DependencyError as exc:
         job.report["engine"] = {"status": "not built", "reason": str(exc)}
-        return DependencyError("--trt: {}. The ONNX model(s) and build_engine.sh are in {}: run "
-                               "'sh build_engine.sh' there on the device".format(exc, job.out))
+        return DependencyError(
+            "--trt: {}. The ONNX model(s) and build_engine.sh are in {}: run "
+            "'sh build_engine.sh' there on the device".format(exc, job.out)
+        )
     job.report["engine"] = {"status": "built", "file": engine.name}
     return None
 
@@ -391,21 +543,41 @@ def format_report(report: Dict[str, Any]) -> str:
     rows = []
     for entry in report["artifacts"]:
         parity = entry.get("parity", {})
-        rows.append([entry["file"], entry["status"], parity.get("real_inputs", ""), parity.get("max_abs_diff", ""),
-                     parity.get("min_cosine", ""), parity.get("top1_agreement", ""), entry.get("val_top1", "")])
+        rows.append(
+            [
+                entry["file"],
+                entry["status"],
+                parity.get("real_inputs", ""),
+                parity.get("max_abs_diff", ""),
+                parity.get("min_cosine", ""),
+                parity.get("top1_agreement", ""),
+                entry.get("val_top1", ""),
+            ]
+        )
     lines = [text_table(["artifact", "status", "images", "max|diff|", "min cosine", "top-1 agree", "val top-1"], rows)]
     for entry in report["artifacts"]:
         gate = entry.get("accuracy_gate")
         if gate:
-            lines.append("INT8 ({}): {} gate: top-1 differs from fp32 on {} of {} images, {:.0%} bound {:.2f} points "
-                         "(<= {:g}); val top-1 {:.2%} vs fp32 {:.2%}".format(
-                             entry["int8_target"], gate["verdict"], gate["disagreements"], gate["images"],
-                             gate["confidence"], gate["upper_bound_points"], gate["max_points"],
-                             gate["reduced_val_top1"], gate["fp32_val_top1"]))
+            lines.append(
+                "INT8 ({}): {} gate: top-1 differs from fp32 on {} of {} images, {:.0%} bound {:.2f} points "
+                "(<= {:g}); val top-1 {:.2%} vs fp32 {:.2%}".format(
+                    entry["int8_target"],
+                    gate["verdict"],
+                    gate["disagreements"],
+                    gate["images"],
+                    gate["confidence"],
+                    gate["upper_bound_points"],
+                    gate["max_points"],
+                    gate["reduced_val_top1"],
+                    gate["fp32_val_top1"],
+                )
+            )
     jetson = report.get("jetson_preprocessing")
     if jetson:
-        lines.append("jetson-inference preprocessing (stretched, no crop): val top-1 {:.2%} vs {:.2%} with the "
-                     "centre crop".format(jetson["stretched_val_top1"], jetson["center_crop_val_top1"]))
+        lines.append(
+            "jetson-inference preprocessing (stretched, no crop): val top-1 {:.2%} vs {:.2%} with the "
+            "centre crop".format(jetson["stretched_val_top1"], jetson["center_crop_val_top1"])
+        )
     if "engine" in report:
         lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
     lines += ["FAILED " + f for f in report["failures"]]

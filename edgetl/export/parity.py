@@ -17,9 +17,9 @@ import numpy as np
 
 from edgetl.data.folders import Sample
 from edgetl.errors import DataError
-from edgetl.spec.preprocess import PreprocessSpec, load_rgb, normalize, resize_and_crop
 from edgetl.runtime.base import infer_batched
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
+from edgetl.spec.preprocess import PreprocessSpec, load_rgb, normalize, resize_and_crop
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ class EvalImages:
         return len(self.paths)
 
 
-def load_eval_images(samples: Sequence[Sample], spec: PreprocessSpec, limit: int, seed: int,
-                     center_crop: bool = True) -> EvalImages:
+def load_eval_images(
+    samples: Sequence[Sample], spec: PreprocessSpec, limit: int, seed: int, center_crop: bool = True
+) -> EvalImages:
     """Up to ``limit`` validation images (a seeded subset when there are more); unreadable ones are skipped."""
     chosen = sorted(samples, key=lambda s: str(s.path))
     if len(chosen) > limit:
@@ -81,18 +82,27 @@ def random_inputs(count: int, spec: PreprocessSpec, layout: str, seed: int) -> n
     return rng.standard_normal((count, 3, size, size)).astype(np.float32)
 
 
-def outputs_in_chunks(fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray,
-                      prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
+def outputs_in_chunks(
+    fn: Callable[[np.ndarray], np.ndarray],
+    inputs: np.ndarray,
+    prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+) -> np.ndarray:
     """``fn`` over ``inputs`` in chunks (``prepare`` maps each chunk first, e.g. normalisation)."""
     parts = []
     for start in range(0, len(inputs), CHUNK):
-        chunk = inputs[start:start + CHUNK]
+        chunk = inputs[start : start + CHUNK]
         parts.append(np.asarray(fn(prepare(chunk) if prepare else chunk), dtype=np.float64))
     return np.concatenate(parts)
 
 
-def onnx_outputs(path: Path, inputs: np.ndarray, batch: Optional[int], threads: Optional[int] = None,
-                 prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None, optimize: bool = True) -> np.ndarray:
+def onnx_outputs(
+    path: Path,
+    inputs: np.ndarray,
+    batch: Optional[int],
+    threads: Optional[int] = None,
+    prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+    optimize: bool = True,
+) -> np.ndarray:
     """Outputs of an ONNX model (ONNX Runtime, CPU) for ``inputs`` (``optimize``: see OnnxRuntimeRunner)."""
     with OnnxRuntimeRunner(path, threads=threads, optimize=optimize) as runner:
         name = next(iter(runner.input_metadata()))
@@ -118,31 +128,44 @@ def compare(reference: np.ndarray, candidate: np.ndarray, real: int) -> Parity:
     norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(candidate, axis=1)
     cosine = (reference * candidate).sum(axis=1) / np.maximum(norms, 1e-30)
     agree = reference.argmax(1) == candidate.argmax(1)
-    return Parity(real, len(reference) - real, float(np.abs(reference - candidate).max()), float(cosine.min()),
-                  float(agree[:real].mean()), float(agree[real:].mean()) if len(agree) > real else None)
+    return Parity(
+        real,
+        len(reference) - real,
+        float(np.abs(reference - candidate).max()),
+        float(cosine.min()),
+        float(agree[:real].mean()),
+        float(agree[real:].mean()) if len(agree) > real else None,
+    )
 
 
 def fp32_failures(parity: Parity) -> List[str]:
     """Why an fp32 export fails its gate (empty: passed)."""
     failures = []
     if parity.top1_agreement < FP32_MIN_AGREEMENT:
-        failures.append("top-1 agrees with PyTorch on {:.2%} of images (gate >= {:.1%})".format(
-            parity.top1_agreement, FP32_MIN_AGREEMENT))
+        failures.append(
+            "top-1 agrees with PyTorch on {:.2%} of images (gate >= {:.1%})".format(
+                parity.top1_agreement, FP32_MIN_AGREEMENT
+            )
+        )
     if not parity.max_abs_diff <= FP32_MAX_ABS_DIFF:
-        failures.append("max |difference| to PyTorch is {:.3g} (gate <= {:g})".format(
-            parity.max_abs_diff, FP32_MAX_ABS_DIFF))
+        failures.append(
+            "max |difference| to PyTorch is {:.3g} (gate <= {:g})".format(parity.max_abs_diff, FP32_MAX_ABS_DIFF)
+        )
     return failures
 
 
 def fp16_failures(parity: Parity) -> List[str]:
     failures = []
     if parity.top1_agreement < FP16_MIN_AGREEMENT:
-        failures.append("fp16 top-1 agrees with PyTorch on {:.2%} of images (gate >= {:.0%})".format(
-            parity.top1_agreement, FP16_MIN_AGREEMENT))
+        failures.append(
+            "fp16 top-1 agrees with PyTorch on {:.2%} of images (gate >= {:.0%})".format(
+                parity.top1_agreement, FP16_MIN_AGREEMENT
+            )
+        )
     if not parity.min_cosine >= FP16_MIN_COSINE:
         failures.append("fp16 worst cosine similarity {:.5f} (gate >= {})".format(parity.min_cosine, FP16_MIN_COSINE))
     return failures
 
 
 def top1(outputs: np.ndarray, labels: np.ndarray) -> float:
-    return float((np.asarray(outputs)[:len(labels)].argmax(1) == labels).mean())
+    return float((np.asarray(outputs)[: len(labels)].argmax(1) == labels).mean())

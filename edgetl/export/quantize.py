@@ -22,18 +22,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from edgetl.data.folders import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
 from edgetl.core.deps import require
-from edgetl.spec.formats import INT8_CPU_FORMS, INT8_FORMS, Int8CpuForm
+from edgetl.core.fileio import atomic_write_text, sha256_file
+from edgetl.data.folders import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
-from edgetl.core.fileio import atomic_write_text, sha256_file
+from edgetl.spec.formats import INT8_CPU_FORMS, INT8_FORMS, Int8CpuForm
 from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb
 
 log = logging.getLogger(__name__)
 
-CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}
+CALIB_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 INT8_TARGETS = INT8_FORMS
 _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 DEFAULT_CALIB_SIZE = 256
@@ -46,7 +49,9 @@ def calibration_samples(run_dir: Path, calib_data: Optional[str], size: int, see
     """The calibration images and where they came from. Missing data is a hard error."""
     if calib_data is None:
         if not (Path(run_dir) / "split.json").is_file():
-            raise DataError("{} has no split.json to take calibration images from; pass --calib-data DIR".format(run_dir))
+            raise DataError(
+                "{} has no split.json to take calibration images from; pass --calib-data DIR".format(run_dir)
+            )
         pool, source = DatasetSplit.load(Path(run_dir)).train, "the run's training split"
     elif Path(calib_data).is_file() and calib_data.endswith(".json"):
         return read_calibration_manifest(Path(calib_data)), "manifest " + calib_data
@@ -54,8 +59,11 @@ def calibration_samples(run_dir: Path, calib_data: Optional[str], size: int, see
         pool, source = _images_in(Path(calib_data)), calib_data
     missing = [s.path for s in pool if not Path(s.path).is_file()]
     if missing:
-        raise DataError("{} calibration image(s) from {} are missing (e.g. {}); pass --calib-data DIR".format(
-            len(missing), source, missing[0]))
+        raise DataError(
+            "{} calibration image(s) from {} are missing (e.g. {}); pass --calib-data DIR".format(
+                len(missing), source, missing[0]
+            )
+        )
     if not pool:
         raise DataError("no calibration images in {}".format(source))
     return select_balanced(pool, size, seed), source
@@ -111,7 +119,7 @@ class ImageCalibrationReader(CalibrationDataReader):
             return None
         first = self.start * self.batch
         self.start += 1
-        images = [eval_array(load_rgb(p), self.spec) for p in self.paths[first:first + self.batch]]
+        images = [eval_array(load_rgb(p), self.spec) for p in self.paths[first : first + self.batch]]
         return {self.input_name: np.stack(images)}
 
 
@@ -127,18 +135,31 @@ class _DropOrtAdvice(logging.Filter):
         return "pre-processing before quantization" not in record.getMessage()
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, reader: ImageCalibrationReader, target: str, method: str,
-                  cpu_form: Optional[Int8CpuForm] = None) -> None:
+def quantize_onnx(
+    fp32_path: Path,
+    out_path: Path,
+    reader: ImageCalibrationReader,
+    target: str,
+    method: str,
+    cpu_form: Optional[Int8CpuForm] = None,
+) -> None:
     """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) for ``target``; the ``cpu``
     target takes its activation/weight types from ``cpu_form`` (``INT8_CPU_FORMS`` of the target ISA)."""
     if target == "trt":
-        options = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                       op_types_to_quantize=_TRT_QUANTIZED_OPS,
-                       extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+        options = dict(
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=_TRT_QUANTIZED_OPS,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        )
     else:
         form = cpu_form or INT8_CPU_FORMS["vnni"]
-        options = dict(activation_type=_QUANT_TYPES[form.activations], weight_type=_QUANT_TYPES[form.weights],
-                       reduce_range=form.reduce_range, extra_options={})
+        options = dict(
+            activation_type=_QUANT_TYPES[form.activations],
+            weight_type=_QUANT_TYPES[form.weights],
+            reduce_range=form.reduce_range,
+            extra_options={},
+        )
     options["extra_options"]["CalibStridedMinMax"] = _chunk_size(len(reader))
     require("onnxruntime").set_default_logger_severity(3)  # calibration sessions warn about folded constants
     root = logging.getLogger()
@@ -146,7 +167,14 @@ def quantize_onnx(fp32_path: Path, out_path: Path, reader: ImageCalibrationReade
     root.addFilter(advice)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-            quantize_static(str(fp32_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                            calibrate_method=CALIB_METHODS[method], **options)
+            quantize_static(
+                str(fp32_path),
+                str(out_path),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                calibrate_method=CALIB_METHODS[method],
+                **options,
+            )
     finally:
         root.removeFilter(advice)

@@ -48,8 +48,17 @@ class ExportModule(torch.nn.Module):
         return torch.softmax(y, dim=1) if self.softmax else y
 
 
-def export_onnx(module: ExportModule, path: Path, spec: PreprocessSpec, input_name: str, output_name: str,
-                batch: Optional[int], opset: int, ir_version: int, metadata: Dict[str, str]) -> None:
+def export_onnx(
+    module: ExportModule,
+    path: Path,
+    spec: PreprocessSpec,
+    input_name: str,
+    output_name: str,
+    batch: Optional[int],
+    opset: int,
+    ir_version: int,
+    metadata: Dict[str, str],
+) -> None:
     """Export ``module`` to ``path`` (dynamic batch axis when ``batch`` is None) and finish it."""
     size = spec.input_size
     if module.baked:
@@ -60,9 +69,17 @@ def export_onnx(module: ExportModule, path: Path, spec: PreprocessSpec, input_na
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice (see module docstring)
         try:
-            torch.onnx.export(module.eval(), (dummy,), str(path), dynamo=False, opset_version=opset,
-                              input_names=[input_name], output_names=[output_name], dynamic_axes=dynamic_axes,
-                              do_constant_folding=True)
+            torch.onnx.export(
+                module.eval(),
+                (dummy,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_axes=dynamic_axes,
+                do_constant_folding=True,
+            )
         except Exception as exc:  # the exporter raises many types; report one line
             raise ExportError("torch.onnx.export failed: {}".format(str(exc).splitlines()[0])) from exc
     finish_onnx(path, ir_version, metadata)
@@ -83,12 +100,20 @@ def finish_onnx(path: Path, ir_version: int, metadata: Dict[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-def onnx_metadata(payload: Dict[str, Any], spec: PreprocessSpec, checkpoint_sha256: str,
-                  **extra: str) -> Dict[str, str]:
+def onnx_metadata(
+    payload: Dict[str, Any], spec: PreprocessSpec, checkpoint_sha256: str, **extra: str
+) -> Dict[str, str]:
     """Metadata props: class names, arch, strategy, input size, mean/std, source checkpoint, edgetl version."""
-    props = {"class_names": json.dumps(list(payload["class_names"])), "arch": payload["arch"],
-             "strategy": payload["strategy"], "input_size": str(spec.input_size), "mean": json.dumps(list(spec.mean)),
-             "std": json.dumps(list(spec.std)), "preprocess": json.dumps(spec.to_dict()),
-             "source_checkpoint_sha256": checkpoint_sha256, "edgetl_version": __version__}
+    props = {
+        "class_names": json.dumps(list(payload["class_names"])),
+        "arch": payload["arch"],
+        "strategy": payload["strategy"],
+        "input_size": str(spec.input_size),
+        "mean": json.dumps(list(spec.mean)),
+        "std": json.dumps(list(spec.std)),
+        "preprocess": json.dumps(spec.to_dict()),
+        "source_checkpoint_sha256": checkpoint_sha256,
+        "edgetl_version": __version__,
+    }
     props.update(extra)
     return props

@@ -82,8 +82,9 @@ def check_feed(feed: Dict[str, np.ndarray], metadata: Dict[str, TensorMeta]) -> 
             raise ConfigError("input {!r} must have shape {}, got {}".format(name, meta.shape, array.shape))
 
 
-def infer_batched(runner: Runner, input_name: str, array: np.ndarray, batch: Optional[int],
-                  chunk: int = 16) -> np.ndarray:
+def infer_batched(
+    runner: Runner, input_name: str, array: np.ndarray, batch: Optional[int], chunk: int = 16
+) -> np.ndarray:
     """Run ``array`` through a single-input, single-output runner in chunks that fit its batch limits
     (a static ``batch``, else ``runner.batch_range()``): chunks of at most the maximum, a short last
     chunk zero-padded up to the minimum, and the padded rows dropped from the result."""
@@ -91,11 +92,11 @@ def infer_batched(runner: Runner, input_name: str, array: np.ndarray, batch: Opt
     step = max(low, min(chunk, high))
     outputs = []
     for start in range(0, len(array), step):
-        part = array[start:start + step]
+        part = array[start : start + step]
         if len(part) < low:
             part = np.concatenate([part, np.zeros((low - len(part),) + part.shape[1:], part.dtype)])
         result = runner.infer({input_name: np.ascontiguousarray(part)})
-        outputs.append(next(iter(result.values()))[:len(array) - start])
+        outputs.append(next(iter(result.values()))[: len(array) - start])
     return np.concatenate(outputs)
 
 

@@ -19,14 +19,14 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from edgetl.spec.bundle import ONNX_FILES, Bundle, ModelInfo
 from edgetl.core.cpu import cpu_isa
 from edgetl.errors import CheckpointError, ConfigError, DataError, DependencyError
-from edgetl.spec.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
 from edgetl.runtime.base import Runner, infer_batched, softmax
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.runtime.torch_runner import TorchRunner
+from edgetl.spec.bundle import ONNX_FILES, Bundle, ModelInfo
+from edgetl.spec.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
@@ -50,8 +50,14 @@ def warn_if_built_for_another_cpu(model: ModelInfo, isa: Optional[str] = None) -
     here = isa or cpu_isa()
     if model.int8_target != "cpu" or model.int8_cpu_isa in (None, here):
         return False
-    log.warning("%s was built for %s CPUs, this one is %s: predictions may differ from the export's accuracy gate; "
-                "re-export with --int8-cpu-isa %s", model.file, model.int8_cpu_isa, here, here)
+    log.warning(
+        "%s was built for %s CPUs, this one is %s: predictions may differ from the export's accuracy gate; "
+        "re-export with --int8-cpu-isa %s",
+        model.file,
+        model.int8_cpu_isa,
+        here,
+        here,
+    )
     return True
 
 
@@ -64,8 +70,10 @@ def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
     onnx_model = bundle.model("fp32") or bundle.model("baked")
     if backend == "trt" or (backend == "auto" and engines and _importable("tensorrt")):
         if not engines:
-            raise CheckpointError("{} has no TensorRT engine; build one with 'edgetl build-engine {}' or "
-                                  "'edgetl export RUN --trt'".format(bundle.root, bundle.root))
+            raise CheckpointError(
+                "{} has no TensorRT engine; build one with 'edgetl build-engine {}' or "
+                "'edgetl export RUN --trt'".format(bundle.root, bundle.root)
+            )
         engine = sorted(engines, key=lambda e: _ENGINE_PREFERENCE.index(bundle.engine_plan(e)["precision"]))[0]
         source = {f: k for k, f in ONNX_FILES.items()}[bundle.engine_plan(engine)["onnx"]]
         return BackendChoice("trt", bundle.model(source) or bundle.model("fp32"), engine)
@@ -79,7 +87,9 @@ def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
         warn_if_built_for_another_cpu(bundle.model("int8"))
         return BackendChoice("onnx-int8", bundle.model("int8"))
     if bundle.checkpoint_dir() is None:
-        raise CheckpointError("{} has no PyTorch checkpoint (best.pt), nor does the run it came from".format(bundle.root))
+        raise CheckpointError(
+            "{} has no PyTorch checkpoint (best.pt), nor does the run it came from".format(bundle.root)
+        )
     if not _importable("torch"):
         raise DependencyError("the torch backend needs torch: pip install 'edgetl[train]' (or use --backend onnx)")
     return BackendChoice("torch", None)
@@ -92,15 +102,18 @@ class Prediction:
     probabilities: List[float]
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"image": self.source, "top": [{"label": l, "probability": p}
-                                              for l, p in zip(self.labels, self.probabilities)]}
+        return {
+            "image": self.source,
+            "top": [{"label": label, "probability": p} for label, p in zip(self.labels, self.probabilities)],
+        }
 
 
 class Classifier:
     """Classify images with a bundle: preprocessing from ``preprocess.json``, labels from ``labels.txt``."""
 
-    def __init__(self, bundle: Bundle, backend: str = "auto", device: str = "cpu", topk: int = 5,
-                 batch_size: int = 8) -> None:
+    def __init__(
+        self, bundle: Bundle, backend: str = "auto", device: str = "cpu", topk: int = 5, batch_size: int = 8
+    ) -> None:
         if topk < 1:
             raise ConfigError("--topk must be >= 1")
         self.bundle, self.topk, self.device, self.batch_size = bundle, topk, device, batch_size
@@ -150,7 +163,7 @@ class Classifier:
         return softmax(outputs.astype(np.float64)) if kind == "logits" else outputs.astype(np.float64)
 
     def _top(self, source: str, probabilities: np.ndarray) -> Prediction:
-        order = np.argsort(-probabilities)[:min(self.topk, len(probabilities))]
+        order = np.argsort(-probabilities)[: min(self.topk, len(probabilities))]
         labels = [self.bundle.labels[i] if i < len(self.bundle.labels) else "class {}".format(i) for i in order]
         return Prediction(source, labels, [float(probabilities[i]) for i in order])
 

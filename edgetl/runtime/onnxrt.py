@@ -15,8 +15,13 @@ from edgetl.runtime.base import Runner, TensorMeta
 log = logging.getLogger(__name__)
 
 
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64, "tensor(int8)": np.int8}
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(uint8)": np.uint8,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int8)": np.int8,
+}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -28,8 +33,9 @@ class OnnxRuntimeRunner(Runner):
 
     name = "onnxruntime"
 
-    def __init__(self, path: Path, device: str = "cpu", threads: Optional[int] = None, spin: bool = True,
-                 optimize: bool = True) -> None:
+    def __init__(
+        self, path: Path, device: str = "cpu", threads: Optional[int] = None, spin: bool = True, optimize: bool = True
+    ) -> None:
         super().__init__()
         if device not in ("cpu", "cuda"):
             raise ConfigError("ONNX Runtime device must be cpu or cuda, got {!r}".format(device))
@@ -56,7 +62,9 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise CheckpointError("ONNX Runtime cannot load {}: {}".format(self.path, str(exc).splitlines()[0])) from exc
+            raise CheckpointError(
+                "ONNX Runtime cannot load {}: {}".format(self.path, str(exc).splitlines()[0])
+            ) from exc
         if self.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
             log.warning("ONNX Runtime could not start its CUDA provider; running %s on the CPU", self.path.name)
 
@@ -64,8 +72,10 @@ class OnnxRuntimeRunner(Runner):
         self.session = None
 
     def input_metadata(self) -> Dict[str, TensorMeta]:
-        return {i.name: TensorMeta(tuple(d if isinstance(d, int) else None for d in i.shape), _ORT_TYPES[i.type])
-                for i in self.session.get_inputs()}
+        return {
+            i.name: TensorMeta(tuple(d if isinstance(d, int) else None for d in i.shape), _ORT_TYPES[i.type])
+            for i in self.session.get_inputs()
+        }
 
     def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

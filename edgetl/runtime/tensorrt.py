@@ -15,11 +15,11 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from edgetl.spec.bundle import sidecar_file
-from edgetl.core.fileio import sha256_file
 from edgetl.core.deps import require
+from edgetl.core.fileio import sha256_file
 from edgetl.errors import CheckpointError, ConfigError, DependencyError
 from edgetl.runtime.base import Runner, TensorMeta
+from edgetl.spec.bundle import sidecar_file
 from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
 
 log = logging.getLogger(__name__)
@@ -92,19 +92,27 @@ class TrtRunner(Runner):
         problems = sidecar_problems(sidecar, device, sha256_file(self.engine_path), onnx_sha)
         if problems:
             precision = (sidecar or {}).get("precision", "fp16")
-            raise CheckpointError("refusing to load {}: {}; {}".format(
-                self.engine_path.name, "; ".join(problems), rebuild_hint(precision)))
+            raise CheckpointError(
+                "refusing to load {}: {}; {}".format(
+                    self.engine_path.name, "; ".join(problems), rebuild_hint(precision)
+                )
+            )
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:  # TensorRT logs the reason and returns None
-            raise CheckpointError("TensorRT could not deserialise {} (see its log above); {}".format(
-                self.engine_path.name, rebuild_hint((sidecar or {}).get("precision", "fp16"))))
+            raise CheckpointError(
+                "TensorRT could not deserialise {} (see its log above); {}".format(
+                    self.engine_path.name, rebuild_hint((sidecar or {}).get("precision", "fp16"))
+                )
+            )
         self.context = self.engine.create_execution_context()
         if self.context is None:  # TensorRT logs the reason and returns None, mostly out of GPU memory
             self.engine = None
-            raise DependencyError("TensorRT could not create an execution context for {} (see its log above; "
-                                  "usually out of GPU memory: close other GPU programs or build the engine with a "
-                                  "smaller --max-batch)".format(self.engine_path.name))
+            raise DependencyError(
+                "TensorRT could not create an execution context for {} (see its log above; "
+                "usually out of GPU memory: close other GPU programs or build the engine with a "
+                "smaller --max-batch)".format(self.engine_path.name)
+            )
         self.stream = cuda_check(self.cudart, self.cudart.cudaStreamCreate())
         # CUDA events around copy-in / execute / copy-out: last_stages_ms splits each call as trtexec does
         self.events = [cuda_check(self.cudart, self.cudart.cudaEventCreate()) for _ in range(4)]
@@ -123,8 +131,10 @@ class TrtRunner(Runner):
         self.context = self.engine = None
 
     def input_metadata(self) -> Dict[str, TensorMeta]:
-        return {n: TensorMeta(tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)), self.dtypes[n])
-                for n in self.inputs}
+        return {
+            n: TensorMeta(tuple(d if d >= 0 else None for d in self.engine.get_tensor_shape(n)), self.dtypes[n])
+            for n in self.inputs
+        }
 
     def batch_range(self) -> Optional[Tuple[int, int]]:
         """(min, max) batch of the first input: its optimisation profile, or its fixed batch."""
@@ -152,10 +162,11 @@ class TrtRunner(Runner):
         for name, array in zip(self.inputs, staged):
             if not self.context.set_input_shape(name, tuple(array.shape)):  # False outside the profile
                 low, high = self.batch_range()
-                raise ConfigError("{} takes a batch of {} to {} (its optimisation profile), got {} for {!r}; "
-                                  "use a batch in that range or rebuild the engine with 'edgetl build-engine "
-                                  "--min-batch/--max-batch'".format(self.engine_path.name, low, high,
-                                                                    array.shape[0], name))
+                raise ConfigError(
+                    "{} takes a batch of {} to {} (its optimisation profile), got {} for {!r}; "
+                    "use a batch in that range or rebuild the engine with 'edgetl build-engine "
+                    "--min-batch/--max-batch'".format(self.engine_path.name, low, high, array.shape[0], name)
+                )
             pointer = self._device_buffer(name, array.nbytes)
             cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, copy_in, stream))
             self.context.set_tensor_address(name, pointer)
@@ -170,10 +181,13 @@ class TrtRunner(Runner):
             raise RuntimeError("TensorRT execute_async_v3 failed for {}".format(self.engine_path.name))
         cuda_check(cudart, cudart.cudaEventRecord(self.events[2], stream))
         for name, array in outputs.items():
-            cuda_check(cudart, cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes,
-                                                      copy_out, stream))
+            cuda_check(
+                cudart, cudart.cudaMemcpyAsync(array.ctypes.data, self.buffers[name][0], array.nbytes, copy_out, stream)
+            )
         cuda_check(cudart, cudart.cudaEventRecord(self.events[3], stream))
         cuda_check(cudart, cudart.cudaStreamSynchronize(stream))
-        self.last_stages_ms = {stage: float(cuda_check(cudart, cudart.cudaEventElapsedTime(start, end)))
-                               for stage, start, end in zip(("h2d", "compute", "d2h"), self.events, self.events[1:])}
+        self.last_stages_ms = {
+            stage: float(cuda_check(cudart, cudart.cudaEventElapsedTime(start, end)))
+            for stage, start, end in zip(("h2d", "compute", "d2h"), self.events, self.events[1:])
+        }
         return outputs

@@ -39,14 +39,17 @@ class BackboneSpec:
     def cut(self, stage: str) -> "BackboneSpec":
         """A view of this backbone whose base ends at ``stage`` (a smaller, faster feature extractor)."""
         if stage not in self.conv_stage_names:
-            raise ConfigError("cannot cut {} at {!r}; convolutional stages: {}".format(
-                self.name, stage, ", ".join(self.conv_stage_names)))
+            raise ConfigError(
+                "cannot cut {} at {!r}; convolutional stages: {}".format(
+                    self.name, stage, ", ".join(self.conv_stage_names)
+                )
+            )
         keep = self.stage_names.index(stage) + 1
         return replace(self, stages=self.stages[:keep], last_conv_stage="", cut_at=stage)
 
     def removed_modules(self) -> List[str]:
         """Module paths of the full torchvision model that a cut drops."""
-        return [p for _, paths in BACKBONES[self.name].stages[len(self.stages):] for p in paths]
+        return [p for _, paths in BACKBONES[self.name].stages[len(self.stages) :] for p in paths]
 
     def modules_of(self, stage: str) -> Tuple[str, ...]:
         for name, paths in self.stages:
@@ -70,26 +73,49 @@ BACKBONES: Dict[str, BackboneSpec] = {
             "mobilenet_v2",
             "MobileNet_V2_Weights.IMAGENET1K_V1",
             "classifier.1",
-            _features(("stem", range(0, 1)), ("stage1", range(1, 2)), ("stage2", range(2, 4)),
-                      ("stage3", range(4, 7)), ("stage4", range(7, 11)), ("stage5", range(11, 14)),
-                      ("stage6", range(14, 17)), ("stage7", range(17, 18)), ("conv_head", range(18, 19))),
+            _features(
+                ("stem", range(0, 1)),
+                ("stage1", range(1, 2)),
+                ("stage2", range(2, 4)),
+                ("stage3", range(4, 7)),
+                ("stage4", range(7, 11)),
+                ("stage5", range(11, 14)),
+                ("stage6", range(14, 17)),
+                ("stage7", range(17, 18)),
+                ("conv_head", range(18, 19)),
+            ),
         ),
         BackboneSpec(
             "mobilenet_v3_small",
             "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
             "classifier.3",
-            _features(("stem", range(0, 1)), ("stage1", range(1, 2)), ("stage2", range(2, 4)),
-                      ("stage3", range(4, 7)), ("stage4", range(7, 9)), ("stage5", range(9, 12)),
-                      ("conv_head", range(12, 13))) + (("pre_logits", ("classifier",)),),
+            _features(
+                ("stem", range(0, 1)),
+                ("stage1", range(1, 2)),
+                ("stage2", range(2, 4)),
+                ("stage3", range(4, 7)),
+                ("stage4", range(7, 9)),
+                ("stage5", range(9, 12)),
+                ("conv_head", range(12, 13)),
+            )
+            + (("pre_logits", ("classifier",)),),
             last_conv_stage="conv_head",
         ),
         BackboneSpec(
             "mobilenet_v3_large",
             "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
             "classifier.3",
-            _features(("stem", range(0, 1)), ("stage1", range(1, 2)), ("stage2", range(2, 4)),
-                      ("stage3", range(4, 7)), ("stage4", range(7, 11)), ("stage5", range(11, 13)),
-                      ("stage6", range(13, 16)), ("conv_head", range(16, 17))) + (("pre_logits", ("classifier",)),),
+            _features(
+                ("stem", range(0, 1)),
+                ("stage1", range(1, 2)),
+                ("stage2", range(2, 4)),
+                ("stage3", range(4, 7)),
+                ("stage4", range(7, 11)),
+                ("stage5", range(11, 13)),
+                ("stage6", range(13, 16)),
+                ("conv_head", range(16, 17)),
+            )
+            + (("pre_logits", ("classifier",)),),
             last_conv_stage="conv_head",
         ),
         BackboneSpec("resnet18", "ResNet18_Weights.IMAGENET1K_V1", "fc", _RESNET_STAGES),
@@ -98,8 +124,11 @@ BACKBONES: Dict[str, BackboneSpec] = {
             "efficientnet_b0",
             "EfficientNet_B0_Weights.IMAGENET1K_V1",
             "classifier.1",
-            _features(("stem", range(0, 1)), *(("stage{}".format(i), range(i, i + 1)) for i in range(1, 8)),
-                      ("conv_head", range(8, 9))),
+            _features(
+                ("stem", range(0, 1)),
+                *(("stage{}".format(i), range(i, i + 1)) for i in range(1, 8)),
+                ("conv_head", range(8, 9)),
+            ),
         ),
     )
 }

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from edgetl import __version__
-from edgetl.errors import CheckpointError
 from edgetl.core.fileio import atomic_write_text
+from edgetl.errors import CheckpointError
 from edgetl.spec.preprocess import PreprocessSpec
 
 BUNDLE_FORMAT = "edgetl-bundle-v1"
@@ -27,8 +27,7 @@ BUILD_SCRIPT = "build_engine.sh"
 CHECKPOINT = "best.pt"
 PRECISIONS = ("fp32", "fp16", "int8")
 # model kind -> ONNX file name. "baked": uint8 NHWC input with normalisation inside the graph.
-ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx",
-              "fp16": "model_fp16.onnx"}
+ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
 
 
 def engine_file(precision: str) -> str:
@@ -39,8 +38,6 @@ def engine_file(precision: str) -> str:
 def sidecar_file(engine: str) -> str:
     """The JSON sidecar that describes an engine: ``<engine>.json``."""
     return engine + ".json"
-
-
 
 
 @dataclass(frozen=True)
@@ -87,8 +84,11 @@ class Bundle:
         elif (root / CHECKPOINT).is_file():
             manifest = {"format": BUNDLE_FORMAT, "models": {}, "engines": {}}
         else:
-            raise CheckpointError("{} is neither an exported bundle ({}) nor a run folder ({}); "
-                                  "run 'edgetl export RUN' first".format(root, MANIFEST, CHECKPOINT))
+            raise CheckpointError(
+                "{} is neither an exported bundle ({}) nor a run folder ({}); run 'edgetl export RUN' first".format(
+                    root, MANIFEST, CHECKPOINT
+                )
+            )
         for name in (LABELS, PREPROCESS):
             if not (root / name).is_file():
                 raise CheckpointError("{} has no {}".format(root, name))

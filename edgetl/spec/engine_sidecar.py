@@ -29,8 +29,9 @@ class DeviceInfo:
     compute_capability: str  # "8.7"
 
 
-def sidecar_problems(sidecar: Optional[Dict[str, Any]], device: DeviceInfo, engine_sha256: str,
-                     onnx_sha256: Optional[str]) -> List[str]:
+def sidecar_problems(
+    sidecar: Optional[Dict[str, Any]], device: DeviceInfo, engine_sha256: str, onnx_sha256: Optional[str]
+) -> List[str]:
     """Why an engine must not be loaded here (empty list: compatible).
 
     TensorRT rejects plans from another version (``deserialize_cuda_engine`` returns None) or
@@ -43,11 +44,17 @@ def sidecar_problems(sidecar: Optional[Dict[str, Any]], device: DeviceInfo, engi
     problems = []
     built, running = version_tuple(sidecar.get("tensorrt_version", "")), version_tuple(device.tensorrt_version)
     if built[:3] != running[:3]:
-        problems.append("it was built with TensorRT {}, this device runs TensorRT {}".format(
-            sidecar.get("tensorrt_version"), device.tensorrt_version))
+        problems.append(
+            "it was built with TensorRT {}, this device runs TensorRT {}".format(
+                sidecar.get("tensorrt_version"), device.tensorrt_version
+            )
+        )
     if sidecar.get("compute_capability") != device.compute_capability:
-        problems.append("it was built for a {} (compute capability {}), this GPU is a {} (compute capability {})".format(
-            sidecar.get("gpu_name"), sidecar.get("compute_capability"), device.gpu_name, device.compute_capability))
+        problems.append(
+            "it was built for a {} (compute capability {}), this GPU is a {} (compute capability {})".format(
+                sidecar.get("gpu_name"), sidecar.get("compute_capability"), device.gpu_name, device.compute_capability
+            )
+        )
     if sidecar.get("engine_sha256") != engine_sha256:
         problems.append("the engine file changed after its sidecar was written")
     if onnx_sha256 is not None and sidecar.get("onnx_sha256") != onnx_sha256:
@@ -67,5 +74,7 @@ def sidecar_batch_range(sidecar: Optional[Dict[str, Any]]) -> Optional[Tuple[int
 
 def rebuild_hint(precision: str) -> str:
     """How to rebuild an engine on the device that will run it."""
-    return ("rebuild it on this device: run 'sh build_engine.sh' in the bundle folder, or "
-            "'edgetl build-engine BUNDLE --precision {}'".format(precision))
+    return (
+        "rebuild it on this device: run 'sh build_engine.sh' in the bundle folder, or "
+        "'edgetl build-engine BUNDLE --precision {}'".format(precision)
+    )

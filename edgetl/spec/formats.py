@@ -39,8 +39,8 @@ class Int8CpuForm(NamedTuple):
 # (benchmarks/results/int8_forms.md).
 INT8_CPU_FORMS: Dict[str, Int8CpuForm] = {
     "vnni": Int8CpuForm("uint8", "int8", False, "VNNI (VPDPBUSD) multiplies u8 x s8 without saturation: fastest exact"),
-    "avx2": Int8CpuForm("uint8", "uint8", False,
-                        "x86 without VNNI: u8 x s8 (VPMADDUBSW) can saturate; U8U8 takes a path that cannot"),
+    "avx2": Int8CpuForm(
+        "uint8", "uint8", False, "x86 without VNNI: u8 x s8 (VPMADDUBSW) can saturate; U8U8 takes a path that cannot"
+    ),
     "arm64": Int8CpuForm("int8", "int8", False, "ARM dot-product kernels take s8 x s8 (onnxruntime's default form)"),
 }
-

@@ -16,9 +16,9 @@ from typing import Any, Dict, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
-from edgetl.errors import ConfigError, DataError
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text
+from edgetl.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,7 +42,9 @@ class PreprocessSpec:
                 "interpolation must be one of {}, got {!r}".format(sorted(_PIL_INTERPOLATION), self.interpolation)
             )
         if not 0 < self.input_size <= self.resize_size:
-            raise ConfigError("need 0 < input_size <= resize_size, got {} and {}".format(self.input_size, self.resize_size))
+            raise ConfigError(
+                "need 0 < input_size <= resize_size, got {} and {}".format(self.input_size, self.resize_size)
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ConfigError("mean and std need 3 values each, std > 0")
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))

@@ -8,13 +8,13 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from edgetl.spec.backbones import get_backbone
-from edgetl.train.config import trainable_stage_names
 from edgetl.core.deps import require
-from edgetl.errors import CheckpointError, ConfigError
 from edgetl.core.fileio import atomic_path
-from edgetl.train.model import EdgeClassifier, HeadConfig
+from edgetl.errors import CheckpointError, ConfigError
+from edgetl.spec.backbones import get_backbone
 from edgetl.spec.preprocess import PreprocessSpec
+from edgetl.train.config import trainable_stage_names
+from edgetl.train.model import EdgeClassifier, HeadConfig
 
 torch = require("torch")
 
@@ -44,8 +44,11 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
 def rng_state() -> Dict[str, Any]:
     """Python, numpy and torch RNG states in a form ``weights_only`` loading accepts."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-             "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -68,8 +71,9 @@ def model_from_checkpoint(payload: Dict[str, Any]) -> EdgeClassifier:
         model.freeze(trainable_stage_names(spec, payload["strategy"], payload["trainable_stages"]))
         model.load_state_dict(payload["model"])
     except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
-        raise CheckpointError("checkpoint does not match its recorded model: {}".format(
-            str(exc).splitlines()[0])) from exc
+        raise CheckpointError(
+            "checkpoint does not match its recorded model: {}".format(str(exc).splitlines()[0])
+        ) from exc
     return model.eval()
 
 

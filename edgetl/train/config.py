@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Dict, List, Optional
 
-from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
 from edgetl.errors import ConfigError
+from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
 
 STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")
@@ -26,9 +26,10 @@ def trainable_stage_names(spec: BackboneSpec, strategy: str, trainable_stages: i
     if not 1 <= trainable_stages <= len(names):
         raise ConfigError(
             "--trainable-stages must be between 1 and {} for {} (stages: {})".format(
-                len(names), spec.name, ", ".join(names))
+                len(names), spec.name, ", ".join(names)
+            )
         )
-    return names[len(names) - trainable_stages:]
+    return names[len(names) - trainable_stages :]
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,16 @@ class FinetuneConfig:
             (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
             (self.workers is None or self.workers >= 0, "--workers must be >= 0"),
             (self.cache in CACHES, "--cache must be one of " + ", ".join(CACHES)),
-            (self.cache != "features" or self.strategy == "feature-extractor",
-             "--cache features needs --strategy feature-extractor (other strategies train base layers)"),
+            (
+                self.cache != "features" or self.strategy == "feature-extractor",
+                "--cache features needs --strategy feature-extractor (other strategies train base layers)",
+            ),
             (self.feature_views >= 0, "--feature-views must be >= 0"),
-            (self.feature_views == 0 or (self.strategy == "feature-extractor" and self.cache in ("auto", "features")),
-             "--feature-views needs --strategy feature-extractor with --cache features (or auto)"),
+            (
+                self.feature_views == 0
+                or (self.strategy == "feature-extractor" and self.cache in ("auto", "features")),
+                "--feature-views needs --strategy feature-extractor with --cache features (or auto)",
+            ),
         ]
         for ok, message in checks:
             if not ok:

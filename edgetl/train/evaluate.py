@@ -11,12 +11,12 @@ import numpy as np
 
 from edgetl.core.deps import require
 from edgetl.core.device import resolve_device, resolve_workers
-from edgetl.data.folders import DatasetSplit, ImageDataset, scan_class_folders
-from edgetl.spec.preprocess import torch_transforms
-from edgetl.train.checkpoint import load_run, preprocess_of
-from edgetl.errors import DataError
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
+from edgetl.data.folders import DatasetSplit, ImageDataset, scan_class_folders
+from edgetl.errors import DataError
+from edgetl.spec.preprocess import torch_transforms
+from edgetl.train.checkpoint import load_run, preprocess_of
 
 torch = require("torch")
 
@@ -32,7 +32,9 @@ class EvalResult:
     confusion: List[List[int]]  # rows: true class, columns: predicted class
 
 
-def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int, loss: float = float("nan")) -> EvalResult:
+def metrics_from_logits(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, loss: float = float("nan")
+) -> EvalResult:
     """Top-1, top-k (k = min(5, classes)), per-class accuracy and confusion matrix from stacked logits."""
     k = min(5, num_classes)
     top_k = np.argsort(-logits, axis=1)[:, :k]
@@ -41,8 +43,15 @@ def metrics_from_logits(logits: np.ndarray, labels: np.ndarray, num_classes: int
     np.add.at(confusion, (labels, predicted), 1)
     support = confusion.sum(axis=1)
     per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
-    return EvalResult(loss, float((predicted == labels).mean()), float((top_k == labels[:, None]).any(1).mean()), k,
-                      int(len(labels)), [float(v) for v in per_class], confusion.tolist())
+    return EvalResult(
+        loss,
+        float((predicted == labels).mean()),
+        float((top_k == labels[:, None]).any(1).mean()),
+        k,
+        int(len(labels)),
+        [float(v) for v in per_class],
+        confusion.tolist(),
+    )
 
 
 @torch.no_grad()
@@ -57,14 +66,17 @@ def predict_logits(model: Any, loader: Any, device: Any) -> tuple:
     return torch.cat(outputs), torch.cat(labels)
 
 
-def evaluate_model(model: Any, loader: Any, device: Any, num_classes: int, criterion: Optional[Any] = None) -> EvalResult:
+def evaluate_model(
+    model: Any, loader: Any, device: Any, num_classes: int, criterion: Optional[Any] = None
+) -> EvalResult:
     logits, labels = predict_logits(model, loader, device)
     loss = float(criterion(logits, labels)) if criterion is not None else float("nan")
     return metrics_from_logits(logits.numpy(), labels.numpy(), num_classes, loss)
 
 
-def evaluate_run(run: Path, data: Optional[Path] = None, batch_size: int = 32, device: str = "auto",
-                 workers: Optional[int] = None) -> Dict[str, Any]:
+def evaluate_run(
+    run: Path, data: Optional[Path] = None, batch_size: int = 32, device: str = "auto", workers: Optional[int] = None
+) -> Dict[str, Any]:
     """Evaluate a run's best.pt on DATA (class folders; a train/val root uses val/) or its own val split.
     Writes ``evaluation.json`` and ``evaluation.txt`` into the run folder."""
     run = Path(run)
@@ -81,8 +93,10 @@ def evaluate_run(run: Path, data: Optional[Path] = None, batch_size: int = 32, d
         source = str(root)
     torch_device = resolve_device(device)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(samples, torch_transforms(preprocess_of(payload), train=False)), batch_size=batch_size,
-        num_workers=resolve_workers(workers))
+        ImageDataset(samples, torch_transforms(preprocess_of(payload), train=False)),
+        batch_size=batch_size,
+        num_workers=resolve_workers(workers),
+    )
     result = evaluate_model(model.to(torch_device), loader, torch_device, len(classes), torch.nn.CrossEntropyLoss())
     report = dict(asdict(result), classes=classes, data=source, checkpoint=str(run / "best.pt"))
     atomic_write_text(run / "evaluation.json", json.dumps(report, indent=2) + "\n")
@@ -93,8 +107,12 @@ def evaluate_run(run: Path, data: Optional[Path] = None, batch_size: int = 32, d
 def format_evaluation(report: Dict[str, Any]) -> str:
     """Summary line, per-class accuracy and the confusion matrix as text."""
     classes = report["classes"]
-    lines = ["{} images from {}: top-1 {:.2%}, top-{} {:.2%}, loss {:.4f}".format(
-        report["count"], report["data"], report["top1"], report["k"], report["top5"], report["loss"]), ""]
+    lines = [
+        "{} images from {}: top-1 {:.2%}, top-{} {:.2%}, loss {:.4f}".format(
+            report["count"], report["data"], report["top1"], report["k"], report["top5"], report["loss"]
+        ),
+        "",
+    ]
     lines.append(text_table(["class", "accuracy"], list(zip(classes, report["per_class"]))))
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     lines.append(text_table(["true \\ pred"] + classes, [[c] + row for c, row in zip(classes, report["confusion"])]))

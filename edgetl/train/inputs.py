@@ -19,8 +19,9 @@ from edgetl.train.config import FinetuneConfig
 log = logging.getLogger(__name__)
 
 
-def resolve_cache(config: FinetuneConfig, split: DatasetSplit, preprocess: PreprocessSpec,
-                  memory_bytes: Optional[int] = None) -> Tuple[str, str]:
+def resolve_cache(
+    config: FinetuneConfig, split: DatasetSplit, preprocess: PreprocessSpec, memory_bytes: Optional[int] = None
+) -> Tuple[str, str]:
     """The pipeline ``--cache`` selects (``auto`` resolved) and why."""
     if config.cache != "auto":
         return config.cache, "--cache {}".format(config.cache)
@@ -30,12 +31,14 @@ def resolve_cache(config: FinetuneConfig, split: DatasetSplit, preprocess: Prepr
     memory = total_memory_bytes() if memory_bytes is None else memory_bytes
     if memory is not None and need > memory / 2:
         return "none", "a decoded-image cache would take {:.1f} GB, more than half of the {:.1f} GB of RAM".format(
-            need / 1e9, memory / 1e9)
+            need / 1e9, memory / 1e9
+        )
     return "ram", "decoded-image cache ({:.2f} GB): images are decoded once, crops are cut per batch".format(need / 1e9)
 
 
-def build_pipeline(config: FinetuneConfig, split: DatasetSplit, spec: PreprocessSpec, model: Any,
-                   setup: DeviceSetup) -> Any:
+def build_pipeline(
+    config: FinetuneConfig, split: DatasetSplit, spec: PreprocessSpec, model: Any, setup: DeviceSetup
+) -> Any:
     """The training input pipeline ``config.cache`` names (resolved if ``auto``)."""
     cache, reason = resolve_cache(config, split, spec)
     if config.cache == "auto":
@@ -45,5 +48,13 @@ def build_pipeline(config: FinetuneConfig, split: DatasetSplit, spec: Preprocess
         return image_pipeline(cache, split, spec, batch_size=config.batch_size, workers=workers, setup=setup)
     if not model.base_frozen:
         raise ConfigError("--cache features needs --strategy feature-extractor (a frozen base)")
-    return feature_pipeline(split, spec, model, batch_size=config.batch_size, views=config.feature_views,
-                            seed=config.seed, workers=workers, setup=setup)
+    return feature_pipeline(
+        split,
+        spec,
+        model,
+        batch_size=config.batch_size,
+        views=config.feature_views,
+        seed=config.seed,
+        workers=workers,
+        setup=setup,
+    )

@@ -18,26 +18,36 @@ from typing import Any, Dict, List, Optional
 
 from tqdm import tqdm
 
+from edgetl.core.deps import require
+from edgetl.core.device import DeviceSetup
+from edgetl.core.fileio import atomic_write_text
+from edgetl.core.tables import text_table
+from edgetl.data.demo import ensure_demo_dataset
+from edgetl.data.folders import DatasetSplit, load_dataset
+from edgetl.errors import ConfigError
 from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from edgetl.data.folders import DatasetSplit, load_dataset
-from edgetl.core.device import DeviceSetup
-from edgetl.train.inputs import build_pipeline
-from edgetl.core.deps import require
-from edgetl.errors import ConfigError
-from edgetl.train.evaluate import evaluate_model
-from edgetl.core.fileio import atomic_write_text
 from edgetl.train.config import FinetuneConfig
+from edgetl.train.evaluate import evaluate_model
+from edgetl.train.inputs import build_pipeline
 from edgetl.train.model import HeadConfig, build_model, count_parameters, parameter_groups
-from edgetl.core.tables import text_table
 from edgetl.train.weights import resolve_weights
-from edgetl.data.demo import ensure_demo_dataset
 
 torch = require("torch")
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-                  "lr_base", "lr_head", "epoch_time_s", "images_per_s")
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_top1",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "lr_base",
+    "lr_head",
+    "epoch_time_s",
+    "images_per_s",
+)
 
 
 @dataclass
@@ -49,6 +59,7 @@ class RunResult:
 
 def cosine_with_warmup(optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
     """Linear warmup then cosine decay to 0, stepped per batch."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -99,16 +110,18 @@ def resume(run_dir: Path, epochs: Optional[int] = None, progress: bool = True) -
     return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress)
 
 
-def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Optional[Dict[str, Any]],
-           progress: bool) -> RunResult:
+def _train(
+    config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Optional[Dict[str, Any]], progress: bool
+) -> RunResult:
     setup = DeviceSetup.create(config.device, config.amp)
     log.info(setup.describe())
     spec = get_backbone(config.arch, config.cut_at)
     preprocess = preprocess_spec(spec)
     weights = resolve_weights(spec, config.weights) if state is None else None
     torch.manual_seed(config.seed)
-    model = build_model(spec, len(split.classes), HeadConfig(config.head), config.strategy,
-                        config.trainable_stages, weights).to(setup.device, memory_format=setup.memory_format)
+    model = build_model(
+        spec, len(split.classes), HeadConfig(config.head), config.strategy, config.trainable_stages, weights
+    ).to(setup.device, memory_format=setup.memory_format)
     optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
     steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
     scheduler = cosine_with_warmup(optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
@@ -132,22 +145,45 @@ def _train(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Op
         batches = pipeline.train_batches(config.seed * 1000 + epoch)
         tick = time.perf_counter()
         step = TrainStep(trained, criterion, optimizer, scheduler, scaler, setup)
-        train_loss, train_top1 = train_one_epoch(step, batches, progress=progress,
-                                                 label="epoch {}/{}".format(epoch + 1, config.epochs))
+        train_loss, train_top1 = train_one_epoch(
+            step, batches, progress=progress, label="epoch {}/{}".format(epoch + 1, config.epochs)
+        )
         seconds = time.perf_counter() - tick
         val = evaluate_model(trained, pipeline.val_batches(), setup.device, len(split.classes), criterion)
         lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_top1": train_top1,
-                        "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
-                        "lr_base": lrs.get("base", 0.0), "lr_head": lrs["head"],
-                        "epoch_time_s": seconds, "images_per_s": len(split.train) / seconds})
-        payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                   "rng": rng_state(), "history": history, "best_top1": max(best_top1, val.top1),
-                   "class_names": split.classes, "arch": config.arch, "strategy": config.strategy,
-                   "trainable_stages": config.trainable_stages, "cut_at": config.cut_at, "frozen_stages": model.frozen_stages,
-                   "head": asdict(HeadConfig(config.head)), "preprocess": preprocess.to_dict(),
-                   "config": asdict(config)}
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "train_top1": train_top1,
+                "val_loss": val.loss,
+                "val_top1": val.top1,
+                "val_top5": val.top5,
+                "lr_base": lrs.get("base", 0.0),
+                "lr_head": lrs["head"],
+                "epoch_time_s": seconds,
+                "images_per_s": len(split.train) / seconds,
+            }
+        )
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "rng": rng_state(),
+            "history": history,
+            "best_top1": max(best_top1, val.top1),
+            "class_names": split.classes,
+            "arch": config.arch,
+            "strategy": config.strategy,
+            "trainable_stages": config.trainable_stages,
+            "cut_at": config.cut_at,
+            "frozen_stages": model.frozen_stages,
+            "head": asdict(HeadConfig(config.head)),
+            "preprocess": preprocess.to_dict(),
+            "config": asdict(config),
+        }
         if val.top1 > best_top1:
             best_top1 = val.top1
             save_checkpoint(run_dir / "best.pt", payload)
@@ -208,18 +244,39 @@ def _write_metrics(path: Path, history: List[Dict[str, float]]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _summary(config: FinetuneConfig, run_dir: Path, split: DatasetSplit, model: Any, setup: DeviceSetup,
-             history: List[Dict[str, float]], seconds: float) -> Dict[str, Any]:
+def _summary(
+    config: FinetuneConfig,
+    run_dir: Path,
+    split: DatasetSplit,
+    model: Any,
+    setup: DeviceSetup,
+    history: List[Dict[str, float]],
+    seconds: float,
+) -> Dict[str, Any]:
     best = max(history, key=lambda row: row["val_top1"])
     return {
-        "run": str(run_dir), "arch": config.arch, "strategy": config.strategy, "cut_at": config.cut_at,
+        "run": str(run_dir),
+        "arch": config.arch,
+        "strategy": config.strategy,
+        "cut_at": config.cut_at,
         "trainable_stages": [s for s in model.spec.stage_names if s not in model.frozen_stages],
-        "classes": split.classes, "num_train": len(split.train), "num_val": len(split.val),
-        "skipped_files": len(split.skipped), "dataset": str(split.root), "layout": split.layout,
-        "pretrained": config.weights != "none", "device": str(setup.device), "amp": setup.use_amp, "cache": config.cache,
-        "params_total": count_parameters(model), "params_trainable": count_parameters(model, trainable_only=True),
-        "epochs": config.epochs, "best_epoch": best["epoch"], "best_val_top1": best["val_top1"],
-        "best_val_top5": best["val_top5"], "final_val_top1": history[-1]["val_top1"],
+        "classes": split.classes,
+        "num_train": len(split.train),
+        "num_val": len(split.val),
+        "skipped_files": len(split.skipped),
+        "dataset": str(split.root),
+        "layout": split.layout,
+        "pretrained": config.weights != "none",
+        "device": str(setup.device),
+        "amp": setup.use_amp,
+        "cache": config.cache,
+        "params_total": count_parameters(model),
+        "params_trainable": count_parameters(model, trainable_only=True),
+        "epochs": config.epochs,
+        "best_epoch": best["epoch"],
+        "best_val_top1": best["val_top1"],
+        "best_val_top5": best["val_top5"],
+        "final_val_top1": history[-1]["val_top1"],
         "run_time_s": seconds,
     }
 

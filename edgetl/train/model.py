@@ -10,15 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from edgetl.spec.backbones import BackboneSpec, build_torchvision_model, get_submodule_parent, stage_of_parameter, strip_classifier
-from edgetl.train.config import HEADS, trainable_stage_names
 from edgetl.core.deps import require
 from edgetl.errors import ConfigError, WeightsError
+from edgetl.spec.backbones import (
+    BackboneSpec,
+    build_torchvision_model,
+    get_submodule_parent,
+    stage_of_parameter,
+    strip_classifier,
+)
+from edgetl.train.config import HEADS, trainable_stage_names
 from edgetl.train.weights import load_state_dict
 
 torch = require("torch")
 nn = torch.nn
-
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,10 @@ def build_head(in_features: int, num_classes: int, config: HeadConfig) -> nn.Mod
         head = nn.Linear(in_features, num_classes)
     else:
         head = nn.Sequential(
-            nn.Linear(in_features, config.hidden), nn.ReLU(inplace=True),
-            nn.Dropout(config.dropout), nn.Linear(config.hidden, num_classes),
+            nn.Linear(in_features, config.hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.hidden, num_classes),
         )
     for module in head.modules():
         if isinstance(module, nn.Linear):
@@ -105,8 +112,13 @@ def load_base_weights(model: EdgeClassifier, state: Dict[str, Any], source: Path
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
             "{} does not match {}: {} missing keys (e.g. {}), {} unexpected (e.g. {})".format(
-                source, model.spec.name, len(result.missing_keys), result.missing_keys[:1],
-                len(result.unexpected_keys), result.unexpected_keys[:1])
+                source,
+                model.spec.name,
+                len(result.missing_keys),
+                result.missing_keys[:1],
+                len(result.unexpected_keys),
+                result.unexpected_keys[:1],
+            )
         )
 
 
@@ -123,8 +135,14 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def build_model(spec: BackboneSpec, num_classes: int, head: HeadConfig, strategy: str,
-                trainable_stages: int, weights: Optional[Path]) -> EdgeClassifier:
+def build_model(
+    spec: BackboneSpec,
+    num_classes: int,
+    head: HeadConfig,
+    strategy: str,
+    trainable_stages: int,
+    weights: Optional[Path],
+) -> EdgeClassifier:
     """An EdgeClassifier with pretrained base weights (unless ``weights`` is None) and the strategy applied."""
     if num_classes < 2:
         raise ConfigError("need at least 2 classes, got {}".format(num_classes))

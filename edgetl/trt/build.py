@@ -21,12 +21,21 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from edgetl.spec.bundle import ONNX_FILES, Bundle, engine_file, read_manifest, sidecar_file, write_manifest
 from edgetl.core.deps import require
-from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
-from edgetl.trt.plan import DEFAULT_WORKSPACE_MIB, BatchProfile, batch_profile, EnginePlan, describe_parser_error, make_sidecar, plan_engine, resolve_target
+from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
 from edgetl.runtime.tensorrt import cuda_runtime, device_info
+from edgetl.spec.bundle import ONNX_FILES, Bundle, engine_file, read_manifest, sidecar_file, write_manifest
+from edgetl.trt.plan import (
+    DEFAULT_WORKSPACE_MIB,
+    BatchProfile,
+    EnginePlan,
+    batch_profile,
+    describe_parser_error,
+    make_sidecar,
+    plan_engine,
+    resolve_target,
+)
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 15.0
@@ -129,14 +138,18 @@ def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
     with contextlib.nullcontext() if monitor is not None else _Heartbeat(plan.engine):
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ExportError("TensorRT failed to build {}: {}".format(plan.engine, "; ".join(logger.errors[-3:]) or
-                                                                    "no error was logged"))
+        raise ExportError(
+            "TensorRT failed to build {}: {}".format(
+                plan.engine, "; ".join(logger.errors[-3:]) or "no error was logged"
+            )
+        )
     engine_path = Path(bundle_dir) / plan.engine
     atomic_write_bytes(engine_path, bytes(memoryview(serialized)))
     if cache_path is not None:
         atomic_write_bytes(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    sidecar = make_sidecar(plan, device_info(trt, cudart), sha256_file(onnx_path), sha256_file(engine_path),
-                           "edgetl (TensorRT Python API)")
+    sidecar = make_sidecar(
+        plan, device_info(trt, cudart), sha256_file(onnx_path), sha256_file(engine_path), "edgetl (TensorRT Python API)"
+    )
     atomic_write_text(engine_path.with_name(sidecar_file(plan.engine)), json.dumps(sidecar, indent=2) + "\n")
     return engine_path
 
@@ -151,35 +164,60 @@ def recorded_profile(bundle: Bundle, precision: str) -> Optional[BatchProfile]:
     return None if plan is None else EnginePlan.from_dict(plan).profile
 
 
-def plan_for_bundle(bundle: Bundle, precision: str, target_name: str, batches: Batches = (None, None, None),
-                    workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Optional[str] = None) -> EnginePlan:
+def plan_for_bundle(
+    bundle: Bundle,
+    precision: str,
+    target_name: str,
+    batches: Batches = (None, None, None),
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+    timing_cache: Optional[str] = None,
+) -> EnginePlan:
     """The engine plan for a bundle's fp32 ONNX (its io names and batch) on a TensorRT target; batch
     values not given come from the bundle (its static batch or the profile it was exported with)."""
     info = bundle.model("fp32")
     if info is None:
-        raise CheckpointError("{} has no model.onnx to build an engine from; run 'edgetl export' first".format(
-            bundle.root))
+        raise CheckpointError(
+            "{} has no model.onnx to build an engine from; run 'edgetl export' first".format(bundle.root)
+        )
     size = bundle.preprocess.input_size
     shape = (info.batch if info.batch else -1, 3, size, size)
     profile = batch_profile(info.batch, *batches, recorded=recorded_profile(bundle, precision))
-    return plan_engine(resolve_target(target_name), precision, info.input_name, info.output_name, shape, profile,
-                       workspace_mib, timing_cache)
+    return plan_engine(
+        resolve_target(target_name),
+        precision,
+        info.input_name,
+        info.output_name,
+        shape,
+        profile,
+        workspace_mib,
+        timing_cache,
+    )
 
 
-def build_bundle_engine(bundle_dir: Path, precision: str, batches: Batches = (None, None, None),
-                        workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Optional[str] = None) -> Path:
+def build_bundle_engine(
+    bundle_dir: Path,
+    precision: str,
+    batches: Batches = (None, None, None),
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+    timing_cache: Optional[str] = None,
+) -> Path:
     """Build an engine for the running TensorRT from a bundle (the ``build-engine`` command)."""
     trt = require("tensorrt")
     bundle = Bundle.load(Path(bundle_dir))
     plan = plan_for_bundle(bundle, precision, trt.__version__, batches, workspace_mib, timing_cache)
     if plan.onnx == ONNX_FILES["fp16"] and bundle.model("fp16") is None:
-        raise CheckpointError("TensorRT {} is strongly typed: an fp16 engine needs {}; export with "
-                              "'--fp16 --target-trt {}'".format(trt.__version__, plan.onnx, plan.target))
+        raise CheckpointError(
+            "TensorRT {} is strongly typed: an fp16 engine needs {}; export with '--fp16 --target-trt {}'".format(
+                trt.__version__, plan.onnx, plan.target
+            )
+        )
     if plan.onnx == ONNX_FILES["int8"] and bundle.model("int8") is None:
         raise CheckpointError("{} has no INT8 model; export it with '--int8 --int8-target trt'".format(bundle.root))
     if plan.onnx == ONNX_FILES["int8"] and bundle.model("int8").int8_target != "trt":
-        raise ConfigError("{} is the CPU form (unsigned activations), which TensorRT rejects; re-export with "
-                          "'--int8 --int8-target trt'".format(plan.onnx))
+        raise ConfigError(
+            "{} is the CPU form (unsigned activations), which TensorRT rejects; re-export with "
+            "'--int8 --int8-target trt'".format(plan.onnx)
+        )
     engine = build_engine(bundle.root, plan)
     manifest = read_manifest(bundle.root)
     manifest.setdefault("engines", {})[plan.engine] = plan.to_dict()
@@ -193,11 +231,17 @@ def write_trtexec_sidecar(bundle_dir: Path, engine: str) -> Path:
     bundle_dir = Path(bundle_dir)
     data = read_manifest(bundle_dir).get("engines", {}).get(engine)
     if data is None or not (bundle_dir / engine).is_file():
-        raise CheckpointError("{} is not a planned engine of {} (see bundle.json) or was not built".format(
-            engine, bundle_dir))
+        raise CheckpointError(
+            "{} is not a planned engine of {} (see bundle.json) or was not built".format(engine, bundle_dir)
+        )
     plan = EnginePlan.from_dict(data)
-    sidecar = make_sidecar(plan, device_info(trt, cuda_runtime()), sha256_file(bundle_dir / plan.onnx),
-                           sha256_file(bundle_dir / engine), "trtexec (build_engine.sh)")
+    sidecar = make_sidecar(
+        plan,
+        device_info(trt, cuda_runtime()),
+        sha256_file(bundle_dir / plan.onnx),
+        sha256_file(bundle_dir / engine),
+        "trtexec (build_engine.sh)",
+    )
     path = bundle_dir / sidecar_file(engine)
     atomic_write_text(path, json.dumps(sidecar, indent=2) + "\n")
     return path

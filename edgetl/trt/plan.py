@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgetl import __version__
-from edgetl.spec.bundle import ONNX_FILES, PRECISIONS, engine_file
 from edgetl.errors import ConfigError
+from edgetl.spec.bundle import ONNX_FILES, PRECISIONS, engine_file
 from edgetl.spec.engine_sidecar import SIDECAR_FORMAT, DeviceInfo, version_tuple
 
 DEFAULT_TARGET = "10.3"  # JetPack 6.1/6.2; its ONNX limits (opset 17, IR 8 by default) also suit JetPack 6.0
@@ -57,8 +57,7 @@ TARGETS = (
     TrtTarget("10.x", (10, 6), "x86 / current TensorRT 10", 22, 10, False, True, True, "--skipInference"),
     # 11: strongly typed; no FP16/INT8 flags, no calibrators. The row starts at 11.0, and only 11.2
     # parses opset 24 (11.5: 25): opset 22 / IR 10 (as 10.6+) is conservative for 11.0 and 11.1.
-    TrtTarget("11.x", (11, 0), "x86; JetPack >= 7.2.2 on AGX Orin/Thor", 22, 10, False, False, True,
-              "--skipInference"),
+    TrtTarget("11.x", (11, 0), "x86; JetPack >= 7.2.2 on AGX Orin/Thor", 22, 10, False, False, True, "--skipInference"),
 )
 TARGET_NAMES = tuple(t.name for t in TARGETS)
 
@@ -70,15 +69,21 @@ def resolve_target(version: str) -> TrtTarget:
             return target
     numbers = version_tuple(version)
     if not numbers:
-        raise ConfigError("--target-trt must be a TensorRT version (e.g. 8.6, 10.3.0.30) or one of {}; "
-                          "got {!r}".format(", ".join(TARGET_NAMES), version))
+        raise ConfigError(
+            "--target-trt must be a TensorRT version (e.g. 8.6, 10.3.0.30) or one of {}; got {!r}".format(
+                ", ".join(TARGET_NAMES), version
+            )
+        )
     key = (numbers[0], numbers[1] if len(numbers) > 1 else 0)
     rows = [t for t in TARGETS if t.since[0] == key[0] and t.since <= key]
     if key[0] == 8 and len(numbers) == 1:
         raise ConfigError("--target-trt 8 is ambiguous: give 8.5 (JetPack 5) or 8.6 (JetPack 6.0)")
     if not rows:
-        raise ConfigError("TensorRT {} is not supported; supported: {}".format(
-            version, ", ".join("{} ({})".format(t.name, t.platform) for t in TARGETS)))
+        raise ConfigError(
+            "TensorRT {} is not supported; supported: {}".format(
+                version, ", ".join("{} ({})".format(t.name, t.platform) for t in TARGETS)
+            )
+        )
     return max(rows, key=lambda t: t.since)
 
 
@@ -95,12 +100,18 @@ def ir_version_for_opset(opset: int) -> int:
 def onnx_versions(target: TrtTarget, opset: int) -> Tuple[int, int]:
     """(opset, IR version) to write for ``target``; ConfigError naming the fix if it cannot parse them."""
     if opset > target.max_opset:
-        raise ConfigError("TensorRT {} ({}) parses ONNX opset <= {}; use --opset {} or a newer --target-trt".format(
-            target.name, target.platform, target.max_opset, target.max_opset))
+        raise ConfigError(
+            "TensorRT {} ({}) parses ONNX opset <= {}; use --opset {} or a newer --target-trt".format(
+                target.name, target.platform, target.max_opset, target.max_opset
+            )
+        )
     ir_version = ir_version_for_opset(opset)
     if ir_version > target.max_ir_version:
-        raise ConfigError("opset {} needs ONNX IR version {}, newer than TensorRT {}'s parser accepts ({})".format(
-            opset, ir_version, target.name, target.max_ir_version))
+        raise ConfigError(
+            "opset {} needs ONNX IR version {}, newer than TensorRT {}'s parser accepts ({})".format(
+                opset, ir_version, target.name, target.max_ir_version
+            )
+        )
     return opset, ir_version
 
 
@@ -114,19 +125,27 @@ class BatchProfile:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise ConfigError("need 1 <= --min-batch <= --opt-batch <= --max-batch, got {}/{}/{}".format(
-                self.min, self.opt, self.max))
+            raise ConfigError(
+                "need 1 <= --min-batch <= --opt-batch <= --max-batch, got {}/{}/{}".format(self.min, self.opt, self.max)
+            )
 
 
-def batch_profile(static_batch: Optional[int], min_batch: Optional[int] = None, opt_batch: Optional[int] = None,
-                  max_batch: Optional[int] = None, recorded: Optional[BatchProfile] = None) -> Optional[BatchProfile]:
+def batch_profile(
+    static_batch: Optional[int],
+    min_batch: Optional[int] = None,
+    opt_batch: Optional[int] = None,
+    max_batch: Optional[int] = None,
+    recorded: Optional[BatchProfile] = None,
+) -> Optional[BatchProfile]:
     """The batch range to build: None for a static batch (any given value must equal it); else the
     given values (missing ones as 1 / min / max(8, opt)), or ``recorded`` (the bundle's) when none is given."""
     given = [v for v in (min_batch, opt_batch, max_batch) if v is not None]
     if static_batch is not None:
         if any(v != static_batch for v in given):
-            raise ConfigError("the model has a static batch of {}: --min/--opt/--max-batch must be {} or left out "
-                              "(export with --dynamic-batch for a range)".format(static_batch, static_batch))
+            raise ConfigError(
+                "the model has a static batch of {}: --min/--opt/--max-batch must be {} or left out "
+                "(export with --dynamic-batch for a range)".format(static_batch, static_batch)
+            )
         return None
     if not given and recorded is not None:
         return recorded
@@ -189,9 +208,16 @@ def builder_flags(target: TrtTarget, precision: str) -> Tuple[str, ...]:
     return ("FP16",) if precision == "fp16" else ("INT8", "FP16")
 
 
-def plan_engine(target: TrtTarget, precision: str, input_name: str, output_name: str,
-                input_shape: Sequence[int], profile: Optional[BatchProfile] = None,
-                workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Optional[str] = None) -> EnginePlan:
+def plan_engine(
+    target: TrtTarget,
+    precision: str,
+    input_name: str,
+    output_name: str,
+    input_shape: Sequence[int],
+    profile: Optional[BatchProfile] = None,
+    workspace_mib: int = DEFAULT_WORKSPACE_MIB,
+    timing_cache: Optional[str] = None,
+) -> EnginePlan:
     """Decide one engine build. ``input_shape[0]`` is -1 for a dynamic batch (then a profile is used)."""
     for name in (input_name, output_name):
         if not _IO_NAME.match(name):
@@ -202,13 +228,26 @@ def plan_engine(target: TrtTarget, precision: str, input_name: str, output_name:
     if shape[0] == -1:
         profile = profile or BatchProfile()
     elif profile is not None and not profile.min == profile.opt == profile.max == shape[0]:
-        raise ConfigError("the model has a static batch of {}; the batch profile must be {} everywhere "
-                          "(export with --dynamic-batch for a range)".format(shape[0], shape[0]))
+        raise ConfigError(
+            "the model has a static batch of {}; the batch profile must be {} everywhere "
+            "(export with --dynamic-batch for a range)".format(shape[0], shape[0])
+        )
     else:
         profile = None
-    return EnginePlan(target.name, precision, onnx_for_precision(target, precision), engine_file(precision),
-                      input_name, output_name, shape, profile, builder_flags(target, precision),
-                      ("EXPLICIT_BATCH",) if target.explicit_batch_flag else (), workspace_mib, timing_cache)
+    return EnginePlan(
+        target.name,
+        precision,
+        onnx_for_precision(target, precision),
+        engine_file(precision),
+        input_name,
+        output_name,
+        shape,
+        profile,
+        builder_flags(target, precision),
+        ("EXPLICIT_BATCH",) if target.explicit_batch_flag else (),
+        workspace_mib,
+        timing_cache,
+    )
 
 
 def _dims(shape: Sequence[int]) -> str:
@@ -238,7 +277,8 @@ def build_script(plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence
         "#!/bin/sh",
         "# Build the TensorRT engine(s) of this bundle ON THE DEVICE: engines are tied to the GPU model and",
         "# the TensorRT version. Generated by edgetl {} for TensorRT {} ({}).".format(
-            __version__, target.name, target.platform),
+            __version__, target.name, target.platform
+        ),
         "set -e",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-trtexec}"',
@@ -248,23 +288,37 @@ def build_script(plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence
     for plan in plans:
         command = ['"$TRTEXEC"'] + [shlex.quote(a) for a in trtexec_command(plan)[1:]]
         lines += ["", "# {} engine from {}".format(plan.precision, plan.onnx), " \\\n    ".join(command)]
-        lines.append('if "$PYTHON" -c "import edgetl" 2>/dev/null; then "$PYTHON" -m edgetl.trt.build --sidecar {}; '
-                     'else echo "edgetl is not installed: no sidecar written for {}; edgetl predict refuses engines '
-                     'without one" >&2; fi'.format(shlex.quote(plan.engine), plan.engine))
+        lines.append(
+            'if "$PYTHON" -c "import edgetl" 2>/dev/null; then "$PYTHON" -m edgetl.trt.build --sidecar {}; '
+            'else echo "edgetl is not installed: no sidecar written for {}; edgetl predict refuses engines '
+            'without one" >&2; fi'.format(shlex.quote(plan.engine), plan.engine)
+        )
     return "\n".join(lines) + "\n"
 
 
-def make_sidecar(plan: EnginePlan, device: DeviceInfo, onnx_sha256: str, engine_sha256: str,
-                 built_with: str) -> Dict[str, Any]:
+def make_sidecar(
+    plan: EnginePlan, device: DeviceInfo, onnx_sha256: str, engine_sha256: str, built_with: str
+) -> Dict[str, Any]:
     """The sidecar JSON written next to an engine."""
-    return {"format": SIDECAR_FORMAT, "engine": plan.engine, "engine_sha256": engine_sha256,
-            "tensorrt_version": device.tensorrt_version, "gpu_name": device.gpu_name,
-            "compute_capability": device.compute_capability, "precision": plan.precision,
-            "builder_flags": list(plan.builder_flags), "onnx": plan.onnx, "onnx_sha256": onnx_sha256,
-            "input_name": plan.input_name, "output_name": plan.output_name,
-            "input_shape": list(plan.input_shape),
-            "profile_shapes": {k: list(v) for k, v in plan.shapes().items()},
-            "workspace_mib": plan.workspace_mib, "built_with": built_with, "edgetl_version": __version__}
+    return {
+        "format": SIDECAR_FORMAT,
+        "engine": plan.engine,
+        "engine_sha256": engine_sha256,
+        "tensorrt_version": device.tensorrt_version,
+        "gpu_name": device.gpu_name,
+        "compute_capability": device.compute_capability,
+        "precision": plan.precision,
+        "builder_flags": list(plan.builder_flags),
+        "onnx": plan.onnx,
+        "onnx_sha256": onnx_sha256,
+        "input_name": plan.input_name,
+        "output_name": plan.output_name,
+        "input_shape": list(plan.input_shape),
+        "profile_shapes": {k: list(v) for k, v in plan.shapes().items()},
+        "workspace_mib": plan.workspace_mib,
+        "built_with": built_with,
+        "edgetl_version": __version__,
+    }
 
 
 def describe_parser_error(error: Any) -> str:
