@@ -291,6 +291,9 @@ class _Memory:
         del self.buffers[int(pointer)]
         return (self.ok,)
 
+    cudaMallocHost = cudaMalloc  # pinned host memory: host memory here too
+    cudaFreeHost = cudaFree
+
     def cudaMemcpyAsync(self, dst: int, src: int, nbytes: int, kind: Any, stream: Any) -> tuple:
         ctypes.memmove(int(dst), int(src), nbytes)
         return (self.ok,)

@@ -163,6 +163,32 @@ def test_runner_runs_batches_inside_the_profile(version, tmp_path):
         assert runner.batch_range() == (2, 8)
 
 
+def test_runner_copies_through_pinned_host_memory(version, tmp_path):
+    """Asynchronous copies overlap only from page-locked memory (cudaMallocHost), as NVIDIA's samples do."""
+    from edgetl.runtime.tensorrt import TrtRunner
+
+    with TrtRunner(_engine(tmp_path, version)) as runner:
+        pinned, copies = set(), []
+        malloc_host, memcpy = runner.cudart.cudaMallocHost, runner.cudart.cudaMemcpyAsync
+
+        def record_pinned(nbytes):
+            result = malloc_host(nbytes)
+            pinned.add(int(result[1]))
+            return result
+
+        def record_copy(dst, src, nbytes, kind, stream):
+            copies.append(int(src) if kind.name.endswith("HostToDevice") else int(dst))
+            return memcpy(dst, src, nbytes, kind, stream)
+
+        runner.cudart.cudaMallocHost, runner.cudart.cudaMemcpyAsync = record_pinned, record_copy
+        images = _images(5)
+        first = runner.infer({"input": images})["logits"]
+        second = runner.infer({"input": images * 2})["logits"]  # reused buffers: earlier results stay intact
+        np.testing.assert_allclose(first, _expected(images), rtol=1e-5)
+        np.testing.assert_allclose(second, _expected(images * 2), rtol=1e-5)
+    assert copies and all(address in pinned for address in copies)
+
+
 @pytest.mark.parametrize("before, batch", [(None, 16), (None, 1), (4, 16)])
 def test_runner_refuses_a_batch_outside_the_profile(version, tmp_path, before, batch):
     from edgetl.runtime.tensorrt import TrtRunner

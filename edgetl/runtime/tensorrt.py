@@ -8,6 +8,7 @@ TensorRT. tensorrt and cuda-python are imported lazily. Python 3.8 syntax.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 from pathlib import Path
@@ -78,7 +79,8 @@ class TrtRunner(Runner):
     def __init__(self, engine_path: Path, onnx_path: Optional[Path] = None) -> None:
         super().__init__()
         self.engine_path, self.onnx_path = Path(engine_path), onnx_path
-        self.buffers = {}  # type: Dict[str, Any]
+        self.buffers = {}  # type: Dict[str, Any]  # device memory per tensor: (pointer, bytes)
+        self.host = {}  # type: Dict[str, Any]  # pinned host staging per tensor: (pointer, bytes)
 
     def _activate(self) -> None:
         trt = require("tensorrt")
@@ -124,7 +126,9 @@ class TrtRunner(Runner):
     def _deactivate(self) -> None:
         for pointer, _ in self.buffers.values():
             cuda_check(self.cudart, self.cudart.cudaFree(pointer))
-        self.buffers = {}
+        for pointer, _ in self.host.values():
+            cuda_check(self.cudart, self.cudart.cudaFreeHost(pointer))
+        self.buffers, self.host = {}, {}
         for event in self.events:
             cuda_check(self.cudart, self.cudart.cudaEventDestroy(event))
         cuda_check(self.cudart, self.cudart.cudaStreamDestroy(self.stream))
@@ -154,12 +158,25 @@ class TrtRunner(Runner):
             self.buffers[name] = (pointer, nbytes)
         return int(pointer)
 
+    def _pinned(self, name: str, shape: Tuple[int, ...], dtype: Any) -> np.ndarray:
+        """A page-locked host array for ``name`` (reused, grown as needed): asynchronous copies need
+        pinned memory to overlap, as NVIDIA's samples allocate it; pageable memory is staged by the driver."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        pointer, size = self.host.get(name, (None, 0))
+        if size < nbytes:
+            if pointer is not None:
+                cuda_check(self.cudart, self.cudart.cudaFreeHost(pointer))
+            pointer = cuda_check(self.cudart, self.cudart.cudaMallocHost(max(1, nbytes)))
+            self.host[name] = (pointer, max(1, nbytes))
+        raw = (ctypes.c_uint8 * max(1, nbytes)).from_address(int(pointer))
+        return np.frombuffer(raw, dtype=np.uint8, count=nbytes).view(dtype).reshape(shape)
+
     def _infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         cudart, stream = self.cudart, self.stream
         copy_in, copy_out = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        staged = [np.ascontiguousarray(feed[name]) for name in self.inputs]  # alive until the stream syncs
         cuda_check(cudart, cudart.cudaEventRecord(self.events[0], stream))
-        for name, array in zip(self.inputs, staged):
+        for name in self.inputs:
+            array = feed[name]
             if not self.context.set_input_shape(name, tuple(array.shape)):  # False outside the profile
                 low, high = self.batch_range()
                 raise ConfigError(
@@ -167,14 +184,16 @@ class TrtRunner(Runner):
                     "use a batch in that range or rebuild the engine with 'edgetl build-engine "
                     "--min-batch/--max-batch'".format(self.engine_path.name, low, high, array.shape[0], name)
                 )
-            pointer = self._device_buffer(name, array.nbytes)
-            cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, copy_in, stream))
+            staged = self._pinned(name, array.shape, self.dtypes[name])
+            np.copyto(staged, array)
+            pointer = self._device_buffer(name, staged.nbytes)
+            cuda_check(cudart, cudart.cudaMemcpyAsync(pointer, staged.ctypes.data, staged.nbytes, copy_in, stream))
             self.context.set_tensor_address(name, pointer)
         outputs = {}
         for name in self.tensors:
             if name in self.inputs:
                 continue
-            outputs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
+            outputs[name] = self._pinned(name, tuple(self.context.get_tensor_shape(name)), self.dtypes[name])
             self.context.set_tensor_address(name, self._device_buffer(name, outputs[name].nbytes))
         cuda_check(cudart, cudart.cudaEventRecord(self.events[1], stream))
         if not self.context.execute_async_v3(native_handle(stream)):
@@ -186,6 +205,7 @@ class TrtRunner(Runner):
             )
         cuda_check(cudart, cudart.cudaEventRecord(self.events[3], stream))
         cuda_check(cudart, cudart.cudaStreamSynchronize(stream))
+        outputs = {name: array.copy() for name, array in outputs.items()}  # the pinned buffers are reused
         self.last_stages_ms = {
             stage: float(cuda_check(cudart, cudart.cudaEventElapsedTime(start, end)))
             for stage, start, end in zip(("h2d", "compute", "d2h"), self.events, self.events[1:])
