@@ -281,21 +281,14 @@ class _Export:
             return dict(section, failures=fp32_failures(parity))
 
         module = ExportModule(self.model, softmax=self.softmax)
-        return self._gated(
-            "fp32",
-            lambda p: export_onnx(
-                module,
-                p,
-                self.spec,
-                self.input_name,
-                self.output_name,
-                self.config.batch,
-                self.opset,
-                self.ir_version,
-                self._metadata("fp32"),
-            ),
-            check,
-        )
+        return self._gated("fp32", self._onnx_writer(module, "fp32"), check)
+
+    def _onnx_writer(self, module: ExportModule, kind: str) -> Callable[[Path], None]:
+        """Writes ``module`` as the ONNX model of ``kind`` (names, batch, opset and metadata of this export)."""
+        return lambda path: export_onnx(
+            module, path, self.spec, self.input_name, self.output_name, self.config.batch, self.opset,
+            self.ir_version, self._metadata(kind),
+        )  # fmt: skip
 
     def baked(self) -> bool:
         def check(path: Path) -> Dict[str, Any]:
@@ -304,21 +297,7 @@ class _Export:
             return dict(section, failures=fp32_failures(parity))
 
         module = baked_module(self.model, self.spec, self.softmax)
-        return self._gated(
-            "baked",
-            lambda p: export_onnx(
-                module,
-                p,
-                self.spec,
-                self.input_name,
-                self.output_name,
-                self.config.batch,
-                self.opset,
-                self.ir_version,
-                self._metadata("baked"),
-            ),
-            check,
-        )
+        return self._gated("baked", self._onnx_writer(module, "baked"), check)
 
     def int8(self) -> bool:
         config = self.config
