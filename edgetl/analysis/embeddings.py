@@ -23,7 +23,7 @@ from tqdm import tqdm
 from edgetl.core.deps import require
 from edgetl.core.device import resolve_device, resolve_workers
 from edgetl.core.fileio import atomic_path, edgetl_home, file_fingerprints
-from edgetl.data.folders import IMAGE_SUFFIXES, ImageDataset, Sample, check_image
+from edgetl.data.folders import ImageDataset, Sample, check_image, image_files
 from edgetl.errors import ConfigError, DataError
 from edgetl.spec.backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entry
 from edgetl.spec.preprocess import PreprocessSpec, torch_transforms
@@ -90,9 +90,7 @@ def list_images(root: Path, workers: int = 8) -> Tuple[List[Path], List[Tuple[Pa
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError("image folder not found: {}".format(root))
-    candidates = sorted(
-        p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    candidates = image_files(root)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = list(pool.map(check_image, candidates))
     paths = [p for p, reason in zip(candidates, reasons) if reason is None]

@@ -72,6 +72,13 @@ class DatasetSplit:
         )
 
 
+def image_files(root: Path, recursive: bool = True) -> List[Path]:
+    """The files under ``root`` (or directly in it) with an image suffix, hidden files skipped, sorted:
+    the one image lister (whether PIL can read them is checked separately, by ``check_image``)."""
+    found = Path(root).rglob("*") if recursive else Path(root).iterdir()
+    return sorted(p for p in found if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def check_image(path: Path) -> Optional[str]:
     """None if ``path`` decodes fully as an image, else the reason it does not."""
     try:

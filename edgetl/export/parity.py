@@ -8,7 +8,6 @@ Torch-free: the reference outputs are passed in.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -16,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from edgetl.data.folders import Sample
+from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.runtime.base import infer_batched
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
@@ -45,10 +45,9 @@ class EvalImages:
 def load_eval_images(
     samples: Sequence[Sample], spec: PreprocessSpec, limit: int, seed: int, center_crop: bool = True
 ) -> EvalImages:
-    """Up to ``limit`` validation images (a seeded subset when there are more); unreadable ones are skipped."""
-    chosen = sorted(samples, key=lambda s: str(s.path))
-    if len(chosen) > limit:
-        chosen = sorted(random.Random(seed).sample(chosen, limit), key=lambda s: str(s.path))
+    """Up to ``limit`` validation images (a seeded, class-balanced subset when there are more), sorted by
+    path; unreadable ones are skipped."""
+    chosen = sorted(select_balanced(samples, limit, seed), key=lambda s: str(s.path))
     paths, labels, crops = [], [], []
     for sample in chosen:
         try:

@@ -24,7 +24,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text, sha256_file
-from edgetl.data.folders import IMAGE_SUFFIXES, DatasetSplit, Sample, scan_class_folders
+from edgetl.data.folders import DatasetSplit, Sample, image_files, scan_class_folders
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.spec.formats import INT8_CPU_FORMS, INT8_FORMS, Int8CpuForm
@@ -75,7 +75,7 @@ def _images_in(root: Path) -> List[Sample]:
         raise DataError("--calib-data folder not found: {}".format(root))
     if sum(1 for p in root.iterdir() if p.is_dir()) >= 2:
         return scan_class_folders(root)[1]
-    return [Sample(p, 0) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return [Sample(p, 0) for p in image_files(root, recursive=False)]
 
 
 def write_calibration_manifest(path: Path, samples: Sequence[Sample], details: Dict[str, Any]) -> None:
