@@ -14,19 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edgetl.analysis.advise import advise
+from edgetl.analysis.pilot import PilotConfig
+from edgetl.bench.machine import machine_info
+from edgetl.core.fileio import atomic_write_text
+from edgetl.core.tables import markdown_table
 
-from edgetl.analysis.advise import advise  # noqa: E402
-from edgetl.analysis.pilot import PilotConfig  # noqa: E402
-from edgetl.core.fileio import atomic_write_text  # noqa: E402
-from edgetl.core.tables import markdown_table  # noqa: E402
-
+# From a fresh clone (the package installed, not put on sys.path): the command behind results/advise_speed.*
+REPRODUCE = "{}OMP_NUM_THREADS=2 .venv/bin/python benchmarks/advise_speed.py".format(
+    "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[train,plot]' && "
+)
 TARGETS_S = {"advise (cold cache)": 180.0, "advise (cached features)": 30.0, "advise --pilot": 300.0}
 
 
@@ -62,13 +64,14 @@ def main() -> int:
             )
             print("{:<26} {:7.1f} s (target {:.0f} s)".format(name, seconds, TARGETS_S[name]), flush=True)
     pilot_rows = reports["advise --pilot"]["pilot"]["rows"]
+    omp_threads = os.environ.get("OMP_NUM_THREADS")
     result = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-            "platform": platform.platform(),
-            "load_average_at_start": load_before,
-        },
+        "command": REPRODUCE,
+        "machine": dict(
+            machine_info(int(omp_threads) if omp_threads else None),
+            omp_threads=omp_threads,
+            load_average_at_start=load_before,
+        ),
         "data": reports["advise (cold cache)"]["data"],
         "size": reports["advise (cold cache)"]["size"],
         "runs": rows,
@@ -93,6 +96,7 @@ def main() -> int:
             "# edgetl advise speed ({} CPUs, OMP_NUM_THREADS={}, load average {:.1f} at start)".format(
                 os.cpu_count(), os.environ.get("OMP_NUM_THREADS"), load_before
             ),
+            "Reproduce: `{}`".format(REPRODUCE),
             markdown_table(columns, [[row[c] for c in columns] for row in rows]),
             "## Pilot runs",
             markdown_table(pilot_columns, [[row[c] for c in pilot_columns] for row in pilot_rows]),

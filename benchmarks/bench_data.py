@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -29,29 +28,34 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
+import torch
 from PIL import Image
+from torchvision import datasets
+
+from edgetl.bench.machine import machine_info
+from edgetl.core.device import DeviceSetup
+from edgetl.core.fileio import atomic_write_text, edgetl_home
+from edgetl.core.tables import markdown_table
+
+# _render: the demo textures drawn at photo size; edgetl.data.demo has no public name for it yet.
+from edgetl.data.demo import DEMO_CLASSES, _render
+from edgetl.data.feature_cache import feature_pipeline
+from edgetl.data.folders import load_dataset
+from edgetl.data.pipelines import image_pipeline
+from edgetl.spec.backbones import get_backbone, preprocess_spec
+from edgetl.spec.preprocess import torch_transforms
+from edgetl.train.checkpoint import load_run
+from edgetl.train.config import FinetuneConfig
+from edgetl.train.evaluate import predict_logits
+from edgetl.train.loop import finetune
+from edgetl.train.model import HeadConfig, build_model
+from edgetl.train.weights import resolve_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-from torchvision import datasets  # noqa: E402
-
-from edgetl.core.device import DeviceSetup  # noqa: E402
-from edgetl.core.fileio import atomic_write_text, edgetl_home  # noqa: E402
-from edgetl.core.tables import markdown_table  # noqa: E402
-from edgetl.data.demo import DEMO_CLASSES, _render  # noqa: E402
-from edgetl.data.feature_cache import feature_pipeline  # noqa: E402
-from edgetl.data.folders import load_dataset  # noqa: E402
-from edgetl.data.pipelines import image_pipeline  # noqa: E402
-from edgetl.spec.backbones import get_backbone, preprocess_spec  # noqa: E402
-from edgetl.spec.preprocess import torch_transforms  # noqa: E402
-from edgetl.train.checkpoint import load_run  # noqa: E402
-from edgetl.train.config import FinetuneConfig  # noqa: E402
-from edgetl.train.evaluate import predict_logits  # noqa: E402
-from edgetl.train.loop import finetune  # noqa: E402
-from edgetl.train.model import HeadConfig, build_model  # noqa: E402
-from edgetl.train.weights import resolve_weights  # noqa: E402
+# From a fresh clone (the package installed, not put on sys.path): the command behind results/data.*
+REPRODUCE = "{}OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_data.py".format(
+    "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[train,plot]' && "
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 PHOTO_SIZE = (500, 375)
@@ -211,10 +215,12 @@ def markdown(report: Dict[str, Any]) -> str:
         "`{}` on {} ({} CPUs, torch {}), {}.".format(
             report["command"],
             report["machine"]["platform"],
-            report["machine"]["cpus"],
-            report["machine"]["torch"],
+            report["machine"]["cpu_count"],
+            report["machine"]["packages"].get("torch"),
             report["date"],
         ),
+        "",
+        "Reproduce: `{}`".format(report["reproduce"]),
         "",
         "## Loaders: {} photo-sized JPEGs per epoch, batch {}, {} workers, median of {} rounds".format(
             loaders["images_per_epoch"], loaders["batch_size"], loaders["workers"], loaders["rounds"]
@@ -334,12 +340,8 @@ def main() -> None:
     report: Dict[str, Any] = {
         "command": "python benchmarks/bench_data.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-        },
+        "reproduce": REPRODUCE,
+        "machine": machine_info(torch.get_num_threads()),
     }
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-data-") as work:
         os.environ["EDGETL_HOME"] = work

@@ -19,9 +19,9 @@ backends are then interleaved with each other.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -29,23 +29,28 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import numpy as np
+import torch
+
+from edgetl.bench.machine import machine_info
+from edgetl.core.fileio import atomic_write_text
+from edgetl.core.tables import markdown_table
+from edgetl.data.folders import DatasetSplit
+from edgetl.export.job import ExportConfig, export_run
+from edgetl.runtime.base import Runner
+from edgetl.runtime.onnxrt import OnnxRuntimeRunner
+from edgetl.runtime.torch_runner import TorchRunner
+from edgetl.spec.preprocess import eval_array, load_rgb
+from edgetl.train.checkpoint import load_run, preprocess_of
+from edgetl.train.config import FinetuneConfig
+from edgetl.train.loop import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
-
-from edgetl.core.fileio import atomic_write_text  # noqa: E402
-from edgetl.core.tables import markdown_table  # noqa: E402
-from edgetl.data.folders import DatasetSplit  # noqa: E402
-from edgetl.export.job import ExportConfig, export_run  # noqa: E402
-from edgetl.spec.preprocess import eval_array, load_rgb  # noqa: E402
-from edgetl.train.checkpoint import load_run, preprocess_of  # noqa: E402
-from edgetl.train.config import FinetuneConfig  # noqa: E402
-from edgetl.train.loop import finetune  # noqa: E402
-
 THREADS = 2
+# From a fresh clone (the package installed, not put on sys.path): the command behind results/int8_cpu.*
+# Without --run it trains the demo run the committed figures used (feature extractor, 2 epochs, demo data).
+REPRODUCE = "{}OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_int8_cpu.py".format(
+    "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[train,plot]' && "
+)
 
 
 def train_demo_run(root: Path) -> Path:
@@ -71,24 +76,21 @@ def export_int8(run: Path, out: Path, target: str) -> Dict[str, Any]:
     return next(a for a in report["artifacts"] if a["kind"] == "int8")
 
 
-def ort_session(path: Path) -> Callable[[np.ndarray], Any]:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})
+def active(stack: contextlib.ExitStack, runner: Runner) -> Callable[[np.ndarray], Any]:
+    """Activate one of edgetl's runners (deactivated when ``stack`` closes); a call runs one batch."""
+    stack.enter_context(runner)
+    (name,) = runner.input_metadata()
+    return lambda x: runner.infer({name: x})
 
 
-def torch_eager(run: Path) -> Callable[[np.ndarray], Any]:
-    model, _ = load_run(run)
+def ort_session(stack: contextlib.ExitStack, path: Path) -> Callable[[np.ndarray], Any]:
+    """ONNX Runtime on the CPU, ``THREADS`` intra-op threads, one inter-op thread, default spinning."""
+    return active(stack, OnnxRuntimeRunner(path, threads=THREADS))
 
-    def call(x: np.ndarray) -> Any:
-        with torch.inference_mode():
-            return model(torch.from_numpy(x))
 
-    return call
+def torch_eager(stack: contextlib.ExitStack, run: Path) -> Callable[[np.ndarray], Any]:
+    """The run's checkpoint in PyTorch eager mode (no_grad)."""
+    return active(stack, TorchRunner(run))
 
 
 def measure(
@@ -116,20 +118,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    work = Path(tempfile.mkdtemp(prefix="edgetl-int8-bench-"))
+    with tempfile.TemporaryDirectory(prefix="edgetl-int8-bench-") as tmp, contextlib.ExitStack() as stack:
+        bench(args, Path(tmp), stack)
+
+
+def bench(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> None:
     run = args.run or train_demo_run(work)
     int8 = {target: export_int8(run, work / target, target) for target in ("cpu", "trt")}
     _, payload = load_run(run)
     summary = json.loads((run / "summary.json").read_text())
     x = eval_array(load_rgb(DatasetSplit.load(run).val[0].path), preprocess_of(payload))[None]
     load_before = os.getloadavg()[0]
-    times = measure({"torch eager fp32": torch_eager(run)}, x, args.warmup, args.rounds, args.iters)
+    times = measure({"torch eager fp32": torch_eager(stack, run)}, x, args.warmup, args.rounds, args.iters)
     times.update(
         measure(
             {
-                "onnxruntime fp32": ort_session(work / "cpu" / "model.onnx"),
-                "onnxruntime int8 (cpu form)": ort_session(work / "cpu" / "model_int8.onnx"),
-                "onnxruntime int8 (trt form)": ort_session(work / "trt" / "model_int8.onnx"),
+                "onnxruntime fp32": ort_session(stack, work / "cpu" / "model.onnx"),
+                "onnxruntime int8 (cpu form)": ort_session(stack, work / "cpu" / "model_int8.onnx"),
+                "onnxruntime int8 (trt form)": ort_session(stack, work / "trt" / "model_int8.onnx"),
             },
             x,
             args.warmup,
@@ -154,16 +160,9 @@ def main() -> None:
     result = {
         "benchmark": "int8_cpu",
         "date": time.strftime("%Y-%m-%d"),
-        "command": " ".join(sys.argv),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "threads": THREADS,
-            "processor": platform.processor(),
-            "torch": torch.__version__,
-            "onnxruntime": ort.__version__,
-            "load_average_1min": [load_before, os.getloadavg()[0]],
-        },
+        "command": " ".join(["python"] + sys.argv),
+        "reproduce": REPRODUCE,
+        "machine": dict(machine_info(THREADS), load_average_1min=[load_before, os.getloadavg()[0]]),
         "model": {
             "arch": payload["arch"],
             "strategy": payload["strategy"],
@@ -194,6 +193,7 @@ def main() -> None:
 
 def markdown_report(result: Dict[str, Any]) -> str:
     machine = result["machine"]
+    packages = machine["packages"]
     rows = [
         [name, s["p50_ms"], s["p90_ms"], s["mean_ms"], s["speedup_vs_ort_fp32"]]
         for name, s in result["latency"].items()
@@ -212,12 +212,14 @@ def markdown_report(result: Dict[str, Any]) -> str:
             "result).".format(
                 result["command"],
                 machine["platform"],
-                machine["cpus"],
-                machine["torch"],
-                machine["onnxruntime"],
+                machine["cpu_count"],
+                packages.get("torch"),
+                packages.get("onnxruntime") or packages.get("onnxruntime-gpu"),
                 result["date"],
                 *machine["load_average_1min"],
             ),
+            "",
+            "Reproduce: `{}`".format(result["reproduce"]),
             "",
             "## Latency ({} rounds x {} calls per backend after {} warm-up calls; ORT backends interleaved)".format(
                 result["protocol"]["rounds"], result["protocol"]["iters_per_round"], result["protocol"]["warmup"]

@@ -21,20 +21,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from edgetl.bench.variants import VariantsConfig, compare_variants
+from edgetl.bench.variants_report import format_markdown
+from edgetl.core.fileio import atomic_write_bytes, atomic_write_text
+from edgetl.data.demo import ensure_demo_dataset
 
-from edgetl.bench.variants import VariantsConfig, compare_variants  # noqa: E402
-from edgetl.bench.variants_report import format_markdown  # noqa: E402
-from edgetl.core.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
-from edgetl.data.demo import ensure_demo_dataset  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+# From a fresh clone (the package installed, not put on sys.path): the command behind results/variants.*
+REPRODUCE = "{}OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_variants.py --epochs 3 --iters 50".format(
+    "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[train,plot]' && "
+)
 
 THREADS = 2
 
@@ -94,8 +95,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="edgetl-variants-bench-") as tmp:
+        run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     data = ensure_demo_dataset()
-    work = Path(tempfile.mkdtemp(prefix="edgetl-variants-bench-"))
     os.environ["EDGETL_HOME"] = str(work / "home")  # caches are built inside the measured runs
     load_before, started = os.getloadavg()[0], time.perf_counter()
     config = VariantsConfig(
@@ -127,6 +132,8 @@ def main() -> None:
         "",
         "## Targets (issue 4), measured in this run",
         "",
+        "Reproduce: `{}`".format(REPRODUCE),
+        "",
         "`{}` on {} ({} CPUs), {}; machine load (1-min average) before/after: {:.1f}/{:.1f} (a shared "
         "machine: absolute times are noisy, ratios from one run are the result); {:.0f} s in all.".format(
             result["command"],
@@ -155,7 +162,6 @@ def main() -> None:
     atomic_write_bytes(args.out / "variants.png", (work / "variants" / "variants.png").read_bytes())
     print("\n".join(lines[-len(ratios) :]))
     print("wrote", args.out / "variants.json", args.out / "variants.md", args.out / "variants.png")
-    shutil.rmtree(str(work), ignore_errors=True)
 
 
 if __name__ == "__main__":

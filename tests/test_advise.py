@@ -200,7 +200,6 @@ def _noise_dataset(root: Path, classes: int = 4, per_class: int = 6, size: int =
     return root
 
 
-@pytest.mark.slow
 def test_advise_on_noise_classes_says_different_small_quadrant_3(
     tmp_path: Path, pretrained_mobilenet_v2: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,7 +217,6 @@ def test_advise_on_noise_classes_says_different_small_quadrant_3(
     assert list((tmp_path / "home" / "features").glob("*.npz"))
 
 
-@pytest.mark.slow
 def test_advise_on_demo_data_says_similar_with_high_probe_accuracy(pretrained_mobilenet_v2: Path) -> None:
     from edgetl.analysis.advise import format_advice
 
@@ -231,7 +229,6 @@ def test_advise_on_demo_data_says_similar_with_high_probe_accuracy(pretrained_mo
         assert phrase in text
 
 
-@pytest.mark.slow
 def test_pilot_trains_every_candidate_and_compares_with_the_rule(
     make_image_folder, pretrained_mobilenet_v2: Path
 ) -> None:

@@ -25,9 +25,17 @@ def test_registry_entry_matches_torchvision(name: str) -> None:
         if not param_name.startswith(classifier):
             assert stage_of_parameter(spec, param_name) is not None, param_name
     assert len(expected_hash_prefix(weights_filename(spec))) >= 6
+    if spec.weights_sha256:  # a pinned full digest is torchvision's: it starts with the prefix in the file name
+        assert len(spec.weights_sha256) == 64 and int(spec.weights_sha256, 16) >= 0
+        assert spec.weights_sha256.startswith(expected_hash_prefix(weights_filename(spec)))
     preprocess = preprocess_spec(spec)
     assert preprocess.input_size == 224 and preprocess.mean == (0.485, 0.456, 0.406)
     assert set(spec.conv_stage_names) <= set(spec.stage_names)
+
+
+def test_mobilenet_v2_weights_are_pinned_by_their_full_sha256() -> None:
+    assert get_backbone("mobilenet_v2").weights_sha256.startswith("b0353104")
+    assert get_backbone("mobilenet_v2", cut_at="stage4").weights_sha256 == get_backbone("mobilenet_v2").weights_sha256
 
 
 def test_unknown_arch_lists_known_ones() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from click.testing import CliRunner
 
@@ -14,8 +13,6 @@ from edgetl.spec.backbones import get_backbone
 from edgetl.train.checkpoint import load_run
 from edgetl.train.model import HeadConfig, build_model
 from edgetl.train.weights import load_state_dict
-
-pytestmark = pytest.mark.slow
 
 
 def test_demo_feature_extractor_reaches_90_percent(tmp_path: Path, pretrained_mobilenet_v2: Path) -> None:

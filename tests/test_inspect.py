@@ -100,7 +100,6 @@ def pretrained(pretrained_mobilenet_v2: Path):
     return pretrained_model("mobilenet_v2")
 
 
-@pytest.mark.slow
 def test_similar_returns_the_query_itself_first_at_distance_zero(
     pretrained, pattern_images: Path, tmp_path: Path
 ) -> None:
@@ -121,7 +120,6 @@ def test_similar_returns_the_query_itself_first_at_distance_zero(
     assert [p for p, _ in from_copy[1:]] == [p for p, _ in neighbours[1:3]]
 
 
-@pytest.mark.slow
 def test_top_activating_ranks_images_by_the_channel_peak(pretrained, pattern_images: Path, tmp_path: Path) -> None:
     path, rows = top_activating_png(
         pretrained, "stage2", 5, pattern_images, tmp_path, k=4, workers=0, cache_dir=tmp_path / "cache"
@@ -137,7 +135,6 @@ def test_top_activating_ranks_images_by_the_channel_peak(pretrained, pattern_ima
         top_activating_png(pretrained, "stage2", 24, pattern_images, tmp_path, workers=0, cache_dir=tmp_path / "cache")
 
 
-@pytest.mark.slow
 def test_feature_cache_is_reused_and_invalidated_by_a_changed_file(
     pretrained, pattern_images: Path, tmp_path: Path
 ) -> None:

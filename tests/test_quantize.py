@@ -114,7 +114,6 @@ def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
     assert gate["simulation"].startswith("onnxruntime-float-qdq") and gate["images"] == 24  # 12 val + 12 held out
 
 
-@pytest.mark.slow
 def test_int8_cpu_form_keeps_top1_within_the_gate_on_demo_data(demo_mobilenet_v2_run, tmp_path):
     report = export_run(
         ExportConfig(

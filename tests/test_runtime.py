@@ -159,7 +159,6 @@ def test_predict_cli_reports_unreadable_files_and_continues(int8_bundle, demo_mo
 
 
 @pytest.mark.trt
-@pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT is not installed (needs 'edgetl[trt]' and a CUDA GPU)")
 def test_tensorrt_engine_matches_onnxruntime(int8_bundle, demo_mobilenet_v2_run):
     from edgetl.trt.build import build_bundle_engine
 

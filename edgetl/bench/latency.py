@@ -17,6 +17,7 @@ import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -143,18 +144,20 @@ def targets_for(
         choice = choose_backend(bundle, backend)
         if choice.backend == "torch":
             size = bundle.preprocess.input_size
+            run_dir = bundle.checkpoint_dir()
+            assert run_dir is not None  # choose_backend picks torch only when the bundle has a checkpoint
+            targets.append(Target(model, "torch", partial(TorchRunner, run_dir), None, np.float32, (3, size, size)))
+            continue
+        onnx_model = choice.model
+        assert onnx_model is not None  # every backend but torch runs an ONNX model or an engine built from one
+        if choice.backend == "trt":
+            assert choice.engine is not None
             targets.append(
-                Target(model, "torch", lambda: TorchRunner(bundle.checkpoint_dir()), None, np.float32, (3, size, size))
-            )
-        elif choice.backend == "trt":
-            targets.append(
-                _trt_target(model, bundle.root / choice.engine, bundle.root / choice.model.file, choice.model.batch)
+                _trt_target(model, bundle.root / choice.engine, bundle.root / onnx_model.file, onnx_model.batch)
             )
         else:
             targets.append(
-                _onnx_target(
-                    model, choice.backend, bundle.root / choice.model.file, choice.model.batch, device, threads
-                )
+                _onnx_target(model, choice.backend, bundle.root / onnx_model.file, onnx_model.batch, device, threads)
             )
     return targets
 

@@ -74,18 +74,20 @@ def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
                 "{} has no TensorRT engine; build one with 'edgetl build-engine {}' or "
                 "'edgetl export RUN --trt'".format(bundle.root, bundle.root)
             )
-        engine = sorted(engines, key=lambda e: _ENGINE_PREFERENCE.index(bundle.engine_plan(e)["precision"]))[0]
-        source = {f: k for k, f in ONNX_FILES.items()}[bundle.engine_plan(engine)["onnx"]]
+        plans = {e: bundle.engine_plan(e) or {} for e in engines}  # engines() lists the manifest's entries
+        engine = sorted(engines, key=lambda e: _ENGINE_PREFERENCE.index(plans[e]["precision"]))[0]
+        source = {f: k for k, f in ONNX_FILES.items()}[plans[engine]["onnx"]]
         return BackendChoice("trt", bundle.model(source) or bundle.model("fp32"), engine)
     if backend == "onnx" or (backend == "auto" and onnx_model is not None):
         if onnx_model is None:
             raise CheckpointError("{} has no ONNX model; run 'edgetl export RUN' first".format(bundle.root))
         return BackendChoice("onnx", onnx_model)
-    if backend == "onnx-int8" or (backend == "auto" and bundle.model("int8") is not None):
-        if bundle.model("int8") is None:
+    int8_model = bundle.model("int8")
+    if backend == "onnx-int8" or (backend == "auto" and int8_model is not None):
+        if int8_model is None:
             raise CheckpointError("{} has no INT8 model; export it with 'edgetl export RUN --int8'".format(bundle.root))
-        warn_if_built_for_another_cpu(bundle.model("int8"))
-        return BackendChoice("onnx-int8", bundle.model("int8"))
+        warn_if_built_for_another_cpu(int8_model)
+        return BackendChoice("onnx-int8", int8_model)
     if bundle.checkpoint_dir() is None:
         raise CheckpointError(
             "{} has no PyTorch checkpoint (best.pt), nor does the run it came from".format(bundle.root)
@@ -123,8 +125,12 @@ class Classifier:
 
     def _make_runner(self, choice: BackendChoice) -> Runner:
         if choice.backend == "torch":
-            return TorchRunner(self.bundle.checkpoint_dir())
+            run_dir = self.bundle.checkpoint_dir()
+            assert run_dir is not None  # choose_backend picks torch only when the bundle has a checkpoint
+            return TorchRunner(run_dir)
+        assert choice.model is not None  # every backend but torch runs an ONNX model or an engine built from one
         if choice.backend == "trt":
+            assert choice.engine is not None
             return TrtRunner(self.bundle.root / choice.engine, onnx_path=self.bundle.root / choice.model.file)
         return OnnxRuntimeRunner(self.bundle.root / choice.model.file, device=self.device)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class OnnxRuntimeRunner(Runner):
             raise ConfigError("ONNX Runtime device must be cpu or cuda, got {!r}".format(device))
         self.path, self.device, self.threads, self.spin = Path(path), device, threads, spin
         self.optimize = optimize
-        self.session = None  # type: Any
+        self.session: Any = None
 
     def _activate(self) -> None:
         ort = require("onnxruntime")

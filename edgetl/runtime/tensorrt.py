@@ -140,7 +140,7 @@ class TrtRunner(Runner):
             for n in self.inputs
         }
 
-    def batch_range(self) -> Optional[Tuple[int, int]]:
+    def batch_range(self) -> Tuple[int, int]:
         """(min, max) batch of the first input: its optimisation profile, or its fixed batch."""
         name = self.inputs[0]
         batch = self.engine.get_tensor_shape(name)[0]

@@ -4,7 +4,7 @@ workstation's checkpoint loader are imported on activation only, so the device s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 import numpy as np
 
@@ -20,7 +20,7 @@ class TorchRunner(Runner):
     def __init__(self, run_dir: Path) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
-        self.model = None  # type: Any
+        self.model: Any = None
 
     def _activate(self) -> None:
         require("torch")

@@ -26,6 +26,9 @@ class BackboneSpec:
     # Stages after this one are not convolutional (pre-logit Linear layers): the base cannot be cut there.
     last_conv_stage: str = ""
     cut_at: str = ""  # set on a view of the spec whose base ends early at this stage
+    # Full sha256 of torchvision's weights file, where it is known: the file is verified against it.
+    # Without it, only the 8-hex-digit prefix in torchvision's file name (``name-<prefix>.pth``) is checked.
+    weights_sha256: str = ""
 
     @property
     def stage_names(self) -> List[str]:
@@ -84,6 +87,8 @@ BACKBONES: Dict[str, BackboneSpec] = {
                 ("stage7", range(17, 18)),
                 ("conv_head", range(18, 19)),
             ),
+            # mobilenet_v2-b0353104.pth
+            weights_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
         ),
         BackboneSpec(
             "mobilenet_v3_small",

@@ -22,7 +22,12 @@ from edgetl.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_PIL_INTERPOLATION = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+# Pillow >= 9.0: Image.Resampling only arrived in 9.1; Pillow sets these module-level names dynamically.
+_PIL_INTERPOLATION = {
+    "bilinear": Image.BILINEAR,  # type: ignore[attr-defined]
+    "bicubic": Image.BICUBIC,  # type: ignore[attr-defined]
+    "nearest": Image.NEAREST,  # type: ignore[attr-defined]
+}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 

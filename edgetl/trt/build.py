@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
@@ -48,7 +48,7 @@ def _make_logger(trt: Any) -> Any:
     class Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
-            self.errors = []
+            self.errors: List[str] = []
 
         def log(self, level: Any, msg: str) -> None:
             if level in (severity.INTERNAL_ERROR, severity.ERROR):
@@ -211,13 +211,15 @@ def build_bundle_engine(
                 trt.__version__, plan.onnx, plan.target
             )
         )
-    if plan.onnx == ONNX_FILES["int8"] and bundle.model("int8") is None:
-        raise CheckpointError("{} has no INT8 model; export it with '--int8 --int8-target trt'".format(bundle.root))
-    if plan.onnx == ONNX_FILES["int8"] and bundle.model("int8").int8_target != "trt":
-        raise ConfigError(
-            "{} is the CPU form (unsigned activations), which TensorRT rejects; re-export with "
-            "'--int8 --int8-target trt'".format(plan.onnx)
-        )
+    if plan.onnx == ONNX_FILES["int8"]:
+        int8_model = bundle.model("int8")
+        if int8_model is None:
+            raise CheckpointError("{} has no INT8 model; export it with '--int8 --int8-target trt'".format(bundle.root))
+        if int8_model.int8_target != "trt":
+            raise ConfigError(
+                "{} is the CPU form (unsigned activations), which TensorRT rejects; re-export with "
+                "'--int8 --int8-target trt'".format(plan.onnx)
+            )
     engine = build_engine(bundle.root, plan)
     manifest = read_manifest(bundle.root)
     manifest.setdefault("engines", {})[plan.engine] = plan.to_dict()
