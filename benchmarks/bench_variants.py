@@ -31,7 +31,8 @@ from typing import Any, Dict, List
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgetl.bench.variants import VariantsConfig, compare_variants  # noqa: E402
+from edgetl.bench.variants import compare_variants  # noqa: E402
+from edgetl.bench.variants_config import VariantsConfig  # noqa: E402
 from edgetl.bench.variants_report import format_markdown  # noqa: E402
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 from edgetl.data.demo import ensure_demo_dataset  # noqa: E402
