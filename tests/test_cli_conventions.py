@@ -238,9 +238,8 @@ def test_export_for_jetson_inference_end_to_end(tiny_run, tmp_path) -> None:
 
 
 def test_a_failed_gate_exits_3(tiny_run, tmp_path) -> None:
-    result = CliRunner().invoke(
-        main, ["export", str(tiny_run), "--out", str(tmp_path), "--int8", "--max-int8-drop", "0", "--val-images", "12"]
-    )
+    options = ["--int8", "--max-int8-drop", "0", "--calib-dir", str(tmp_path / "calibration")]
+    result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path), *options])
     assert result.exit_code == 3, result.output
     assert "FAILED model_int8.onnx" in result.output and "Traceback" not in result.output
     assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "failed"
