@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from edgetl.bench.variants import VariantsConfig, compare_variants
+from edgetl.bench.variants import compare_variants
+from edgetl.bench.variants_config import VariantsConfig
 from edgetl.bench.variants_report import format_markdown
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text
 from edgetl.data.demo import ensure_demo_dataset

@@ -1,4 +1,5 @@
-"""Error hierarchy: the CLI catches ``EdgetlError`` once and prints one line."""
+"""Error hierarchy: the CLI catches ``EdgetlError`` once and prints one line (exit code 1; a
+``GateError`` exits 3)."""
 
 
 class EdgetlError(Exception):
@@ -22,7 +23,11 @@ class ConfigError(EdgetlError):
 
 
 class ExportError(EdgetlError):
-    """An export failed or did not pass its gate."""
+    """An export failed."""
+
+
+class GateError(EdgetlError):
+    """A check of the results failed: an export's parity/accuracy gate, a latency regression."""
 
 
 class DependencyError(EdgetlError):

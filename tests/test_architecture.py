@@ -27,6 +27,11 @@ DEVICE_SIDE = [
     "edgetl/bench/__init__.py",
     "edgetl/bench/latency.py",
     "edgetl/bench/machine.py",
+    # the config dataclasses the CLI imports for its defaults
+    "edgetl/train/config.py",
+    "edgetl/export/config.py",
+    "edgetl/bench/variants_config.py",
+    "edgetl/analysis/pilot_config.py",
 ]
 HEAVY = ("torch", "torchvision", "onnxruntime")
 # Modules a function may import lazily: optional or heavy dependencies (and the CLI's stages, which pull in torch).

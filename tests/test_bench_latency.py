@@ -98,7 +98,7 @@ def test_cli_gate_exit_codes(tmp_path: Path) -> None:
     data["rows"][0]["relative"] /= 100.0  # pretend it used to be 100x faster
     baseline.write_text(json.dumps(data))
     failed = runner.invoke(main, ["bench", "latency", model, "--batch", "1", "--baseline", str(baseline)] + QUICK)
-    assert failed.exit_code == 1 and "REGRESSED" in failed.output
+    assert failed.exit_code == 3 and "REGRESSED" in failed.output
     assert "Error: a model got slower than the baseline by more than 15%" in failed.output
     bad = runner.invoke(main, ["bench", "latency", model, "--batch", "0"])
     assert bad.exit_code == 2 and "batch sizes must be >= 1" in bad.output

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl.bench.variants import DEFAULT_CUT, VariantsConfig, pareto_front
+from edgetl.bench.variants import pareto_front
+from edgetl.bench.variants_config import DEFAULT_CUT, VariantsConfig
 from edgetl.cli import main
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, get_backbone

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.core.fileio import sha256_file
-from edgetl.errors import ConfigError, ExportError
+from edgetl.errors import ConfigError, GateError
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.preprocess import PreprocessSpec
@@ -88,7 +88,7 @@ def test_broken_baked_normalisation_fails_and_leaves_no_valid_artifact(demo_mobi
 
     monkeypatch.setattr(export_module, "baked_module", wrong_std)
     (tmp_path / "model_baked.onnx").write_bytes(b"stale file from an earlier export")
-    with pytest.raises(ExportError, match="model_baked.onnx"):
+    with pytest.raises(GateError, match="model_baked.onnx"):
         _export(demo_mobilenet_v2_run, tmp_path, bake_preprocess=True, val_images=16)
     assert not (tmp_path / "model_baked.onnx").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]  # no temporary file left
@@ -114,17 +114,17 @@ def test_broken_fp32_export_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export_module, "export_onnx", export_then_corrupt)
     result = CliRunner().invoke(main, ["export", str(tiny_run), "--out", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a failed gate
     assert "max |difference|" in result.output and "FAILED model.onnx" in result.output
     assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "bundle.json").exists()
     assert json.loads((tmp_path / "export_report.json").read_text())["status"] == "failed"
 
 
-def test_static_batch_jetson_names_and_older_target(tiny_run, tmp_path):
-    report = _export(tiny_run, tmp_path, batch=2, io_names="jetson", target_trt="8.5")
+def test_for_jetson_inference_names_softmax_static_batch_1_and_older_target(tiny_run, tmp_path):
+    report = _export(tiny_run, tmp_path, consumer="jetson-inference", trt_version="8.5")
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert model.ir_version == 8
-    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [2, 3, 224, 224]
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
     assert (model.graph.input[0].name, model.graph.output[0].name) == ("input_0", "output_0")
     assert model.graph.node[-1].op_type == "Softmax"  # jetson-inference thresholds raw outputs as confidences
     assert report["output_kind"] == "probabilities"
@@ -135,7 +135,7 @@ def test_static_batch_jetson_names_and_older_target(tiny_run, tmp_path):
 
 
 def test_fp16_for_tensorrt_11_writes_an_fp16_onnx(tiny_run, tmp_path):
-    report = _export(tiny_run, tmp_path, fp16=True, target_trt="11.x")
+    report = _export(tiny_run, tmp_path, fp16=True, trt_version="11.x")
     assert [a["file"] for a in report["artifacts"]] == ["model.onnx", "model_fp16.onnx"]
     initializers = onnx.load(str(tmp_path / "model_fp16.onnx")).graph.initializer
     assert {t.data_type for t in initializers if t.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
@@ -157,13 +157,14 @@ def test_trt_without_tensorrt_fails_after_writing_onnx_and_script(tiny_run, tmp_
     "options, message",
     [
         ({"int8": True, "fp16": True}, "one of --int8 and --fp16"),
-        ({"trt": True, "int8": True, "int8_target": "cpu"}, "TensorRT rejects"),
+        ({"trt": True, "int8": True, "int8_form": "cpu"}, "TensorRT rejects"),
         ({"calib_data": "x"}, "only applies with --int8"),
-        ({"opset": 18, "target_trt": "8.6"}, "opset <= 17"),
+        ({"opset": 18, "trt_version": "8.6"}, "opset <= 17"),
         ({"opset": 12}, "--opset must be between 13"),
         ({"batch": 2, "max_batch": 8}, "static"),
         ({"min_batch": 4, "opt_batch": 2}, "min-batch"),
-        ({"io_names": "caffe"}, "--io-names"),
+        ({"consumer": "caffe"}, "--for must be one of bundle, jetson-inference"),
+        ({"consumer": "jetson-inference", "batch": 2}, "static batch of 1"),
     ],
 )
 def test_export_config_rejects_conflicts(options, message):
@@ -173,7 +174,8 @@ def test_export_config_rejects_conflicts(options, message):
 
 def test_export_config_defaults():
     config = ExportConfig(run="models/x")
-    assert config.int8_target == "cpu" and ExportConfig(run="x", trt=True).int8_target == "trt"
+    assert config.int8_form == "cpu" and ExportConfig(run="x", trt=True).int8_form == "trt"
+    assert config.batch is None and ExportConfig(run="x", consumer="jetson-inference").batch == 1
     assert config.profile().max == 8 and config.precision == "fp32"
 
 
@@ -184,4 +186,5 @@ def test_export_of_a_folder_that_is_not_a_run_is_one_line(tmp_path):
 
 def test_export_cli_batch_conflict_is_one_line(tiny_run):
     result = CliRunner().invoke(main, ["export", str(tiny_run), "--batch", "1", "--dynamic-batch"])
-    assert result.exit_code == 1 and result.output.startswith("Error: --batch and --dynamic-batch")
+    assert result.exit_code == 1 and "Error: --batch and --dynamic-batch" in result.stderr
+    assert "--dynamic-batch has no effect and will be removed" in result.stderr

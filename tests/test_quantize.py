@@ -90,7 +90,7 @@ def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
             run=str(tiny_run),
             out=str(tmp_path),
             int8=True,
-            int8_target="trt",
+            int8_form="trt",
             calib_size=12,
             max_int8_drop=100.0,
             calib_dir=str(tmp_path / "calibration"),
@@ -105,10 +105,10 @@ def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
     ]
     assert dequantized and all(t.data_type == onnx.TensorProto.INT8 for t in dequantized)  # no int32 bias
     assert model.ir_version == 8 and model.opset_import[0].version == 17
-    assert Bundle.load(tmp_path).model("int8").int8_target == "trt"
+    assert Bundle.load(tmp_path).model("int8").int8_form == "trt"
     assert "--onnx=model_int8.onnx" in (tmp_path / "build_engine.sh").read_text()
     manifest = json.loads((tmp_path / "calibration" / tiny_run.name / "manifest.json").read_text())
-    assert len(manifest["images"]) == 12 and manifest["int8_target"] == "trt"
+    assert len(manifest["images"]) == 12 and manifest["int8_form"] == "trt"
     assert report["artifacts"][1]["calibration"]["images"] == 12
     gate = report["artifacts"][1]["accuracy_gate"]  # judged as float Q/DQ, not by this CPU's int8 kernels
     assert gate["simulation"].startswith("onnxruntime-float-qdq") and gate["images"] == 24  # 12 val + 12 held out
@@ -120,7 +120,7 @@ def test_int8_cpu_form_keeps_top1_within_the_gate_on_demo_data(demo_mobilenet_v2
             run=str(demo_mobilenet_v2_run),
             out=str(tmp_path),
             int8=True,
-            int8_target="cpu",
+            int8_form="cpu",
             calib_dir=str(tmp_path / "calibration"),
         )
     )

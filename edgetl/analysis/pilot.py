@@ -12,15 +12,14 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Sequence
 
+from edgetl.analysis.pilot_config import PilotConfig
 from edgetl.analysis.rule import Plan
 from edgetl.core.tables import text_table
 from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.data.sampling import sample_per_class
-from edgetl.errors import ConfigError
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.loop import finetune
 
@@ -28,23 +27,6 @@ log = logging.getLogger(__name__)
 
 PILOT_MIN_MARGIN = 0.02  # a candidate must beat the rule's plan by more than this val top-1 ...
 PILOT_MARGIN_IMAGES = 2  # ... and by more than this many val images to count as a disagreement
-
-
-@dataclass(frozen=True)
-class PilotConfig:
-    """Budget of the pilot runs."""
-
-    epochs: int = 2
-    train_per_class: int = 30
-    val_per_class: int = 20
-    batch_size: int = 16
-    workers: Optional[int] = None
-    device: str = "auto"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.train_per_class < 1 or self.val_per_class < 1 or self.batch_size < 1:
-            raise ConfigError("--pilot-epochs, --pilot-images-per-class and the batch size must be >= 1")
 
 
 def _link_subset(samples: Sequence[Sample], classes: Sequence[str], folder: Path) -> None:

@@ -27,14 +27,15 @@ from edgetl.bench.machine import machine_info
 from edgetl.core.deps import torch_threads
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
-from edgetl.errors import ConfigError, EdgetlError
+from edgetl.errors import ConfigError, GateError
 from edgetl.runtime.base import Runner
-from edgetl.runtime.classifier import BACKENDS, choose_backend
+from edgetl.runtime.classifier import choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner, load_sidecar
 from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.engine_sidecar import sidecar_batch_range
+from edgetl.spec.formats import BACKENDS
 
 log = logging.getLogger(__name__)
 METHOD = (
@@ -43,8 +44,11 @@ METHOD = (
 )
 
 
-class RegressionError(EdgetlError):
-    """A model got slower than its baseline beyond the allowed regression."""
+MAX_REGRESSION_PCT = 15.0  # default allowed slowdown vs a baseline, percent
+
+
+class RegressionError(GateError):
+    """A model got slower than its baseline beyond the allowed regression (the CLI exits 3)."""
 
 
 @dataclass(frozen=True)

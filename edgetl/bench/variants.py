@@ -24,12 +24,13 @@ import math
 import resource
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from edgetl.bench.data import training_step_rate
-from edgetl.bench.latency import LatencyConfig, bench_latency
+from edgetl.bench.latency import bench_latency
+from edgetl.bench.variants_config import CPU_BACKENDS, Variant, VariantsConfig
 from edgetl.bench.variants_report import format_markdown, plot_accuracy_latency
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
@@ -37,7 +38,7 @@ from edgetl.core.fileio import atomic_write_text
 from edgetl.data.feature_cache import HeadBatches
 from edgetl.errors import ConfigError
 from edgetl.export.job import ExportConfig, export_run
-from edgetl.spec.backbones import DEFAULT_ARCH, get_backbone, preprocess_spec
+from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.checkpoint import load_run
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.loop import finetune
@@ -47,18 +48,7 @@ torch = require("torch")
 log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "edgetl-variants-v1"
-IMAGE_CACHES = ("ram", "none")
 STEP_ROUNDS = 3
-# A mid/late stage per architecture, like taking an intermediate "mixed7" output of a big backbone.
-DEFAULT_CUT = {
-    "mobilenet_v2": "stage5",
-    "mobilenet_v3_small": "stage4",
-    "mobilenet_v3_large": "stage5",
-    "resnet18": "layer3",
-    "resnet50": "layer3",
-    "efficientnet_b0": "stage5",
-}
-CPU_BACKENDS = ("torch", "onnx", "onnx-int8")
 BACKEND_LABELS = {
     "torch": "torch eager",
     "onnx": "ORT fp32",
@@ -66,99 +56,6 @@ BACKEND_LABELS = {
     "trt-fp16": "TensorRT fp16",
     "trt-int8": "TensorRT int8",
 }
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    strategy: str
-    cache: str
-    cut_at: Optional[str] = None
-    trainable_stages: int = 2
-
-
-@dataclass(frozen=True)
-class VariantsConfig:
-    """Every option of ``edgetl bench variants``; validated on creation."""
-
-    data: Optional[str] = None  # None: the built-in demo dataset
-    arch: str = DEFAULT_ARCH
-    epochs: int = 3
-    cut_at: Optional[str] = None  # None: DEFAULT_CUT[arch]
-    trainable_stages: int = 2
-    image_cache: str = "ram"  # pipeline of the variants that do not use the feature cache
-    batch_size: int = 32
-    weights: Optional[str] = None
-    device: str = "auto"
-    workers: Optional[int] = None
-    val_split: Optional[float] = None
-    steps: int = 2  # synthetic training steps timed per variant in each of STEP_ROUNDS rounds
-    batches: Sequence[int] = (1, 8)
-    warmup: int = 10
-    iters: int = 50
-    rounds: int = 5
-    threads: Optional[int] = None
-    out: Optional[str] = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.image_cache not in IMAGE_CACHES:
-            raise ConfigError("--image-cache must be one of " + ", ".join(IMAGE_CACHES))
-        if self.steps < 1:
-            raise ConfigError("--steps must be >= 1")
-        if self.cut_at is None and self.arch not in DEFAULT_CUT:
-            raise ConfigError("no default --cut-at for {}; name a stage".format(self.arch))
-        self.latency_config(["variants"])  # validates batches, warmup, iters, rounds
-        for variant in self.variants():
-            self.finetune_config(variant, Path("."))  # validates arch, stages, epochs, batch size, ...
-
-    @property
-    def cut_stage(self) -> str:
-        return self.cut_at or DEFAULT_CUT[self.arch]
-
-    def variants(self) -> List[Variant]:
-        cut = get_backbone(self.arch, self.cut_stage).cut_at
-        return [
-            Variant("frozen-features", "feature-extractor", "features"),
-            Variant("frozen", "feature-extractor", self.image_cache),
-            Variant("cut-" + cut, "feature-extractor", "features", cut_at=cut),
-            Variant(
-                "partial-{}".format(self.trainable_stages),
-                "partial",
-                self.image_cache,
-                trainable_stages=self.trainable_stages,
-            ),
-            Variant("full", "full", self.image_cache),
-        ]
-
-    def finetune_config(self, variant: Variant, run_dir: Path) -> FinetuneConfig:
-        return FinetuneConfig(
-            data=self.data,
-            arch=self.arch,
-            strategy=variant.strategy,
-            trainable_stages=variant.trainable_stages,
-            cut_at=variant.cut_at,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            device=self.device,
-            seed=self.seed,
-            workers=self.workers,
-            cache=variant.cache,
-            val_split=self.val_split,
-            weights=self.weights,
-            out=str(run_dir),
-        )
-
-    def latency_config(self, models: Sequence[str], backends: Sequence[str] = CPU_BACKENDS) -> LatencyConfig:
-        return LatencyConfig(
-            models=list(models),
-            backends=tuple(backends),
-            batches=tuple(self.batches),
-            warmup=self.warmup,
-            iters=self.iters,
-            rounds=self.rounds,
-            threads=self.threads,
-        )
 
 
 class PeakMemory:
@@ -301,7 +198,7 @@ def export_variant(folder: Path, with_trt: bool) -> Dict[str, Tuple[Path, float]
     run, calib = str(folder / "run"), str(folder / "calibration")
     cpu = export_run(
         ExportConfig(
-            run=run, out=str(folder / "bundle"), int8=True, int8_target="cpu", max_int8_drop=100.0, calib_dir=calib
+            run=run, out=str(folder / "bundle"), int8=True, int8_form="cpu", max_int8_drop=100.0, calib_dir=calib
         )
     )
     bundles = {
@@ -317,7 +214,7 @@ def export_variant(folder: Path, with_trt: bool) -> Dict[str, Tuple[Path, float]
                 run=run,
                 out=str(folder / "trt-int8"),
                 int8=True,
-                int8_target="trt",
+                int8_form="trt",
                 trt=True,
                 max_int8_drop=100.0,
                 calib_dir=calib,

@@ -11,20 +11,36 @@ from typing import Any
 import click
 
 from edgetl import __version__
-from edgetl.errors import EdgetlError
+from edgetl.errors import EdgetlError, GateError
+
+EXIT_CODES = """\b
+Exit codes:
+  0  success
+  1  user error: a missing file, conflicting options, a missing dependency (one line on stderr)
+  2  usage error: an unknown option or a bad value (click's message)
+  3  a failed gate or regression: an export's parity/INT8/fp16 gate, bench latency --baseline"""
+
+
+class GateFailed(click.ClickException):
+    """A failed gate or regression, printed as one line: exit code 3."""
+
+    exit_code = 3
 
 
 class EdgetlGroup(click.Group):
-    """Turns every EdgetlError (a user mistake or a failed gate) into one line and exit code 1."""
+    """Turns every EdgetlError into one line: exit code 3 for a GateError (a failed gate or regression),
+    1 for any other (a user mistake). Click's usage errors keep their code, 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except GateError as exc:
+            raise GateFailed(str(exc)) from None
         except EdgetlError as exc:
             raise click.ClickException(str(exc)) from None
 
 
-@click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="edgetl")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only, no progress bars.")

@@ -6,12 +6,14 @@ from typing import Optional, Tuple
 
 import click
 
+from edgetl.analysis.pilot_config import PilotConfig
+from edgetl.cli.options import batch_size_option, device_option, json_option, out_option, workers_option
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 
-_DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-_WORKERS = click.option("--workers", type=int, default=None, help="DataLoader workers (default: from the core count).")
-_BATCH = click.option("--batch-size", type=int, default=32, show_default=True)
+_P = PilotConfig  # defaults live in one place: the dataclass
+_DEVICE = device_option("auto")
+_BATCH = batch_size_option(32)
 
 
 @click.command()
@@ -31,18 +33,18 @@ _BATCH = click.option("--batch-size", type=int, default=32, show_default=True)
     help="Similarity is measured on at most this many training images per class.",
 )
 @click.option("--pilot", is_flag=True, help="Also train the candidate strategies briefly and compare.")
-@click.option("--pilot-epochs", type=int, default=2, show_default=True)
+@click.option("--pilot-epochs", type=int, default=_P.epochs, show_default=True)
 @click.option(
     "--pilot-images-per-class",
     type=int,
-    default=30,
+    default=_P.train_per_class,
     show_default=True,
     help="Training images per class in each pilot run (val: up to 20 per class).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @_DEVICE
-@_WORKERS
-@click.option("--json", "as_json", is_flag=True, help="Print the advice as JSON.")
+@workers_option
+@json_option("the advice")
 @click.pass_context
 def advise(
     ctx: click.Context,
@@ -71,7 +73,6 @@ def advise(
     """
     from edgetl.analysis.advise import advise as run_advise
     from edgetl.analysis.advise import format_advice
-    from edgetl.analysis.pilot import PilotConfig
 
     if max_images_per_class < 2:
         raise ConfigError("--max-images-per-class must be >= 2 (cross-validation needs 2 per class)")
@@ -113,15 +114,10 @@ def advise(
 )
 @click.option("-k", "k", type=int, default=8, show_default=True, help="Neighbours / images to show.")
 @click.option("--maps", type=int, default=8, show_default=True, help="Activation maps per image.")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Folder for the PNGs (default RUN/inspect).",
-)
+@out_option("Folder for the PNGs (default RUN/inspect).", file_okay=False)
 @_BATCH
 @_DEVICE
-@_WORKERS
+@workers_option
 def inspect_run(
     run: Path,
     images: Tuple[Path, ...],
@@ -211,15 +207,10 @@ def _check_inspect_options(
 @click.command()
 @click.argument("run", type=click.Path(exists=True, path_type=Path))
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="Features file (.npy); the file list goes next to it as .json.",
-)
+@out_option("Features file (.npy); the file list goes next to it as .json.", required=True, dir_okay=False)
 @_BATCH
 @_DEVICE
-@_WORKERS
+@workers_option
 def embed(run: Path, data: Path, out: Path, batch_size: int, device: str, workers: Optional[int]) -> None:
     """Penultimate features of every image under DATA by RUN's backbone, for your own retrieval or clustering.
 

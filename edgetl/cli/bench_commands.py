@@ -3,12 +3,29 @@ add a new benchmark as ``@bench.command("name")`` below (``COMMANDS`` registers 
 
 import json
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import click
 
-from edgetl.cli.options import workers_option
+from edgetl.bench.latency import MAX_REGRESSION_PCT, LatencyConfig
+from edgetl.bench.variants_config import IMAGE_CACHES, VariantsConfig
+from edgetl.cli.options import (
+    batch_size_option,
+    device_option,
+    json_option,
+    out_option,
+    runtime_device_option,
+    workers_option,
+)
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
+from edgetl.spec.formats import BACKENDS
+
+_L = LatencyConfig  # defaults live in one place: the dataclasses
+_V = VariantsConfig
+
+
+def _listed(values: Sequence[int]) -> str:
+    return ",".join(str(v) for v in values)
 
 
 @click.group()
@@ -39,25 +56,25 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[in
     "--backend",
     "backends",
     multiple=True,
-    default=("auto",),
+    default=_L.backends,
     show_default=True,
-    type=click.Choice(("auto", "torch", "onnx", "onnx-int8", "trt")),
+    type=click.Choice(BACKENDS),
     help="For a bundle or run folder; repeat to time several. Files use their own backend.",
 )
-@click.option("--batch", "batches", default="1,8", show_default=True, callback=_batches, help="Batch sizes.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
-@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option(
+    "--batch", "batches", default=_listed(_L.batches), show_default=True, callback=_batches, help="Batch sizes."
+)
+@click.option("--warmup", type=click.IntRange(min=0), default=_L.warmup, show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=_L.iters, show_default=True)
 @click.option(
     "--rounds",
     type=click.IntRange(min=1),
-    default=5,
+    default=_L.rounds,
     show_default=True,
     help="Timing rounds, each interleaved with the reference workload.",
 )
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (ONNX Runtime, torch).")
-@click.option(
-    "--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True, help="ONNX Runtime device."
-)
+@click.option("--threads", type=click.IntRange(min=1), default=_L.threads, help="CPU threads (ONNX Runtime, torch).")
+@runtime_device_option(_L.device)
 @click.option(
     "--json-out",
     type=click.Path(path_type=Path),
@@ -68,7 +85,7 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[in
 @click.option(
     "--max-regression",
     type=click.FloatRange(min=0),
-    default=15.0,
+    default=MAX_REGRESSION_PCT,
     show_default=True,
     help="Allowed slowdown in percent of the reference-relative time vs --baseline.",
 )
@@ -87,7 +104,7 @@ def bench_latency(
 ) -> None:
     """Latency p50/p90/p99/mean and img/s of MODELS (.onnx, .engine, bundle or run folder).
 
-    With --baseline, exits 1 when a model got slower than the baseline by more than --max-regression
+    With --baseline, exits 3 when a model got slower than the baseline by more than --max-regression
     percent, comparing times relative to a reference workload timed alongside (robust to noisy CI).
 
     \b
@@ -112,9 +129,9 @@ def bench_latency(
 @bench.command("data")
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_ARCH, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@batch_size_option(32)
 @workers_option
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option("auto")
 @click.option(
     "--batches",
     type=click.IntRange(min=1),
@@ -130,7 +147,7 @@ def bench_latency(
     help="Training steps timed per strategy (after one warm-up step).",
 )
 @click.option("--val-split", type=float, default=None, help="As for finetune, when DATA has no train/ and val/.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 def bench_data(
     data: Optional[Path],
     arch: str,
@@ -166,60 +183,64 @@ def bench_data(
 
 @bench.command("variants")
 @click.argument("data", required=False, type=click.Path(path_type=Path))
-@click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=DEFAULT_ARCH, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=_V.arch, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=_V.epochs, show_default=True)
 @click.option(
     "--cut-at",
-    default=None,
+    default=_V.cut_at,
     metavar="STAGE",
     help="Stage where the cut feature extractor ends (default: a mid/late stage, stage5 for mobilenet_v2).",
 )
 @click.option(
     "--trainable-stages",
     type=click.IntRange(min=1),
-    default=2,
+    default=_V.trainable_stages,
     show_default=True,
     help="K: the partial variant trains the top K stages.",
 )
 @click.option(
     "--image-cache",
-    type=click.Choice(["ram", "none"]),
-    default="ram",
+    type=click.Choice(IMAGE_CACHES),
+    default=_V.image_cache,
     show_default=True,
     help="--cache of the variants that do not train on cached features.",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--weights", "weights_", default=None, help="As for finetune: a file, or 'none' for random init.")
-@click.option("--device", default="auto", show_default=True, help="Training device: auto, cpu, cuda or cuda:N.")
+@batch_size_option(_V.batch_size)
+@click.option("--weights", "weights_", default=_V.weights, help="As for finetune: a file, or 'none' for random init.")
+@device_option(_V.device, help="Training device: auto, cpu, cuda or cuda:N.")
 @workers_option
-@click.option("--val-split", type=float, default=None, help="As for finetune, when DATA has no train/ and val/.")
+@click.option(
+    "--val-split", type=float, default=_V.val_split, help="As for finetune, when DATA has no train/ and val/."
+)
 @click.option(
     "--steps",
     type=click.IntRange(min=1),
-    default=2,
+    default=_V.steps,
     show_default=True,
     help="Synthetic training steps timed per variant in each of 3 interleaved rounds.",
 )
 @click.option(
     "--batch",
     "batches",
-    default="1,8",
+    default=_listed(_V.batches),
     show_default=True,
     callback=_batches,
     help="Inference batch sizes, comma-separated.",
 )
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=_V.warmup, show_default=True)
 @click.option(
     "--iters",
     type=click.IntRange(min=1),
-    default=50,
+    default=_V.iters,
     show_default=True,
     help="Timed inference calls per backend and batch.",
 )
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: the runtime's).")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Default: models/variants-<time>/.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--rounds", type=click.IntRange(min=1), default=_V.rounds, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=_V.threads, help="Inference threads (default: the runtime's)."
+)
+@out_option("Default: models/variants-<time>/.")
+@json_option()
 @click.pass_context
 def bench_variants(
     ctx: click.Context,
@@ -250,7 +271,7 @@ def bench_variants(
     edgetl bench variants photos/ --arch mobilenet_v2 --epochs 3
     edgetl bench variants photos/ --cut-at stage4 --trainable-stages 3 --threads 4 --out models/compare
     """
-    from edgetl.bench.variants import VariantsConfig, compare_variants
+    from edgetl.bench.variants import compare_variants
     from edgetl.bench.variants_report import format_text
 
     config = VariantsConfig(

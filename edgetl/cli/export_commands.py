@@ -13,24 +13,45 @@ from typing import Any, List, Optional, Sequence
 
 import click
 
+from edgetl.cli.options import (
+    AliasedCommand,
+    deprecated_alias,
+    json_option,
+    no_effect_flag,
+    out_option,
+    runtime_device_option,
+)
 from edgetl.errors import ConfigError
-from edgetl.spec.formats import CPU_ISA_CHOICES
+from edgetl.export.config import ExportConfig
+from edgetl.spec.formats import BACKENDS, CALIB_METHODS, CONSUMERS, CPU_ISA_CHOICES, INT8_FORMS, PRECISIONS
+from edgetl.trt.plan import DEFAULT_WORKSPACE_MIB
 
-_PRECISIONS = ("fp32", "fp16", "int8")
+_D = ExportConfig  # defaults live in one place: the dataclass
 
 
-@click.command()
+@click.command(cls=AliasedCommand)
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Bundle folder (default: the run folder).")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (checked against --target-trt).")
-@click.option("--batch", type=int, default=None, help="Static batch size (default: dynamic batch axis).")
-@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch axis (the default; excludes --batch).")
+@out_option("Bundle folder (default: the run folder).")
 @click.option(
-    "--io-names",
-    type=click.Choice(["default", "jetson"]),
-    default="default",
+    "--opset", type=int, default=_D.opset, show_default=True, help="ONNX opset (checked against --trt-version)."
+)
+@click.option(
+    "--for",
+    "consumer",
+    type=click.Choice(CONSUMERS),
+    default=_D.consumer,
     show_default=True,
-    help="jetson: tensors input_0/output_0 and softmax output, as jetson-inference's imagenet expects.",
+    help="Who runs the export. bundle: edgetl's runtime (predict, build-engine); jetson-inference: tensors "
+    "input_0/output_0, softmax output and a static batch of 1, as its imagenet program expects.",
+)
+@click.option("--batch", type=int, default=_D.batch, help="Static batch size (default: dynamic batch axis).")
+@no_effect_flag("--dynamic-batch", "a dynamic batch axis is the default")
+@deprecated_alias(
+    "--io-names",
+    "--for",
+    "consumer",
+    values={"default": "bundle", "jetson": "jetson-inference"},
+    type=click.Choice(["default", "jetson"]),
 )
 @click.option(
     "--bake-preprocess",
@@ -39,91 +60,96 @@ _PRECISIONS = ("fp32", "fp16", "int8")
 )
 @click.option("--int8", is_flag=True, help="Also write model_int8.onnx (static Q/DQ, calibrated, accuracy-gated).")
 @click.option(
-    "--int8-target",
-    type=click.Choice(["trt", "cpu"]),
-    default=None,
+    "--int8-form",
+    type=click.Choice(INT8_FORMS),
+    default=_D.int8_form,
     help="trt: symmetric signed Q/DQ for TensorRT (default with --trt); cpu: fastest on ONNX Runtime CPU.",
 )
+@deprecated_alias("--int8-target", "--int8-form", "int8_form", type=click.Choice(INT8_FORMS))
 @click.option(
     "--int8-cpu-isa",
     type=click.Choice(CPU_ISA_CHOICES),
-    default="auto",
+    default=_D.int8_cpu_isa,
     show_default=True,
     help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8U8, no saturation) or "
     "arm64 (S8S8, e.g. a Jetson's Cortex-A78AE); auto: this machine's.",
 )
 @click.option(
     "--calib-data",
-    default=None,
+    default=_D.calib_data,
     help="Calibration images: class folders, a flat folder, or a calibration manifest.json to rebuild "
     "(default: the run's training split).",
 )
-@click.option("--calib-size", type=int, default=256, show_default=True)
-@click.option(
-    "--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True
-)
+@click.option("--calib-size", type=int, default=_D.calib_size, show_default=True)
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=_D.calib_method, show_default=True)
 @click.option(
     "--calib-dir",
-    default="calibration",
+    default=_D.calib_dir,
     show_default=True,
     help="Calibration manifests go to CALIB_DIR/<run name>/manifest.json.",
 )
 @click.option(
     "--max-int8-drop",
     type=float,
-    default=1.0,
+    default=_D.max_int8_drop,
     show_default=True,
-    help="Fail unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
+    help="Fail (exit 3) unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
     "train images) is within this many points.",
 )
 @click.option("--fp16", is_flag=True, help="FP16 engine (and model_fp16.onnx for TensorRT >= 11).")
 @click.option("--trt", is_flag=True, help="Build the TensorRT engine here (needs TensorRT and a GPU).")
 @click.option(
-    "--target-trt",
-    default="10.3",
+    "--trt-version",
+    default=_D.trt_version,
     show_default=True,
     help="TensorRT on the device: 8.5, 8.6, 10.3, 10.x, 11.x or a full version; sets ONNX opset/IR limits.",
 )
-@click.option("--min-batch", type=int, default=None, help="Optimisation profile (dynamic batch), default 1.")
-@click.option("--opt-batch", type=int, default=None, help="Default: --min-batch.")
-@click.option("--max-batch", type=int, default=None, help="Default: 8 (or --opt-batch if larger).")
+@deprecated_alias("--target-trt", "--trt-version", "trt_version")
+@click.option("--min-batch", type=int, default=_D.min_batch, help="Optimisation profile (dynamic batch), default 1.")
+@click.option("--opt-batch", type=int, default=_D.opt_batch, help="Default: --min-batch.")
+@click.option("--max-batch", type=int, default=_D.max_batch, help="Default: 8 (or --opt-batch if larger).")
 @click.option(
     "--workspace",
     "workspace_mib",
     type=int,
-    default=1024,
+    default=_D.workspace_mib,
     show_default=True,
     help="TensorRT workspace memory pool, MiB.",
 )
-@click.option("--timing-cache", default=None, help="Persistent TensorRT timing cache file (read and updated).")
+@click.option(
+    "--timing-cache", default=_D.timing_cache, help="Persistent TensorRT timing cache file (read and updated)."
+)
 @click.option(
     "--val-images",
     type=int,
-    default=500,
+    default=_D.val_images,
     show_default=True,
     help="Validation images for the parity and accuracy gates (all of them up to this many).",
 )
 @click.option(
     "--gate-images",
     type=int,
-    default=1000,
+    default=_D.gate_images,
     show_default=True,
     help="Training images not used for calibration that the INT8 gate adds to the val images (at most).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@json_option()
 def export(
     run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: bool, as_json: bool, **options: Any
 ) -> None:
     """Export RUN to a bundle: ONNX checked against PyTorch, optional INT8/FP16, TensorRT engine.
 
+    Exits 3 when an artifact fails its gate (parity, INT8 accuracy, fp16); see export_report.json.
+
     \b
     edgetl export models/photos                       # model.onnx + build_engine.sh
-    edgetl export models/photos --int8 --int8-target cpu
+    edgetl export models/photos --int8 --int8-form cpu
     edgetl export models/photos --trt --fp16          # engine (on a machine with TensorRT)
-    edgetl export models/photos --io-names jetson --batch 1 --out bundles/photos
+    edgetl export models/photos --for jetson-inference --out bundles/photos
     """
-    from edgetl.export.job import ExportConfig, export_run, format_report
+    from edgetl.export.job import export_run
+    from edgetl.export.report import format_report
 
     if batch is not None and dynamic_batch:
         raise ConfigError("--batch and --dynamic-batch exclude each other")
@@ -152,20 +178,14 @@ def expand_images(inputs: Sequence[Path]) -> List[Path]:
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--backend",
-    type=click.Choice(["auto", "torch", "onnx", "onnx-int8", "trt"]),
-    default="auto",
+    type=click.Choice(BACKENDS),
+    default=BACKENDS[0],
     show_default=True,
     help="auto: TensorRT engine if usable, else ONNX Runtime, else PyTorch.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider.",
-)
+@runtime_device_option("cpu")
 @click.option("--topk", type=int, default=5, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@json_option("one object per image")
 def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, topk: int, as_json: bool) -> None:
     """Classify IMAGES (files or folders) with BUNDLE (an exported bundle or a run folder).
 
@@ -209,11 +229,11 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
 
 @click.command("build-engine")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--precision", type=click.Choice(_PRECISIONS), default="fp16", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp16", show_default=True)
 @click.option("--min-batch", type=int, default=None, help="Default: the bundle's (its static batch or export profile).")
 @click.option("--opt-batch", type=int, default=None, help="Default: the bundle's, else --min-batch.")
 @click.option("--max-batch", type=int, default=None, help="Default: the bundle's, else max(8, --opt-batch).")
-@click.option("--workspace", "workspace_mib", type=int, default=1024, show_default=True, help="MiB.")
+@click.option("--workspace", "workspace_mib", type=int, default=DEFAULT_WORKSPACE_MIB, show_default=True, help="MiB.")
 @click.option("--timing-cache", default=None, help="Persistent TensorRT timing cache file.")
 def build_engine(
     bundle: Path,

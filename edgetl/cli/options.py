@@ -1,8 +1,20 @@
-"""Click options shared by several commands."""
+"""Click options shared by several commands, and the hidden, deprecated aliases of renamed options.
 
-from typing import Any, Optional
+The same option means the same thing on every command: ``--device`` (the torch device, or on
+``predict``/``bench latency`` the ONNX Runtime execution provider), ``--workers auto|N``,
+``--batch-size``, ``--json`` (print the JSON report to stdout instead of text) and ``--out`` (where the
+command writes). Each command passes its default, taken from its config dataclass.
+"""
+
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import click
+from click.core import ParameterSource
+
+F = Callable[..., Any]
+DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+RUNTIME_DEVICES = ("cpu", "cuda")  # ONNX Runtime execution providers of --device on predict / bench latency
 
 
 class WorkersParam(click.ParamType):
@@ -27,7 +39,94 @@ class WorkersParam(click.ParamType):
 workers_option = click.option(
     "--workers",
     type=WorkersParam(),
-    default="auto",
+    default="auto",  # None in the config dataclasses
     show_default=True,
     help="DataLoader worker processes: 'auto' (the usable cores, at most 8) or a number (0: load in the main process).",
 )
+
+
+def device_option(default: str, help: str = "Torch device: " + DEVICE_HELP) -> Callable[[F], F]:
+    """``--device`` of the commands that run torch (training, features): auto, cpu, cuda or cuda:N."""
+    return click.option("--device", default=default, show_default=True, help=help)
+
+
+def runtime_device_option(default: str) -> Callable[[F], F]:
+    """``--device`` of the commands that run an exported model: the ONNX Runtime execution provider."""
+    return click.option(
+        "--device",
+        type=click.Choice(RUNTIME_DEVICES),
+        default=default,
+        show_default=True,
+        help="ONNX Runtime execution provider.",
+    )
+
+
+def batch_size_option(default: int, help: Optional[str] = None) -> Callable[[F], F]:
+    return click.option("--batch-size", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def json_option(what: str = "the report") -> Callable[[F], F]:
+    """``--json``: print ``what`` as JSON to stdout instead of text (passed to the command as ``as_json``)."""
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print {} as JSON to stdout instead of text.".format(what)
+    )
+
+
+def out_option(help: str, required: bool = False, **path_options: Any) -> Callable[[F], F]:
+    """``--out``: where the command writes (a folder or a file, as ``path_options`` say)."""
+    return click.option(
+        "--out",
+        type=click.Path(path_type=Path, **path_options),
+        default=None,
+        required=required,
+        help=help,
+    )
+
+
+def _warn(message: str) -> None:
+    click.echo("Warning: " + message, err=True)
+
+
+def deprecated_alias(
+    old: str, new: str, dest: str, values: Optional[Dict[str, str]] = None, **option: Any
+) -> Callable[[F], F]:
+    """A hidden option ``old`` that still works for one release: it warns on stderr and sets ``dest`` (the
+    parameter of ``new``), its value translated through ``values`` if given. Needs ``cls=AliasedCommand``."""
+
+    def record(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if ctx.get_parameter_source(param.name or "") == ParameterSource.COMMANDLINE:
+            _warn("{} is deprecated and will be removed in the next release; use {}".format(old, new))
+            value = values.get(value, value) if values else value
+            ctx.meta.setdefault(_ALIASES, []).append((old, new, dest, value))
+        return value
+
+    return click.option(old, hidden=True, expose_value=False, callback=record, **option)
+
+
+def no_effect_flag(flag: str, why: str) -> Callable[[F], F]:
+    """A hidden flag that does nothing any more: it warns on stderr, for one release, then goes."""
+
+    def warn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value:
+            _warn("{} has no effect and will be removed ({})".format(flag, why))
+        return value
+
+    return click.option(flag, is_flag=True, hidden=True, callback=warn)
+
+
+_ALIASES = "edgetl.deprecated_aliases"
+
+
+class AliasedCommand(click.Command):
+    """A command with ``deprecated_alias`` options: after parsing, an alias sets its new option's value
+    (a usage error when both are given with different values)."""
+
+    def parse_args(self, ctx: click.Context, args: Sequence[str]) -> Any:
+        rest = super().parse_args(ctx, list(args))
+        aliases = ctx.meta.pop(_ALIASES, [])  # type: Sequence[Tuple[str, str, str, Any]]
+        for old, new, dest, value in aliases:
+            given = ctx.get_parameter_source(dest) == ParameterSource.COMMANDLINE
+            if given and ctx.params[dest] != value:
+                raise click.UsageError("{} (deprecated) and {} disagree; give only {}".format(old, new, new), ctx)
+            ctx.params[dest] = value
+        return rest

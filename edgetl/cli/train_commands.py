@@ -7,7 +7,7 @@ from typing import Any, Optional
 import click
 from click.core import ParameterSource
 
-from edgetl.cli.options import workers_option
+from edgetl.cli.options import batch_size_option, device_option, json_option, out_option, workers_option
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
@@ -65,7 +65,7 @@ def weights_fetch(arch: str) -> None:
 )
 @click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True)
-@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
+@batch_size_option(_D.batch_size)
 @click.option("--lr", type=float, default=_D.lr, show_default=True, help="Learning rate of pretrained layers.")
 @click.option(
     "--head-lr-mult", type=float, default=_D.head_lr_mult, show_default=True, help="The new head trains at lr x this."
@@ -75,7 +75,7 @@ def weights_fetch(arch: str) -> None:
 @click.option("--label-smoothing", type=float, default=_D.label_smoothing, show_default=True)
 @click.option("--warmup-epochs", type=int, default=_D.warmup_epochs, show_default=True)
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
-@click.option("--device", default=_D.device, show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option(_D.device)
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
 @workers_option
 @click.option(
@@ -106,9 +106,7 @@ def weights_fetch(arch: str) -> None:
     default=None,
     help="A local state dict, or 'none' for random init (default: torchvision's, cached).",
 )
-@click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Run folder (default models/<arch>-<strategy>-<time>)."
-)
+@out_option("Run folder (default models/<arch>-<strategy>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
 @click.pass_context
 def finetune(
@@ -164,9 +162,9 @@ def finetune(
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("data", required=False, type=click.Path(path_type=Path))
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@batch_size_option(32)
+@device_option("auto")
+@json_option()
 def evaluate(run: Path, data: Optional[Path], batch_size: int, device: str, as_json: bool) -> None:
     """Top-1/top-5, per-class accuracy and confusion matrix of RUN's best.pt on DATA (default: its val split).
 

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
 
-from edgetl.core.cpu import cpu_isa, isa_flags_of_interest
+from edgetl.core.cpu import isa_flags_of_interest
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
-from edgetl.core.tables import text_table
 from edgetl.data.folders import DatasetSplit, Sample
-from edgetl.errors import CheckpointError, ConfigError, DependencyError, ExportError
+from edgetl.errors import CheckpointError, DependencyError, GateError
+from edgetl.export.config import JETSON_INFERENCE, ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
 from edgetl.export.gate import judge
 from edgetl.export.parity import (
@@ -43,30 +43,17 @@ from edgetl.export.parity import (
     top1,
 )
 from edgetl.export.quantize import (
-    CALIB_METHODS,
-    DEFAULT_CALIB_SIZE,
-    INT8_TARGETS,
     ImageCalibrationReader,
     calibration_samples,
     quantize_onnx,
     write_calibration_manifest,
 )
-from edgetl.export.torch_to_onnx import EXPORTER_OPSETS, IO_NAMES, ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, onnx_metadata
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
 from edgetl.spec.formats import INT8_CPU_FORMS
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.trt.build import build_bundle_engine
-from edgetl.trt.plan import (
-    DEFAULT_TARGET,
-    DEFAULT_WORKSPACE_MIB,
-    BatchProfile,
-    EnginePlan,
-    batch_profile,
-    build_script,
-    onnx_versions,
-    plan_engine,
-    resolve_target,
-)
+from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
 
 torch = require("torch")
 REPORT_FORMAT = "edgetl-export-report-v1"
@@ -74,78 +61,6 @@ RANDOM_INPUTS = 8
 # how the accuracy gate runs each INT8 form: the CPU form as ONNX Runtime deploys it, the TensorRT
 # form as float Q/DQ arithmetic (close to TensorRT, independent of this CPU's integer kernels)
 INT8_SIMULATION = {"cpu": "onnxruntime-cpu-kernels", "trt": "onnxruntime-float-qdq (graph optimisations off)"}
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """Every option of ``edgetl export``; validated on creation."""
-
-    run: str
-    out: Optional[str] = None  # None: the run folder
-    opset: int = 17
-    batch: Optional[int] = None  # None: dynamic batch axis
-    io_names: str = "default"
-    bake_preprocess: bool = False
-    int8: bool = False
-    int8_target: Optional[str] = None  # None: "trt" with trt=True, else "cpu"
-    int8_cpu_isa: str = "auto"  # the CPU the cpu form is built for (auto: this machine's; see spec.formats)
-    calib_data: Optional[str] = None  # class folders, a flat image folder or a calibration manifest
-    calib_size: int = DEFAULT_CALIB_SIZE
-    calib_method: str = "minmax"
-    calib_dir: str = "calibration"  # manifests go to <calib_dir>/<run name>/manifest.json
-    max_int8_drop: float = 1.0  # points: bound on INT8's top-1 disagreement with fp32 (edgetl.export.gate)
-    gate_images: int = 1000  # held-out training images (not used by calibration) the INT8 gate adds, at most
-    fp16: bool = False
-    trt: bool = False
-    target_trt: str = DEFAULT_TARGET
-    min_batch: Optional[int] = None
-    opt_batch: Optional[int] = None
-    max_batch: Optional[int] = None
-    workspace_mib: int = DEFAULT_WORKSPACE_MIB
-    timing_cache: Optional[str] = None
-    val_images: int = 500  # parity/accuracy images: all of the val split up to this many
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.int8_target is None:
-            object.__setattr__(self, "int8_target", "trt" if self.trt else "cpu")
-        if self.int8_cpu_isa == "auto":
-            object.__setattr__(self, "int8_cpu_isa", cpu_isa())
-        checks = [
-            (self.io_names in IO_NAMES, "--io-names must be one of " + ", ".join(IO_NAMES)),
-            (
-                self.opset in EXPORTER_OPSETS,
-                "--opset must be between {} and {}".format(EXPORTER_OPSETS[0], EXPORTER_OPSETS[-1]),
-            ),
-            (self.batch is None or self.batch >= 1, "--batch must be >= 1"),
-            (not (self.int8 and self.fp16), "choose one of --int8 and --fp16"),
-            (self.int8_target in INT8_TARGETS, "--int8-target must be one of " + ", ".join(INT8_TARGETS)),
-            (self.int8_cpu_isa in INT8_CPU_FORMS, "--int8-cpu-isa must be one of auto, " + ", ".join(INT8_CPU_FORMS)),
-            (
-                not (self.trt and self.int8 and self.int8_target == "cpu"),
-                "--int8-target cpu writes unsigned activations, which TensorRT rejects; "
-                "use --int8-target trt with --trt",
-            ),
-            (self.int8 or self.calib_data is None, "--calib-data only applies with --int8"),
-            (self.calib_size >= 1, "--calib-size must be >= 1"),
-            (self.calib_method in CALIB_METHODS, "--calib-method must be one of " + ", ".join(CALIB_METHODS)),
-            (self.max_int8_drop >= 0, "--max-int8-drop must be >= 0"),
-            (self.val_images >= 1, "--val-images must be >= 1"),
-            (self.gate_images >= 0, "--gate-images must be >= 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        onnx_versions(resolve_target(self.target_trt), self.opset)
-        self.profile()  # validates the batch range
-
-    @property
-    def precision(self) -> str:
-        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
-
-    def profile(self) -> Optional[BatchProfile]:
-        """The engine's batch range: None for a static batch (then any given range must equal it)."""
-        return batch_profile(self.batch, self.min_batch, self.opt_batch, self.max_batch)
 
 
 class _GateFailed(Exception):
@@ -166,10 +81,10 @@ class _Export:
             )
         self.model, self.payload = load_run(self.run)
         self.spec = preprocess_of(self.payload)
-        self.target = resolve_target(config.target_trt)
+        self.target = resolve_target(config.trt_version)
         self.opset, self.ir_version = onnx_versions(self.target, config.opset)
-        self.input_name, self.output_name = IO_NAMES[config.io_names]
-        self.softmax = config.io_names == "jetson"
+        self.input_name, self.output_name = config.tensor_names
+        self.softmax = config.softmax
         self.checkpoint_sha = sha256_file(self.run / "best.pt")
         self.val_samples = DatasetSplit.load(self.run).val
         self.images = load_eval_images(self.val_samples, self.spec, config.val_images, config.seed)
@@ -250,7 +165,7 @@ class _Export:
             self.output_kind,
             self.config.batch,
             sha,
-            self.config.int8_target if kind == "int8" else None,
+            self.config.int8_form if kind == "int8" else None,
             self._cpu_form_metadata().get("int8_cpu_isa") if kind == "int8" else None,
         )
         self.manifest["models"][kind] = asdict(info)
@@ -312,12 +227,12 @@ class _Export:
                 "seed": config.seed,
                 "requested_size": config.calib_size,
                 "method": config.calib_method,
-                "int8_target": config.int8_target,
+                "int8_form": config.int8_form,
             },
         )
         reader = ImageCalibrationReader(samples, self.spec, self.input_name, config.batch or 1)
         heldout = self._heldout_images(samples)
-        optimize = config.int8_target == "cpu"
+        optimize = config.int8_form == "cpu"
         fp32_heldout = self._outputs(self.out / ONNX_FILES["fp32"], heldout.crops, True)
 
         def write(path: Path) -> None:
@@ -325,14 +240,14 @@ class _Export:
                 self.out / ONNX_FILES["fp32"],
                 path,
                 reader,
-                config.int8_target,
+                config.int8_form,
                 config.calib_method,
                 INT8_CPU_FORMS[config.int8_cpu_isa],
             )
             finish_onnx(
                 path,
                 self.ir_version,
-                dict(self._metadata("int8"), int8_target=config.int8_target, **self._cpu_form_metadata()),
+                dict(self._metadata("int8"), int8_form=config.int8_form, **self._cpu_form_metadata()),
             )
 
         def check(path: Path) -> Dict[str, Any]:
@@ -344,12 +259,12 @@ class _Export:
                 np.concatenate([outputs, int8_heldout]),
                 self.images.labels,
                 config.max_int8_drop,
-                INT8_SIMULATION[config.int8_target],
+                INT8_SIMULATION[config.int8_form],
             )
             return dict(
                 section,
                 accuracy_gate=gate.to_dict(),
-                int8_target=config.int8_target,
+                int8_form=config.int8_form,
                 **self._cpu_form_metadata(),
                 cpu_isa_flags=isa_flags_of_interest(),
                 failures=gate.failures(),
@@ -365,7 +280,7 @@ class _Export:
 
     def _cpu_form_metadata(self) -> Dict[str, str]:
         """Which CPU the INT8 cpu form was built for, and its types (none for the TensorRT form)."""
-        if self.config.int8_target != "cpu":
+        if self.config.int8_form != "cpu":
             return {}
         return {
             "int8_cpu_isa": self.config.int8_cpu_isa,
@@ -422,11 +337,11 @@ class _Export:
         and notes on what is not planned."""
         precision = self.config.precision
         notes = []
-        if precision == "int8" and self.config.int8_target == "cpu":
+        if precision == "int8" and self.config.int8_form == "cpu":
             precision = "fp32"  # the CPU INT8 form cannot become an engine
             notes.append(
                 "model_int8.onnx is the CPU form (unsigned activations), which TensorRT rejects: this "
-                "script builds fp32; re-export with --int8 --int8-target trt for an INT8 engine"
+                "script builds fp32; re-export with --int8 --int8-form trt for an INT8 engine"
             )
         plan = plan_engine(
             self.target,
@@ -467,7 +382,7 @@ def baked_module(model: Any, spec: Any, softmax: bool) -> ExportModule:
 def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
     """Export ``config.run``; returns the report. ``on_report`` sees the report before a failure is raised.
 
-    Raises ExportError when a gate fails, DependencyError when ``trt`` is set and TensorRT is not importable
+    Raises GateError when a gate fails, DependencyError when ``trt`` is set and TensorRT is not importable
     (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written)."""
     job = _Export(config)
     job.out.mkdir(parents=True, exist_ok=True)
@@ -480,7 +395,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
             job.int8()
         if config.fp16 and job.target.strongly_typed:
             job.fp16()
-        if config.io_names == "jetson":
+        if config.consumer == JETSON_INFERENCE:
             job.jetson_geometry()
         job.write_bundle()
     pending = None  # type: Optional[Exception]
@@ -490,7 +405,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
     if on_report is not None:
         on_report(job.report)
     if job.report["failures"]:
-        raise ExportError("export failed: {}; see {}".format("; ".join(job.report["failures"]), job.out / REPORT))
+        raise GateError("export failed: {}; see {}".format("; ".join(job.report["failures"]), job.out / REPORT))
     if pending is not None:
         raise pending
     return job.report
@@ -515,49 +430,3 @@ def _build_engine(job: _Export) -> Optional[Exception]:
         )
     job.report["engine"] = {"status": "built", "file": engine.name}
     return None
-
-
-def format_report(report: Dict[str, Any]) -> str:
-    """The export report as a terminal table plus its gate lines."""
-    rows = []
-    for entry in report["artifacts"]:
-        parity = entry.get("parity", {})
-        rows.append(
-            [
-                entry["file"],
-                entry["status"],
-                parity.get("real_inputs", ""),
-                parity.get("max_abs_diff", ""),
-                parity.get("min_cosine", ""),
-                parity.get("top1_agreement", ""),
-                entry.get("val_top1", ""),
-            ]
-        )
-    lines = [text_table(["artifact", "status", "images", "max|diff|", "min cosine", "top-1 agree", "val top-1"], rows)]
-    for entry in report["artifacts"]:
-        gate = entry.get("accuracy_gate")
-        if gate:
-            lines.append(
-                "INT8 ({}): {} gate: top-1 differs from fp32 on {} of {} images, {:.0%} bound {:.2f} points "
-                "(<= {:g}); val top-1 {:.2%} vs fp32 {:.2%}".format(
-                    entry["int8_target"],
-                    gate["verdict"],
-                    gate["disagreements"],
-                    gate["images"],
-                    gate["confidence"],
-                    gate["upper_bound_points"],
-                    gate["max_points"],
-                    gate["reduced_val_top1"],
-                    gate["fp32_val_top1"],
-                )
-            )
-    jetson = report.get("jetson_preprocessing")
-    if jetson:
-        lines.append(
-            "jetson-inference preprocessing (stretched, no crop): val top-1 {:.2%} vs {:.2%} with the "
-            "centre crop".format(jetson["stretched_val_top1"], jetson["center_crop_val_top1"])
-        )
-    if "engine" in report:
-        lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
-    lines += ["FAILED " + f for f in report["failures"]]
-    return "\n".join(lines)

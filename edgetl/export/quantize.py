@@ -27,19 +27,19 @@ from edgetl.core.fileio import atomic_write_text, sha256_file
 from edgetl.data.folders import DatasetSplit, Sample, image_files, scan_class_folders
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
-from edgetl.spec.formats import INT8_CPU_FORMS, INT8_FORMS, Int8CpuForm
+from edgetl.spec.formats import CALIB_METHODS, INT8_CPU_FORMS, Int8CpuForm
 from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb
 
 log = logging.getLogger(__name__)
 
-CALIB_METHODS = {
+# --calib-method (the names of edgetl.spec.formats.CALIB_METHODS) -> onnxruntime's calibrator
+ORT_CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
     "percentile": CalibrationMethod.Percentile,
 }
-INT8_TARGETS = INT8_FORMS
+assert tuple(ORT_CALIBRATION_METHODS) == CALIB_METHODS, "one calibrator per name of the formats table"
 _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-DEFAULT_CALIB_SIZE = 256
 MANIFEST_FORMAT = "edgetl-calibration-v1"
 _TRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
 _CHUNK = 16  # images per calibration pass: bounds the memory of collected activations
@@ -139,13 +139,13 @@ def quantize_onnx(
     fp32_path: Path,
     out_path: Path,
     reader: ImageCalibrationReader,
-    target: str,
+    form: str,
     method: str,
     cpu_form: Optional[Int8CpuForm] = None,
 ) -> None:
-    """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) for ``target``; the ``cpu``
-    target takes its activation/weight types from ``cpu_form`` (``INT8_CPU_FORMS`` of the target ISA)."""
-    if target == "trt":
+    """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) in ``form`` (``INT8_FORMS``);
+    the ``cpu`` form takes its activation/weight types from ``cpu_form`` (``INT8_CPU_FORMS`` of the target ISA)."""
+    if form == "trt":
         options = dict(
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
@@ -153,11 +153,11 @@ def quantize_onnx(
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
     else:
-        form = cpu_form or INT8_CPU_FORMS["vnni"]
+        types = cpu_form or INT8_CPU_FORMS["vnni"]
         options = dict(
-            activation_type=_QUANT_TYPES[form.activations],
-            weight_type=_QUANT_TYPES[form.weights],
-            reduce_range=form.reduce_range,
+            activation_type=_QUANT_TYPES[types.activations],
+            weight_type=_QUANT_TYPES[types.weights],
+            reduce_range=types.reduce_range,
             extra_options={},
         )
     options["extra_options"]["CalibStridedMinMax"] = _chunk_size(len(reader))
@@ -173,7 +173,7 @@ def quantize_onnx(
                 reader,
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
-                calibrate_method=CALIB_METHODS[method],
+                calibrate_method=ORT_CALIBRATION_METHODS[method],
                 **options,
             )
     finally:

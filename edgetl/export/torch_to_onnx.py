@@ -22,10 +22,6 @@ from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
 
-EXPORTER_OPSETS = range(13, 23)
-# "jetson": the tensor names jetson-inference's imagenet program is pointed at (--input_blob/--output_blob).
-IO_NAMES = {"default": ("input", "logits"), "jetson": ("input_0", "output_0")}
-
 
 class ExportModule(torch.nn.Module):
     """The classifier as exported: optionally uint8 NHWC pixels in (normalisation inside the graph)

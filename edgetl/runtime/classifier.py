@@ -25,11 +25,11 @@ from edgetl.runtime.base import Runner, infer_batched, softmax
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.spec.bundle import ONNX_FILES, Bundle, ModelInfo
+from edgetl.spec.bundle import Bundle, ModelInfo
+from edgetl.spec.formats import BACKENDS, ONNX_FILES
 from edgetl.spec.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
 _ENGINE_PREFERENCE = ("int8", "fp16", "fp32")
 
 
@@ -48,7 +48,7 @@ def warn_if_built_for_another_cpu(model: ModelInfo, isa: Optional[str] = None) -
     """Log a warning (and return True) when a CPU INT8 model was built for another instruction set: its
     integer kernels, and so its predictions, may differ from what the export's accuracy gate measured."""
     here = isa or cpu_isa()
-    if model.int8_target != "cpu" or model.int8_cpu_isa in (None, here):
+    if model.int8_form != "cpu" or model.int8_cpu_isa in (None, here):
         return False
     log.warning(
         "%s was built for %s CPUs, this one is %s: predictions may differ from the export's accuracy gate; "

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 from edgetl import __version__
 from edgetl.core.fileio import atomic_write_text
 from edgetl.errors import CheckpointError
+from edgetl.spec.formats import ONNX_FILES as ONNX_FILES  # re-exported: bundle readers name the files
+from edgetl.spec.formats import PRECISIONS as PRECISIONS
 from edgetl.spec.preprocess import PreprocessSpec
 
 BUNDLE_FORMAT = "edgetl-bundle-v1"
@@ -25,9 +27,6 @@ PREPROCESS = "preprocess.json"
 REPORT = "export_report.json"
 BUILD_SCRIPT = "build_engine.sh"
 CHECKPOINT = "best.pt"
-PRECISIONS = ("fp32", "fp16", "int8")
-# model kind -> ONNX file name. "baked": uint8 NHWC input with normalisation inside the graph.
-ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
 
 
 def engine_file(precision: str) -> str:
@@ -52,11 +51,14 @@ class ModelInfo:
     output_kind: str  # "logits" or "probabilities"
     batch: Optional[int]  # None: dynamic batch axis
     sha256: str
-    int8_target: Optional[str] = None  # "trt" or "cpu" for INT8 models
+    int8_form: Optional[str] = None  # "trt" or "cpu" for INT8 models (edgetl.spec.formats.INT8_FORMS)
     int8_cpu_isa: Optional[str] = None  # the CPU the cpu form was built for (edgetl.spec.formats.INT8_CPU_FORMS)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelInfo":
+        data = dict(data)
+        if "int8_target" in data:  # the key of bundles written by edgetl 0.1.0
+            data.setdefault("int8_form", data.pop("int8_target"))
         return cls(**data)
 
 

@@ -8,11 +8,14 @@ from typing import Dict, NamedTuple
 from edgetl.core.cpu import CPU_ISAS
 
 PRECISIONS = ("fp32", "fp16", "int8")
-# ONNX model kinds in a bundle -> file name
+# ONNX model kinds in a bundle -> file name. "baked": uint8 NHWC input with normalisation inside the graph.
 ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
-# tensor names per consumer: (input, output)
-IO_NAMES = {"default": ("input", "logits"), "jetson": ("input_0", "output_0")}
+# the consumer an export is for (``edgetl export --for``) -> its tensor names (input, output). "jetson-inference":
+# the names its imagenet program is pointed at (--input_blob/--output_blob); that export also ends in a softmax
+# and has a static batch of 1 (jetson-inference builds no optimisation profile).
+IO_NAMES = {"bundle": ("input", "logits"), "jetson-inference": ("input_0", "output_0")}
+CONSUMERS = tuple(IO_NAMES)
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # INT8 forms: trt = symmetric signed Q/DQ that TensorRT's explicit quantization takes; cpu = ONNX Runtime's CPU kernels
 INT8_FORMS = ("trt", "cpu")

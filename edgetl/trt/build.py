@@ -207,18 +207,18 @@ def build_bundle_engine(
     plan = plan_for_bundle(bundle, precision, trt.__version__, batches, workspace_mib, timing_cache)
     if plan.onnx == ONNX_FILES["fp16"] and bundle.model("fp16") is None:
         raise CheckpointError(
-            "TensorRT {} is strongly typed: an fp16 engine needs {}; export with '--fp16 --target-trt {}'".format(
+            "TensorRT {} is strongly typed: an fp16 engine needs {}; export with '--fp16 --trt-version {}'".format(
                 trt.__version__, plan.onnx, plan.target
             )
         )
     if plan.onnx == ONNX_FILES["int8"]:
         int8_model = bundle.model("int8")
         if int8_model is None:
-            raise CheckpointError("{} has no INT8 model; export it with '--int8 --int8-target trt'".format(bundle.root))
-        if int8_model.int8_target != "trt":
+            raise CheckpointError("{} has no INT8 model; export it with '--int8 --int8-form trt'".format(bundle.root))
+        if int8_model.int8_form != "trt":
             raise ConfigError(
                 "{} is the CPU form (unsigned activations), which TensorRT rejects; re-export with "
-                "'--int8 --int8-target trt'".format(plan.onnx)
+                "'--int8 --int8-form trt'".format(plan.onnx)
             )
     engine = build_engine(bundle.root, plan)
     manifest = read_manifest(bundle.root)

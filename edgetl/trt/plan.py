@@ -70,14 +70,14 @@ def resolve_target(version: str) -> TrtTarget:
     numbers = version_tuple(version)
     if not numbers:
         raise ConfigError(
-            "--target-trt must be a TensorRT version (e.g. 8.6, 10.3.0.30) or one of {}; got {!r}".format(
+            "--trt-version must be a TensorRT version (e.g. 8.6, 10.3.0.30) or one of {}; got {!r}".format(
                 ", ".join(TARGET_NAMES), version
             )
         )
     key = (numbers[0], numbers[1] if len(numbers) > 1 else 0)
     rows = [t for t in TARGETS if t.since[0] == key[0] and t.since <= key]
     if key[0] == 8 and len(numbers) == 1:
-        raise ConfigError("--target-trt 8 is ambiguous: give 8.5 (JetPack 5) or 8.6 (JetPack 6.0)")
+        raise ConfigError("--trt-version 8 is ambiguous: give 8.5 (JetPack 5) or 8.6 (JetPack 6.0)")
     if not rows:
         raise ConfigError(
             "TensorRT {} is not supported; supported: {}".format(
@@ -101,7 +101,7 @@ def onnx_versions(target: TrtTarget, opset: int) -> Tuple[int, int]:
     """(opset, IR version) to write for ``target``; ConfigError naming the fix if it cannot parse them."""
     if opset > target.max_opset:
         raise ConfigError(
-            "TensorRT {} ({}) parses ONNX opset <= {}; use --opset {} or a newer --target-trt".format(
+            "TensorRT {} ({}) parses ONNX opset <= {}; use --opset {} or a newer --trt-version".format(
                 target.name, target.platform, target.max_opset, target.max_opset
             )
         )
@@ -144,7 +144,7 @@ def batch_profile(
         if any(v != static_batch for v in given):
             raise ConfigError(
                 "the model has a static batch of {}: --min/--opt/--max-batch must be {} or left out "
-                "(export with --dynamic-batch for a range)".format(static_batch, static_batch)
+                "(export without --batch for a range)".format(static_batch, static_batch)
             )
         return None
     if not given and recorded is not None:
@@ -230,7 +230,7 @@ def plan_engine(
     elif profile is not None and not profile.min == profile.opt == profile.max == shape[0]:
         raise ConfigError(
             "the model has a static batch of {}; the batch profile must be {} everywhere "
-            "(export with --dynamic-batch for a range)".format(shape[0], shape[0])
+            "(export without --batch for a range)".format(shape[0], shape[0])
         )
     else:
         profile = None
