@@ -7,7 +7,7 @@ command writes). Each command passes its default, taken from its config dataclas
 """
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import click
 from click.core import ParameterSource
@@ -123,7 +123,7 @@ class AliasedCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: Sequence[str]) -> Any:
         rest = super().parse_args(ctx, list(args))
-        aliases = ctx.meta.pop(_ALIASES, [])  # type: Sequence[Tuple[str, str, str, Any]]
+        aliases: Sequence[Tuple[str, str, str, Any]] = ctx.meta.pop(_ALIASES, [])
         for old, new, dest, value in aliases:
             given = ctx.get_parameter_source(dest) == ParameterSource.COMMANDLINE
             if given and ctx.params[dest] != value:
