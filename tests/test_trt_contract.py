@@ -273,3 +273,13 @@ def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_pat
         assert runner.batch_range() == (1, 1)
     refused = _build_engine(bundle, "--max-batch", "8")
     assert refused.exit_code == 1 and "static batch of 1" in refused.output
+
+
+def test_variants_export_for_the_installed_tensorrt(version):
+    """bench variants on a TensorRT host exports for that TensorRT (11 needs its fp16 ONNX), not the default."""
+    from edgetl.bench import variants
+    from edgetl.trt.plan import resolve_target
+
+    installed = variants.installed_tensorrt_version()
+    assert installed == fake_trt.VERSIONS[version]
+    assert resolve_target(installed).name == version

@@ -38,6 +38,7 @@ from edgetl.core.fileio import atomic_write_text
 from edgetl.data.feature_cache import HeadBatches
 from edgetl.errors import ConfigError
 from edgetl.export.job import ExportConfig, export_run
+from edgetl.runtime.tensorrt import installed_tensorrt_version
 from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.checkpoint import load_run
 from edgetl.train.config import FinetuneConfig
@@ -191,10 +192,11 @@ def _artifact_top1(report: Dict[str, Any], kind: str) -> float:
     return next(a["val_top1"] for a in report["artifacts"] if a["kind"] == kind)
 
 
-def export_variant(folder: Path, with_trt: bool) -> Dict[str, Tuple[Path, float]]:
+def export_variant(folder: Path, trt_version: Optional[str]) -> Dict[str, Tuple[Path, float]]:
     """Export a variant's run; ``{backend key: (bundle folder, val top-1 of that artifact)}``. The INT8
     accuracy gate is recorded, not enforced (``max_int8_drop=100``): a variant is compared, not rejected.
-    TensorRT engines are built from the ONNX of the same precision and take that ONNX's val top-1."""
+    With ``trt_version`` (the installed TensorRT: its ONNX limits and, from 11, its fp16 ONNX) TensorRT
+    engines are built from the ONNX of the same precision and take that ONNX's val top-1."""
     run, calib = str(folder / "run"), str(folder / "calibration")
     cpu = export_run(
         ExportConfig(
@@ -205,8 +207,12 @@ def export_variant(folder: Path, with_trt: bool) -> Dict[str, Tuple[Path, float]
         "onnx": (folder / "bundle", _artifact_top1(cpu, "fp32")),
         "onnx-int8": (folder / "bundle", _artifact_top1(cpu, "int8")),
     }
-    if with_trt:
-        fp16 = export_run(ExportConfig(run=run, out=str(folder / "trt-fp16"), fp16=True, trt=True, calib_dir=calib))
+    if trt_version is not None:
+        fp16 = export_run(
+            ExportConfig(
+                run=run, out=str(folder / "trt-fp16"), fp16=True, trt=True, trt_version=trt_version, calib_dir=calib
+            )
+        )
         kinds = {a["kind"] for a in fp16["artifacts"]}
         bundles["trt-fp16"] = (folder / "trt-fp16", _artifact_top1(fp16, "fp16" if "fp16" in kinds else "fp32"))
         int8 = export_run(
@@ -216,6 +222,7 @@ def export_variant(folder: Path, with_trt: bool) -> Dict[str, Tuple[Path, float]
                 int8=True,
                 int8_form="trt",
                 trt=True,
+                trt_version=trt_version,
                 max_int8_drop=100.0,
                 calib_dir=calib,
             )
@@ -267,7 +274,7 @@ def compare_variants(config: VariantsConfig, progress: bool = True) -> Dict[str,
     bundles = {}
     for variant in variants:
         log.info("exporting variant %s", variant.name)
-        bundles[variant.name] = export_variant(out / variant.name, skip_trt is None)
+        bundles[variant.name] = export_variant(out / variant.name, None if skip_trt else installed_tensorrt_version())
     log.info("timing %d variants x %d backends", len(variants), len(CPU_BACKENDS) + (0 if skip_trt else 2))
     rows, latency = _latency_rows(config, bundles, skip_trt is None)
     entries = []

@@ -61,6 +61,11 @@ def device_info(trt: Any, cudart: Any, device: int = 0) -> DeviceInfo:
     return DeviceInfo(trt.__version__, name.rstrip("\x00"), "{}.{}".format(prop.major, prop.minor))
 
 
+def installed_tensorrt_version() -> str:
+    """The importable TensorRT's version: what an engine built here is for (``--trt-version``)."""
+    return str(require("tensorrt").__version__)
+
+
 def load_sidecar(engine: Path) -> Optional[Dict[str, Any]]:
     path = engine.with_name(sidecar_file(engine.name))
     if not path.is_file():
