@@ -27,6 +27,7 @@ DEVICE_SIDE = [
     "edgetl/bench/__init__.py",
     "edgetl/bench/latency.py",
     "edgetl/bench/machine.py",
+    "edgetl/bench/doctor.py",
 ]
 HEAVY = ("torch", "torchvision", "onnxruntime")
 # Modules a function may import lazily: optional or heavy dependencies (and the CLI's stages, which pull in torch).
