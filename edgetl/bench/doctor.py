@@ -461,13 +461,14 @@ def _tensorrt_items(
             ]
         else:
             items = [Item("tensorrt", OK, "{} (export with --target-trt {})".format(trt["version"], target.name))]
-        expected = (jetson or {}).get("jetpack_tensorrt")
+        jetpack = jetson or {}
+        expected = jetpack.get("jetpack_tensorrt")
         if expected and version_tuple(trt["version"])[:2] != version_tuple(expected)[:2]:
             items.append(
                 Item(
                     "tensorrt vs JetPack",
                     MISMATCH,
-                    "TensorRT {} imports, JetPack {} ships {}".format(trt["version"], jetson["jetpack"], expected),
+                    "TensorRT {} imports, JetPack {} ships {}".format(trt["version"], jetpack.get("jetpack"), expected),
                     "use JetPack's TensorRT (pip uninstall tensorrt; python3-libnvinfer from apt)",
                 )
             )
