@@ -265,7 +265,9 @@ def check_device_crops(ctx: Context) -> Outcome:
     ctx.need_cuda()
     split = load_dataset(ctx.demo())
     spec = preprocess_spec(get_backbone(ARCH))
-    gpu = image_pipeline("ram", split, spec, batch_size=BATCH, workers=0, setup=DeviceSetup.create("cuda"))
+    gpu = image_pipeline(
+        "ram", split, spec, batch_size=BATCH, workers=0, setup=DeviceSetup.create("cuda"), cache_dir=ctx.work / "gpu"
+    )
     cpu_setup = DeviceSetup(torch.device("cpu"), False, False)
     cpu = image_pipeline("ram", split, spec, batch_size=BATCH, workers=0, setup=cpu_setup, cache_dir=ctx.work / "cpu")
     (gpu_images, gpu_labels), (cpu_images, cpu_labels) = _first_batch(gpu), _first_batch(cpu)
