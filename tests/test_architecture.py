@@ -27,6 +27,7 @@ DEVICE_SIDE = [
     "edgetl/bench/__init__.py",
     "edgetl/bench/latency.py",
     "edgetl/bench/machine.py",
+    "edgetl/bench/doctor.py",
     # the config dataclasses the CLI imports for its defaults
     "edgetl/train/config.py",
     "edgetl/export/config.py",

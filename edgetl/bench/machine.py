@@ -8,6 +8,8 @@ import platform
 from importlib import metadata
 from typing import Any, Dict, Optional
 
+from edgetl.bench.doctor import jetson_summary, read_jetson
+
 
 def machine_info(threads: Optional[int]) -> Dict[str, Any]:
     """Host, Python and package versions recorded with every result."""
@@ -17,7 +19,7 @@ def machine_info(threads: Optional[int]) -> Dict[str, Any]:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    return {
+    info = {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": platform.processor(),
@@ -26,3 +28,9 @@ def machine_info(threads: Optional[int]) -> Dict[str, Any]:
         "python": platform.python_version(),
         "packages": versions,
     }
+    jetson = jetson_summary(read_jetson())
+    if jetson is not None:  # L4T/JetPack, power mode and jetson_clocks: latency on a Jetson depends on them
+        info["jetson"] = {
+            key: jetson[key] for key in ("l4t", "jetpack", "jetpack_tensorrt", "power_mode", "jetson_clocks_active")
+        }
+    return info

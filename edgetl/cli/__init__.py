@@ -59,9 +59,9 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from edgetl.cli import advise_commands, bench_commands, export_commands, train_commands
+    from edgetl.cli import advise_commands, bench_commands, doctor_commands, export_commands, train_commands
 
-    for module in (train_commands, export_commands, advise_commands, bench_commands):
+    for module in (train_commands, export_commands, advise_commands, bench_commands, doctor_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

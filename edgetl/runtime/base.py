@@ -5,11 +5,13 @@ input metadata; plus batching and softmax helpers shared by all backends. Python
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, TypeVar
 
 import numpy as np
 
 from edgetl.errors import ConfigError
+
+RunnerT = TypeVar("RunnerT", bound="Runner")
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,7 @@ class Runner:
     def __init__(self) -> None:
         self.is_active = False
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self: RunnerT) -> RunnerT:
         self.activate()
         return self
 

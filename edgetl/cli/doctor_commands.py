@@ -1,0 +1,55 @@
+"""CLI: ``edgetl doctor``, what works on this machine (and whether a bundle's engines fit it), and
+``edgetl doctor --gpu-selfcheck``, every CUDA path on small real inputs against its CPU twin."""
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+
+@click.command("doctor")
+@click.argument("bundle", required=False, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the items (and the raw facts) as JSON.")
+@click.option(
+    "--gpu-selfcheck",
+    is_flag=True,
+    help="Run every CUDA path on the demo data against its CPU twin and write a report (needs edgetl[train]).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("gpu_selfcheck"),
+    show_default=True,
+    help="--gpu-selfcheck: folder for gpu_selfcheck.md/.json and its scratch files.",
+)
+def doctor(bundle: Optional[Path], as_json: bool, gpu_selfcheck: bool, out: Path) -> None:
+    """What a Jetson or workstation user runs first: Python, numpy, onnx, onnxruntime and the execution
+    providers that really run, torch and CUDA, TensorRT and cuda-python, the JetPack release with its
+    --trt-version, the power mode, and which export targets and predict backends work here. Exit code 1
+    only when something edgetl needs is broken.
+
+    \b
+    edgetl doctor
+    edgetl doctor models/photos          # do its engines and ONNX models fit this device?
+    edgetl doctor --gpu-selfcheck --out selfcheck/
+    """
+    if gpu_selfcheck:
+        from edgetl.bench.gpu_selfcheck import run_selfcheck
+
+        report = run_selfcheck(out, command="edgetl doctor --gpu-selfcheck --out {}".format(out))
+        click.echo(report.summary())
+        click.echo("report: {} and {}".format(report.markdown_path, report.json_path))
+        sys.exit(1 if report.failed else 0)
+
+    from edgetl.bench.doctor import check_bundle, collect_facts, diagnose, format_items, is_broken, report_json
+
+    facts = collect_facts()
+    items = diagnose(facts)
+    if bundle is not None:
+        items += check_bundle(bundle, facts)
+    click.echo(report_json(items, facts) if as_json else format_items(items))
+    sys.exit(1 if is_broken(items) else 0)
+
+
+COMMANDS = [doctor]

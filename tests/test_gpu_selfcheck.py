@@ -1,0 +1,97 @@
+"""The GPU self-check's runner and report: on a machine without CUDA every GPU check is skipped with its
+reason, a failing check is reported as failed (never passed), and the JSON/Markdown are written atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgetl.bench import gpu_selfcheck as g
+from edgetl.core import fileio
+
+
+def no_cuda(tmp_path: Path, gpus: int = 0) -> g.Context:
+    return g.Context(tmp_path / "work", cuda=gpus > 0, gpus=gpus)
+
+
+def test_every_check_skips_with_its_reason_without_cuda(tmp_path):
+    results = g.run_checks(g.CHECKS, no_cuda(tmp_path))
+    assert [r.name for r in results] == [name for name, _ in g.CHECKS]
+    for result in results:
+        assert result.status == g.SKIPPED, result
+        assert "no CUDA device" in result.reason and result.figures == {}
+    assert not (tmp_path / "work").exists()  # nothing was trained or built to reach the skips
+
+
+def test_multi_gpu_check_needs_more_than_one_gpu(tmp_path):
+    [result] = g.run_checks([("multi", g.check_multi_gpu)], no_cuda(tmp_path, gpus=1))
+    assert result.status == g.SKIPPED and result.reason == "needs more than one GPU (this machine has 1)"
+
+
+def test_missing_module_and_weights_are_skips_with_the_reason(tmp_path, monkeypatch):
+    ctx = no_cuda(tmp_path, gpus=1)
+    with pytest.raises(g.Skip, match="no_such_module is not importable: because"):
+        ctx.need_module("no_such_module", "because")
+
+    def offline(spec):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(g, "fetch_weights", offline)
+    with pytest.raises(g.Skip, match="needs the pretrained mobilenet_v2 weights.*network unreachable"):
+        ctx.weights()
+
+
+def test_failing_and_erroring_checks_are_reported_as_failed(tmp_path):
+    def misses_target(ctx):
+        outcome = g.Outcome({"speedup": 1.2})
+        outcome.expect(1.2 >= 2.0, "AMP >= 2x")
+        return outcome
+
+    def raises(ctx):
+        raise RuntimeError("CUDA error: an illegal memory access")
+
+    def passes(ctx):
+        return g.Outcome({"ms": 1.0})
+
+    results = g.run_checks([("slow", misses_target), ("crash", raises), ("fine", passes)], no_cuda(tmp_path))
+    assert [(r.status, r.reason) for r in results] == [
+        (g.FAILED, "target not met: AMP >= 2x"),
+        (g.FAILED, "error: RuntimeError: CUDA error: an illegal memory access"),
+        (g.PASSED, "all targets met"),
+    ]
+    assert results[0].figures == {"speedup": 1.2}
+
+
+def test_report_is_written_atomically_as_json_and_markdown(tmp_path, monkeypatch):
+    written = []
+    real = fileio.atomic_write_text
+
+    def spy(target, text):
+        written.append(Path(target).name)
+        real(target, text)
+
+    monkeypatch.setattr(g, "atomic_write_text", spy)
+    checks = [("fails", lambda ctx: g.Outcome({}, ["target not met: x"])), ("gpu", g.check_amp)]
+    report = g.run_selfcheck(tmp_path / "out", "cmd --x", checks=checks, ctx=no_cuda(tmp_path))
+    assert sorted(written) == ["gpu_selfcheck.json", "gpu_selfcheck.md"]
+    assert report.failed and report.counts() == {"passed": 0, "failed": 1, "skipped": 1}
+    data = json.loads(report.json_path.read_text())
+    assert data["command"] == "cmd --x" and [r["status"] for r in data["results"]] == ["failed", "skipped"]
+    markdown = report.markdown_path.read_text()
+    assert "0 passed, 1 failed, 1 skipped" in markdown and "no CUDA device" in markdown
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+def test_cli_gpu_selfcheck_writes_the_report_and_exits_zero_when_nothing_failed(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    monkeypatch.setattr(g, "CHECKS", [("gpu", g.check_amp)])
+    monkeypatch.setattr(g.Context, "detect", classmethod(lambda cls, work: cls(work, False, 0)))
+    result = CliRunner().invoke(main, ["doctor", "--gpu-selfcheck", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "skipped  gpu: skipped: no CUDA device" in result.output
+    assert (tmp_path / "gpu_selfcheck.md").is_file() and (tmp_path / "gpu_selfcheck.json").is_file()
