@@ -186,9 +186,8 @@ def decoded_caches(
     split: DatasetSplit, spec: PreprocessSpec, workers: int, setup: DeviceSetup, cache_dir: Optional[Path] = None
 ) -> Tuple[DecodedImages, DecodedImages]:
     """The (train, val) decoded-image caches of a split, built if needed (GPU JPEG decode on CUDA)."""
-    gpu = setup.device if setup.device.type == "cuda" else None
     return tuple(
-        open_decoded_images(samples, spec, split.root, part, cache_dir, workers, gpu)
+        open_decoded_images(samples, spec, split.root, part, cache_dir, workers, setup.decode_device)
         for part, samples in (("train", split.train), ("val", split.val))
     )
 
