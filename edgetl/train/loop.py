@@ -232,7 +232,11 @@ class TrainStep:
 def train_one_epoch(step: TrainStep, batches: Any, *, progress: bool, label: str) -> tuple:
     """One pass over device-resident (inputs, labels) batches; returns (mean loss, top-1)."""
     step.module.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    # Summed on the device and read once per epoch: a .item() per step would stall the GPU every batch.
+    # float64 sums of float32 losses times batch sizes: the same numbers as summing Python floats.
+    total_loss = torch.zeros((), dtype=torch.float64, device=step.setup.device)
+    correct = torch.zeros((), dtype=torch.int64, device=step.setup.device)
+    seen = 0
     # disable=None: bars only on a terminal, not in logs
     for images, labels in tqdm(batches, desc=label, leave=False, disable=None if progress else True):
         with torch.autocast(step.setup.device.type, dtype=torch.float16, enabled=step.setup.use_amp):
@@ -243,10 +247,10 @@ def train_one_epoch(step: TrainStep, batches: Any, *, progress: bool, label: str
         step.scaler.step(step.optimizer)
         step.scaler.update()
         step.scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
+        total_loss += loss.detach().double() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    return total_loss / seen, correct / seen
+    return total_loss.item() / seen, correct.item() / seen
 
 
 def _write_metrics(path: Path, history: List[Dict[str, float]]) -> None:
