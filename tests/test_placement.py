@@ -13,6 +13,10 @@ from conftest import TINY_ARCH
 from placement import DEVICE, CudaRulesSetup, OnDevice, PlacementError, cuda_rules, on_device
 
 import edgetl.train.evaluate as evaluate_module
+from edgetl.data.augment import normalize_batch
+from edgetl.data.folders import load_dataset
+from edgetl.data.pipelines import DecodedBatches, EpochBatchSampler, decoded_caches, device_finish
+from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_run
 from edgetl.train.loop import finetune, resume
@@ -119,3 +123,18 @@ def test_evaluation_of_device_labels_needs_no_checker_mode() -> None:
     """OnDevice alone (no mode active): moving an OnDevice tensor "to the device" keeps it there."""
     x = on_device(torch.ones(3))
     assert isinstance(x.to(DEVICE), OnDevice) and isinstance(torch.zeros_like(x, device=x.device), OnDevice)
+
+
+def test_device_crop_batches_come_out_channels_last(make_image_folder, checked: CudaRulesSetup) -> None:
+    """The raw decoded batch is cropped on the device (roi_align) and normalised straight into channels_last."""
+    split = load_dataset(make_image_folder({"a": 3, "b": 3}, size=40, split=True))
+    spec = PreprocessSpec(input_size=56, resize_size=64)
+    train, _ = decoded_caches(split, spec, 0, checked)
+    sampler = EpochBatchSampler(len(train), 4, shuffle=True, augment=True)
+    sampler.set_epoch(1)
+    dataset = DecodedBatches(train, [s.label for s in split.train], spec, raw=checked.cuda_paths)
+    images, labels = device_finish(checked, spec)(dataset[next(iter(sampler))])
+    assert isinstance(images, OnDevice) and isinstance(labels, OnDevice)
+    assert images.dtype == torch.float32 and images.is_contiguous(memory_format=torch.channels_last)
+    pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(normalize_batch(pixels, spec, torch.channels_last), normalize_batch(pixels, spec))
