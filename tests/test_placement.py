@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_ARCH
@@ -138,3 +139,14 @@ def test_device_crop_batches_come_out_channels_last(make_image_folder, checked: 
     assert images.dtype == torch.float32 and images.is_contiguous(memory_format=torch.channels_last)
     pixels = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     assert torch.equal(normalize_batch(pixels, spec, torch.channels_last), normalize_batch(pixels, spec))
+
+
+@pytest.mark.parametrize("stage", [None, "stage3"])
+def test_analysis_features_follow_cudas_placement_rules(tiny_run: Path, checked: CudaRulesSetup, stage) -> None:
+    """advise/inspect's feature pass (pooled features, or a stage's channel maxima) on the device."""
+    from edgetl.analysis.embeddings import POOLED, _compute, run_model
+
+    model = run_model(tiny_run)
+    paths = sorted((Path(tiny_run).parent / "data" / "val").glob("*/*.jpg"))[:4]
+    values = _compute(model, paths, POOLED if stage is None else stage, 4, 0, checked.device, False)
+    assert values.shape[0] == 4 and values.dtype == np.float32
