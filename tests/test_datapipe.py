@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import List, Tuple
@@ -223,3 +224,28 @@ def test_gpu_decode_and_device_crops(tmp_path: Path) -> None:
     randoms = draw_crop_randoms(len(samples), torch.Generator().manual_seed(0))
     crops = augment_decoded(images.pixels.cuda(), rows, images.geometry, randoms, SPEC)
     assert crops.is_cuda and crops.shape == (6, 3, 56, 56) and 0 <= crops.min() and crops.max() <= 255
+
+
+def test_one_failed_nvjpeg_batch_falls_back_to_pil(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A batch nvjpeg cannot decode is decoded with PIL (logged), not the end of the cache build."""
+    import torchvision.io
+
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, (width, height) in enumerate([(80, 60), (60, 80), (64, 64)]):
+        path = folder / "{}.jpg".format(i)
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        samples.append(Sample(path, 0))
+
+    def broken_decode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("nvjpeg: NVJPEG_STATUS_EXECUTION_FAILED")
+
+    pil = open_decoded_images(samples, SPEC, folder, "train", tmp_path / "pil", 0, None)
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", broken_decode)
+    with caplog.at_level(logging.WARNING, logger="edgetl.data.decoded_cache"):
+        fallback = open_decoded_images(samples, SPEC, folder, "train", tmp_path / "gpu", 0, torch.device("cuda"))
+    assert "decoding them with PIL" in caplog.text
+    assert np.array_equal(np.asarray(fallback.pixels), np.asarray(pil.pixels))
+    assert torch.equal(fallback.geometry, pil.geometry)

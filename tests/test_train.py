@@ -149,7 +149,7 @@ def test_cut_run_round_trips_through_its_checkpoint(make_image_folder, tmp_path:
 def test_evaluation_accepts_labels_already_on_the_device() -> None:
     """Pipelines hand labels over on the training device; on CUDA, mixing them with CPU logits crashed
     every fine-tune at the end of epoch 1 (``placement.OnDevice`` applies CUDA's rule on the CPU)."""
-    from placement import PlacementError, on_device
+    from placement import DEVICE, PlacementError, on_device
 
     from edgetl.train.evaluate import evaluate_model
 
@@ -163,7 +163,7 @@ def test_evaluation_accepts_labels_already_on_the_device() -> None:
 
     model = DeviceLinear()
     loader = [(on_device(torch.randn(5, 4)), on_device(torch.tensor([0, 1, 2, 0, 1])))]
-    result = evaluate_model(model, loader, torch.device("cpu"), 3, torch.nn.CrossEntropyLoss())
+    result = evaluate_model(model, loader, DEVICE, 3, torch.nn.CrossEntropyLoss())  # DEVICE: what OnDevice reports
     assert result.count == 5 and result.loss == result.loss  # not NaN: the criterion ran
     with pytest.raises(PlacementError):  # the checker itself catches a mix
         torch.nn.CrossEntropyLoss()(torch.randn(5, 3), loader[0][1])

@@ -77,9 +77,18 @@ class DeviceSetup:
     def pin_memory(self) -> bool:
         return self.cuda_paths and self.device.type == "cuda"
 
+    @property
+    def decode_device(self) -> Any:
+        """Where the decoded-image cache decodes plain JPEGs: the CUDA device (nvjpeg), or ``None`` (PIL)."""
+        return self.device if self.device.type == "cuda" else None
+
     def to_device(self, tensor: Any) -> Any:
         """A host tensor on the training device (non-blocking from pinned memory)."""
         return tensor.to(self.device, non_blocking=True)
+
+    def module_to_device(self, module: Any) -> Any:
+        """``module`` (parameters and buffers) on the training device in the run's memory format."""
+        return module.to(self.device, memory_format=self.memory_format)
 
     def describe(self) -> str:
         if self.device.type == "cuda":

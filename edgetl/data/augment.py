@@ -80,11 +80,15 @@ def random_resized_crop_boxes(width: Any, height: Any, randoms: Any) -> Tuple[An
     return boxes.to(torch.int64), u[:, -1] < 0.5
 
 
-def normalize_batch(images: Any, spec: PreprocessSpec) -> Any:
-    """uint8 (or float 0..255) NCHW -> float32 ``(x / 255 - mean) / std``: one multiply, one add."""
+def normalize_batch(images: Any, spec: PreprocessSpec, memory_format: Any = None) -> Any:
+    """uint8 (or float 0..255) NCHW -> float32 ``(x / 255 - mean) / std``: one multiply, one add.
+
+    ``memory_format``: the layout of the result (``torch.channels_last`` for the CUDA paths), written
+    directly rather than copied afterwards; default contiguous."""
     std = torch.tensor(spec.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+    layout = torch.contiguous_format if memory_format is None else memory_format
+    out = torch.empty(images.shape, dtype=torch.float32, device=images.device, memory_format=layout)
     return torch.mul(images, 1.0 / (255.0 * std), out=out).sub_(mean / std)
 
 

@@ -256,10 +256,33 @@ def _decoded_slots(
             continue
         pending.append((index, torch.as_tensor(payload)))
         if len(pending) == GPU_DECODE_BATCH:
-            yield from decode_resize_on_gpu(pending, spec, device)
+            yield from _decode_batch(pending, samples, spec, device)
             pending = []
     if pending:
-        yield from decode_resize_on_gpu(pending, spec, device)
+        yield from _decode_batch(pending, samples, spec, device)
+
+
+def _decode_batch(
+    items: Sequence[Tuple[int, Any]], samples: Sequence[Sample], spec: PreprocessSpec, device: Any
+) -> List[Tuple[int, np.ndarray, List[int]]]:
+    """One nvjpeg batch; if nvjpeg fails on it (a file it rejects, a GPU hiccup), that batch is decoded
+    with PIL instead of ending the whole cache build."""
+    try:
+        return list(decode_resize_on_gpu(items, spec, device))
+    except RuntimeError as exc:
+        log.warning(
+            "nvjpeg could not decode a batch of %d images (%s); decoding them with PIL",
+            len(items),
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
+    slots = []
+    for index, _ in items:
+        try:
+            slot, row = fit_slot(np.asarray(resize_shorter_side(load_rgb(samples[index].path), spec)), spec)
+        except (DataError, OSError) as exc:
+            raise DataError("cannot decode {}: {}".format(samples[index].path, str(exc).splitlines()[0])) from exc
+        slots.append((index, slot, row))
+    return slots
 
 
 def decode_resize_on_gpu(

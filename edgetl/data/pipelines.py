@@ -176,8 +176,8 @@ def device_finish(setup: DeviceSetup, spec: PreprocessSpec) -> Callable[[Any], T
         else:
             images, labels = batch
             images = setup.to_device(images)
-        images = normalize_batch(images, spec)
-        return images.contiguous(memory_format=setup.memory_format), setup.to_device(labels)
+        images = normalize_batch(images, spec, setup.memory_format)  # written in the run's layout: no extra copy
+        return images, setup.to_device(labels)
 
     return finish
 
@@ -186,9 +186,8 @@ def decoded_caches(
     split: DatasetSplit, spec: PreprocessSpec, workers: int, setup: DeviceSetup, cache_dir: Optional[Path] = None
 ) -> Tuple[DecodedImages, DecodedImages]:
     """The (train, val) decoded-image caches of a split, built if needed (GPU JPEG decode on CUDA)."""
-    gpu = setup.device if setup.device.type == "cuda" else None
     return tuple(
-        open_decoded_images(samples, spec, split.root, part, cache_dir, workers, gpu)
+        open_decoded_images(samples, spec, split.root, part, cache_dir, workers, setup.decode_device)
         for part, samples in (("train", split.train), ("val", split.val))
     )
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from edgetl.core.deps import require
-from edgetl.core.device import resolve_device, resolve_workers
+from edgetl.core.device import DeviceSetup, resolve_workers
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
 from edgetl.data.folders import DatasetSplit, ImageDataset, scan_class_folders
@@ -75,10 +75,17 @@ def evaluate_model(
 
 
 def evaluate_run(
-    run: Path, data: Optional[Path] = None, batch_size: int = 32, device: str = "auto", workers: Optional[int] = None
+    run: Path,
+    data: Optional[Path] = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    workers: Optional[int] = None,
+    *,
+    setup: Optional[DeviceSetup] = None,
 ) -> Dict[str, Any]:
     """Evaluate a run's best.pt on DATA (class folders; a train/val root uses val/) or its own val split.
-    Writes ``evaluation.json`` and ``evaluation.txt`` into the run folder."""
+    Writes ``evaluation.json`` and ``evaluation.txt`` into the run folder. ``setup`` (default: built
+    from ``device``, AMP off) is where the model runs; tests pass a placement-checking one."""
     run = Path(run)
     model, payload = load_run(run)
     classes = list(payload["class_names"])
@@ -91,13 +98,14 @@ def evaluate_run(
         if found != classes:
             raise DataError("classes in {} ({}) differ from the run's ({})".format(root, found, classes))
         source = str(root)
-    torch_device = resolve_device(device)
+    setup = setup or DeviceSetup.create(device, amp=False)
     loader = torch.utils.data.DataLoader(
         ImageDataset(samples, torch_transforms(preprocess_of(payload), train=False)),
         batch_size=batch_size,
         num_workers=resolve_workers(workers),
     )
-    result = evaluate_model(model.to(torch_device), loader, torch_device, len(classes), torch.nn.CrossEntropyLoss())
+    model = setup.module_to_device(model)
+    result = evaluate_model(model, loader, setup.device, len(classes), torch.nn.CrossEntropyLoss())
     report = dict(asdict(result), classes=classes, data=source, checkpoint=str(run / "best.pt"))
     atomic_write_text(run / "evaluation.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(run / "evaluation.txt", format_evaluation(report) + "\n")

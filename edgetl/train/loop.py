@@ -81,8 +81,11 @@ def default_run_dir(config: FinetuneConfig) -> Path:
     return Path("models") / "{}-{}-{}".format(config.arch, config.strategy, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def finetune(config: FinetuneConfig, progress: bool = True) -> RunResult:
-    """Start a new run in ``config.out`` (or ``models/<arch>-<strategy>-<time>``) and train it."""
+def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[DeviceSetup] = None) -> RunResult:
+    """Start a new run in ``config.out`` (or ``models/<arch>-<strategy>-<time>``) and train it.
+
+    ``setup``: the training device; by default ``DeviceSetup.create(config.device, config.amp)``.
+    Tests pass one that applies CUDA's placement rules on the CPU (``tests/placement.py``)."""
     run_dir = default_run_dir(config)
     if (run_dir / "last.pt").exists():
         raise ConfigError("{} already holds a run; continue it with --resume or choose another --out".format(run_dir))
@@ -97,31 +100,41 @@ def finetune(config: FinetuneConfig, progress: bool = True) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     split.save(run_dir)
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
-    return _train(config, run_dir, split, None, progress)
+    return _train(config, run_dir, split, None, progress, setup)
 
 
-def resume(run_dir: Path, epochs: Optional[int] = None, progress: bool = True) -> RunResult:
-    """Continue a run from its ``last.pt`` with its saved options (optionally more epochs)."""
+def resume(
+    run_dir: Path, epochs: Optional[int] = None, progress: bool = True, *, setup: Optional[DeviceSetup] = None
+) -> RunResult:
+    """Continue a run from its ``last.pt`` with its saved options (optionally more epochs); ``setup`` as
+    for :func:`finetune`."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / "last.pt")
     config = FinetuneConfig.from_dict(state["config"])
     if epochs is not None:
         config = replace(config, epochs=epochs)
-    return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress)
+    return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress, setup)
 
 
 def _train(
-    config: FinetuneConfig, run_dir: Path, split: DatasetSplit, state: Optional[Dict[str, Any]], progress: bool
+    config: FinetuneConfig,
+    run_dir: Path,
+    split: DatasetSplit,
+    state: Optional[Dict[str, Any]],
+    progress: bool,
+    setup: Optional[DeviceSetup] = None,
 ) -> RunResult:
-    setup = DeviceSetup.create(config.device, config.amp)
+    setup = setup or DeviceSetup.create(config.device, config.amp)
     log.info(setup.describe())
     spec = get_backbone(config.arch, config.cut_at)
     preprocess = preprocess_spec(spec)
     weights = resolve_weights(spec, config.weights) if state is None else None
     torch.manual_seed(config.seed)
-    model = build_model(
-        spec, len(split.classes), HeadConfig(config.head), config.strategy, config.trainable_stages, weights
-    ).to(setup.device, memory_format=setup.memory_format)
+    model = setup.module_to_device(
+        build_model(
+            spec, len(split.classes), HeadConfig(config.head), config.strategy, config.trainable_stages, weights
+        )
+    )
     optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
     steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
     scheduler = cosine_with_warmup(optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
@@ -219,7 +232,11 @@ class TrainStep:
 def train_one_epoch(step: TrainStep, batches: Any, *, progress: bool, label: str) -> tuple:
     """One pass over device-resident (inputs, labels) batches; returns (mean loss, top-1)."""
     step.module.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    # Summed on the device and read once per epoch: a .item() per step would stall the GPU every batch.
+    # float64 sums of float32 losses times batch sizes: the same numbers as summing Python floats.
+    total_loss = torch.zeros((), dtype=torch.float64, device=step.setup.device)
+    correct = torch.zeros((), dtype=torch.int64, device=step.setup.device)
+    seen = 0
     # disable=None: bars only on a terminal, not in logs
     for images, labels in tqdm(batches, desc=label, leave=False, disable=None if progress else True):
         with torch.autocast(step.setup.device.type, dtype=torch.float16, enabled=step.setup.use_amp):
@@ -230,10 +247,10 @@ def train_one_epoch(step: TrainStep, batches: Any, *, progress: bool, label: str
         step.scaler.step(step.optimizer)
         step.scaler.update()
         step.scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
+        total_loss += loss.detach().double() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    return total_loss / seen, correct / seen
+    return total_loss.item() / seen, correct.item() / seen
 
 
 def _write_metrics(path: Path, history: List[Dict[str, float]]) -> None:
