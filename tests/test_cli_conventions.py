@@ -90,6 +90,7 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
             ("precision", "min_batch", "opt_batch", "max_batch"),
         ),
         "embed": (features, {}, ("out",)),
+        "doctor": ({}, {}, ("as_json", "gpu_selfcheck", "out")),
         "inspect": (
             features,
             {},

@@ -7,23 +7,24 @@ from typing import Optional
 
 import click
 
+from edgetl.cli.options import json_option, out_option
+
+SELFCHECK_OUT = Path("models") / "gpu-selfcheck"  # models/ is where edgetl writes by default
+
 
 @click.command("doctor")
 @click.argument("bundle", required=False, type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the items (and the raw facts) as JSON.")
+@json_option("the items (and the raw facts)")
 @click.option(
     "--gpu-selfcheck",
     is_flag=True,
     help="Run every CUDA path on the demo data against its CPU twin and write a report (needs edgetl[train]).",
 )
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("gpu_selfcheck"),
-    show_default=True,
-    help="--gpu-selfcheck: folder for gpu_selfcheck.md/.json and its scratch files.",
+@out_option(
+    "--gpu-selfcheck: folder for gpu_selfcheck.md/.json and its scratch files [default: models/gpu-selfcheck].",
+    file_okay=False,
 )
-def doctor(bundle: Optional[Path], as_json: bool, gpu_selfcheck: bool, out: Path) -> None:
+def doctor(bundle: Optional[Path], as_json: bool, gpu_selfcheck: bool, out: Optional[Path]) -> None:
     """What a Jetson or workstation user runs first: Python, numpy, onnx, onnxruntime and the execution
     providers that really run, torch and CUDA, TensorRT and cuda-python, the JetPack release with its
     --trt-version, the power mode, and which export targets and predict backends work here. Exit code 1
@@ -35,6 +36,7 @@ def doctor(bundle: Optional[Path], as_json: bool, gpu_selfcheck: bool, out: Path
     edgetl doctor --gpu-selfcheck --out selfcheck/
     """
     if gpu_selfcheck:
+        out = out or SELFCHECK_OUT
         from edgetl.bench.gpu_selfcheck import run_selfcheck
 
         report = run_selfcheck(out, command="edgetl doctor --gpu-selfcheck --out {}".format(out))
