@@ -50,10 +50,20 @@ def _types(model: onnx.ModelProto) -> tuple:
     return activations, weights
 
 
+def _largest_conv_weight(model: onnx.ModelProto) -> int:
+    """The largest |quantized value| of the convolution weights: 127 for 8-bit, 64 for reduce_range's 7 bits."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    return max(int(np.abs(w.astype(np.int64)).max()) for w in weights if w.ndim == 4)
+
+
 @pytest.mark.parametrize(
-    "isa,activations,weights", [("vnni", np.uint8, np.int8), ("avx2", np.uint8, np.uint8), ("arm64", np.int8, np.int8)]
+    "isa,activations,weights,seven_bit",
+    [("vnni", np.uint8, np.int8, False), ("avx2", np.uint8, np.int8, True), ("arm64", np.int8, np.int8, False)],
 )
-def test_cpu_form_is_built_for_the_named_isa(tiny_run: Path, tmp_path: Path, isa: str, activations, weights) -> None:
+def test_cpu_form_is_built_for_the_named_isa(
+    tiny_run: Path, tmp_path: Path, isa: str, activations, weights, seven_bit: bool
+) -> None:
     report = export_run(
         ExportConfig(
             run=str(tiny_run),
@@ -66,7 +76,9 @@ def test_cpu_form_is_built_for_the_named_isa(tiny_run: Path, tmp_path: Path, isa
             max_int8_drop=100.0,
         )
     )  # a random-init model: this test is about the form
-    assert _types(onnx.load(str(tmp_path / "model_int8.onnx"))) == ({np.dtype(activations)}, {np.dtype(weights)})
+    model = onnx.load(str(tmp_path / "model_int8.onnx"))
+    assert _types(model) == ({np.dtype(activations)}, {np.dtype(weights)})
+    assert (_largest_conv_weight(model) <= 64) == seven_bit
     entry = report["artifacts"][1]
     assert entry["int8_cpu_isa"] == isa and entry["int8_cpu_form"] == INT8_CPU_FORMS[isa].name
     assert "cpu_isa_flags" in entry
