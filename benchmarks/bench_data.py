@@ -36,9 +36,7 @@ from edgetl.bench.machine import machine_info
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_write_text, edgetl_home
 from edgetl.core.tables import markdown_table
-
-# _render: the demo textures drawn at photo size; edgetl.data.demo has no public name for it yet.
-from edgetl.data.demo import DEMO_CLASSES, _render
+from edgetl.data.demo import DEMO_CLASSES, render_texture
 from edgetl.data.feature_cache import feature_pipeline
 from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import image_pipeline
@@ -74,7 +72,7 @@ def make_photos(root: Path) -> Path:
             for i in range(count):
                 rng = np.random.default_rng([7, split_id, cls, i])
                 size = PHOTO_SIZE if i % 5 else PHOTO_SIZE[::-1]
-                pixels = np.asarray(_render(cls, rng).resize(size, Image.BICUBIC), dtype=np.float32)
+                pixels = np.asarray(render_texture(cls, rng).resize(size, Image.BICUBIC), dtype=np.float32)
                 pixels = np.clip(pixels + rng.normal(0, 4, pixels.shape) + 0.5, 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(str(folder / "{}_{:04d}.jpg".format(name, i)), quality=90)
     marker.write_text("ok\n")

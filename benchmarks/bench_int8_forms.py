@@ -165,7 +165,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a MobileNetV2 run folder (default: train the INT8 test fixture)")
     parser.add_argument("--emulate-cpu", default="", help="qemu CPU model for the emulated column, e.g. Haswell")
-    parser.add_argument("--emulate-forms", default="U8S8,U8S8 reduce_range,U8U8", help="forms to run under emulation (comma-separated)")
+    parser.add_argument(
+        "--emulate-forms", default="U8S8,U8S8 reduce_range,U8U8", help="forms to run under emulation (comma-separated)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--outputs-of", nargs=4, metavar=("MODEL", "CROPS", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -70,6 +70,7 @@ class PeakMemory:
     def __enter__(self) -> "PeakMemory":
         gc.collect()
         if self.device.type == "cuda":
+            torch.cuda.init()  # the peak-memory counters exist only once CUDA is initialised
             torch.cuda.reset_peak_memory_stats(self.device)
             self.before_mib, self.kind = torch.cuda.memory_allocated(self.device) / 2**20, "cuda max allocated"
             return self

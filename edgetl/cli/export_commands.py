@@ -162,12 +162,12 @@ def export(
 
 def expand_images(inputs: Sequence[Path]) -> List[Path]:
     """Files as given; directories expand to the image files under them (sorted)."""
-    from edgetl.data.folders import IMAGE_SUFFIXES
+    from edgetl.data.folders import image_files
 
     paths = []  # type: List[Path]
     for item in inputs:
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += image_files(item)
         else:
             paths.append(item)
     return paths

@@ -56,11 +56,6 @@ def cache_bytes(count: int, spec: PreprocessSpec) -> int:
     return count * rows * cols * channels
 
 
-def default_cache_dir() -> Path:
-    """Where the data caches go: ``$EDGETL_HOME`` (default ``~/.cache/edgetl``)."""
-    return edgetl_home()
-
-
 def fit_slot(resized: np.ndarray, spec: PreprocessSpec) -> Tuple[np.ndarray, List[int]]:
     """Place an image already resized to shorter side S (HWC uint8) into a slot; return it and its geometry."""
     height, width = resized.shape[:2]
@@ -128,7 +123,7 @@ def open_decoded_images(
     device: Any = None,
 ) -> DecodedImages:
     """The decoded cache of ``samples`` (``part`` of the dataset at ``root``), built if missing or outdated."""
-    directory = Path(cache_dir or default_cache_dir()) / "decoded"
+    directory = Path(cache_dir or edgetl_home()) / "decoded"
     directory.mkdir(parents=True, exist_ok=True)
     key = cache_key(samples, spec)
     prefix = hashlib.sha256("{}|{}".format(Path(root).resolve(), part).encode("utf-8")).hexdigest()[:12]

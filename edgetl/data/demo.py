@@ -57,7 +57,7 @@ def _pattern(cls: int, x: np.ndarray, y: np.ndarray, box: tuple, rng: np.random.
     return np.mod(dist / period, 1.0) < rng.uniform(0.35, 0.6)
 
 
-def _render(cls: int, rng: np.random.Generator) -> Image.Image:
+def render_texture(cls: int, rng: np.random.Generator) -> Image.Image:
     """Draw one image: a texture filling a random rectangle or ellipse (40-90% of the area) on a background."""
     w, h = (int(n) for n in rng.integers(160, 401, size=2))  # independent width and height
     ellipse = bool(rng.random() < 0.5)
@@ -135,7 +135,7 @@ def ensure_demo_dataset(root: Path | None = None, train_per_class: int = 60, val
                 folder.mkdir(parents=True, exist_ok=True)
                 for i in range(count):
                     rng = np.random.default_rng([DEMO_VERSION, split_id, cls, i])
-                    _render(cls, rng).save(str(folder / "{}_{:04d}.jpg".format(name, i)), "JPEG", quality=90)
+                    render_texture(cls, rng).save(str(folder / "{}_{:04d}.jpg".format(name, i)), "JPEG", quality=90)
         (tmp / _MARKER).write_text(marker, encoding="utf-8")
         if root.exists() and not _is_complete(root, marker):
             shutil.rmtree(str(root), ignore_errors=True)  # stale partial or different counts

@@ -20,8 +20,8 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 
 from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
-from edgetl.core.fileio import atomic_path
-from edgetl.data.decoded_cache import DecodedImages, default_cache_dir
+from edgetl.core.fileio import atomic_path, edgetl_home
+from edgetl.data.decoded_cache import DecodedImages
 from edgetl.data.folders import DatasetSplit
 from edgetl.data.pipelines import (
     BatchStream,
@@ -122,7 +122,7 @@ def feature_pipeline(
     cache_dir: Optional[Path] = None,
 ) -> FeaturePipeline:
     """Features of ``split`` through ``model.base`` (loaded from the cache or computed now)."""
-    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir = Path(cache_dir or edgetl_home())
     train_images, val_images = decoded_caches(split, spec, workers, setup, cache_dir)
     parts = [
         FEATURE_FORMAT,
