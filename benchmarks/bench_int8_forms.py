@@ -27,7 +27,7 @@ import numpy as np
 
 from edgetl.bench.latency import LatencyConfig, bench_latency
 from edgetl.bench.machine import machine_info
-from edgetl.core.cpu import cpu_isa, isa_flags_of_interest
+from edgetl.core.cpu import cpu_isa
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
@@ -114,7 +114,7 @@ def measure(run: Path, work: Path, emulate: str, emulate_forms: List[str]) -> Di
         row["latency"] = {"p50_ms": timing["p50_ms"], "relative": timing["relative"],
                           "speedup_vs_fp32": fp32_row["relative"] / timing["relative"]}  # fmt: skip
     return {
-        "machine": dict(machine_info(THREADS), cpu_isa=cpu_isa(), cpu_isa_flags=isa_flags_of_interest()),
+        "machine": machine_info(THREADS),
         "run": str(run), "images": int(len(images["crops"])), "val_images": int(len(images["val_labels"])),
         "fp32_latency": {"p50_ms": fp32_row["p50_ms"], "relative": fp32_row["relative"]},
         "emulated_cpu": emulate or None, "forms": rows, "method": latency["method"],

@@ -107,3 +107,10 @@ def test_runtime_warns_when_the_cpu_differs(tiny_run: Path, tmp_path: Path, capl
         assert warn_if_built_for_another_cpu(model, isa="avx2")
     assert "built for arm64 CPUs, this one is avx2" in caplog.text
     assert not warn_if_built_for_another_cpu(model, isa="arm64")
+
+
+def test_benchmark_machine_info_names_the_isa() -> None:
+    from edgetl.bench.machine import machine_info
+
+    info = machine_info(None)
+    assert info["cpu_isa"] == cpu_isa() and isinstance(info["cpu_isa_flags"], list)

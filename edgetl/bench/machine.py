@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import Any, Dict, Optional
 
 from edgetl.bench.doctor import jetson_summary, read_jetson
+from edgetl.core.cpu import cpu_isa, isa_flags_of_interest
 
 
 def machine_info(threads: Optional[int]) -> Dict[str, Any]:
@@ -24,6 +25,8 @@ def machine_info(threads: Optional[int]) -> Dict[str, Any]:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
+        "cpu_isa": cpu_isa(),  # INT8 results depend on it (edgetl.core.cpu)
+        "cpu_isa_flags": isa_flags_of_interest(),
         "threads": threads,
         "python": platform.python_version(),
         "packages": versions,
