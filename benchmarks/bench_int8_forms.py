@@ -32,10 +32,11 @@ from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit
+from edgetl.export.config import DEFAULT_CALIB_SIZE
 from edgetl.export.gate import judge
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import load_eval_images, normalized, onnx_outputs
-from edgetl.export.quantize import DEFAULT_CALIB_SIZE, ImageCalibrationReader, calibration_samples, quantize_onnx
+from edgetl.export.quantize import ImageCalibrationReader, calibration_samples, quantize_onnx
 from edgetl.spec.formats import INT8_CPU_FORMS, Int8CpuForm
 from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
