@@ -21,7 +21,7 @@ from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.preprocess import eval_array, load_rgb, torch_transforms
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
