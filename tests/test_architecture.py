@@ -28,6 +28,7 @@ DEVICE_SIDE = [
     "edgetl/bench/latency.py",
     "edgetl/bench/machine.py",
     "edgetl/bench/doctor.py",
+    "edgetl/bench/jetson.py",
     # the config dataclasses the CLI imports for its defaults
     "edgetl/train/config.py",
     "edgetl/export/config.py",

@@ -8,7 +8,7 @@ import platform
 from importlib import metadata
 from typing import Any, Dict, Optional
 
-from edgetl.bench.doctor import jetson_summary, read_jetson
+from edgetl.bench.jetson import jetson_summary, read_jetson
 from edgetl.core.cpu import cpu_isa, isa_flags_of_interest
 
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.bench import doctor as d
+from edgetl.bench import jetson as j
 from edgetl.bench.machine import machine_info
 from edgetl.spec.bundle import ModelInfo
 from edgetl.spec.engine_sidecar import SIDECAR_FORMAT, DeviceInfo
@@ -29,7 +30,7 @@ from edgetl.trt.plan import DEFAULT_TARGET, TARGETS
     ],
 )
 def test_parse_nv_tegra_release(text, expected):
-    assert d.parse_nv_tegra_release(text) == expected
+    assert j.parse_nv_tegra_release(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,7 @@ def test_parse_nv_tegra_release(text, expected):
     [("36.3.0-20240506102626", (36, 3, 0)), ("35.4.1-20230801124926", (35, 4, 1)), ("36.4", (36, 4, 0)), ("", None)],
 )
 def test_parse_l4t_core_version(version, expected):
-    assert d.parse_l4t_core_version(version) == expected
+    assert j.parse_l4t_core_version(version) == expected
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_parse_l4t_core_version(version, expected):
     ],
 )
 def test_jetpack_table_maps_l4t_to_tensorrt_and_target(l4t, jetpack, trt, target):
-    row = d.jetpack_for_l4t(l4t)
+    row = j.jetpack_for_l4t(l4t)
     assert (row.jetpack, row.tensorrt) == (jetpack, trt)
     found = d.target_for_tensorrt(row.tensorrt) if row.tensorrt else None
     assert (found.name if found else None) == target
@@ -62,17 +63,17 @@ def test_jetpack_table_maps_l4t_to_tensorrt_and_target(l4t, jetpack, trt, target
 
 def test_every_jetpack_tensorrt_with_a_target_names_an_existing_row():
     names = {t.name for t in TARGETS}
-    for row in d.JETPACK_RELEASES:
+    for row in j.JETPACK_RELEASES:
         target = d.target_for_tensorrt(row.tensorrt) if row.tensorrt else None
         assert target is None or target.name in names
-    assert d.jetpack_for_l4t((37, 0, 0)) is None  # unknown releases are reported, never guessed
+    assert j.jetpack_for_l4t((37, 0, 0)) is None  # unknown releases are reported, never guessed
 
 
 def test_default_target_is_jetpack_6_1_not_6_0():
     """The default --trt-version (10.3) is JetPack 6.1/6.2's TensorRT; JetPack 6.0 ships 8.6."""
     assert DEFAULT_TARGET == "10.3"
-    assert d.jetpack_for_l4t((36, 3)).tensorrt == "8.6"
-    assert d.jetpack_for_l4t((36, 4)).tensorrt == DEFAULT_TARGET
+    assert j.jetpack_for_l4t((36, 3)).tensorrt == "8.6"
+    assert j.jetpack_for_l4t((36, 4)).tensorrt == DEFAULT_TARGET
 
 
 @pytest.mark.parametrize(
@@ -85,7 +86,7 @@ def test_default_target_is_jetpack_6_1_not_6_0():
     ],
 )
 def test_parse_nvpmodel(text, expected):
-    assert d.parse_nvpmodel(text) == expected
+    assert j.parse_nvpmodel(text) == expected
 
 
 ACTIVE = """SOC family:tegra234  Machine:NVIDIA Jetson AGX Orin Developer Kit
@@ -96,9 +97,9 @@ EMC MinFreq=204000000 MaxFreq=3199000000 CurrentFreq=3199000000 FreqOverride=1
 
 
 def test_parse_jetson_clocks():
-    assert d.parse_jetson_clocks(ACTIVE.replace("MinFreq=204000000", "MinFreq=3199000000")) is True
-    assert d.parse_jetson_clocks(ACTIVE.replace("MinFreq=2201600", "MinFreq=729600")) is False
-    assert d.parse_jetson_clocks("") is None
+    assert j.parse_jetson_clocks(ACTIVE.replace("MinFreq=204000000", "MinFreq=3199000000")) is True
+    assert j.parse_jetson_clocks(ACTIVE.replace("MinFreq=2201600", "MinFreq=729600")) is False
+    assert j.parse_jetson_clocks("") is None
 
 
 def facts(**over: Any) -> Dict[str, Any]:
@@ -320,7 +321,7 @@ def test_probe_onnxruntime_opens_real_sessions():
 
 
 def test_machine_info_has_no_jetson_key_off_a_jetson():
-    if d.NV_TEGRA_RELEASE.is_file():
+    if j.NV_TEGRA_RELEASE.is_file():
         pytest.skip("this is a Jetson")
     assert "jetson" not in machine_info(None)
 
