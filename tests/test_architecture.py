@@ -29,6 +29,7 @@ DEVICE_SIDE = [
     "edgetl/bench/machine.py",
     "edgetl/bench/doctor.py",
     "edgetl/bench/jetson.py",
+    "edgetl/bench/selfcheck_report.py",
     # the config dataclasses the CLI imports for its defaults
     "edgetl/train/config.py",
     "edgetl/export/config.py",

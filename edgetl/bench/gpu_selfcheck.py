@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -24,10 +23,15 @@ import numpy as np
 
 from edgetl.bench.data import pipeline_rate, training_rates
 from edgetl.bench.machine import machine_info
+from edgetl.bench.selfcheck_report import (
+    Outcome,
+    Report,
+    Skip,
+    run_checks,
+    write_report,
+)  # fmt: skip
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
-from edgetl.core.fileio import atomic_write_text
-from edgetl.core.tables import markdown_table
 from edgetl.data.decoded_cache import open_decoded_images
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import load_dataset
@@ -46,36 +50,11 @@ from edgetl.train.weights import fetch_weights
 
 torch = require("torch")
 
-PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 ARCH = "mobilenet_v2"
 DEMO_COUNTS = {"train_per_class": 24, "val_per_class": 8}
 BATCH = 16
 TOP1_TOLERANCE = 0.15  # CUDA vs CPU twin on 32 val images after 2 tiny epochs: AMP and kernels differ
 LOSS_TOLERANCE = 0.10  # relative, AMP+channels_last vs fp32 NCHW over the same steps from the same weights
-
-
-class Skip(Exception):
-    """A check that cannot run here; the message says why."""
-
-
-@dataclass
-class CheckResult:
-    name: str
-    status: str  # passed | failed | skipped
-    reason: str
-    figures: Dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Outcome:
-    """What a check function returns: its measurements and the targets it missed (empty: passed)."""
-
-    figures: Dict[str, Any]
-    problems: List[str] = field(default_factory=list)
-
-    def expect(self, ok: bool, target: str) -> None:
-        if not ok:
-            self.problems.append("target not met: " + target)
 
 
 @dataclass
@@ -460,92 +439,6 @@ CHECKS: List[Check] = [
 ]
 
 
-def run_checks(checks: Sequence[Check], ctx: Context) -> List[CheckResult]:
-    """Run each check; Skip -> skipped with its reason, any exception -> failed with its message."""
-    results = []
-    for name, check in checks:
-        try:
-            outcome = check(ctx)
-        except Skip as skip:
-            results.append(CheckResult(name, SKIPPED, str(skip)))
-            continue
-        except Exception as exc:  # a broken CUDA path is a finding, not a crash of the report
-            results.append(CheckResult(name, FAILED, "error: {}: {}".format(type(exc).__name__, exc)))
-            continue
-        if outcome.problems:
-            results.append(CheckResult(name, FAILED, "; ".join(outcome.problems), outcome.figures))
-        else:
-            results.append(CheckResult(name, PASSED, "all targets met", outcome.figures))
-    return results
-
-
-@dataclass
-class Report:
-    results: List[CheckResult]
-    machine: Dict[str, Any]
-    command: str
-    markdown_path: Path
-    json_path: Path
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status == FAILED for r in self.results)
-
-    def counts(self) -> Dict[str, int]:
-        return {s: sum(r.status == s for r in self.results) for s in (PASSED, FAILED, SKIPPED)}
-
-    def summary(self) -> str:
-        lines = ["{:<8} {}: {}".format(r.status, r.name, r.reason) for r in self.results]
-        return "\n".join(lines + ["{passed} passed, {failed} failed, {skipped} skipped".format(**self.counts())])
-
-
-def _figures_text(figures: Dict[str, Any]) -> str:
-    return json.dumps(figures, sort_keys=True, default=str)[:400] if figures else "-"
-
-
-def render_markdown(report: Report) -> str:
-    counts = report.counts()
-    machine = report.machine
-    gpu = machine.get("gpu") or "no CUDA device"
-    lines = [
-        "# GPU self-check",
-        "",
-        "`{}` on {} ({} CPUs, Python {}, torch {}; GPU: {}), {}.".format(
-            report.command,
-            machine.get("platform"),
-            machine.get("cpu_count"),
-            machine.get("python"),
-            machine.get("packages", {}).get("torch", "-"),
-            gpu,
-            time.strftime("%Y-%m-%d"),
-        ),
-        "",
-        "{passed} passed, {failed} failed, {skipped} skipped. A skipped check was not run: its reason says "
-        "why; no figure below was estimated.".format(**counts),
-        "",
-        markdown_table(
-            ["check", "status", "reason", "figures"],
-            [[r.name, r.status, r.reason, _figures_text(r.figures)] for r in report.results],
-        ),
-        "",
-        "Each CUDA path is compared with its CPU twin on the built-in demo dataset ({train_per_class} train / "
-        "{val_per_class} val images per class); figures and per-check details are in the JSON.".format(**DEMO_COUNTS),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: Report) -> None:
-    """JSON and Markdown, each written atomically."""
-    data = {
-        "command": report.command,
-        "machine": report.machine,
-        "counts": report.counts(),
-        "results": [asdict(r) for r in report.results],
-    }
-    atomic_write_text(report.json_path, json.dumps(data, indent=2, default=str) + "\n")
-    atomic_write_text(report.markdown_path, render_markdown(report))
-
-
 def run_selfcheck(
     out: Path,
     command: str = "edgetl doctor --gpu-selfcheck",
@@ -561,6 +454,6 @@ def run_selfcheck(
     if ctx.cuda:
         machine["gpu"] = "{} x {}".format(ctx.gpus, torch.cuda.get_device_name(0))
     machine["processor"] = machine.get("processor") or platform.processor()
-    report = Report(results, machine, command, out / (name + ".md"), out / (name + ".json"))
+    report = Report(results, machine, command, out / (name + ".md"), out / (name + ".json"), DEMO_COUNTS)
     write_report(report)
     return report

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgetl.bench import gpu_selfcheck as g
+from edgetl.bench import selfcheck_report as r
 from edgetl.core import fileio
 
 
@@ -17,35 +18,35 @@ def no_cuda(tmp_path: Path, gpus: int = 0) -> g.Context:
 
 
 def test_every_check_skips_with_its_reason_without_cuda(tmp_path):
-    results = g.run_checks(g.CHECKS, no_cuda(tmp_path))
+    results = r.run_checks(g.CHECKS, no_cuda(tmp_path))
     assert [r.name for r in results] == [name for name, _ in g.CHECKS]
     for result in results:
-        assert result.status == g.SKIPPED, result
+        assert result.status == r.SKIPPED, result
         assert "no CUDA device" in result.reason and result.figures == {}
     assert not (tmp_path / "work").exists()  # nothing was trained or built to reach the skips
 
 
 def test_multi_gpu_check_needs_more_than_one_gpu(tmp_path):
-    [result] = g.run_checks([("multi", g.check_multi_gpu)], no_cuda(tmp_path, gpus=1))
-    assert result.status == g.SKIPPED and result.reason == "needs more than one GPU (this machine has 1)"
+    [result] = r.run_checks([("multi", g.check_multi_gpu)], no_cuda(tmp_path, gpus=1))
+    assert result.status == r.SKIPPED and result.reason == "needs more than one GPU (this machine has 1)"
 
 
 def test_missing_module_and_weights_are_skips_with_the_reason(tmp_path, monkeypatch):
     ctx = no_cuda(tmp_path, gpus=1)
-    with pytest.raises(g.Skip, match="no_such_module is not importable: because"):
+    with pytest.raises(r.Skip, match="no_such_module is not importable: because"):
         ctx.need_module("no_such_module", "because")
 
     def offline(spec):
         raise OSError("network unreachable")
 
     monkeypatch.setattr(g, "fetch_weights", offline)
-    with pytest.raises(g.Skip, match="needs the pretrained mobilenet_v2 weights.*network unreachable"):
+    with pytest.raises(r.Skip, match="needs the pretrained mobilenet_v2 weights.*network unreachable"):
         ctx.weights()
 
 
 def test_failing_and_erroring_checks_are_reported_as_failed(tmp_path):
     def misses_target(ctx):
-        outcome = g.Outcome({"speedup": 1.2})
+        outcome = r.Outcome({"speedup": 1.2})
         outcome.expect(1.2 >= 2.0, "AMP >= 2x")
         return outcome
 
@@ -53,13 +54,13 @@ def test_failing_and_erroring_checks_are_reported_as_failed(tmp_path):
         raise RuntimeError("CUDA error: an illegal memory access")
 
     def passes(ctx):
-        return g.Outcome({"ms": 1.0})
+        return r.Outcome({"ms": 1.0})
 
-    results = g.run_checks([("slow", misses_target), ("crash", raises), ("fine", passes)], no_cuda(tmp_path))
+    results = r.run_checks([("slow", misses_target), ("crash", raises), ("fine", passes)], no_cuda(tmp_path))
     assert [(r.status, r.reason) for r in results] == [
-        (g.FAILED, "target not met: AMP >= 2x"),
-        (g.FAILED, "error: RuntimeError: CUDA error: an illegal memory access"),
-        (g.PASSED, "all targets met"),
+        (r.FAILED, "target not met: AMP >= 2x"),
+        (r.FAILED, "error: RuntimeError: CUDA error: an illegal memory access"),
+        (r.PASSED, "all targets met"),
     ]
     assert results[0].figures == {"speedup": 1.2}
 
@@ -72,8 +73,8 @@ def test_report_is_written_atomically_as_json_and_markdown(tmp_path, monkeypatch
         written.append(Path(target).name)
         real(target, text)
 
-    monkeypatch.setattr(g, "atomic_write_text", spy)
-    checks = [("fails", lambda ctx: g.Outcome({}, ["target not met: x"])), ("gpu", g.check_amp)]
+    monkeypatch.setattr(r, "atomic_write_text", spy)
+    checks = [("fails", lambda ctx: r.Outcome({}, ["target not met: x"])), ("gpu", g.check_amp)]
     report = g.run_selfcheck(tmp_path / "out", "cmd --x", checks=checks, ctx=no_cuda(tmp_path))
     assert sorted(written) == ["gpu_selfcheck.json", "gpu_selfcheck.md"]
     assert report.failed and report.counts() == {"passed": 0, "failed": 1, "skipped": 1}
