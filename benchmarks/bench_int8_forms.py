@@ -44,6 +44,8 @@ from edgetl.train.loop import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 THREADS = 2
+# From a fresh clone; --emulate-cpu also needs qemu-x86_64 (apt-get install qemu-user)
+SETUP = "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[train]' && "
 FORMS = {
     "U8S8": INT8_CPU_FORMS["vnni"],
     "U8S8 reduce_range": INT8_CPU_FORMS["avx2"],
@@ -180,8 +182,10 @@ def main() -> None:
         work = Path(tmp)
         run = args.run or fixture_run(work)
         report = measure(run, work, args.emulate_cpu, args.emulate_forms.split(","))
-    command = "OMP_NUM_THREADS=2 python benchmarks/bench_int8_forms.py" + (
-        " --emulate-cpu " + args.emulate_cpu if args.emulate_cpu else ""
+    command = (
+        SETUP
+        + "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_int8_forms.py"
+        + (" --emulate-cpu " + args.emulate_cpu if args.emulate_cpu else "")
     )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "int8_forms.json", json.dumps(report, indent=2, default=float) + "\n")

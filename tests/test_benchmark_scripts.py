@@ -27,4 +27,5 @@ def test_result_names_a_command_from_a_fresh_clone(path: Path) -> None:
     command = re.match(r"Reproduce: `([^`]+)`", lines[0]).group(1)
     assert command.startswith("python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e ")
     scripts = re.findall(r"benchmarks/(\w+\.py)", command)
-    assert scripts and all((ROOT / "benchmarks" / s).is_file() for s in scripts), command
+    assert all((ROOT / "benchmarks" / s).is_file() for s in scripts), command
+    assert scripts or ".venv/bin/edgetl " in command, command  # a benchmark script or an edgetl command

@@ -91,6 +91,9 @@ def render_markdown(report: Report) -> str:
     lines = [
         "# GPU self-check",
         "",
+        "Reproduce: `python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[train]' && "
+        ".venv/bin/{}`".format(report.command),
+        "",
         "`{}` on {} ({} CPUs, Python {}, torch {}; GPU: {}), {}.".format(
             report.command,
             machine.get("platform"),

@@ -39,7 +39,7 @@ class Int8CpuForm(NamedTuple):
 # onnxruntime's quantization guide: U8S8 is fastest on x86, but without VNNI its VPMADDUBSW path can
 # saturate (it advises reduce_range or U8U8 there); S8S8 is its default elsewhere. The avx2 row keeps
 # every prediction of the INT8 test fixture under an emulated AVX2-only CPU and the U8S8 kernels' speed;
-# U8U8 kept the predictions too but ran no faster than fp32 (benchmarks/results/int8_forms.md).
+# U8U8 kept the predictions too but ran slower (benchmarks/results/int8_forms.md).
 INT8_CPU_FORMS: Dict[str, Int8CpuForm] = {
     "vnni": Int8CpuForm("uint8", "int8", False, "VNNI (VPDPBUSD) multiplies u8 x s8 without saturation: fastest exact"),
     "avx2": Int8CpuForm(
