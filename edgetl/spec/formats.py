@@ -32,8 +32,9 @@ class Int8CpuForm(NamedTuple):
 
     @property
     def name(self) -> str:
-        label = "{}{}".format(self.activations[0].upper() + "8", self.weights[0].upper() + "8")
-        return label + (" reduce_range" if self.reduce_range else "")
+        """onnxruntime's naming: activations then weights, U8 = uint8, S8 = int8 (``U8S8``)."""
+        letters = {"uint8": "U8", "int8": "S8"}
+        return letters[self.activations] + letters[self.weights] + (" reduce_range" if self.reduce_range else "")
 
 
 # onnxruntime's quantization guide: U8S8 is fastest on x86, but without VNNI its VPMADDUBSW path can

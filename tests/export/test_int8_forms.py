@@ -28,6 +28,14 @@ def test_isa_from_cpu_flags() -> None:
     assert cpu_isa(frozenset({"fp", "asimd", "asimddp"}), "aarch64") == "arm64"
 
 
+def test_form_names_follow_onnxruntime() -> None:
+    assert {isa: form.name for isa, form in INT8_CPU_FORMS.items()} == {
+        "vnni": "U8S8",
+        "avx2": "U8S8 reduce_range",
+        "arm64": "S8S8",
+    }
+
+
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
     x86 = tmp_path / "x86"
     x86.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 fma\n\nprocessor\t: 1\n")
