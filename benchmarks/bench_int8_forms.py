@@ -35,7 +35,7 @@ from edgetl.data.folders import DatasetSplit
 from edgetl.export.config import DEFAULT_CALIB_SIZE
 from edgetl.export.gate import judge
 from edgetl.export.job import ExportConfig, export_run
-from edgetl.export.parity import load_eval_images, normalized, onnx_outputs
+from edgetl.export.parity import heldout_images, load_eval_images, normalized, onnx_outputs
 from edgetl.export.quantize import ImageCalibrationReader, calibration_samples, quantize_onnx
 from edgetl.spec.formats import INT8_CPU_FORMS, Int8CpuForm
 from edgetl.spec.preprocess import PreprocessSpec
@@ -65,11 +65,10 @@ def fixture_run(root: Path) -> Path:
 
 
 def gate_images(run: Path, spec: PreprocessSpec, calibration: List[Any]) -> Dict[str, Any]:
-    """The images the export's gate judges: all val images, then the training images calibration did not use."""
-    split = DatasetSplit.load(run)
-    used = {str(s.path) for s in calibration}
-    val = load_eval_images(split.val, spec, 10_000, 0)
-    heldout = load_eval_images([s for s in split.train if str(s.path) not in used], spec, 1000, 0)
+    """The images the export's gate judges with its defaults: the val images, then the held-out training images."""
+    split, config = DatasetSplit.load(run), ExportConfig(run=str(run))
+    val = load_eval_images(split.val, spec, config.val_images, config.seed)
+    heldout = heldout_images(split.train, calibration, spec, config.gate_images, config.seed)
     return {"crops": np.concatenate([val.crops, heldout.crops]), "val_labels": val.labels}
 
 

@@ -24,17 +24,17 @@ import onnx
 from edgetl.core.cpu import isa_flags_of_interest
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
-from edgetl.data.folders import DatasetSplit, Sample
+from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, DependencyError, GateError
 from edgetl.export.config import JETSON_INFERENCE, ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
 from edgetl.export.gate import judge
 from edgetl.export.parity import (
-    EvalImages,
     Parity,
     compare,
     fp16_failures,
     fp32_failures,
+    heldout_images,
     load_eval_images,
     normalized,
     onnx_outputs,
@@ -231,7 +231,7 @@ class _Export:
             },
         )
         reader = ImageCalibrationReader(samples, self.spec, self.input_name, config.batch or 1)
-        heldout = self._heldout_images(samples)
+        heldout = heldout_images(DatasetSplit.load(self.run).train, samples, self.spec, config.gate_images, config.seed)
         optimize = config.int8_form == "cpu"
         fp32_heldout = self._outputs(self.out / ONNX_FILES["fp32"], heldout.crops, True)
 
@@ -295,15 +295,6 @@ class _Export:
 
     def _normalized(self, crops: np.ndarray) -> np.ndarray:
         return normalized(crops, self.spec)
-
-    def _heldout_images(self, calibration: List[Sample]) -> EvalImages:
-        """The run's training images that calibration did not use (up to --gate-images; maybe none)."""
-        used = {str(s.path) for s in calibration}
-        pool = [s for s in DatasetSplit.load(self.run).train if str(s.path) not in used]
-        if not pool or self.config.gate_images == 0:
-            size = self.spec.input_size
-            return EvalImages([], np.zeros(0, np.int64), np.zeros((0, size, size, 3), np.uint8))
-        return load_eval_images(pool, self.spec, self.config.gate_images, self.config.seed)
 
     def fp16(self) -> bool:
         def write(path: Path) -> None:

@@ -62,6 +62,19 @@ def load_eval_images(
     return EvalImages(paths, np.asarray(labels, dtype=np.int64), np.stack(crops))
 
 
+def heldout_images(
+    train: Sequence[Sample], calibration: Sequence[Sample], spec: PreprocessSpec, limit: int, seed: int
+) -> EvalImages:
+    """The training images calibration did not use (up to ``limit``; maybe none): the accuracy gate's
+    unlabelled-for-the-model sample beside the val images."""
+    used = {str(s.path) for s in calibration}
+    pool = [s for s in train if str(s.path) not in used]
+    if not pool or limit == 0:
+        size = spec.input_size
+        return EvalImages([], np.zeros(0, np.int64), np.zeros((0, size, size, 3), np.uint8))
+    return load_eval_images(pool, spec, limit, seed)
+
+
 def stretched_nearest(spec: PreprocessSpec) -> PreprocessSpec:
     """jetson-inference's imagenet geometry: whole frame resized (no crop), nearest-neighbour sampling."""
     return replace(spec, interpolation="nearest")
