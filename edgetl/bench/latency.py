@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +31,7 @@ from edgetl.runtime.base import Runner
 from edgetl.runtime.classifier import choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner, load_sidecar
+from edgetl.runtime.timing import time_interleaved
 from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.engine_sidecar import sidecar_batch_range
@@ -208,40 +208,6 @@ def _feed(runner: Runner, target: Target, batch: int, rng: np.random.Generator) 
     if dtype == np.uint8:
         return {name: rng.integers(0, 256, [batch] + dims, dtype=np.uint8)}
     return {name: rng.standard_normal([batch] + dims).astype(dtype)}
-
-
-def _time_calls(call: Callable[[], Any], count: int) -> List[float]:
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
-
-
-def time_interleaved(
-    model_call: Callable[[], Any], reference_call: Callable[[], Any], warmup: int, iters: int, rounds: int
-) -> Dict[str, Any]:
-    """Time ``model_call`` in rounds alternating with ``reference_call``; latency stats and the ratio."""
-    _time_calls(model_call, warmup)
-    _time_calls(reference_call, max(1, warmup // 2))
-    model_times, reference_times, ratios = [], [], []
-    per_round = iters // rounds
-    for _ in range(rounds):
-        reference = _time_calls(reference_call, per_round)
-        times = _time_calls(model_call, per_round)
-        model_times += times
-        reference_times += reference
-        ratios.append(float(min(times) / min(reference)))  # fastest calls: least touched by other load
-    times = np.asarray(model_times)
-    return {
-        "p50_ms": float(np.percentile(times, 50)),
-        "p90_ms": float(np.percentile(times, 90)),
-        "p99_ms": float(np.percentile(times, 99)),
-        "mean_ms": float(times.mean()),
-        "reference_p50_ms": float(np.median(reference_times)),
-        "relative": float(np.median(ratios)),
-    }
 
 
 def bench_latency(config: LatencyConfig) -> Dict[str, Any]:
