@@ -23,7 +23,15 @@ from edgetl.cli.options import (
 )
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
-from edgetl.spec.formats import BACKENDS, CALIB_METHODS, CONSUMERS, CPU_ISA_CHOICES, INT8_FORMS, PRECISIONS
+from edgetl.spec.formats import (
+    BACKENDS,
+    CALIB_METHODS,
+    CONSUMERS,
+    CPU_ISA_CHOICES,
+    INT8_FALLBACKS,
+    INT8_FORMS,
+    PRECISIONS,
+)
 from edgetl.trt.plan import DEFAULT_WORKSPACE_MIB
 
 _D = ExportConfig  # defaults live in one place: the dataclass
@@ -71,7 +79,8 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     type=click.Choice(CPU_ISA_CHOICES),
     default=_D.int8_cpu_isa,
     show_default=True,
-    help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8U8, no saturation) or "
+    help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8S8 with 7-bit weights, "
+    "no saturation) or "
     "arm64 (S8S8, e.g. a Jetson's Cortex-A78AE); auto: this machine's.",
 )
 @click.option(
@@ -95,6 +104,21 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     show_default=True,
     help="Fail (exit 3) unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
     "train images) is within this many points.",
+)
+@click.option(
+    "--int8-fallback",
+    type=click.Choice(INT8_FALLBACKS),
+    default=_D.int8_fallback,
+    show_default=True,
+    help="auto: when INT8 misses the gate, keep the fewest most quantization-sensitive layers (ranked on "
+    "calibration images) in fp32 until it passes; none: fail instead.",
+)
+@click.option(
+    "--int8-fallback-max-layers",
+    type=int,
+    default=_D.int8_fallback_max_layers,
+    show_default=True,
+    help="The most layers --int8-fallback auto may keep in fp32.",
 )
 @click.option("--fp16", is_flag=True, help="FP16 engine (and model_fp16.onnx for TensorRT >= 11).")
 @click.option("--trt", is_flag=True, help="Build the TensorRT engine here (needs TensorRT and a GPU).")

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 from edgetl.core.cpu import cpu_isa
 from edgetl.errors import ConfigError
-from edgetl.spec.formats import CALIB_METHODS, CONSUMERS, INT8_CPU_FORMS, INT8_FORMS, IO_NAMES
+from edgetl.spec.formats import CALIB_METHODS, CONSUMERS, INT8_CPU_FORMS, INT8_FALLBACKS, INT8_FORMS, IO_NAMES
 from edgetl.trt.plan import (
     DEFAULT_TARGET,
     DEFAULT_WORKSPACE_MIB,
@@ -46,6 +46,8 @@ class ExportConfig:
     calib_dir: str = "calibration"  # manifests go to <calib_dir>/<run name>/manifest.json
     max_int8_drop: float = 1.0  # points: bound on INT8's top-1 disagreement with fp32 (edgetl.export.gate)
     gate_images: int = 1000  # held-out training images (not used by calibration) the INT8 gate adds, at most
+    int8_fallback: str = INT8_FALLBACKS[0]  # auto: a missed gate keeps the most sensitive layers in fp32
+    int8_fallback_max_layers: int = 8  # the most layers the fallback may keep in fp32
     fp16: bool = False
     trt: bool = False
     trt_version: str = DEFAULT_TARGET  # TensorRT on the device: sets the ONNX opset/IR limits
@@ -90,6 +92,8 @@ class ExportConfig:
             (self.max_int8_drop >= 0, "--max-int8-drop must be >= 0"),
             (self.val_images >= 1, "--val-images must be >= 1"),
             (self.gate_images >= 0, "--gate-images must be >= 0"),
+            (self.int8_fallback in INT8_FALLBACKS, "--int8-fallback must be one of " + ", ".join(INT8_FALLBACKS)),
+            (self.int8_fallback_max_layers >= 1, "--int8-fallback-max-layers must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -28,7 +29,7 @@ from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, DependencyError, GateError
 from edgetl.export.config import JETSON_INFERENCE, ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
-from edgetl.export.gate import judge
+from edgetl.export.int8_step import Int8Step, cpu_form_metadata
 from edgetl.export.parity import (
     Parity,
     compare,
@@ -45,12 +46,10 @@ from edgetl.export.parity import (
 from edgetl.export.quantize import (
     ImageCalibrationReader,
     calibration_samples,
-    quantize_onnx,
     write_calibration_manifest,
 )
 from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, onnx_metadata
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
-from edgetl.spec.formats import INT8_CPU_FORMS
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.trt.build import build_bundle_engine
 from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
@@ -60,7 +59,6 @@ REPORT_FORMAT = "edgetl-export-report-v1"
 RANDOM_INPUTS = 8
 # how the accuracy gate runs each INT8 form: the CPU form as ONNX Runtime deploys it, the TensorRT
 # form as float Q/DQ arithmetic (close to TensorRT, independent of this CPU's integer kernels)
-INT8_SIMULATION = {"cpu": "onnxruntime-cpu-kernels", "trt": "onnxruntime-float-qdq (graph optimisations off)"}
 
 
 class _GateFailed(Exception):
@@ -166,7 +164,7 @@ class _Export:
             self.config.batch,
             sha,
             self.config.int8_form if kind == "int8" else None,
-            self._cpu_form_metadata().get("int8_cpu_isa") if kind == "int8" else None,
+            cpu_form_metadata(self.config).get("int8_cpu_isa") if kind == "int8" else None,
         )
         self.manifest["models"][kind] = asdict(info)
         return True
@@ -233,41 +231,19 @@ class _Export:
         reader = ImageCalibrationReader(samples, self.spec, self.input_name, config.batch or 1)
         heldout = heldout_images(DatasetSplit.load(self.run).train, samples, self.spec, config.gate_images, config.seed)
         optimize = config.int8_form == "cpu"
-        fp32_heldout = self._outputs(self.out / ONNX_FILES["fp32"], heldout.crops, True)
+        fp32_path = self.out / ONNX_FILES["fp32"]
 
-        def write(path: Path) -> None:
-            quantize_onnx(
-                self.out / ONNX_FILES["fp32"],
-                path,
-                reader,
-                config.int8_form,
-                config.calib_method,
-                INT8_CPU_FORMS[config.int8_cpu_isa],
-            )
-            finish_onnx(
-                path,
-                self.ir_version,
-                dict(self._metadata("int8"), int8_form=config.int8_form, **self._cpu_form_metadata()),
-            )
+        def outputs(path: Path) -> Tuple[Dict[str, Any], np.ndarray]:
+            # random inputs break calibration: parity on the val images only
+            section, _, val = self._parity(path, None, None, "NCHW", optimize=optimize)
+            return section, np.concatenate([val, self._outputs(path, heldout.crops, optimize)])
 
         def check(path: Path) -> Dict[str, Any]:
-            # random inputs break calibration: parity on the val images only
-            section, _, outputs = self._parity(path, None, None, "NCHW", optimize=optimize)
-            int8_heldout = self._outputs(path, heldout.crops, optimize)
-            gate = judge(
-                np.concatenate([self.fp32_outputs, fp32_heldout]),
-                np.concatenate([outputs, int8_heldout]),
-                self.images.labels,
-                config.max_int8_drop,
-                INT8_SIMULATION[config.int8_form],
-            )
             return dict(
-                section,
-                accuracy_gate=gate.to_dict(),
+                step.sections[path],
                 int8_form=config.int8_form,
-                **self._cpu_form_metadata(),
+                **cpu_form_metadata(config),
                 cpu_isa_flags=isa_flags_of_interest(),
-                failures=gate.failures(),
                 calibration={
                     "manifest": str(manifest_path),
                     "images": len(samples),
@@ -276,16 +252,13 @@ class _Export:
                 },
             )
 
-        return self._gated("int8", write, check)
-
-    def _cpu_form_metadata(self) -> Dict[str, str]:
-        """Which CPU the INT8 cpu form was built for, and its types (none for the TensorRT form)."""
-        if self.config.int8_form != "cpu":
-            return {}
-        return {
-            "int8_cpu_isa": self.config.int8_cpu_isa,
-            "int8_cpu_form": INT8_CPU_FORMS[self.config.int8_cpu_isa].name,
-        }
+        reference = np.concatenate([self.fp32_outputs, self._outputs(fp32_path, heldout.crops, True)])
+        metadata = dict(self._metadata("int8"), int8_form=config.int8_form, **cpu_form_metadata(config))
+        with tempfile.TemporaryDirectory(prefix="edgetl-int8-") as tmp:
+            step = Int8Step(
+                config, fp32_path, reader, metadata, self.ir_version, outputs, reference, self.images.labels, Path(tmp)
+            )
+            return self._gated("int8", step.write, check)
 
     def _outputs(self, path: Path, crops: np.ndarray, optimize: bool) -> np.ndarray:
         """ONNX outputs of uint8 crops (NCHW float model); no rows for no crops."""

@@ -13,13 +13,15 @@ Two forms of the same model:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from edgetl.core.deps import require
@@ -42,6 +44,7 @@ assert tuple(ORT_CALIBRATION_METHODS) == CALIB_METHODS, "one calibrator per name
 _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 MANIFEST_FORMAT = "edgetl-calibration-v1"
 _TRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
+Q_OP, DQ_OP = "QuantizeLinear", "DequantizeLinear"
 _CHUNK = 16  # images per calibration pass: bounds the memory of collected activations
 
 
@@ -142,9 +145,13 @@ def quantize_onnx(
     form: str,
     method: str,
     cpu_form: Optional[Int8CpuForm] = None,
+    keep_fp32: Sequence[str] = (),
+    calibration_cache: Optional[Path] = None,
 ) -> None:
     """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) in ``form`` (``INT8_FORMS``);
-    the ``cpu`` form takes its activation/weight types from ``cpu_form`` (``INT8_CPU_FORMS`` of the target ISA)."""
+    the ``cpu`` form takes its activation/weight types from ``cpu_form`` (``INT8_CPU_FORMS`` of the target ISA).
+    The nodes named in ``keep_fp32`` stay fp32: no Q/DQ on their inputs or weights. With ``calibration_cache``
+    (a file path) the activation ranges are computed once and read back on later calls."""
     if form == "trt":
         options = dict(
             activation_type=QuantType.QInt8,
@@ -161,6 +168,8 @@ def quantize_onnx(
             extra_options={},
         )
     options["extra_options"]["CalibStridedMinMax"] = _chunk_size(len(reader))
+    if calibration_cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        options["calibration_cache_path"] = str(calibration_cache)  # onnxruntime >= 1.24; older ones recalibrate
     require("onnxruntime").set_default_logger_severity(3)  # calibration sessions warn about folded constants
     root = logging.getLogger()
     advice = _DropOrtAdvice()
@@ -174,7 +183,43 @@ def quantize_onnx(
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 calibrate_method=ORT_CALIBRATION_METHODS[method],
+                nodes_to_exclude=list(keep_fp32),
                 **options,
             )
     finally:
         root.removeFilter(advice)
+    if keep_fp32:
+        model = onnx.load(str(out_path))
+        feed_fp32(model, set(keep_fp32))
+        onnx.save(model, str(out_path))
+
+
+def quantized_source(producer: Dict[str, onnx.NodeProto], tensor: str) -> Optional[str]:
+    """The float tensor that ``tensor`` is the QuantizeLinear -> DequantizeLinear copy of (None: not one)."""
+    dequantize = producer.get(tensor)
+    if dequantize is None or dequantize.op_type != DQ_OP:
+        return None
+    quantize = producer.get(dequantize.input[0])
+    return quantize.input[0] if quantize is not None and quantize.op_type == Q_OP else None
+
+
+def feed_fp32(model: onnx.ModelProto, nodes: Set[str]) -> None:
+    """Give the ``nodes`` their activations unquantized: onnxruntime quantizes a producer's output for
+    every consumer, kept-fp32 ones included; the Q/DQ pairs this leaves unused are removed."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.name not in nodes:
+            continue
+        for index, name in enumerate(node.input):
+            node.input[index] = quantized_source(producer, name) or name
+    while True:
+        used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+        unused = [n for n in graph.node if n.op_type in (Q_OP, DQ_OP) and not any(o in used for o in n.output)]
+        if not unused:
+            break
+        for node in unused:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for initializer in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(initializer)

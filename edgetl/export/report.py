@@ -3,7 +3,7 @@ versions too (their INT8 artifacts name the form ``int8_target``)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from edgetl.core.tables import text_table
 
@@ -42,6 +42,7 @@ def format_report(report: Dict[str, Any]) -> str:
                     gate["fp32_val_top1"],
                 )
             )
+            lines += _fallback_lines(entry.get("fallback") or {})
     jetson = report.get("jetson_preprocessing")
     if jetson:
         lines.append(
@@ -52,3 +53,36 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
     lines += ["FAILED " + f for f in report["failures"]]
     return "\n".join(lines)
+
+
+def _fallback_lines(fallback: Dict[str, Any]) -> List[str]:
+    """What the accuracy-aware fallback did (nothing to say when it was not needed or not tried)."""
+    if "kept_fp32" not in fallback:
+        return []
+    before = fallback["without_fallback"]
+    tried = ", ".join(str(a["layers"]) for a in fallback["attempts"])
+    if fallback["status"] != "passed":
+        return [
+            "INT8 fallback failed: up to {} layers in fp32 (tried {}) did not pass".format(
+                fallback["max_layers"], tried
+            )
+        ]
+    kept = fallback["kept_fp32"]
+    lines = [
+        "INT8 fallback: {} layer(s) kept in fp32 (tried {}; without them {} of {} images disagreed): {}".format(
+            len(kept), tried, before["disagreements"], before["images"], ", ".join(kept)
+        )
+    ]
+    latency = fallback.get("latency")
+    if latency:
+        lines.append(
+            "INT8 fallback cost here: p50 {:.2f} ms vs {:.2f} ms without it (fp32 {:.2f} ms): {:.2f}x fp32 "
+            "instead of {:.2f}x".format(
+                latency["fallback_p50_ms"],
+                latency["int8_p50_ms"],
+                latency["fp32_p50_ms"],
+                latency["speedup_vs_fp32_with_fallback"],
+                latency["speedup_vs_fp32_without_fallback"],
+            )
+        )
+    return lines

@@ -19,6 +19,8 @@ CONSUMERS = tuple(IO_NAMES)
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # INT8 forms: trt = symmetric signed Q/DQ that TensorRT's explicit quantization takes; cpu = ONNX Runtime's CPU kernels
 INT8_FORMS = ("trt", "cpu")
+# --int8-fallback: auto = keep the most sensitive layers in fp32 when the INT8 model misses its gate
+INT8_FALLBACKS = ("auto", "none")
 CPU_ISA_CHOICES = ("auto",) + CPU_ISAS  # --int8-cpu-isa: auto = the exporting machine's
 
 
