@@ -57,8 +57,6 @@ from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine
 torch = require("torch")
 REPORT_FORMAT = "edgetl-export-report-v1"
 RANDOM_INPUTS = 8
-# how the accuracy gate runs each INT8 form: the CPU form as ONNX Runtime deploys it, the TensorRT
-# form as float Q/DQ arithmetic (close to TensorRT, independent of this CPU's integer kernels)
 
 
 class _GateFailed(Exception):
