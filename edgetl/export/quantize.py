@@ -45,6 +45,7 @@ _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 MANIFEST_FORMAT = "edgetl-calibration-v1"
 _TRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
 Q_OP, DQ_OP = "QuantizeLinear", "DequantizeLinear"
+_FOLDED_ACTIVATIONS = ("Relu", "Clip")  # onnxruntime's QDQRemovableActivation
 _CHUNK = 16  # images per calibration pass: bounds the memory of collected activations
 
 
@@ -150,7 +151,8 @@ def quantize_onnx(
 ) -> None:
     """Write the static Q/DQ INT8 model of ``fp32_path`` (per-channel weights) in ``form`` (``INT8_FORMS``);
     the ``cpu`` form takes its activation/weight types from ``cpu_form`` (``INT8_CPU_FORMS`` of the target ISA).
-    The nodes named in ``keep_fp32`` stay fp32: no Q/DQ on their inputs or weights. With ``calibration_cache``
+    The nodes named in ``keep_fp32`` stay fp32: no Q/DQ on their inputs or weights (nor on those of the
+    Relu/Clip feeding them, see ``with_activations``). With ``calibration_cache``
     (a file path) the activation ranges are computed once and read back on later calls."""
     if form == "trt":
         options = dict(
@@ -168,6 +170,7 @@ def quantize_onnx(
             extra_options={},
         )
     options["extra_options"]["CalibStridedMinMax"] = _chunk_size(len(reader))
+    keep_fp32 = with_activations(onnx.load(str(fp32_path)), keep_fp32) if keep_fp32 else []
     if calibration_cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
         options["calibration_cache_path"] = str(calibration_cache)  # onnxruntime >= 1.24; older ones recalibrate
     require("onnxruntime").set_default_logger_severity(3)  # calibration sessions warn about folded constants
@@ -192,6 +195,21 @@ def quantize_onnx(
         model = onnx.load(str(out_path))
         feed_fp32(model, set(keep_fp32))
         onnx.save(model, str(out_path))
+
+
+def with_activations(model: onnx.ModelProto, nodes: Sequence[str]) -> List[str]:
+    """``nodes`` and the Relu/Clip nodes producing their inputs. onnxruntime drops such an activation
+    when it can clip by its output's Q/DQ range instead, so a kept node fed straight from the
+    unquantized tensor would skip the activation: the activation stays in the graph, in fp32 too."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    kept = list(nodes)
+    for node in model.graph.node:
+        if node.name in nodes:
+            for name in node.input:
+                source = producer.get(name)
+                if source is not None and source.op_type in _FOLDED_ACTIVATIONS and source.name not in kept:
+                    kept.append(source.name)
+    return kept
 
 
 def quantized_source(producer: Dict[str, onnx.NodeProto], tensor: str) -> Optional[str]:

@@ -70,12 +70,13 @@ def test_search_never_tries_more_layers_than_are_ranked():
 class _OneSensitiveLayer(nn.Module):
     """Logits follow the mean red minus blue of the image, carried by small channels next to one huge
     channel: per-tensor INT8 of ``mix``'s input rounds the small channels to zero, so every image gets
-    the same class, while ``mix`` kept in fp32 sees them exactly."""
+    the same class, while ``mix`` kept in fp32 sees them exactly. A ReLU before ``mix`` (which the cpu
+    form folds into the Q/DQ range) zeroes a negative channel that would otherwise outvote the colour."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.spread = nn.Conv2d(3, 4, 1)
-        self.mix = nn.Conv2d(4, 2, 1)
+        self.spread = nn.Conv2d(3, 5, 1)
+        self.mix = nn.Conv2d(5, 2, 1)
         self.head = nn.Linear(2, 2)
         with torch.no_grad():
             self.spread.weight.zero_()
@@ -83,15 +84,16 @@ class _OneSensitiveLayer(nn.Module):
             for channel in range(3):
                 self.spread.weight[channel, channel] = 0.01
             self.spread.weight[3] = 1000.0
+            self.spread.bias[4] = -0.1  # zero after the ReLU; unclipped, it decides every image
             self.mix.weight.zero_()
             self.mix.bias.zero_()
-            self.mix.weight[0, 0], self.mix.weight[0, 2] = 100.0, -100.0
+            self.mix.weight[0, 0], self.mix.weight[0, 2], self.mix.weight[0, 4] = 100.0, -100.0, 1000.0
             self.mix.weight[1] = -self.mix.weight[0]
             self.head.weight.copy_(torch.eye(2))
             self.head.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.mix(self.spread(x)).mean(dim=(2, 3)))
+        return self.head(self.mix(torch.relu(self.spread(x))).mean(dim=(2, 3)))
 
 
 @pytest.fixture(scope="module")
