@@ -1,0 +1,269 @@
+"""Distributed fine-tuning for real: 2 processes on gloo (CPU), started by ``edgetl finetune --nproc-per-node``
+(which runs torch.distributed.run) and by ``torchrun --no-python edgetl``. With no BatchNorm training
+(feature extractor), the same global batch and seed give one process's per-epoch metrics and final weights,
+to float tolerance; so does a resume after one rank is killed mid-epoch, with 2 processes or with 1.
+Bad distributed options are one line before any process starts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_ARCH
+from PIL import Image
+
+from edgetl.cli import main
+from edgetl.train.checkpoint import load_checkpoint, load_run
+from edgetl.train.config import FinetuneConfig
+from edgetl.train.loop import finetune, resume
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+METRICS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr_base", "lr_head")
+# 25 train and 25 val images, global batch 8: the last batch of each holds 1 image, so rank 1 trains on a
+# padding sample there and evaluates nothing; the val set (4 + 4 per batch, then 1 + 0) divides by nothing.
+OPTIONS = dict(
+    arch=TINY_ARCH,
+    strategy="feature-extractor",  # no BatchNorm trains: exact equivalence is required
+    cache="ram",
+    weights="none",
+    epochs=3,
+    batch_size=8,
+    lr=0.05,
+    workers=0,
+)
+TOLERANCE = dict(rtol=1e-5, atol=1e-6)  # float reduction order (a sum of 2 parts vs one mean)
+
+
+def _cli_options(data: Path, out: Path) -> List[str]:
+    flags = ["--{}".format(k.replace("_", "-")) for k in OPTIONS]
+    return (
+        [str(data)]
+        + [item for flag, value in zip(flags, OPTIONS.values()) for item in (flag, str(value))]
+        + [
+            "--out",
+            str(out),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Dict[str, str], Path]:
+    """(data, environment for the processes, the one-process reference run)."""
+    root = tmp_path_factory.mktemp("distributed")
+    rng = np.random.default_rng(3)
+    for part in ("train", "val"):
+        for label, (name, count) in enumerate({"a": 9, "b": 8, "c": 8}.items()):
+            folder = root / "data" / part / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                y, x = np.mgrid[0:48, 0:48]
+                wave = ((x if label != 1 else y) // (3 + 2 * label)) % 2
+                pixels = wave[..., None] * [230, 60 + 80 * label, 30] + rng.normal(0, 10, (48, 48, 3)) + 15
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "{}.jpg".format(i))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), EDGETL_HOME=str(root / "home"), OMP_NUM_THREADS="1")
+    previous = os.environ.get("EDGETL_HOME")
+    os.environ["EDGETL_HOME"] = env["EDGETL_HOME"]
+    try:
+        reference = finetune(FinetuneConfig(data=str(root / "data"), out=str(root / "reference"), **OPTIONS), False)
+    finally:
+        os.environ.pop("EDGETL_HOME") if previous is None else os.environ.update(EDGETL_HOME=previous)
+    return root / "data", env, reference.run_dir
+
+
+def _history(run: Path) -> np.ndarray:
+    return np.array([[float(row[k]) for k in METRICS] for row in csv.DictReader((run / "metrics.csv").open())])
+
+
+def _assert_same_training(run: Path, reference: Path) -> Tuple[float, float]:
+    """Per-epoch metrics and final weights of ``run`` match ``reference``; returns the largest differences."""
+    got, expected = _history(run), _history(reference)
+    assert got.shape == expected.shape == (3, len(METRICS))
+    np.testing.assert_allclose(got, expected, **TOLERANCE)
+    state, reference_state = load_checkpoint(run / "last.pt")["model"], load_checkpoint(reference / "last.pt")["model"]
+    assert list(state) == list(reference_state)  # no DDP "module." prefix
+    weights = max(float((state[k].double() - v.double()).abs().max()) for k, v in reference_state.items())
+    assert weights <= 1e-6, weights
+    return float(np.abs(got - expected).max()), weights
+
+
+def _descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` (torchrun starts its workers in their own sessions)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _rank_pid(launcher: int, rank: int) -> int:
+    for pid in _descendants(launcher):
+        try:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if "RANK={}".format(rank).encode() in environ and b"TORCHELASTIC_RUN_ID" in b"".join(environ):
+            return pid
+    raise AssertionError("rank {} not found below pid {}".format(rank, launcher))
+
+
+def test_two_processes_train_what_one_process_trains(job) -> None:
+    data, env, reference = job
+    out = reference.parent / "two"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "edgetl", "finetune", *_cli_options(data, out), "--nproc-per-node", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    metric_gap, weight_gap = _assert_same_training(out, reference)
+    print(
+        "2 vs 1 process: metrics within {:.2g}, weights within {:.2g}, {:.1f} s".format(
+            metric_gap, weight_gap, time.monotonic() - started
+        )
+    )
+    assert result.stdout.count("best val top-1") == 1  # rank 0 alone reports
+    assert "[rank 1]" not in result.stderr  # the other rank is quiet
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and json.loads((reference / "summary.json").read_text())["processes"] == 1
+    model, payload = load_run(out)  # loads like any run
+    assert payload["config"]["batch_size"] == 8 and model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
+
+
+def test_a_killed_rank_leaves_a_run_that_resumes_with_two_processes_or_one(job) -> None:
+    data, env, reference = job
+    killed = reference.parent / "killed"
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "edgetl", "finetune", *_cli_options(data, killed), "--nproc-per-node", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while not (killed / "last.pt").exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim = _rank_pid(launcher.pid, 1)
+    os.kill(victim, signal.SIGKILL)  # one rank dies in epoch 2
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Error: the job stopped: ") and "rank 0 (pid " in last_line, stderr
+    assert "rank 1 (pid {}) was killed by SIGKILL".format(victim) in last_line, stderr
+    assert "continue with: edgetl finetune --out {} --resume --nproc-per-node 2".format(killed) in last_line
+    assert "Traceback" not in stderr
+    assert load_checkpoint(killed / "last.pt")["epoch"] < 2, "the run finished before a rank could be killed"
+
+    with_one = reference.parent / "killed-resumed-by-one"
+    shutil.copytree(killed, with_one)
+    torchrun = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node", "2", "--no-python", str(BIN / "edgetl")]
+    resumed = subprocess.run(
+        torchrun + ["finetune", "--out", str(killed), "--resume"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    print(
+        "resumed by 2: metrics within {:.2g}, weights within {:.2g}".format(*_assert_same_training(killed, reference))
+    )
+
+    os.environ["EDGETL_HOME"] = env["EDGETL_HOME"]
+    try:
+        resume(with_one, progress=False)  # this process alone
+    finally:
+        del os.environ["EDGETL_HOME"]
+    print(
+        "resumed by 1: metrics within {:.2g}, weights within {:.2g}".format(*_assert_same_training(with_one, reference))
+    )
+
+
+def test_bad_distributed_options_are_one_line_before_any_process_starts(tmp_path: Path, make_image_folder) -> None:
+    data, out = make_image_folder(), tmp_path / "run"
+    runner = CliRunner()
+    common = ["finetune", str(data), "--out", str(out), "--nproc-per-node", "2"]
+    cases = [
+        (["--batch-size", "7"], "--batch-size 7 is the global batch and must divide by the 2 processes; use 6 or 8"),
+        (["--strategy", "full", "--sync-bn", "--device", "cpu"], "--sync-bn needs CUDA"),
+        (["--sync-bn"], "--sync-bn has nothing to synchronise"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(main, common + extra)
+        assert result.exit_code == 1 and result.output.strip() == "Error: " + message or message in result.output
+        assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
+        assert not out.exists()  # nothing written, no process started
+
+
+def test_under_torchrun_the_processes_check_the_same_before_any_write(
+    tmp_path: Path, make_image_folder, monkeypatch
+) -> None:
+    for name, value in dict(
+        RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="2", TORCHELASTIC_RUN_ID="t"
+    ).items():
+        monkeypatch.setenv(name, value)  # rank 0 of a 2-process torchrun job: both checks come before joining it
+    data, out = make_image_folder(), tmp_path / "run"
+    runner = CliRunner()
+    odd = runner.invoke(main, ["finetune", str(data), "--out", str(out), "--batch-size", "5"])
+    assert odd.exit_code == 1 and "[rank 0] --batch-size 5 is the global batch and must divide by the 2" in odd.output
+    mismatch = runner.invoke(main, ["finetune", str(data), "--out", str(out), "--nproc-per-node", "4"])
+    assert mismatch.exit_code == 1 and "--nproc-per-node 4 but the launcher started 2 processes" in mismatch.output
+    assert not out.exists()
+
+
+def test_finetune_help_documents_the_distributed_options() -> None:
+    text = CliRunner().invoke(main, ["finetune", "--help"]).output
+    for expected in ("--nproc-per-node", "--sync-bn", "--batch-size is the global batch", "torchrun --nnodes 2"):
+        assert expected in text, expected
+
+
+@pytest.mark.gpu
+def test_two_gpus_with_nccl_and_sync_bn(job) -> None:
+    """On a node with 2 GPUs: NCCL, no AMP, the feature extractor equals one GPU's; --sync-bn trains."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs: this node has {}".format(torch.cuda.device_count()))
+    data, env, reference = job
+    one, two = reference.parent / "gpu-one", reference.parent / "gpu-two"
+    gpu = ["--device", "cuda", "--no-amp"]
+    for out, nproc in ((one, "1"), (two, "2")):
+        command = [
+            sys.executable,
+            "-m",
+            "edgetl",
+            "finetune",
+            *_cli_options(data, out),
+            *gpu,
+            "--nproc-per-node",
+            nproc,
+        ]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+    _assert_same_training(two, one)
+    synced = reference.parent / "gpu-sync-bn"
+    options = _cli_options(data, synced) + gpu + ["--strategy", "partial", "--trainable-stages", "2", "--sync-bn"]
+    command = [sys.executable, "-m", "edgetl", "finetune", *options, "--nproc-per-node", "2"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(synced / "last.pt")["config"]["sync_bn"] is True and load_run(synced)[0] is not None
