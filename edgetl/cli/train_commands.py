@@ -53,13 +53,14 @@ def weights_fetch(arch: str) -> None:
 
 
 DISTRIBUTED_HELP = """\b
-Several GPUs (or CPU processes), one node: --nproc-per-node N runs torchrun for you
+Several GPUs on one node (or CPU processes): --nproc-per-node N starts them with torchrun
   edgetl finetune photos/ --strategy full --batch-size 256 --nproc-per-node 4 --out models/photos
-Several nodes: torchrun on each node (node 1: --node-rank 1)
-  torchrun --nnodes 2 --nproc-per-node 8 --node-rank 0 --rdzv-endpoint HOST:29500 \\
-    -m edgetl finetune photos/ --strategy full --batch-size 512 --out models/photos
---batch-size is the global batch (divided among the processes); --lr and the schedule are those of
-the global batch, --workers is per process, and rank 0 alone writes the run folder."""
+Several nodes: torchrun on each node (--node-rank 0 on HOST, 1 on the other)
+  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr HOST --master-port 29500 \\
+    -m edgetl finetune photos/ --strategy full --batch-size 512 --out /shared/models/photos
+--batch-size is the global batch, divided among the processes (--lr and the schedule are those of the
+global batch); --workers is per process; rank 0 alone writes the run folder. --resume may continue
+with another --nproc-per-node."""
 
 
 @click.command(cls=LaunchableCommand, epilog=DISTRIBUTED_HELP)
@@ -87,7 +88,7 @@ the global batch, --workers is per process, and rank 0 alone writes the run fold
 )
 @click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True)
-@batch_size_option(_D.batch_size)
+@batch_size_option(_D.batch_size, "Images per optimisation step: the global batch, over all processes.")
 @click.option("--lr", type=float, default=_D.lr, show_default=True, help="Learning rate of pretrained layers.")
 @click.option(
     "--head-lr-mult", type=float, default=_D.head_lr_mult, show_default=True, help="The new head trains at lr x this."

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,16 +48,12 @@ OPTIONS = dict(
 TOLERANCE = dict(rtol=1e-5, atol=1e-6)  # float reduction order (a sum of 2 parts vs one mean)
 
 
-def _cli_options(data: Path, out: Path) -> List[str]:
-    flags = ["--{}".format(k.replace("_", "-")) for k in OPTIONS]
-    return (
-        [str(data)]
-        + [item for flag, value in zip(flags, OPTIONS.values()) for item in (flag, str(value))]
-        + [
-            "--out",
-            str(out),
-        ]
-    )
+def _cli_options(data: Path, out: Path, **overrides: object) -> List[str]:
+    """``edgetl finetune`` options of ``OPTIONS`` (with ``overrides``) for ``data`` into ``out``."""
+    options: List[str] = [str(data), "--out", str(out)]
+    for name, value in dict(OPTIONS, **overrides).items():
+        options += ["--" + name.replace("_", "-"), str(value)]
+    return options
 
 
 @pytest.fixture(scope="module")
@@ -159,20 +156,8 @@ def test_two_processes_train_what_one_process_trains(job) -> None:
 def test_a_killed_rank_leaves_a_run_that_resumes_with_two_processes_or_one(job) -> None:
     data, env, reference = job
     killed = reference.parent / "killed"
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "edgetl", "finetune", *_cli_options(data, killed), "--nproc-per-node", "2"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 180
-    while not (killed / "last.pt").exists() and launcher.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    victim = _rank_pid(launcher.pid, 1)
-    os.kill(victim, signal.SIGKILL)  # one rank dies in epoch 2
-    _, stderr = launcher.communicate(timeout=120)
-    assert launcher.returncode == 1
+    command = [sys.executable, "-m", "edgetl", "finetune", *_cli_options(data, killed), "--nproc-per-node", "2"]
+    stderr, victim = _kill_rank_after_first_epoch(command, env, killed)  # rank 1 dies in epoch 2
     last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith("Error: the job stopped: ") and "rank 0 (pid " in last_line, stderr
     assert "rank 1 (pid {}) was killed by SIGKILL".format(victim) in last_line, stderr
@@ -199,6 +184,73 @@ def test_a_killed_rank_leaves_a_run_that_resumes_with_two_processes_or_one(job) 
     print(
         "resumed by 1: metrics within {:.2g}, weights within {:.2g}".format(*_assert_same_training(with_one, reference))
     )
+
+
+def _kill_rank_after_first_epoch(command: List[str], env: Dict[str, str], run: Path) -> Tuple[str, int]:
+    """Start ``command`` (a 2-process launch) and SIGKILL rank 1 once epoch 1 is saved; the launcher's stderr
+    and the killed pid."""
+    launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (run / "last.pt").exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim = _rank_pid(launcher.pid, 1)
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 1, stderr
+    return stderr, victim
+
+
+def test_with_trainable_batchnorm_and_dropout_a_resumed_two_process_run_repeats_itself(job) -> None:
+    """BatchNorm trains (each rank normalises its own part) and dropout draws per rank: no longer the one-process
+    result, but still a function of (seed, epoch, rank), so a killed run resumed by 2 processes is exact."""
+    data, env, reference = job
+    overrides = dict(strategy="partial", trainable_stages=2, epochs=2, nproc_per_node=2)
+    whole, killed = reference.parent / "bn-whole", reference.parent / "bn-killed"
+    launch = [sys.executable, "-m", "edgetl", "finetune"]
+    result = subprocess.run(
+        launch + _cli_options(data, whole, **overrides), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    _kill_rank_after_first_epoch(launch + _cli_options(data, killed, **overrides), env, killed)
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 0, "the run finished before a rank could be killed"
+    resume_by_two = launch + ["--out", str(killed), "--resume", "--nproc-per-node", "2"]
+    resumed = subprocess.run(resume_by_two, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (_history(killed) == _history(whole)).all()
+    expected, got = load_checkpoint(whole / "last.pt")["model"], load_checkpoint(killed / "last.pt")["model"]
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    frozen = load_checkpoint(reference / "last.pt")["model"]  # same init, BatchNorm frozen
+    assert any(not torch.equal(expected[k], frozen[k]) for k in expected if k.endswith("running_mean"))
+
+
+def test_two_nodes_as_the_readme_starts_them(job, tmp_path: Path) -> None:
+    """``torchrun --nnodes 2 --node-rank R --master-addr ... -m edgetl finetune`` on each "node" (here two
+    launches on this machine sharing $EDGETL_HOME): one node builds the feature cache, the other waits on its
+    lock; rank 0 alone writes and reports."""
+    data, env, _ = job
+    env = dict(env, EDGETL_HOME=str(tmp_path / "home"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = tmp_path / "run"
+    nodes = [
+        subprocess.Popen(
+            [str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1"]
+            + ["--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "edgetl", "finetune"]
+            + _cli_options(data, run, cache="features", epochs=1),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    (out0, err0), (out1, err1) = (node.communicate(timeout=300) for node in nodes)
+    assert [node.returncode for node in nodes] == [0, 0], err0 + err1
+    assert "best val top-1" in out0 and out1 == "" and err1 == ""  # node 1's process is rank 1: quiet
+    assert "joined a job of 2 processes (gloo), 1 on this node" in err0
+    assert len(list((tmp_path / "home" / "train-features").glob("*.pt"))) == 1
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2
 
 
 def test_bad_distributed_options_are_one_line_before_any_process_starts(tmp_path: Path, make_image_folder) -> None:
