@@ -125,7 +125,7 @@ class World:
             return list(tensors)
         summed = []
         for tensor in tensors:
-            on_device = tensor.to(self.device)
+            on_device = tensor.to(self.device, copy=True)  # the caller's tensor stays as it was
             dist.all_reduce(on_device)
             summed.append(on_device.to(tensor.device))
         return summed

@@ -2,6 +2,8 @@
 
 Deterministic on CPU: every epoch reseeds torch and the data order from ``seed + epoch``, so a
 run resumed from ``last.pt`` (even after a kill mid-epoch) reproduces an uninterrupted run.
+Started by torchrun, the same functions train in every process (``edgetl.train.distributed``): the
+data order stays that of ``(seed, epoch)``, so a run may also resume with another number of processes.
 """
 
 from __future__ import annotations

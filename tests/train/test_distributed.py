@@ -1,8 +1,9 @@
-"""Distributed fine-tuning for real: 2 processes on gloo (CPU), started by ``edgetl finetune --nproc-per-node``
-(which runs torch.distributed.run) and by ``torchrun --no-python edgetl``. With no BatchNorm training
-(feature extractor), the same global batch and seed give one process's per-epoch metrics and final weights,
-to float tolerance; so does a resume after one rank is killed mid-epoch, with 2 processes or with 1.
-Bad distributed options are one line before any process starts."""
+"""Distributed fine-tuning for real: 2 processes on gloo (CPU), started as users start them: ``edgetl finetune
+--nproc-per-node 2`` (which runs torch.distributed.run), ``torchrun --nnodes 2 ... -m edgetl finetune`` and
+``torchrun --no-python edgetl finetune``. With no BatchNorm training (feature extractor), the same global batch
+and seed give one process's per-epoch metrics and final weights, to float tolerance; so does a resume after one
+rank is killed mid-epoch, with 2 processes or with 1. With BatchNorm training, a resumed 2-process run repeats
+itself exactly. Bad distributed options are one line before any process starts."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import pytest
@@ -71,13 +73,20 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Dict[str, str],
                 pixels = wave[..., None] * [230, 60 + 80 * label, 30] + rng.normal(0, 10, (48, 48, 3)) + 15
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / "{}.jpg".format(i))
     env = dict(os.environ, PYTHONPATH=str(ROOT), EDGETL_HOME=str(root / "home"), OMP_NUM_THREADS="1")
-    previous = os.environ.get("EDGETL_HOME")
-    os.environ["EDGETL_HOME"] = env["EDGETL_HOME"]
-    try:
+    with _home(env["EDGETL_HOME"]):
         reference = finetune(FinetuneConfig(data=str(root / "data"), out=str(root / "reference"), **OPTIONS), False)
+    return root / "data", env, reference.run_dir
+
+
+@contextmanager
+def _home(path: str) -> Iterator[None]:
+    """$EDGETL_HOME for what runs in this process (the caches the processes of the job use too)."""
+    previous = os.environ.get("EDGETL_HOME")
+    os.environ["EDGETL_HOME"] = path
+    try:
+        yield
     finally:
         os.environ.pop("EDGETL_HOME") if previous is None else os.environ.update(EDGETL_HOME=previous)
-    return root / "data", env, reference.run_dir
 
 
 def _history(run: Path) -> np.ndarray:
@@ -126,30 +135,43 @@ def _rank_pid(launcher: int, rank: int) -> int:
     raise AssertionError("rank {} not found below pid {}".format(rank, launcher))
 
 
-def test_two_processes_train_what_one_process_trains(job) -> None:
-    data, env, reference = job
-    out = reference.parent / "two"
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "edgetl", "finetune", *_cli_options(data, out), "--nproc-per-node", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    metric_gap, weight_gap = _assert_same_training(out, reference)
+def test_two_nodes_train_what_one_process_trains(job, tmp_path: Path) -> None:
+    """The README's two-node command (two torchrun launches here, one process each, sharing $EDGETL_HOME), the head
+    on the feature cache: one process's metrics and weights; one node builds the cache while the other waits on
+    its lock; rank 0 alone writes and reports."""
+    data, env, _ = job
+    with _home(env["EDGETL_HOME"]):
+        config = FinetuneConfig(data=str(data), out=str(tmp_path / "one"), **dict(OPTIONS, cache="features"))
+        one = finetune(config, progress=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run, started = tmp_path / "two-nodes", time.monotonic()
+    nodes = [
+        subprocess.Popen(
+            [str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1"]
+            + ["--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "edgetl", "finetune"]
+            + _cli_options(data, run, cache="features"),
+            env=dict(env, EDGETL_HOME=str(tmp_path / "home")),  # caches not built yet
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    (out0, err0), (out1, err1) = (node.communicate(timeout=300) for node in nodes)
+    assert [node.returncode for node in nodes] == [0, 0], err0 + err1
     print(
         "2 vs 1 process: metrics within {:.2g}, weights within {:.2g}, {:.1f} s".format(
-            metric_gap, weight_gap, time.monotonic() - started
+            *_assert_same_training(run, one.run_dir), time.monotonic() - started
         )
     )
-    assert result.stdout.count("best val top-1") == 1  # rank 0 alone reports
-    assert "[rank 1]" not in result.stderr  # the other rank is quiet
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == 2 and json.loads((reference / "summary.json").read_text())["processes"] == 1
-    model, payload = load_run(out)  # loads like any run
+    assert "joined a job of 2 processes (gloo), 1 on this node" in err0
+    assert out0.count("best val top-1") == 1 and out1 == "" and err1 == ""  # rank 1 is quiet
+    assert len(list((tmp_path / "home" / "train-features").glob("*.pt"))) == 1  # built once
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in one.run_dir.iterdir())
+    assert json.loads((run / "summary.json").read_text())["processes"] == 2 and one.summary["processes"] == 1
+    model, payload = load_run(run)  # loads like any run
     assert payload["config"]["batch_size"] == 8 and model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
 
 
@@ -176,11 +198,8 @@ def test_a_killed_rank_leaves_a_run_that_resumes_with_two_processes_or_one(job) 
         "resumed by 2: metrics within {:.2g}, weights within {:.2g}".format(*_assert_same_training(killed, reference))
     )
 
-    os.environ["EDGETL_HOME"] = env["EDGETL_HOME"]
-    try:
+    with _home(env["EDGETL_HOME"]):
         resume(with_one, progress=False)  # this process alone
-    finally:
-        del os.environ["EDGETL_HOME"]
     print(
         "resumed by 1: metrics within {:.2g}, weights within {:.2g}".format(*_assert_same_training(with_one, reference))
     )
@@ -221,36 +240,6 @@ def test_with_trainable_batchnorm_and_dropout_a_resumed_two_process_run_repeats_
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     frozen = load_checkpoint(reference / "last.pt")["model"]  # same init, BatchNorm frozen
     assert any(not torch.equal(expected[k], frozen[k]) for k in expected if k.endswith("running_mean"))
-
-
-def test_two_nodes_as_the_readme_starts_them(job, tmp_path: Path) -> None:
-    """``torchrun --nnodes 2 --node-rank R --master-addr ... -m edgetl finetune`` on each "node" (here two
-    launches on this machine sharing $EDGETL_HOME): one node builds the feature cache, the other waits on its
-    lock; rank 0 alone writes and reports."""
-    data, env, _ = job
-    env = dict(env, EDGETL_HOME=str(tmp_path / "home"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    run = tmp_path / "run"
-    nodes = [
-        subprocess.Popen(
-            [str(BIN / "torchrun"), "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1"]
-            + ["--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "edgetl", "finetune"]
-            + _cli_options(data, run, cache="features", epochs=1),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in (0, 1)
-    ]
-    (out0, err0), (out1, err1) = (node.communicate(timeout=300) for node in nodes)
-    assert [node.returncode for node in nodes] == [0, 0], err0 + err1
-    assert "best val top-1" in out0 and out1 == "" and err1 == ""  # node 1's process is rank 1: quiet
-    assert "joined a job of 2 processes (gloo), 1 on this node" in err0
-    assert len(list((tmp_path / "home" / "train-features").glob("*.pt"))) == 1
-    assert json.loads((run / "summary.json").read_text())["processes"] == 2
 
 
 def test_bad_distributed_options_are_one_line_before_any_process_starts(tmp_path: Path, make_image_folder) -> None:
