@@ -39,6 +39,7 @@ def launch(command: List[str], nproc_per_node: int, run_dir: Path, resume_comman
     ``resume_command`` is what the error message tells the user to run when a process fails."""
     run = require("torch.distributed.run")
     errors = require("torch.distributed.elastic.multiprocessing.errors")
+    stopped = require("torch.distributed.elastic.multiprocessing.api").SignalException
     # Each process's share of the cores for its torch threads (torchrun would set 1, with a warning).
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc_per_node)))
     if not verbose:  # torchrun's agent logs every start and stop; the failure is reported below in one line
@@ -51,6 +52,10 @@ def launch(command: List[str], nproc_per_node: int, run_dir: Path, resume_comman
         log.debug(exc.format_msg())
         raise DistributedError(
             "the job stopped: {}. {}".format(describe_failures(exc.failures), resumable(run_dir, resume_command))
+        ) from None
+    except stopped as exc:  # Ctrl-C or a kill of this launcher: torchrun has stopped the processes
+        raise DistributedError(
+            "the job stopped on {}. {}".format(_signal_name(exc.sigval), resumable(run_dir, resume_command))
         ) from None
 
 
