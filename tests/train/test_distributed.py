@@ -47,7 +47,6 @@ OPTIONS = dict(
     lr=0.05,
     workers=0,
 )
-TOLERANCE = dict(rtol=1e-5, atol=1e-6)  # float reduction order (a sum of 2 parts vs one mean)
 
 
 def _cli_options(data: Path, out: Path, **overrides: object) -> List[str]:
@@ -93,15 +92,18 @@ def _history(run: Path) -> np.ndarray:
     return np.array([[float(row[k]) for k in METRICS] for row in csv.DictReader((run / "metrics.csv").open())])
 
 
-def _assert_same_training(run: Path, reference: Path) -> Tuple[float, float]:
-    """Per-epoch metrics and final weights of ``run`` match ``reference``; returns the largest differences."""
+def _assert_same_training(
+    run: Path, reference: Path, rtol: float = 1e-5, atol: float = 1e-6, weights_atol: float = 1e-6
+) -> Tuple[float, float]:
+    """Per-epoch metrics and final weights of ``run`` match ``reference`` (float reduction order: a sum of 2 parts
+    vs one mean); returns the largest differences."""
     got, expected = _history(run), _history(reference)
     assert got.shape == expected.shape == (3, len(METRICS))
-    np.testing.assert_allclose(got, expected, **TOLERANCE)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol)
     state, reference_state = load_checkpoint(run / "last.pt")["model"], load_checkpoint(reference / "last.pt")["model"]
     assert list(state) == list(reference_state)  # no DDP "module." prefix
     weights = max(float((state[k].double() - v.double()).abs().max()) for k, v in reference_state.items())
-    assert weights <= 1e-6, weights
+    assert weights <= weights_atol, weights
     return float(np.abs(got - expected).max()), weights
 
 
@@ -282,29 +284,23 @@ def test_finetune_help_documents_the_distributed_options() -> None:
 
 @pytest.mark.gpu
 def test_two_gpus_with_nccl_and_sync_bn(job) -> None:
-    """On a node with 2 GPUs: NCCL, no AMP, the feature extractor equals one GPU's; --sync-bn trains."""
+    """On a node with 2 GPUs: NCCL, no AMP; the feature extractor equals one GPU's (to cudnn's rounding: each
+    process autotunes its own convolution algorithms); --sync-bn trains a partial run."""
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs: this node has {}".format(torch.cuda.device_count()))
     data, env, reference = job
-    one, two = reference.parent / "gpu-one", reference.parent / "gpu-two"
-    gpu = ["--device", "cuda", "--no-amp"]
-    for out, nproc in ((one, "1"), (two, "2")):
-        command = [
-            sys.executable,
-            "-m",
-            "edgetl",
-            "finetune",
-            *_cli_options(data, out),
-            *gpu,
-            "--nproc-per-node",
-            nproc,
-        ]
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    gpu = dict(device="cuda", no_amp="")
+
+    def run(out: Path, **overrides: object) -> None:
+        options = [o for o in _cli_options(data, out, **gpu, **overrides) if o]  # --no-amp is a flag
+        result = subprocess.run(
+            [sys.executable, "-m", "edgetl", "finetune", *options], env=env, capture_output=True, text=True, timeout=600
+        )
         assert result.returncode == 0, result.stderr
-    _assert_same_training(two, one)
-    synced = reference.parent / "gpu-sync-bn"
-    options = _cli_options(data, synced) + gpu + ["--strategy", "partial", "--trainable-stages", "2", "--sync-bn"]
-    command = [sys.executable, "-m", "edgetl", "finetune", *options, "--nproc-per-node", "2"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+
+    one, two, synced = (reference.parent / name for name in ("gpu-one", "gpu-two", "gpu-sync-bn"))
+    run(one, nproc_per_node=1)
+    run(two, nproc_per_node=2)
+    _assert_same_training(two, one, rtol=1e-4, atol=1e-5, weights_atol=1e-5)
+    run(synced, nproc_per_node=2, strategy="partial", trainable_stages=2, sync_bn="")
     assert load_checkpoint(synced / "last.pt")["config"]["sync_bn"] is True and load_run(synced)[0] is not None
