@@ -17,9 +17,10 @@ from typing import Any, List
 
 from edgetl.core.deps import require
 from edgetl.core.device import check_process_devices, resolve_device, usable_cores
-from edgetl.errors import CheckpointError, ConfigError, DistributedError
+from edgetl.errors import CheckpointError, DistributedError
 from edgetl.train.checkpoint import load_checkpoint
 from edgetl.train.config import FinetuneConfig, check_job
+from edgetl.train.loop import check_new_run
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,8 @@ def check_launch(config: FinetuneConfig, nproc_per_node: int, run_dir: Path, res
     device = resolve_device(config.device)
     check_job(config, device.type, nproc_per_node)
     check_process_devices(config.device, device, nproc_per_node)
-    if not resuming and (run_dir / "last.pt").exists():
-        raise ConfigError("{} already holds a run; continue it with --resume or choose another --out".format(run_dir))
+    if not resuming:
+        check_new_run(run_dir)
 
 
 def launch(command: List[str], nproc_per_node: int, run_dir: Path, resume_command: str, verbose: bool = False) -> None:

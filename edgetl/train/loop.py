@@ -74,6 +74,12 @@ def default_run_dir(config: FinetuneConfig) -> Path:
     return Path("models") / "{}-{}-{}".format(config.arch, config.strategy, time.strftime("%Y%m%d-%H%M%S"))
 
 
+def check_new_run(run_dir: Path) -> None:
+    """A new run never overwrites another."""
+    if (run_dir / "last.pt").exists():
+        raise ConfigError("{} already holds a run; continue it with --resume or choose another --out".format(run_dir))
+
+
 def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[DeviceSetup] = None) -> RunResult:
     """Start a new run in ``config.out`` (or ``models/<arch>-<strategy>-<time>``) and train it.
 
@@ -85,10 +91,7 @@ def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[D
 
     def start_run() -> Tuple[Path, DatasetSplit]:
         run_dir = default_run_dir(config)
-        if (run_dir / "last.pt").exists():
-            raise ConfigError(
-                "{} already holds a run; continue it with --resume or choose another --out".format(run_dir)
-            )
+        check_new_run(run_dir)
         if config.data is None:
             root = ensure_demo_dataset()
             log.info("no DATA given: using the built-in demo dataset at %s", root)

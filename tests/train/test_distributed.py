@@ -258,6 +258,11 @@ def test_bad_distributed_options_are_one_line_before_any_process_starts(tmp_path
         assert result.exit_code == 1 and result.output.strip() == "Error: " + message or message in result.output
         assert result.output.count("\n") == 1 and "Traceback" not in result.output, result.output
         assert not out.exists()  # nothing written, no process started
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"another run")
+    taken = runner.invoke(main, common)
+    assert taken.exit_code == 1 and "already holds a run; continue it with --resume" in taken.output
+    assert (out / "last.pt").read_bytes() == b"another run"
 
 
 def test_under_torchrun_the_processes_check_the_same_before_any_write(
