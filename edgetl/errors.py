@@ -30,5 +30,9 @@ class GateError(EdgetlError):
     """A check of the results failed: an export's parity/accuracy gate, a latency regression."""
 
 
+class DistributedError(EdgetlError):
+    """A process of a distributed run failed, or lost the others."""
+
+
 class DependencyError(EdgetlError):
     """An optional dependency is not installed."""

@@ -18,6 +18,7 @@ PACKAGE = ROOT / "edgetl"
 # The torch-free device side: what a Jetson runs with the core install.
 DEVICE_SIDE = [
     "edgetl/__init__.py",
+    "edgetl/__main__.py",
     "edgetl/errors.py",
     "edgetl/core",
     "edgetl/spec",

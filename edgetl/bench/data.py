@@ -27,8 +27,8 @@ from edgetl.data.folders import DatasetSplit, load_dataset
 from edgetl.data.pipelines import image_pipeline
 from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.config import STRATEGIES, FinetuneConfig
-from edgetl.train.loop import TrainStep, cosine_with_warmup, make_optimizer, train_one_epoch
 from edgetl.train.model import HeadConfig, build_model, parameter_groups
+from edgetl.train.step import TrainStep, cosine_with_warmup, make_optimizer, train_one_epoch
 
 torch = require("torch")
 

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from edgetl import __version__
+from edgetl.core.world import ProcessRole
 from edgetl.errors import EdgetlError, GateError
 
 EXIT_CODES = """\b
@@ -37,7 +38,16 @@ class EdgetlGroup(click.Group):
         except GateError as exc:
             raise GateFailed(str(exc)) from None
         except EdgetlError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_rank_prefix() + str(exc)) from None
+
+
+def _rank_prefix() -> str:
+    """``[rank N] `` in a process of a distributed run, whose errors mix with the other processes' output."""
+    try:
+        role = ProcessRole.from_env()
+    except EdgetlError:
+        return ""
+    return "[rank {}] ".format(role.rank) if role.distributed else ""
 
 
 @click.group(cls=EdgetlGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -54,7 +64,11 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     edgetl finetune data/ --strategy partial --trainable-stages 3
     """
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s: %(message)s" if verbose else "%(message)s")
+    form = "%(levelname)s: %(message)s" if verbose else "%(message)s"
+    role = ProcessRole.from_env()
+    if not role.is_main:  # a distributed run's other processes: errors only, named by rank
+        level, quiet, form = max(level, logging.ERROR), True, "[rank {}] {}".format(role.rank, form)
+    logging.basicConfig(level=level, format=form)
     ctx.obj = {"progress": not quiet}
 
 

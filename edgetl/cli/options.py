@@ -41,7 +41,8 @@ workers_option = click.option(
     type=WorkersParam(),
     default="auto",  # None in the config dataclasses
     show_default=True,
-    help="DataLoader worker processes: 'auto' (the usable cores, at most 8) or a number (0: load in the main process).",
+    help="DataLoader worker processes: 'auto' (the usable cores, at most 8; in a distributed run, each process's "
+    "share) or a number (0: load in the main process).",
 )
 
 

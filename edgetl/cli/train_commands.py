@@ -2,17 +2,29 @@
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import click
 from click.core import ParameterSource
 
 from edgetl.cli.options import batch_size_option, device_option, json_option, out_option, workers_option
+from edgetl.core.world import ProcessRole, under_launcher
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
-from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig
+from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig, LaunchConfig
 
-_D = FinetuneConfig  # defaults live in one place: the dataclass
+_D = FinetuneConfig  # defaults live in one place: the dataclasses
+_L = LaunchConfig
+_RAW_ARGS = "edgetl.raw_args"
+RESUME_OPTIONS = ("epochs", "nproc_per_node")  # what --resume may change
+
+
+class LaunchableCommand(click.Command):
+    """Keeps the command line as typed, so that ``--nproc-per-node`` can run the same command in each process."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        ctx.meta[_RAW_ARGS] = list(args)
+        return super().parse_args(ctx, args)
 
 
 @click.group()
@@ -40,7 +52,18 @@ def weights_fetch(arch: str) -> None:
     click.echo(fetch_weights(get_backbone(arch)))
 
 
-@click.command()
+DISTRIBUTED_HELP = """\b
+Several GPUs on one node (or CPU processes): --nproc-per-node N starts them with torchrun
+  edgetl finetune photos/ --strategy full --batch-size 256 --nproc-per-node 4 --out models/photos
+Several nodes: torchrun on each node (--node-rank 0 on HOST, 1 on the other)
+  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr HOST --master-port 29500 \\
+    -m edgetl finetune photos/ --strategy full --batch-size 512 --out /shared/models/photos
+--batch-size is the global batch, divided among the processes (--lr and the schedule are those of the
+global batch); --workers is per process; rank 0 alone writes the run folder. --resume may continue
+with another --nproc-per-node."""
+
+
+@click.command(cls=LaunchableCommand, epilog=DISTRIBUTED_HELP)
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=_D.arch, show_default=True)
 @click.option(
@@ -65,7 +88,7 @@ def weights_fetch(arch: str) -> None:
 )
 @click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
 @click.option("--epochs", type=int, default=_D.epochs, show_default=True)
-@batch_size_option(_D.batch_size)
+@batch_size_option(_D.batch_size, "Images per optimisation step: the global batch, over all processes.")
 @click.option("--lr", type=float, default=_D.lr, show_default=True, help="Learning rate of pretrained layers.")
 @click.option(
     "--head-lr-mult", type=float, default=_D.head_lr_mult, show_default=True, help="The new head trains at lr x this."
@@ -106,11 +129,31 @@ def weights_fetch(arch: str) -> None:
     default=None,
     help="A local state dict, or 'none' for random init (default: torchvision's, cached).",
 )
+@click.option(
+    "--sync-bn",
+    is_flag=True,
+    default=_D.sync_bn,
+    help="Distributed on CUDA: trainable BatchNorm layers use the statistics of the global batch (SyncBatchNorm).",
+)
+@click.option(
+    "--nproc-per-node",
+    type=click.IntRange(min=1),
+    default=_L.nproc_per_node,
+    show_default=True,
+    help="Train with N processes on this node (one per GPU; gloo on CPU), launched with torch.distributed.run. "
+    "Under torchrun it must match torchrun's.",
+)
 @out_option("Run folder (default models/<arch>-<strategy>-<time>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (with any --nproc-per-node).")
 @click.pass_context
 def finetune(
-    ctx: click.Context, data: Optional[Path], out: Optional[Path], resume: bool, weights_: Optional[str], **options: Any
+    ctx: click.Context,
+    data: Optional[Path],
+    out: Optional[Path],
+    resume: bool,
+    weights_: Optional[str],
+    nproc_per_node: int,
+    **options: Any,
 ) -> None:
     """Fine-tune a pretrained backbone on DATA (class folders; default: the built-in demo set).
 
@@ -118,33 +161,40 @@ def finetune(
     edgetl finetune                                  # demo data, feature extractor
     edgetl finetune photos/ --strategy partial --trainable-stages 3 --epochs 10 --out models/photos
     edgetl finetune --out models/photos --resume     # continue after an interruption
+    edgetl finetune photos/ --strategy full --nproc-per-node 4 --out models/photos   # 4 GPUs
     """
     from edgetl.train.loop import finetune as run_finetune
     from edgetl.train.loop import history_table
     from edgetl.train.loop import resume as run_resume
 
+    launch = LaunchConfig(nproc_per_node)
     progress = ctx.obj["progress"]
+    epochs = options["epochs"] if _given(ctx, "epochs") else None
+    config = None
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out pointing at the run to continue")
-        changed = [
-            name
-            for name in ctx.params
-            if name not in ("out", "resume", "epochs") and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
-        ]
+        changed = [name for name in ctx.params if name not in ("out", "resume") + RESUME_OPTIONS and _given(ctx, name)]
         if changed:
             raise ConfigError(
-                "--resume continues with the run's saved options; only --epochs may be given (got: {})".format(
+                "--resume continues with the run's saved options; only --epochs may be given (got: {}), and "
+                "--nproc-per-node to continue with another number of processes".format(
                     ", ".join("--" + n.rstrip("_").replace("_", "-") for n in changed)
                 )
             )
-        epochs = options["epochs"] if ctx.get_parameter_source("epochs") == ParameterSource.COMMANDLINE else None
-        result = run_resume(out, epochs=epochs, progress=progress)
     else:
         config = FinetuneConfig(
             data=None if data is None else str(data), out=None if out is None else str(out), weights=weights_, **options
         )
-        result = run_finetune(config, progress=progress)
+    if launch.nproc_per_node > 1 and not under_launcher():
+        _launch(ctx, launch, config, out, epochs)
+        return
+    _check_launcher_processes(ctx, launch)
+    result = (
+        run_resume(out, epochs=epochs, progress=progress) if config is None else run_finetune(config, progress=progress)
+    )
+    if not ProcessRole.from_env().is_main:
+        return
     click.echo(history_table(result.history))
     summary = result.summary
     click.echo(
@@ -156,6 +206,52 @@ def finetune(
             summary["run_time_s"],
             result.run_dir,
         )
+    )
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _check_launcher_processes(ctx: click.Context, launch: LaunchConfig) -> None:
+    """Under torchrun, a given --nproc-per-node must say what torchrun started."""
+    started = ProcessRole.from_env().local_world_size
+    if _given(ctx, "nproc_per_node") and launch.nproc_per_node != started:
+        raise ConfigError(
+            "--nproc-per-node {} but the launcher started {} processes on this node".format(
+                launch.nproc_per_node, started
+            )
+        )
+
+
+def _launch(
+    ctx: click.Context,
+    launch: LaunchConfig,
+    config: Optional[FinetuneConfig],
+    out: Optional[Path],
+    epochs: Optional[int],
+) -> None:
+    """Check what the processes would check, then run this same command in ``--nproc-per-node`` processes.
+    ``config`` None: a ``--resume`` of the run in ``out``."""
+    from edgetl.train.checkpoint import load_checkpoint
+    from edgetl.train.launch import check_launch
+    from edgetl.train.launch import launch as run_launch
+    from edgetl.train.loop import default_run_dir, resumed_config
+
+    command = list(ctx.meta[_RAW_ARGS])
+    if config is None:
+        run_dir = Path(str(out))  # --resume has an --out (checked before)
+        config, resuming = resumed_config(load_checkpoint(run_dir / "last.pt"), epochs), True
+    else:
+        run_dir, resuming = default_run_dir(config), False
+        if out is None:  # one run folder for all processes (each would stamp its own time)
+            command += ["--out", str(run_dir)]
+    check_launch(config, launch.nproc_per_node, run_dir, resuming)
+    root = ctx.find_root().params
+    verbosity = ["-v"] if root.get("verbose") else ["-q"] if root.get("quiet") else []
+    resume_command = "edgetl finetune --out {} --resume --nproc-per-node {}".format(run_dir, launch.nproc_per_node)
+    run_launch(
+        verbosity + ["finetune"] + command, launch.nproc_per_node, run_dir, resume_command, bool(root.get("verbose"))
     )
 
 

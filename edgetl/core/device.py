@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from edgetl.core.deps import require
+from edgetl.core.world import ProcessRole
 from edgetl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -17,15 +18,20 @@ log = logging.getLogger(__name__)
 MAX_AUTO_WORKERS = 8
 
 
-def auto_workers() -> int:
-    """DataLoader workers for ``--workers auto``: the usable cores, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_WORKERS, cores))
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's or a scheduler's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def resolve_workers(workers: Optional[int]) -> int:
-    """``None`` (``--workers auto``) -> :func:`auto_workers`; a given count is kept."""
-    return auto_workers() if workers is None else workers
+def auto_workers(processes_on_node: int = 1) -> int:
+    """DataLoader workers for ``--workers auto``: this process's share of the usable cores (the cores divided
+    by the processes of a distributed run on this node), at least 1, at most 8."""
+    return max(1, min(MAX_AUTO_WORKERS, usable_cores() // processes_on_node))
+
+
+def resolve_workers(workers: Optional[int], processes_on_node: int = 1) -> int:
+    """``None`` (``--workers auto``) -> :func:`auto_workers`; a given count is kept (it is per process)."""
+    return auto_workers(processes_on_node) if workers is None else workers
 
 
 def total_memory_bytes() -> Optional[int]:
@@ -46,6 +52,23 @@ def resolve_device(name: str) -> Any:
     return device
 
 
+def check_process_devices(option: str, device: Any, processes_on_node: int) -> None:
+    """On CUDA, each process of a distributed run takes the GPU of its local rank: ``--device`` must not name
+    one GPU, and the node needs a GPU per process."""
+    if device.type != "cuda" or processes_on_node == 1:
+        return
+    if device.index is not None:
+        raise ConfigError(
+            "--device {} names one GPU, but each process of a distributed run uses the GPU of its local rank: "
+            "use --device cuda (or auto), and CUDA_VISIBLE_DEVICES to choose the GPUs".format(option)
+        )
+    count = require("torch").cuda.device_count()
+    if processes_on_node > count:
+        raise ConfigError(
+            "{} processes per node need {} GPUs; this node has {}".format(processes_on_node, processes_on_node, count)
+        )
+
+
 @dataclass(frozen=True)
 class DeviceSetup:
     """Where and how a run computes. ``cuda_paths`` selects the CUDA code paths (raw decoded batches
@@ -57,9 +80,18 @@ class DeviceSetup:
     cuda_paths: bool
 
     @classmethod
-    def create(cls, device: str = "auto", amp: Optional[bool] = None) -> "DeviceSetup":
-        """Resolve ``--device``/``--amp`` (AMP defaults to on for CUDA) and switch on cudnn autotuning."""
+    def create(
+        cls, device: str = "auto", amp: Optional[bool] = None, role: Optional[ProcessRole] = None
+    ) -> "DeviceSetup":
+        """Resolve ``--device``/``--amp`` (AMP defaults to on for CUDA) and switch on cudnn autotuning.
+
+        ``role``: a process of a distributed run, which on CUDA takes the GPU of its local rank (and makes it
+        the current device)."""
         torch_device = resolve_device(device)
+        if role is not None and role.distributed and torch_device.type == "cuda":
+            check_process_devices(device, torch_device, role.local_world_size)
+            require("torch").cuda.set_device(role.local_rank)
+            torch_device = require("torch").device("cuda", role.local_rank)
         on_cuda = torch_device.type == "cuda"
         use_amp = on_cuda if amp is None else amp
         if use_amp and not on_cuda:

@@ -1,13 +1,27 @@
-"""File helpers: atomic writes (temporary file in the same folder, then rename), sha256, cache fingerprints."""
+"""File helpers: atomic writes (temporary file in the same folder, then rename), sha256, cache fingerprints,
+and artifacts built once under a file lock (``built_once``) that other processes wait on."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, List
+from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock, builds are not serialised between processes
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+LOCK_POLL_S = 0.2
+LOCK_REPORT_EVERY_S = 10.0
 
 
 def edgetl_home() -> Path:
@@ -61,3 +75,57 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing; it stays, as lock files do). While
+    another process holds it, log who (pid@host, which the holder writes into the file) and for how
+    long: once at once, then every ``LOCK_REPORT_EVERY_S``. No timeout: a build may take hours."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            _acquire(fd, path, what)
+        os.ftruncate(fd, 0)
+        os.write(fd, "{}@{}\n".format(os.getpid(), socket.gethostname()).encode("utf-8"))
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _acquire(fd: int, path: Path, what: str) -> None:
+    started = time.monotonic()
+    next_report = started
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        if time.monotonic() >= next_report:
+            holder = path.read_text(errors="replace").strip() or "another process"
+            log.info("waiting for %s: %s holds %s (%.0f s)", what, holder, path, time.monotonic() - started)
+            next_report += LOCK_REPORT_EVERY_S
+        time.sleep(LOCK_POLL_S)
+
+
+def built_once(lock_path: Path, what: str, read: Callable[[], Optional[T]], build: Optional[Callable[[], T]]) -> T:
+    """The artifact ``read`` finds, else the one ``build`` makes, under an exclusive lock on ``lock_path``:
+    of any number of processes (ranks of one job, or separate jobs), one builds and the others wait on the
+    lock, then read what it built. ``build=None``: this process never builds; it waits, with progress,
+    until a builder has made the artifact (a node's ranks other than local rank 0)."""
+    started = time.monotonic()
+    next_report = started + LOCK_REPORT_EVERY_S
+    while True:
+        with exclusive_lock(lock_path, what):
+            found = read()
+            if found is not None:
+                return found
+            if build is not None:
+                return build()
+        if time.monotonic() >= next_report:
+            log.info("waiting for another process to build %s (%.0f s)", what, time.monotonic() - started)
+            next_report += LOCK_REPORT_EVERY_S
+        time.sleep(LOCK_POLL_S)

@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from edgetl.core.deps import require
-from edgetl.core.fileio import atomic_path, atomic_write_text, edgetl_home, file_fingerprints
+from edgetl.core.fileio import atomic_path, atomic_write_text, built_once, edgetl_home, file_fingerprints
+from edgetl.core.world import ProcessRole
 from edgetl.data.folders import Sample
 from edgetl.errors import DataError
 from edgetl.spec.preprocess import PreprocessSpec, center_crop_offsets, load_rgb, resize_shorter_side, resized_size
@@ -122,15 +123,25 @@ def open_decoded_images(
     workers: int = 0,
     device: Any = None,
 ) -> DecodedImages:
-    """The decoded cache of ``samples`` (``part`` of the dataset at ``root``), built if missing or outdated."""
+    """The decoded cache of ``samples`` (``part`` of the dataset at ``root``), built if missing or outdated.
+
+    Built once per node: by local rank 0 of a distributed run (or the first of several jobs), under the
+    dataset part's file lock, while the other processes wait on that lock with progress, then reuse it."""
     directory = Path(cache_dir or edgetl_home()) / "decoded"
     directory.mkdir(parents=True, exist_ok=True)
     key = cache_key(samples, spec)
     prefix = hashlib.sha256("{}|{}".format(Path(root).resolve(), part).encode("utf-8")).hexdigest()[:12]
     stem = "{}-{}".format(prefix, key[:20])
     pixels_path, meta_path = directory / (stem + ".npy"), directory / (stem + ".json")
-    meta = _read_meta(meta_path)
-    if meta is None or meta.get("key") != key or not pixels_path.is_file():
+
+    def reuse() -> Optional[dict]:
+        meta = _read_meta(meta_path)
+        if meta is None or meta.get("key") != key or not pixels_path.is_file():
+            return None
+        log.info("decoded-image cache for %s: reusing %s", part, pixels_path)
+        return meta
+
+    def build() -> dict:
         outdated = [p for p in directory.glob(prefix + "-*.json") if p != meta_path]
         log.info(
             "decoded-image cache for %s (%d images): %s, building %s",
@@ -141,8 +152,10 @@ def open_decoded_images(
         )
         meta = _build(samples, spec, pixels_path, meta_path, key, root, part, workers, device)
         _remove_stale(directory, prefix, keep=stem)
-    else:
-        log.info("decoded-image cache for %s: reusing %s", part, pixels_path)
+        return meta
+
+    builder = build if ProcessRole.from_env().builds_node_caches else None
+    meta = built_once(directory / (prefix + ".lock"), "the decoded-image cache of " + part, reuse, builder)
     geometry = torch.tensor(meta["geometry"], dtype=torch.int64).reshape(-1, len(GEOMETRY_COLUMNS))
     return DecodedImages(pixels_path, geometry, key)
 

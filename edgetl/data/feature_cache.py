@@ -20,7 +20,8 @@ from typing import Any, Iterator, Optional, Sequence, Tuple
 
 from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
-from edgetl.core.fileio import atomic_path, edgetl_home
+from edgetl.core.fileio import atomic_path, built_once, edgetl_home
+from edgetl.core.world import ProcessRole
 from edgetl.data.decoded_cache import DecodedImages
 from edgetl.data.folders import DatasetSplit
 from edgetl.data.pipelines import (
@@ -31,6 +32,7 @@ from edgetl.data.pipelines import (
     device_finish,
     make_loader,
 )
+from edgetl.data.sharding import Shard
 from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
@@ -81,14 +83,17 @@ class HeadBatches(list):
 
 
 class FeaturePipeline:
-    """Batches of cached features (device-resident) for the head alone."""
+    """Batches of cached features (device-resident) for the head alone; ``batch_size`` is the global batch,
+    of which the batches are ``shard``'s part."""
 
     name = "features"
 
-    def __init__(self, train: Any, train_labels: Any, val: Any, val_labels: Any, batch_size: int) -> None:
+    def __init__(
+        self, train: Any, train_labels: Any, val: Any, val_labels: Any, batch_size: int, shard: Shard = Shard()
+    ) -> None:
         self.train, self.train_labels = train, train_labels  # (views, N, D), (N,)
         self.val, self.val_labels = val, val_labels
-        self.batch_size = batch_size
+        self.batch_size, self.shard = batch_size, shard
 
     def module(self, model: Any) -> Any:
         """What the batches feed: the head."""
@@ -101,12 +106,12 @@ class FeaturePipeline:
         order = torch.randperm(count, generator=generator)
         views = torch.randint(self.train.shape[0], (count,), generator=generator)
         order, views = order.to(self.train.device), views.to(self.train.device)
-        return HeadBatches(
-            (self.train[views[rows], rows], self.train_labels[rows]) for rows in order.split(self.batch_size)
-        )
+        batches = (order[lo:hi] for lo, hi in self.shard.batch_parts(count, self.batch_size, pad=True))
+        return HeadBatches((self.train[views[rows], rows], self.train_labels[rows]) for rows in batches)
 
     def val_batches(self) -> HeadBatches:
-        return HeadBatches(zip(self.val.split(self.batch_size), self.val_labels.split(self.batch_size)))
+        parts = self.shard.batch_parts(len(self.val_labels), self.batch_size, pad=False)
+        return HeadBatches((self.val[lo:hi], self.val_labels[lo:hi]) for lo, hi in parts)
 
 
 def feature_pipeline(
@@ -120,8 +125,11 @@ def feature_pipeline(
     workers: int,
     setup: DeviceSetup,
     cache_dir: Optional[Path] = None,
+    shard: Shard = Shard(),
 ) -> FeaturePipeline:
-    """Features of ``split`` through ``model.base`` (loaded from the cache or computed now)."""
+    """Features of ``split`` through ``model.base``: loaded from the cache, or computed now by this node's
+    local rank 0 while its other ranks (and other jobs) wait on the cache's file lock. ``batch_size`` is
+    the global batch, of which the pipeline's batches are ``shard``'s part."""
     cache_dir = Path(cache_dir or edgetl_home())
     train_images, val_images = decoded_caches(split, spec, workers, setup, cache_dir)
     parts = [
@@ -137,43 +145,69 @@ def feature_pipeline(
     ]
     key = hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).hexdigest()
     path = cache_dir / "train-features" / "{}-{}.pt".format(train_images.path.stem, key[:16])
-    stored = _load(path, key)
-    if stored is None:
-        started = time.perf_counter()
 
-        def features(images: DecodedImages, labels: Sequence[int], crop_seed: Optional[int]) -> Any:
-            sampler = EpochBatchSampler(len(images), batch_size, shuffle=False, augment=crop_seed is not None)
-            sampler.set_epoch(crop_seed or 0)
-            dataset = DecodedBatches(images, labels, spec, raw=setup.cuda_paths)
-            loader = make_loader(dataset, sampler, workers, setup)
-            return extract_features(model.base, BatchStream(loader, device_finish(setup, spec)), setup)
+    def reuse() -> Optional[dict]:
+        stored = _load(path, key)
+        if stored is not None:
+            log.info("feature cache: reusing %s", path)
+        return stored
 
-        train_labels, val_labels = [s.label for s in split.train], [s.label for s in split.val]
-        view_seeds = [view_seed(seed, v) for v in range(views)] or [None]
-        stored = {
-            "key": key,
-            "val": features(val_images, val_labels, None).cpu(),
-            "train": torch.stack([features(train_images, train_labels, s) for s in view_seeds]).cpu(),
-        }
-        log.info(
-            "feature cache: ran the frozen base over %d train (x%d views) + %d val images in %.1f s",
-            len(split.train),
-            len(view_seeds),
-            len(split.val),
-            time.perf_counter() - started,
-        )
+    def build() -> dict:
+        stored = _compute(split, spec, model, (train_images, val_images), batch_size, views, seed, workers, setup)
+        stored["key"] = key
         with atomic_path(path) as tmp:
             torch.save(stored, str(tmp))
         _remove_orphans(path.parent, train_images.path.parent)
-    else:
-        log.info("feature cache: reusing %s", path)
+        return stored
+
+    lock = path.parent / (train_images.path.stem + ".lock")
+    builder = build if ProcessRole.from_env().builds_node_caches else None
+    stored = built_once(lock, "the feature cache " + path.name, reuse, builder)
     labels = [
         setup.to_device(torch.tensor([s.label for s in samples], dtype=torch.int64))
         for samples in (split.train, split.val)
     ]
-    return FeaturePipeline(
-        setup.to_device(stored["train"]), labels[0], setup.to_device(stored["val"]), labels[1], batch_size
+    train, val = setup.to_device(stored["train"]), setup.to_device(stored["val"])
+    return FeaturePipeline(train, labels[0], val, labels[1], batch_size, shard)
+
+
+def _compute(
+    split: DatasetSplit,
+    spec: PreprocessSpec,
+    model: Any,
+    images: Tuple[DecodedImages, DecodedImages],
+    batch_size: int,
+    views: int,
+    seed: int,
+    workers: int,
+    setup: DeviceSetup,
+) -> dict:
+    """Run the frozen base over the val images (eval view) and the train images (eval view or ``views``
+    augmented views); CPU tensors."""
+    started = time.perf_counter()
+
+    def features(decoded: DecodedImages, labels: Sequence[int], crop_seed: Optional[int]) -> Any:
+        sampler = EpochBatchSampler(len(decoded), batch_size, shuffle=False, augment=crop_seed is not None)
+        sampler.set_epoch(crop_seed or 0)
+        dataset = DecodedBatches(decoded, labels, spec, raw=setup.cuda_paths)
+        loader = make_loader(dataset, sampler, workers, setup)
+        return extract_features(model.base, BatchStream(loader, device_finish(setup, spec)), setup)
+
+    train_images, val_images = images
+    train_labels, val_labels = [s.label for s in split.train], [s.label for s in split.val]
+    view_seeds = [view_seed(seed, v) for v in range(views)] or [None]
+    stored = {
+        "val": features(val_images, val_labels, None).cpu(),
+        "train": torch.stack([features(train_images, train_labels, s) for s in view_seeds]).cpu(),
+    }
+    log.info(
+        "feature cache: ran the frozen base over %d train (x%d views) + %d val images in %.1f s",
+        len(split.train),
+        len(view_seeds),
+        len(split.val),
+        time.perf_counter() - started,
     )
+    return stored
 
 
 def _load(path: Path, key: str) -> Optional[dict]:

@@ -34,6 +34,7 @@ from edgetl.data.augment import (
 )
 from edgetl.data.decoded_cache import DecodedImages, open_decoded_images
 from edgetl.data.folders import DatasetSplit, Sample
+from edgetl.data.sharding import Shard
 from edgetl.spec.preprocess import PreprocessSpec, load_rgb, resize_and_crop
 
 torch = require("torch")
@@ -43,25 +44,33 @@ PREFETCH_BATCHES = 4  # per worker
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
-    """Yields (rows, crop randoms or None) per batch; order and randoms follow ``set_epoch(seed)``."""
+    """Yields (rows, crop randoms or None) per batch; order and randoms follow ``set_epoch(seed)``.
 
-    def __init__(self, count: int, batch_size: int, shuffle: bool, augment: bool) -> None:
+    The order and randoms are drawn for the whole set, then each batch is cut to ``shard``'s part
+    (``edgetl.data.sharding``; with ``pad``, an empty part becomes one padding sample), so a sample's
+    place and crop are the same for any number of processes."""
+
+    def __init__(
+        self, count: int, batch_size: int, shuffle: bool, augment: bool, shard: Shard = Shard(), pad: bool = True
+    ) -> None:
         self.count, self.batch_size, self.shuffle, self.augment = count, batch_size, shuffle, augment
+        self.shard, self.pad = shard, pad
         self.seed = 0
 
     def set_epoch(self, seed: int) -> None:
         self.seed = seed
 
     def __len__(self) -> int:
-        return math.ceil(self.count / self.batch_size)
+        if self.shard.world_size == 1 or self.pad:
+            return math.ceil(self.count / self.batch_size)
+        return sum(1 for _ in self.shard.batch_parts(self.count, self.batch_size, pad=False))
 
     def __iter__(self) -> Iterator[Tuple[Any, Optional[Any]]]:
         generator = torch.Generator().manual_seed(self.seed)
         order = torch.randperm(self.count, generator=generator) if self.shuffle else torch.arange(self.count)
         randoms = draw_crop_randoms(self.count, generator) if self.augment else None
-        for start in range(0, self.count, self.batch_size):
-            stop = start + self.batch_size
-            yield order[start:stop], None if randoms is None else randoms[start:stop]
+        for lo, hi in self.shard.batch_parts(self.count, self.batch_size, self.pad):
+            yield order[lo:hi], None if randoms is None else randoms[lo:hi]
 
 
 class PilBatches:
@@ -201,8 +210,10 @@ def image_pipeline(
     workers: int,
     setup: DeviceSetup,
     cache_dir: Optional[Path] = None,
+    shard: Shard = Shard(),
 ) -> ImagePipeline:
-    """The ``none`` (PIL) or ``ram`` (decoded cache) pipeline of a split."""
+    """The ``none`` (PIL) or ``ram`` (decoded cache) pipeline of a split; ``batch_size`` is the global batch,
+    of which the loaders yield ``shard``'s part."""
     if cache == "none":
         train_set, val_set = PilBatches(split.train, spec), PilBatches(split.val, spec)
         val_workers = workers
@@ -212,6 +223,8 @@ def image_pipeline(
         train_set = DecodedBatches(train_images, [s.label for s in split.train], spec, raw)
         val_set = DecodedBatches(val_images, [s.label for s in split.val], spec, raw)
         val_workers = 0  # the eval crop of a cached batch is one gather
-    train_loader = make_loader(train_set, EpochBatchSampler(len(split.train), batch_size, True, True), workers, setup)
-    val_loader = make_loader(val_set, EpochBatchSampler(len(split.val), batch_size, False, False), val_workers, setup)
+    train_sampler = EpochBatchSampler(len(split.train), batch_size, True, True, shard, pad=True)
+    val_sampler = EpochBatchSampler(len(split.val), batch_size, False, False, shard, pad=False)
+    train_loader = make_loader(train_set, train_sampler, workers, setup)
+    val_loader = make_loader(val_set, val_sampler, val_workers, setup)
     return ImagePipeline(cache, train_loader, val_loader, device_finish(setup, spec))

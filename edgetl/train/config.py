@@ -59,6 +59,7 @@ class FinetuneConfig:
     val_split: Optional[float] = None
     weights: Optional[str] = None  # None: torchvision weights; "none": random init; else a file
     out: Optional[str] = None
+    sync_bn: bool = False  # distributed on CUDA: BatchNorm statistics of the global batch (SyncBatchNorm)
 
     def __post_init__(self) -> None:
         trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
@@ -84,6 +85,10 @@ class FinetuneConfig:
                 or (self.strategy == "feature-extractor" and self.cache in ("auto", "features")),
                 "--feature-views needs --strategy feature-extractor with --cache features (or auto)",
             ),
+            (
+                not (self.sync_bn and self.strategy == "feature-extractor"),
+                "--sync-bn has nothing to synchronise: with --strategy feature-extractor no BatchNorm trains",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -93,3 +98,29 @@ class FinetuneConfig:
     def from_dict(cls, data: Dict[str, Any]) -> "FinetuneConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How ``edgetl finetune`` starts its processes (not saved with the run: a run may resume with another count)."""
+
+    nproc_per_node: int = 1  # > 1: launch that many processes on this node with torch.distributed.run
+
+    def __post_init__(self) -> None:
+        if self.nproc_per_node < 1:
+            raise ConfigError("--nproc-per-node must be >= 1")
+
+
+def check_job(config: FinetuneConfig, device_type: str, world_size: int) -> None:
+    """What a run of ``world_size`` processes on ``device_type`` needs: ``--batch-size`` is the global batch and
+    each process takes an equal part of it; ``--sync-bn`` runs on CUDA only."""
+    if config.sync_bn and device_type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA: SyncBatchNorm does not run on {}".format(device_type.upper()))
+    if config.batch_size % world_size:
+        lower = config.batch_size - config.batch_size % world_size
+        choices = [str(size) for size in (lower, lower + world_size) if size > 0]
+        raise ConfigError(
+            "--batch-size {} is the global batch and must divide by the {} processes; use {}".format(
+                config.batch_size, world_size, " or ".join(choices)
+            )
+        )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -32,26 +32,37 @@ class EvalResult:
     confusion: List[List[int]]  # rows: true class, columns: predicted class
 
 
-def metrics_from_logits(
-    logits: np.ndarray, labels: np.ndarray, num_classes: int, loss: float = float("nan")
-) -> EvalResult:
-    """Top-1, top-k (k = min(5, classes)), per-class accuracy and confusion matrix from stacked logits."""
-    k = min(5, num_classes)
-    top_k = np.argsort(-logits, axis=1)[:, :k]
-    predicted = top_k[:, 0]
+def prediction_counts(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> Tuple[np.ndarray, int]:
+    """Confusion matrix (rows: true class) and top-k hits (k = min(5, classes)) of stacked logits: counts,
+    so that the parts of a val set evaluated by several processes add up."""
+    top_k = np.argsort(-logits, axis=1)[:, : min(5, num_classes)]
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
+    np.add.at(confusion, (labels, top_k[:, 0]), 1)
+    return confusion, int((top_k == labels[:, None]).any(1).sum())
+
+
+def metrics_from_counts(confusion: np.ndarray, top_k_hits: int, k: int, loss: float = float("nan")) -> EvalResult:
+    """Top-1, top-k, per-class accuracy from a confusion matrix and the top-k hits."""
+    count = int(confusion.sum())
     support = confusion.sum(axis=1)
     per_class = np.where(support > 0, np.diag(confusion) / np.maximum(support, 1), np.nan)
     return EvalResult(
         loss,
-        float((predicted == labels).mean()),
-        float((top_k == labels[:, None]).any(1).mean()),
+        int(np.trace(confusion)) / count,
+        top_k_hits / count,
         k,
-        int(len(labels)),
+        count,
         [float(v) for v in per_class],
         confusion.tolist(),
     )
+
+
+def metrics_from_logits(
+    logits: np.ndarray, labels: np.ndarray, num_classes: int, loss: float = float("nan")
+) -> EvalResult:
+    """Top-1, top-k (k = min(5, classes)), per-class accuracy and confusion matrix from stacked logits."""
+    confusion, top_k_hits = prediction_counts(logits, labels, num_classes)
+    return metrics_from_counts(confusion, top_k_hits, min(5, num_classes), loss)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from edgetl.data.pipelines import image_pipeline
 from edgetl.errors import ConfigError
 from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
+from edgetl.train.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -37,24 +38,23 @@ def resolve_cache(
 
 
 def build_pipeline(
-    config: FinetuneConfig, split: DatasetSplit, spec: PreprocessSpec, model: Any, setup: DeviceSetup
+    config: FinetuneConfig,
+    split: DatasetSplit,
+    spec: PreprocessSpec,
+    model: Any,
+    setup: DeviceSetup,
+    world: Optional[World] = None,
 ) -> Any:
-    """The training input pipeline ``config.cache`` names (resolved if ``auto``)."""
+    """The training input pipeline ``config.cache`` names (resolved if ``auto``): in a distributed run, its
+    batches are this rank's part of each global batch and ``--workers auto`` is this rank's share of the cores."""
+    world = world or World()
     cache, reason = resolve_cache(config, split, spec)
     if config.cache == "auto":
         log.info("--cache auto: using %s (%s)", cache, reason)
-    workers = resolve_workers(config.workers)
+    workers = resolve_workers(config.workers, world.role.local_world_size)
+    options = dict(batch_size=config.batch_size, workers=workers, setup=setup, shard=world.shard)
     if cache != "features":
-        return image_pipeline(cache, split, spec, batch_size=config.batch_size, workers=workers, setup=setup)
+        return image_pipeline(cache, split, spec, **options)
     if not model.base_frozen:
         raise ConfigError("--cache features needs --strategy feature-extractor (a frozen base)")
-    return feature_pipeline(
-        split,
-        spec,
-        model,
-        batch_size=config.batch_size,
-        views=config.feature_views,
-        seed=config.seed,
-        workers=workers,
-        setup=setup,
-    )
+    return feature_pipeline(split, spec, model, views=config.feature_views, seed=config.seed, **options)

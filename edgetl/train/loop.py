@@ -2,6 +2,8 @@
 
 Deterministic on CPU: every epoch reseeds torch and the data order from ``seed + epoch``, so a
 run resumed from ``last.pt`` (even after a kill mid-epoch) reproduces an uninterrupted run.
+Started by torchrun, the same functions train in every process (``edgetl.train.distributed``): the
+data order stays that of ``(seed, epoch)``, so a run may also resume with another number of processes.
 """
 
 from __future__ import annotations
@@ -12,25 +14,34 @@ import json
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
-
-from tqdm import tqdm
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
+from edgetl.core.world import ProcessRole
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, load_dataset
-from edgetl.errors import ConfigError
+from edgetl.errors import ConfigError, DistributedError
 from edgetl.spec.backbones import get_backbone, preprocess_spec
-from edgetl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from edgetl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from edgetl.train.config import FinetuneConfig
-from edgetl.train.evaluate import evaluate_model
+from edgetl.train.distributed import (
+    World,
+    evaluate_on_ranks,
+    peer_lost,
+    rank_seed,
+    sharded_loss,
+    start_world,
+    use_sync_batch_norm,
+)
 from edgetl.train.inputs import build_pipeline
 from edgetl.train.model import HeadConfig, build_model, count_parameters, parameter_groups
+from edgetl.train.step import TrainStep, cosine_with_warmup, make_optimizer, restore_training_state, train_one_epoch
 from edgetl.train.weights import resolve_weights
 
 torch = require("torch")
@@ -57,63 +68,100 @@ class RunResult:
     history: List[Dict[str, float]]
 
 
-def cosine_with_warmup(optimizer: Any, warmup_steps: int, total_steps: int) -> Any:
-    """Linear warmup then cosine decay to 0, stepped per batch."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def make_optimizer(config: FinetuneConfig, groups: List[Dict[str, Any]]) -> Any:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
-
-
 def default_run_dir(config: FinetuneConfig) -> Path:
     if config.out:
         return Path(config.out)
     return Path("models") / "{}-{}-{}".format(config.arch, config.strategy, time.strftime("%Y%m%d-%H%M%S"))
 
 
+def check_new_run(run_dir: Path) -> None:
+    """A new run never overwrites another."""
+    if (run_dir / "last.pt").exists():
+        raise ConfigError("{} already holds a run; continue it with --resume or choose another --out".format(run_dir))
+
+
 def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[DeviceSetup] = None) -> RunResult:
     """Start a new run in ``config.out`` (or ``models/<arch>-<strategy>-<time>``) and train it.
 
     ``setup``: the training device; by default ``DeviceSetup.create(config.device, config.amp)``.
-    Tests pass one that applies CUDA's placement rules on the CPU (``tests/placement.py``)."""
-    run_dir = default_run_dir(config)
-    if (run_dir / "last.pt").exists():
-        raise ConfigError("{} already holds a run; continue it with --resume or choose another --out".format(run_dir))
-    if config.data is None:
-        root = ensure_demo_dataset()
-        log.info("no DATA given: using the built-in demo dataset at %s", root)
-    else:
-        root = Path(config.data)
-    split = load_dataset(root, config.val_split, config.seed)
-    if split.skipped:
-        log.warning("skipped %d unreadable file(s); listed in %s", len(split.skipped), run_dir / "skipped.txt")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    split.save(run_dir)
-    atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
-    return _train(config, run_dir, split, None, progress, setup)
+    Tests pass one that applies CUDA's placement rules on the CPU (``tests/placement.py``).
+    Started by torchrun, each process trains its part (``edgetl.train.distributed``); rank 0 scans the
+    dataset and alone writes the run folder."""
+    setup, world = _join(config, setup)
+
+    def start_run() -> Tuple[Path, DatasetSplit]:
+        run_dir = default_run_dir(config)
+        check_new_run(run_dir)
+        if config.data is None:
+            root = ensure_demo_dataset()
+            log.info("no DATA given: using the built-in demo dataset at %s", root)
+        else:
+            root = Path(config.data)
+        split = load_dataset(root, config.val_split, config.seed)
+        if split.skipped:
+            log.warning("skipped %d unreadable file(s); listed in %s", len(split.skipped), run_dir / "skipped.txt")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        split.save(run_dir)
+        atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+        return run_dir, split
+
+    with _ending(world):
+        run_dir, split = world.run_on_main(start_run, "scanning the dataset")
+        return _train(config, run_dir, split, None, progress, setup, world)
 
 
 def resume(
     run_dir: Path, epochs: Optional[int] = None, progress: bool = True, *, setup: Optional[DeviceSetup] = None
 ) -> RunResult:
     """Continue a run from its ``last.pt`` with its saved options (optionally more epochs); ``setup`` as
-    for :func:`finetune`."""
+    for :func:`finetune`. Any number of processes may continue it (each reads the run folder)."""
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / "last.pt")
+    config = resumed_config(state, epochs)
+    setup, world = _join(config, setup)
+    with _ending(world):
+        return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress, setup, world)
+
+
+def resumed_config(state: Dict[str, Any], epochs: Optional[int] = None) -> FinetuneConfig:
+    """The options a run continues with: those saved in its checkpoint ``state``, with ``epochs`` if given."""
     config = FinetuneConfig.from_dict(state["config"])
-    if epochs is not None:
-        config = replace(config, epochs=epochs)
-    return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress, setup)
+    return config if epochs is None else replace(config, epochs=epochs)
+
+
+def _join(config: FinetuneConfig, setup: Optional[DeviceSetup]) -> Tuple[DeviceSetup, World]:
+    """The device of this process and the job it belongs to (checked before any work or write)."""
+    role = ProcessRole.from_env()
+    setup = setup or DeviceSetup.create(config.device, config.amp, role)
+    return setup, start_world(config, setup, role)
+
+
+@contextmanager
+def _ending(world: World) -> Iterator[None]:
+    """Leave the process group at the end. A collective that fails because another rank died becomes one line
+    (that rank prints its own error, and the launcher names it); the broken group is left to the exit."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if world.size > 1 and peer_lost(exc):
+            raise DistributedError(
+                "stopped: another process of the job ended ({})".format(_first_sentence(exc))
+            ) from None
+        world.close()
+        raise
+    except BaseException:
+        world.close()
+        raise
+    world.close()
+
+
+def _first_sentence(exc: BaseException) -> str:
+    """``Read error ...: Connection reset by peer`` of gloo's ``[.../pair.cc:545] Read error ...: Connection reset
+    by peer. This is typically caused by ...``."""
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    return text.split(". ")[0]
 
 
 def _train(
@@ -122,12 +170,62 @@ def _train(
     split: DatasetSplit,
     state: Optional[Dict[str, Any]],
     progress: bool,
-    setup: Optional[DeviceSetup] = None,
+    setup: DeviceSetup,
+    world: World,
 ) -> RunResult:
-    setup = setup or DeviceSetup.create(config.device, config.amp)
     log.info(setup.describe())
+    started = time.perf_counter()
     spec = get_backbone(config.arch, config.cut_at)
     preprocess = preprocess_spec(spec)
+    model, optimizer, scheduler, scaler = _build(config, split, setup, world, state)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    history: List[Dict[str, float]] = []
+    best_top1, start_epoch = -1.0, 0
+    if state is not None:
+        restore_training_state(state, model, optimizer, scheduler, scaler)
+        history, best_top1, start_epoch = list(state["history"]), float(state["best_top1"]), int(state["epoch"]) + 1
+        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, config.epochs)
+    elif world.is_main:
+        atomic_write_text(run_dir / "labels.txt", "".join(c + "\n" for c in split.classes))
+        preprocess.save(run_dir / "preprocess.json")
+
+    pipeline = build_pipeline(config, split, preprocess, model, setup, world)
+    world.wait_for_all("building the input pipeline")  # a node's cache build may outlast a collective's timeout
+    config = replace(config, cache=pipeline.name)  # checkpoints record the pipeline auto chose
+    trained = pipeline.module(model)  # the whole model, or only its head on cached features
+    shares = sharded_loss(world, config.label_smoothing, len(split.train), config.batch_size)
+    step = TrainStep(world.wrap(trained), criterion, optimizer, scheduler, scaler, setup, shares)
+    for epoch in range(start_epoch, config.epochs):
+        torch.manual_seed(rank_seed(config.seed, epoch, world.rank))  # dropout etc.: a function of (seed, epoch, rank)
+        batches = pipeline.train_batches(config.seed * 1000 + epoch)
+        tick = time.perf_counter()
+        train_loss, train_top1 = train_one_epoch(
+            step, batches, progress=progress and world.is_main, label="epoch {}/{}".format(epoch + 1, config.epochs)
+        )
+        seconds = time.perf_counter() - tick
+        world.sync_buffers(trained)
+        val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), criterion, world)
+        lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}
+        history.append(_epoch_row(epoch, train_loss, train_top1, val, lrs, seconds, len(split.train)))
+        is_best = world.from_main(val.top1 > best_top1)  # the decision of rank 0, which saves
+        best_top1 = max(best_top1, val.top1)
+        if world.is_main:
+            log.info(_epoch_line(history[-1], config.epochs))
+            training = (optimizer, scheduler, scaler)
+            payload = _payload(config, split, model, preprocess, training, epoch, history, best_top1)
+            _save_epoch(run_dir, payload, is_best, history)
+    summary = _summary(config, run_dir, split, model, setup, history, time.perf_counter() - started)
+    summary["processes"] = world.size  # this session's; a run may resume with another count
+    if world.is_main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return RunResult(run_dir, summary, history)
+
+
+def _build(
+    config: FinetuneConfig, split: DatasetSplit, setup: DeviceSetup, world: World, state: Optional[Dict[str, Any]]
+) -> Tuple[Any, Any, Any, Any]:
+    """Model (pretrained weights unless resuming; SyncBatchNorm with --sync-bn), optimizer, schedule, AMP scaler."""
+    spec = get_backbone(config.arch, config.cut_at)
     weights = resolve_weights(spec, config.weights) if state is None else None
     torch.manual_seed(config.seed)
     model = setup.module_to_device(
@@ -135,122 +233,83 @@ def _train(
             spec, len(split.classes), HeadConfig(config.head), config.strategy, config.trainable_stages, weights
         )
     )
+    model = use_sync_batch_norm(model, config, world)
     optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
-    steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(split.train) / config.batch_size)  # global batches: the schedule of one process
     scheduler = cosine_with_warmup(optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(setup.device.type, enabled=setup.use_amp)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    history: List[Dict[str, float]] = []
-    best_top1, start_epoch, started = -1.0, 0, time.perf_counter()
-    if state is not None:
-        restore_training_state(state, model, optimizer, scheduler, scaler)
-        history, best_top1, start_epoch = list(state["history"]), float(state["best_top1"]), int(state["epoch"]) + 1
-        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, config.epochs)
-    else:
-        atomic_write_text(run_dir / "labels.txt", "".join(c + "\n" for c in split.classes))
-        preprocess.save(run_dir / "preprocess.json")
-
-    pipeline = build_pipeline(config, split, preprocess, model, setup)
-    config = replace(config, cache=pipeline.name)  # checkpoints record the pipeline auto chose
-    trained = pipeline.module(model)  # the whole model, or only its head on cached features
-    for epoch in range(start_epoch, config.epochs):
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: a function of (seed, epoch) alone
-        batches = pipeline.train_batches(config.seed * 1000 + epoch)
-        tick = time.perf_counter()
-        step = TrainStep(trained, criterion, optimizer, scheduler, scaler, setup)
-        train_loss, train_top1 = train_one_epoch(
-            step, batches, progress=progress, label="epoch {}/{}".format(epoch + 1, config.epochs)
-        )
-        seconds = time.perf_counter() - tick
-        val = evaluate_model(trained, pipeline.val_batches(), setup.device, len(split.classes), criterion)
-        lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": train_loss,
-                "train_top1": train_top1,
-                "val_loss": val.loss,
-                "val_top1": val.top1,
-                "val_top5": val.top5,
-                "lr_base": lrs.get("base", 0.0),
-                "lr_head": lrs["head"],
-                "epoch_time_s": seconds,
-                "images_per_s": len(split.train) / seconds,
-            }
-        )
-        payload = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "rng": rng_state(),
-            "history": history,
-            "best_top1": max(best_top1, val.top1),
-            "class_names": split.classes,
-            "arch": config.arch,
-            "strategy": config.strategy,
-            "trainable_stages": config.trainable_stages,
-            "cut_at": config.cut_at,
-            "frozen_stages": model.frozen_stages,
-            "head": asdict(HeadConfig(config.head)),
-            "preprocess": preprocess.to_dict(),
-            "config": asdict(config),
-        }
-        if val.top1 > best_top1:
-            best_top1 = val.top1
-            save_checkpoint(run_dir / "best.pt", payload)
-        save_checkpoint(run_dir / "last.pt", payload)
-        _write_metrics(run_dir / "metrics.csv", history)
-    summary = _summary(config, run_dir, split, model, setup, history, time.perf_counter() - started)
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return RunResult(run_dir, summary, history)
+    return model, optimizer, scheduler, torch.amp.GradScaler(setup.device.type, enabled=setup.use_amp)
 
 
-def restore_training_state(state: Dict[str, Any], model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> None:
-    """Load a checkpoint's model, optimizer, scheduler, AMP scaler and RNG states for ``--resume``."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if state["scaler"]:  # empty when AMP was off at save time (a run started on CPU, resumed on CUDA)
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
+def _save_epoch(run_dir: Path, payload: Dict[str, Any], is_best: bool, history: List[Dict[str, float]]) -> None:
+    if is_best:
+        save_checkpoint(run_dir / "best.pt", payload)
+    save_checkpoint(run_dir / "last.pt", payload)
+    _write_metrics(run_dir / "metrics.csv", history)
 
 
-@dataclass
-class TrainStep:
-    """What one optimisation step needs: the module the batches feed, loss, optimizer, schedule, AMP."""
+def _epoch_row(
+    epoch: int, train_loss: float, train_top1: float, val: Any, lrs: Dict[str, float], seconds: float, images: int
+) -> Dict[str, float]:
+    return {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "train_top1": train_top1,
+        "val_loss": val.loss,
+        "val_top1": val.top1,
+        "val_top5": val.top5,
+        "lr_base": lrs.get("base", 0.0),
+        "lr_head": lrs["head"],
+        "epoch_time_s": seconds,
+        "images_per_s": images / seconds,
+    }
 
-    module: Any
-    criterion: Any
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
-    setup: DeviceSetup
+
+def _epoch_line(row: Dict[str, float], epochs: int) -> str:
+    """One progress line per epoch (logs have no progress bar)."""
+    return "epoch {}/{}: train loss {:.4f}, top-1 {:.1%}; val loss {:.4f}, top-1 {:.1%}; {:.1f} s, {:.0f} img/s".format(
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["train_top1"],
+        row["val_loss"],
+        row["val_top1"],
+        row["epoch_time_s"],
+        row["images_per_s"],
+    )
 
 
-def train_one_epoch(step: TrainStep, batches: Any, *, progress: bool, label: str) -> tuple:
-    """One pass over device-resident (inputs, labels) batches; returns (mean loss, top-1)."""
-    step.module.train()
-    # Summed on the device and read once per epoch: a .item() per step would stall the GPU every batch.
-    # float64 sums of float32 losses times batch sizes: the same numbers as summing Python floats.
-    total_loss = torch.zeros((), dtype=torch.float64, device=step.setup.device)
-    correct = torch.zeros((), dtype=torch.int64, device=step.setup.device)
-    seen = 0
-    # disable=None: bars only on a terminal, not in logs
-    for images, labels in tqdm(batches, desc=label, leave=False, disable=None if progress else True):
-        with torch.autocast(step.setup.device.type, dtype=torch.float16, enabled=step.setup.use_amp):
-            logits = step.module(images)
-            loss = step.criterion(logits, labels)
-        step.optimizer.zero_grad(set_to_none=True)
-        step.scaler.scale(loss).backward()
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
-        step.scheduler.step()
-        total_loss += loss.detach().double() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-    return total_loss.item() / seen, correct.item() / seen
+def _payload(
+    config: FinetuneConfig,
+    split: DatasetSplit,
+    model: Any,
+    preprocess: Any,
+    training: Tuple[Any, Any, Any],
+    epoch: int,
+    history: List[Dict[str, float]],
+    best_top1: float,
+) -> Dict[str, Any]:
+    """A checkpoint: the plain model's state (never DDP's ``module.`` names), the optimizer, scheduler and
+    AMP scaler states, and the run's facts."""
+    optimizer, scheduler, scaler = training
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "rng": rng_state(),
+        "history": history,
+        "best_top1": best_top1,
+        "class_names": split.classes,
+        "arch": config.arch,
+        "strategy": config.strategy,
+        "trainable_stages": config.trainable_stages,
+        "cut_at": config.cut_at,
+        "frozen_stages": model.frozen_stages,
+        "head": asdict(HeadConfig(config.head)),
+        "preprocess": preprocess.to_dict(),
+        "config": asdict(config),
+    }
 
 
 def _write_metrics(path: Path, history: List[Dict[str, float]]) -> None:

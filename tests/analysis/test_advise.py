@@ -128,7 +128,8 @@ def test_the_printed_command_is_a_valid_finetune_command(quadrant: int) -> None:
     assert words[:3] == ["edgetl", "finetune", "my photos"]
     finetune = main.commands["finetune"]
     ctx = finetune.make_context("finetune", words[2:])  # parses with the real options
-    params = {k: v for k, v in ctx.params.items() if k not in ("resume", "weights_")}
+    launch = ("resume", "weights_", "nproc_per_node")  # how to start the run, not FinetuneConfig's options
+    params = {k: v for k, v in ctx.params.items() if k not in launch}
     config = FinetuneConfig(**dict(params, data=str(params["data"]), out=None))  # validates
     assert (config.strategy, config.lr, config.epochs, config.val_split) == (plan.strategy, plan.lr, plan.epochs, 0.25)
     if plan.strategy == "partial":

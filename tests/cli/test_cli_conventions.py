@@ -61,14 +61,20 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
     from edgetl.bench.variants_config import VariantsConfig
     from edgetl.export.config import ExportConfig
     from edgetl.runtime.classifier import Classifier
-    from edgetl.train.config import FinetuneConfig
+    from edgetl.train.config import FinetuneConfig, LaunchConfig
     from edgetl.train.evaluate import evaluate_run
     from edgetl.trt.build import build_bundle_engine
 
     pilot = {"pilot_" + k: v for k, v in _dataclass_defaults(PilotConfig).items()}
     features = _signature_defaults(compute_features)
     return {
-        "finetune": (_dataclass_defaults(FinetuneConfig), {"weights_": "weights"}, ("resume",)),
+        "finetune": (
+            dict(
+                _dataclass_defaults(FinetuneConfig), **_dataclass_defaults(LaunchConfig)
+            ),  # how it trains, how it launches
+            {"weights_": "weights"},
+            ("resume",),
+        ),
         "export": (_dataclass_defaults(ExportConfig), {}, ("dynamic_batch", "as_json")),
         "bench latency": (
             dict(_dataclass_defaults(latency.LatencyConfig), max_regression=latency.MAX_REGRESSION_PCT),
