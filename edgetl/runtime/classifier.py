@@ -27,7 +27,7 @@ from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.spec.bundle import Bundle, ModelInfo
 from edgetl.spec.formats import BACKENDS, ONNX_FILES
-from edgetl.spec.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
+from edgetl.spec.preprocess import eval_array, geometry_pixels, load_input, to_rgb
 
 log = logging.getLogger(__name__)
 _ENGINE_PREFERENCE = ("int8", "fp16", "fp32")
@@ -157,7 +157,7 @@ class Classifier:
         """One image as the model takes it: normalised float32 CHW, or uint8 HWC for a baked model."""
         spec = self.bundle.preprocess
         if self.input_layout == "NHWC":
-            return np.asarray(resize_and_crop(to_rgb(img), spec), dtype=np.uint8)
+            return geometry_pixels(to_rgb(img), spec)
         return eval_array(img, spec)
 
     def classify_arrays(self, batch: np.ndarray) -> np.ndarray:
@@ -178,7 +178,7 @@ class Classifier:
         pending = []  # type: List[Tuple[str, np.ndarray]]
         for index, path in enumerate(paths):
             try:
-                pending.append((str(path), self.preprocess(load_rgb(Path(path)))))
+                pending.append((str(path), self.preprocess(load_input(Path(path), self.bundle.preprocess))))
             except DataError as exc:
                 yield str(path), str(exc)
             if pending and (len(pending) == self.batch_size or index == len(paths) - 1):
