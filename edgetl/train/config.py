@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Optional
 
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
+from edgetl.spec.formats import GEOMETRIES, TRAIN_GEOMETRIES
+from edgetl.spec.geometry import cached_views_suffice
 
 STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")
@@ -59,6 +61,8 @@ class FinetuneConfig:
     val_split: Optional[float] = None
     weights: Optional[str] = None  # None: torchvision weights; "none": random init; else a file
     out: Optional[str] = None
+    eval_geometry: str = GEOMETRIES[0]  # how val images become inputs (best.pt is picked on it); preprocess.json
+    train_geometry: str = TRAIN_GEOMETRIES[0]  # random-resized-crop, or a deployment geometry + random flip
 
     def __post_init__(self) -> None:
         trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
@@ -83,6 +87,14 @@ class FinetuneConfig:
                 self.feature_views == 0
                 or (self.strategy == "feature-extractor" and self.cache in ("auto", "features")),
                 "--feature-views needs --strategy feature-extractor with --cache features (or auto)",
+            ),
+            (self.eval_geometry in GEOMETRIES, "--eval-geometry must be one of " + ", ".join(GEOMETRIES)),
+            (self.train_geometry in TRAIN_GEOMETRIES, "--train-geometry must be one of " + ", ".join(TRAIN_GEOMETRIES)),
+            (
+                cached_views_suffice(self.eval_geometry, self.train_geometry)
+                or (self.cache in ("auto", "none") and self.feature_views == 0),
+                "--eval-geometry/--train-geometry other than center-crop/random-resized-crop run on whole images: "
+                "use --cache none (or auto) and no --feature-views",
             ),
         ]
         for ok, message in checks:

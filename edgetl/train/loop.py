@@ -127,7 +127,7 @@ def _train(
     setup = setup or DeviceSetup.create(config.device, config.amp)
     log.info(setup.describe())
     spec = get_backbone(config.arch, config.cut_at)
-    preprocess = preprocess_spec(spec)
+    preprocess = replace(preprocess_spec(spec), geometry=config.eval_geometry)
     weights = resolve_weights(spec, config.weights) if state is None else None
     torch.manual_seed(config.seed)
     model = setup.module_to_device(

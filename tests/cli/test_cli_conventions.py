@@ -16,7 +16,15 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.cli.options import WorkersParam
 from edgetl.spec.bundle import ModelInfo
-from edgetl.spec.formats import BACKENDS, CALIB_METHODS, CONSUMERS, INT8_FORMS, PRECISIONS
+from edgetl.spec.formats import (
+    BACKENDS,
+    CALIB_METHODS,
+    CONSUMERS,
+    GEOMETRIES,
+    INT8_FORMS,
+    PRECISIONS,
+    TRAIN_GEOMETRIES,
+)
 
 
 def _commands(group: click.Group = main, prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[str, click.Command]]:
@@ -126,6 +134,8 @@ def test_choices_come_from_the_formats_table() -> None:
     assert choices("export", "calib_method") == CALIB_METHODS
     assert choices("predict", "backend") == BACKENDS == choices("bench latency", "backends")
     assert choices("build-engine", "precision") == PRECISIONS
+    assert choices("finetune", "eval_geometry") == GEOMETRIES
+    assert choices("finetune", "train_geometry") == TRAIN_GEOMETRIES
 
 
 def test_shared_options_are_the_same_on_every_command() -> None:
