@@ -49,6 +49,8 @@ from edgetl.export.quantize import (
     write_calibration_manifest,
 )
 from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.export.verification import write_verification
+from edgetl.runtime.verify import VerificationError
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.trt.build import build_bundle_engine
@@ -317,8 +319,15 @@ class _Export:
         plans, notes = self.engine_plans()
         self.report["script_notes"] = notes
         self.manifest["engines"] = {p.engine: p.to_dict() for p in plans}
+        train = DatasetSplit.load(self.run).train
+        self.manifest["verification"] = self.report["verification"] = write_verification(
+            self.out, self.manifest["models"], self.images, self.fp32_outputs,
+            lambda count: load_eval_images(train, self.spec, count, self.config.seed), self.spec,
+        )  # fmt: skip
         script = self.out / BUILD_SCRIPT
-        atomic_write_text(script, build_script(plans, self.target, notes))
+        atomic_write_text(
+            script, build_script(plans, self.target, notes, self.manifest["verification"]["reference_scale"])
+        )
         os.chmod(str(script), 0o755)
         if self.out.resolve() != self.run.resolve():
             atomic_write_text(self.out / LABELS, "".join(c + "\n" for c in self.payload["class_names"]))
@@ -377,6 +386,10 @@ def _build_engine(job: _Export) -> Optional[Exception]:
             config.workspace_mib,
             config.timing_cache,
         )
+    except VerificationError as exc:  # the engine was built and moved aside as .rejected
+        job.report["engine"] = {"status": "failed verification", "reason": str(exc)}
+        job.report["failures"].append(str(exc))
+        return None
     except DependencyError as exc:
         job.report["engine"] = {"status": "not built", "reason": str(exc)}
         return DependencyError(

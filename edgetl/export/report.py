@@ -44,6 +44,18 @@ def format_report(report: Dict[str, Any]) -> str:
             )
             lines += _fallback_lines(entry.get("fallback") or {})
     lines += _geometry_lines(report.get("geometry"))
+    verification = report.get("verification")
+    if verification:
+        lines.append(
+            "verification sample: {} crops in {} ({} val, {} train) with reference outputs of {}; "
+            "check on the device with 'python3 -m edgetl verify BUNDLE'".format(
+                verification["images"],
+                verification["file"],
+                verification["from_val"],
+                verification["from_train"],
+                ", ".join(sorted(verification["references"])),
+            )
+        )
     if "engine" in report:
         lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
     lines += ["FAILED " + f for f in report["failures"]]

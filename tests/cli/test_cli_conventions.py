@@ -69,6 +69,7 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
     from edgetl.bench.variants_config import VariantsConfig
     from edgetl.export.config import ExportConfig
     from edgetl.runtime.classifier import Classifier
+    from edgetl.runtime.verify import verify_bundle
     from edgetl.train.config import FinetuneConfig
     from edgetl.train.evaluate import evaluate_run
     from edgetl.trt.build import build_bundle_engine
@@ -99,6 +100,7 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
         ),
         "embed": (features, {}, ("out",)),
         "doctor": ({}, {}, ("as_json", "gpu_selfcheck", "out")),
+        "verify": (_signature_defaults(verify_bundle), {}, ("as_json",)),
         "inspect": (
             features,
             {},

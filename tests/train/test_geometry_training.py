@@ -74,6 +74,7 @@ def test_geometries_need_the_whole_image_pipeline(data: Path) -> None:
 def test_a_run_trained_on_a_geometry_carries_it_into_its_bundle(data: Path, tmp_path: Path) -> None:
     from edgetl.export.job import ExportConfig, export_run
     from edgetl.spec.bundle import Bundle
+    from edgetl.spec.verify_sample import read_sample
     from edgetl.train.loop import finetune
 
     config = FinetuneConfig(
@@ -94,6 +95,9 @@ def test_a_run_trained_on_a_geometry_carries_it_into_its_bundle(data: Path, tmp_
     report = export_run(ExportConfig(run=str(run), out=str(tmp_path / "bundle"), calib_dir=str(tmp_path / "c")))
     bundle = Bundle.load(tmp_path / "bundle")
     assert bundle.preprocess.geometry == "imagenet-stretch" == report["geometry"]["training_geometry"]
+    sample = read_sample(tmp_path / "bundle" / "verify_sample.npz")
+    stretched = {g.imagenet_stretch(_frame(s.path), 224, 224).tobytes() for s in load_dataset(data).val}
+    assert sum(crop.tobytes() in stretched for crop in sample.pixels) == bundle.verification()["from_val"] == 8
 
 
 def test_spec_replace_keeps_validation() -> None:
