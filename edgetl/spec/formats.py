@@ -10,7 +10,8 @@ from edgetl.core.cpu import CPU_ISAS
 PRECISIONS = ("fp32", "fp16", "int8")
 # ONNX model kinds in a bundle -> file name. "baked": uint8 NHWC input with normalisation inside the graph.
 ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
+# ort-trt: ONNX Runtime's TensorRT execution provider (offered only where a real session starts on it)
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt", "ort-trt")
 # the consumer an export is for (``edgetl export --for``) -> its tensor names (input, output). "jetson-inference":
 # the names its imagenet program is pointed at (--input_blob/--output_blob); that export also ends in a softmax
 # and has a static batch of 1 (jetson-inference builds no optimisation profile).
