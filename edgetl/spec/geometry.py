@@ -71,7 +71,7 @@ def check_geometry(name: str, allowed: Sequence[str] = GEOMETRIES, option: str =
     return name
 
 
-def device_decoder(geometry: str) -> bool:
+def decoded_like_device(geometry: str) -> bool:
     """Whether frames reach this geometry through a device decoder (no EXIF rotation, alpha dropped) rather
     than edgetl's loader. stb_image reads no EXIF; nvinfer takes decoded video/NVMM frames, which carry none."""
     return geometry not in (CENTER_CROP, RANDOM_RESIZED_CROP)

@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text
 from edgetl.errors import ConfigError, DataError
-from edgetl.spec.geometry import CENTER_CROP, check_geometry, device_decoder, device_pixels
+from edgetl.spec.geometry import CENTER_CROP, check_geometry, decoded_like_device, device_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -97,7 +97,7 @@ def load_rgb(path: Path, device_decoder: bool = False) -> Image.Image:
 
 def load_input(path: Path, spec: PreprocessSpec) -> Image.Image:
     """An image file decoded the way frames reach ``spec.geometry`` (see ``load_rgb``)."""
-    return load_rgb(path, device_decoder(spec.geometry))
+    return load_rgb(path, decoded_like_device(spec.geometry))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
