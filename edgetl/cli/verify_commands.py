@@ -11,10 +11,12 @@ import click
 from edgetl.cli.options import json_option
 from edgetl.runtime.verify import TOLERANCES
 
-_TOLERANCES = ", ".join("{} {:g}".format(p, t) for p, t in TOLERANCES.items())
+_TOLERANCES = "Tolerances, as fractions of max(1, max |reference|): " + ", ".join(
+    "{} {:g}".format(precision, tolerance) for precision, tolerance in TOLERANCES.items()
+)
 
 
-@click.command()
+@click.command(epilog=_TOLERANCES)
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option(
     "--only",
@@ -29,8 +31,7 @@ def verify(bundle: Path, only: Sequence[str], as_json: bool) -> None:
 
     Exits 3 with one line when the sample or a model changed after export, or when a model or engine
     disagrees with its reference: a top-1 differs on any image, or max |difference| exceeds its precision's
-    tolerance (a fraction of max(1, max |reference|): TOLERANCES). Engines that cannot run here (no TensorRT)
-    are listed as not run.
+    tolerance (below). Engines that cannot run here (no TensorRT) are listed as not run.
 
     \b
     python3 -m edgetl verify bundles/photos
@@ -43,5 +44,4 @@ def verify(bundle: Path, only: Sequence[str], as_json: bool) -> None:
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 
-verify.help = (verify.help or "").replace("TOLERANCES", _TOLERANCES)
 COMMANDS = (verify,)

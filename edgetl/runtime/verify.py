@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # on another CPU or provider, and TensorRT's fp32 engines, which use TF32 for convolutions and matrix products
 # by default on Ampere and newer (Jetson Orin): 10-bit mantissas. fp16: TensorRT's fp16 kernels (and
 # model_fp16.onnx). int8: TensorRT's fused INT8 kernels vs the float Q/DQ reference (and the CPU form's
-# integer kernels on another instruction set). Derivation and measurements: README "Verify a bundle".
-TOLERANCES = {"fp32": 0.02, "fp16": 0.05, "int8": 0.15}
+# integer kernels on another instruction set). Measured on the demo run without a GPU (TF32 emulated, fp16 and
+# INT8 on ONNX Runtime; benchmarks/results/verify_tolerances.md): at most 0.002, 0.007 and 0.25 of the scale.
+TOLERANCES = {"fp32": 0.02, "fp16": 0.05, "int8": 0.4}
 PRECISION_OF_KIND = {"fp32": "fp32", "baked": "fp32", "fp16": "fp16", "int8": "int8"}
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 
