@@ -10,23 +10,19 @@ Two halves, so every mapping is unit-tested without a Jetson or a GPU:
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import platform
-import re
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
 from edgetl import __version__
 from edgetl.bench.jetson import jetson_summary, read_jetson, target_for_tensorrt
 from edgetl.core.fileio import sha256_file
 from edgetl.errors import ConfigError, EdgetlError
+from edgetl.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, probe_providers
 from edgetl.runtime.tensorrt import cuda_runtime, device_info, load_sidecar
 from edgetl.spec.bundle import Bundle, ModelInfo
 from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems, version_tuple
@@ -67,60 +63,16 @@ def package_versions(names: Sequence[str] = PACKAGES) -> Dict[str, str]:
     return versions
 
 
-def tiny_onnx_model() -> bytes:
-    """A one-node model (y = x + x, float [1, 8], opset 13, IR 8) built in memory to open real sessions."""
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
-    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "edgetl_doctor", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8  # every onnxruntime >= 1.15 and TensorRT >= 8.5 parse it
-    return model.SerializeToString()
-
-
 def probe_onnxruntime() -> Optional[Dict[str, Any]]:
-    """Which execution providers onnxruntime claims and which one actually runs a session for each.
-
-    ``get_available_providers()`` lists what the wheel was built with (onnxruntime-gpu lists TensorRT and
-    CUDA on a machine without either); a session asked for a provider falls back to the CPU silently, so
-    ``get_providers()[0]`` of a real session is what runs."""
+    """Which execution providers onnxruntime claims and which one actually runs a session for each
+    (``edgetl.runtime.providers``: the provider list alone claims TensorRT and CUDA on machines without either)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         return {"error": str(exc)}
-    model = tiny_onnx_model()
     available = list(ort.get_available_providers())
-    runs: Dict[str, Dict[str, Any]] = {}
-    feed = {"x": np.arange(8, dtype=np.float32).reshape(1, 8)}
-    ort.set_default_logger_severity(4)  # failures are reported in the items, not as ORT log lines
-    try:
-        for provider in available:
-            options = ort.SessionOptions()
-            options.log_severity_level = 4
-            providers = [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
-            printed = io.StringIO()  # onnxruntime prints "EP Error ..." when it falls back to the CPU
-            try:
-                with contextlib.redirect_stdout(printed):
-                    session = ort.InferenceSession(model, options, providers=providers)
-                    out = session.run(None, feed)[0]
-                first = session.get_providers()[0]
-                correct = bool(np.allclose(out, feed["x"] * 2))
-                runs[provider] = {"runs_on": first, "correct": correct, "error": ep_error(printed.getvalue())}
-            except Exception as exc:  # onnxruntime raises its own types; any failure means "does not run here"
-                runs[provider] = {"runs_on": None, "correct": False, "error": str(exc).strip().splitlines()[0][:200]}
-    finally:
-        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
+    runs = probe_providers(ort, available)
     return {"version": ort.__version__, "available": available, "runs": runs}
-
-
-def ep_error(printed: str) -> Optional[str]:
-    """The reason in onnxruntime's printed ``EP Error`` block, without its source-file prefix."""
-    for line in printed.splitlines():
-        if line.startswith("EP Error"):
-            reason = re.sub(r"^EP Error\s+(\S+\.cc:\d+\s+)?(.*?\)\s+)?", "", line).strip()
-            return reason[:200] or None
-    return None
 
 
 def probe_torch() -> Optional[Dict[str, Any]]:
@@ -387,7 +339,7 @@ def capability_items(facts: Dict[str, Any]) -> List[Item]:
     """Which export targets and predict backends work here, and why not."""
     torch, trt, ort = facts.get("torch"), facts.get("tensorrt"), facts.get("onnxruntime")
     has_torch = bool(torch and torch.get("version"))
-    has_ort = bool(ort and not ort.get("error")) and _ort_runs(ort, "CPUExecutionProvider")
+    has_ort = bool(ort and not ort.get("error")) and _ort_runs(ort, CPU_PROVIDER)
     trt_device = bool(trt and trt.get("device"))
     why_trt = (
         "tensorrt is not installed"
@@ -402,8 +354,13 @@ def capability_items(facts: Dict[str, Any]) -> List[Item]:
         ("predict --backend onnx / onnx-int8", has_ort, "onnxruntime cannot run a session"),
         (
             "predict --backend onnx --device cuda",
-            _ort_runs(ort, "CUDAExecutionProvider"),
+            _ort_runs(ort, CUDA_PROVIDER),
             "the CUDA provider does not run",
+        ),
+        (
+            "predict --backend ort-trt",
+            _ort_runs(ort, TENSORRT_PROVIDER),
+            "ONNX Runtime's TensorRT provider does not run",
         ),
         ("predict --backend torch", has_torch, "torch is not installed"),
         ("predict --backend trt", trt_device, why_trt),

@@ -160,8 +160,9 @@ def targets_for(
                 _trt_target(model, bundle.root / choice.engine, bundle.root / onnx_model.file, onnx_model.batch)
             )
         else:
+            path = bundle.root / onnx_model.file
             targets.append(
-                _onnx_target(model, choice.backend, bundle.root / onnx_model.file, onnx_model.batch, device, threads)
+                _onnx_target(model, choice.backend, path, onnx_model.batch, choice.ort_device(device), threads)
             )
     return targets
 

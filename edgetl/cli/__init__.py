@@ -19,7 +19,8 @@ Exit codes:
   0  success
   1  user error: a missing file, conflicting options, a missing dependency (one line on stderr)
   2  usage error: an unknown option or a bad value (click's message)
-  3  a failed gate or regression: an export's parity/INT8/fp16 gate, bench latency --baseline"""
+  3  a failed gate or regression: an export's parity/INT8/fp16 gate, edgetl verify (and build-engine's
+     check of the new engine), bench latency --baseline"""
 
 
 class GateFailed(click.ClickException):
@@ -73,9 +74,16 @@ def main(ctx: click.Context, verbose: bool, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from edgetl.cli import advise_commands, bench_commands, doctor_commands, export_commands, train_commands
+    from edgetl.cli import (
+        advise_commands,
+        bench_commands,
+        doctor_commands,
+        export_commands,
+        train_commands,
+        verify_commands,
+    )
 
-    for module in (train_commands, export_commands, advise_commands, bench_commands, doctor_commands):
+    for module in (train_commands, export_commands, verify_commands, advise_commands, bench_commands, doctor_commands):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -268,7 +268,8 @@ def build_engine(
     workspace_mib: int,
     timing_cache: Optional[str],
 ) -> None:
-    """Build a TensorRT engine from BUNDLE's ONNX on this device (torch-free) and write its sidecar.
+    """Build a TensorRT engine from BUNDLE's ONNX on this device (torch-free), write its sidecar and verify it
+    on the bundle's verification sample (exit 3 and the engine moved to <engine>.rejected when it fails).
 
     Batch sizes not given come from the bundle: a static-batch bundle builds its fixed batch, a
     dynamic one the profile it was exported with (1/1/8 if none was recorded).

@@ -11,6 +11,7 @@ from edgetl.cli.options import batch_size_option, device_option, json_option, ou
 from edgetl.core.world import ProcessRole, under_launcher
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
+from edgetl.spec.formats import GEOMETRIES, TRAIN_GEOMETRIES
 from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig, LaunchConfig
 
 _D = FinetuneConfig  # defaults live in one place: the dataclasses
@@ -142,6 +143,22 @@ with another --nproc-per-node."""
     show_default=True,
     help="Train with N processes on this node (one per GPU; gloo on CPU), launched with torch.distributed.run. "
     "Under torchrun it must match torchrun's.",
+)
+@click.option(
+    "--eval-geometry",
+    type=click.Choice(GEOMETRIES),
+    default=_D.eval_geometry,
+    show_default=True,
+    help="How val images become inputs, so best.pt is picked on what the device sees: center-crop, "
+    "imagenet-stretch (jetson-inference) or nvinfer-* (DeepStream). Written to preprocess.json and the bundle.",
+)
+@click.option(
+    "--train-geometry",
+    type=click.Choice(TRAIN_GEOMETRIES),
+    default=_D.train_geometry,
+    show_default=True,
+    help="random-resized-crop (+ flip), or a deployment geometry of the whole image + random flip. "
+    "Geometries other than these defaults train through --cache none.",
 )
 @out_option("Run folder (default models/<arch>-<strategy>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (with any --nproc-per-node).")

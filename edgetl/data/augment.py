@@ -77,7 +77,12 @@ def random_resized_crop_boxes(width: Any, height: Any, randoms: Any) -> Tuple[An
         ],
         1,
     )
-    return boxes.to(torch.int64), u[:, -1] < 0.5
+    return boxes.to(torch.int64), flip_flags(u)
+
+
+def flip_flags(randoms: Any) -> Any:
+    """Which images of a batch are mirrored: the last of each image's randoms is below 0.5."""
+    return randoms.reshape(len(randoms), -1)[:, -1] < 0.5
 
 
 def normalize_batch(images: Any, spec: PreprocessSpec, memory_format: Any = None) -> Any:

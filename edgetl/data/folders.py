@@ -165,13 +165,15 @@ def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -
 class ImageDataset:
     """Map-style dataset (torch DataLoader compatible) of decoded, transformed images."""
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], Any]) -> None:
+    def __init__(
+        self, samples: Sequence[Sample], transform: Callable[[Image.Image], Any], load: Callable[[Path], Any] = load_rgb
+    ) -> None:
         self.samples = list(samples)
-        self.transform = transform
+        self.transform, self.load = transform, load  # load: a device geometry decodes as the device does
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Tuple[Any, int]:
         sample = self.samples[index]
-        return self.transform(load_rgb(sample.path)), sample.label
+        return self.transform(self.load(sample.path)), sample.label

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
@@ -29,13 +30,16 @@ from edgetl.data.augment import (
     augment_decoded,
     draw_crop_randoms,
     eval_crop_decoded,
+    flip_flags,
     normalize_batch,
     random_resized_crop_boxes,
 )
 from edgetl.data.decoded_cache import DecodedImages, open_decoded_images
 from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.data.sharding import Shard
-from edgetl.spec.preprocess import PreprocessSpec, load_rgb, resize_and_crop
+from edgetl.errors import ConfigError
+from edgetl.spec.geometry import RANDOM_RESIZED_CROP, cached_views_suffice
+from edgetl.spec.preprocess import PreprocessSpec, geometry_pixels, load_input, load_rgb
 
 torch = require("torch")
 log = logging.getLogger(__name__)
@@ -74,21 +78,28 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 
 class PilBatches:
-    """Batch-level dataset decoding with PIL: RandomResizedCrop + flip (given randoms) or the eval crop;
-    uint8 NCHW batches (normalised on the device by ``device_finish``)."""
+    """Batch-level dataset decoding with PIL: the training geometry + flip (given randoms: RandomResizedCrop, or
+    a deployment geometry of the whole image) or the eval geometry (``spec.geometry``); uint8 NCHW batches
+    (normalised on the device by ``device_finish``)."""
 
-    def __init__(self, samples: Sequence[Sample], spec: PreprocessSpec) -> None:
-        self.samples, self.spec = list(samples), spec
+    def __init__(
+        self, samples: Sequence[Sample], spec: PreprocessSpec, train_geometry: str = RANDOM_RESIZED_CROP
+    ) -> None:
+        self.samples, self.spec, self.train_geometry = list(samples), spec, train_geometry
         self.labels = torch.tensor([s.label for s in self.samples], dtype=torch.int64)
 
     def __getitem__(self, key: Tuple[Any, Optional[Any]]) -> Tuple[Any, Any]:
         rows, randoms = key
-        images = [load_rgb(self.samples[row].path) for row in rows.tolist()]
+        paths = [self.samples[row].path for row in rows.tolist()]
         if randoms is None:
-            crops = [resize_and_crop(img, self.spec) for img in images]
+            crops = [geometry_pixels(load_input(path, self.spec), self.spec) for path in paths]
+        elif self.train_geometry == RANDOM_RESIZED_CROP:
+            crops = [np.asarray(img) for img in self._random_crops([load_rgb(path) for path in paths], randoms)]
         else:
-            crops = self._random_crops(images, randoms)
-        return torch.from_numpy(np.stack([np.asarray(img) for img in crops])).permute(0, 3, 1, 2), self.labels[rows]
+            spec = replace(self.spec, geometry=self.train_geometry)
+            crops = [geometry_pixels(load_input(path, spec), spec) for path in paths]
+            crops = [crop[:, ::-1] if flip else crop for crop, flip in zip(crops, flip_flags(randoms).tolist())]
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2), self.labels[rows]
 
     def _random_crops(self, images: List[Any], randoms: Any) -> List[Any]:
         TF = require("torchvision.transforms.functional")
@@ -211,11 +222,16 @@ def image_pipeline(
     setup: DeviceSetup,
     cache_dir: Optional[Path] = None,
     shard: Shard = Shard(),
+    train_geometry: str = RANDOM_RESIZED_CROP,
 ) -> ImagePipeline:
-    """The ``none`` (PIL) or ``ram`` (decoded cache) pipeline of a split; ``batch_size`` is the global batch,
-    of which the loaders yield ``shard``'s part."""
+    """The ``none`` (PIL: any geometry) or ``ram`` (decoded cache: random-resized-crop and center-crop only)
+    pipeline of a split; ``batch_size`` is the global batch, of which the loaders yield ``shard``'s part."""
+    if cache != "none" and not cached_views_suffice(spec.geometry, train_geometry):
+        raise ConfigError("the decoded-image cache holds centre-crop views; {} / {} need --cache none".format(
+            spec.geometry, train_geometry
+        ))  # fmt: skip
     if cache == "none":
-        train_set, val_set = PilBatches(split.train, spec), PilBatches(split.val, spec)
+        train_set, val_set = PilBatches(split.train, spec, train_geometry), PilBatches(split.val, spec)
         val_workers = workers
     else:
         train_images, val_images = decoded_caches(split, spec, workers, setup, cache_dir)

@@ -27,8 +27,9 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, DependencyError, GateError
-from edgetl.export.config import JETSON_INFERENCE, ExportConfig
+from edgetl.export.config import ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
+from edgetl.export.geometry_report import geometry_accuracy
 from edgetl.export.int8_step import Int8Step, cpu_form_metadata
 from edgetl.export.parity import (
     Parity,
@@ -40,7 +41,6 @@ from edgetl.export.parity import (
     normalized,
     onnx_outputs,
     random_inputs,
-    stretched_nearest,
     top1,
 )
 from edgetl.export.quantize import (
@@ -49,6 +49,8 @@ from edgetl.export.quantize import (
     write_calibration_manifest,
 )
 from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.export.verification import write_verification
+from edgetl.runtime.verify import VerificationError
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.trt.build import build_bundle_engine
@@ -278,21 +280,13 @@ class _Export:
 
         return self._gated("fp16", write, check)
 
-    def jetson_geometry(self) -> None:
-        """Val top-1 under jetson-inference's preprocessing (whole frame stretched, nearest), next to ours."""
-        spec = stretched_nearest(self.spec)
-        stretched = load_eval_images(
-            self.val_samples, spec, self.config.val_images, self.config.seed, center_crop=False
-        )
-        outputs = onnx_outputs(
-            self.out / ONNX_FILES["fp32"], stretched.crops, self.config.batch, prepare=self._normalized
-        )
-        self.report["jetson_preprocessing"] = {
-            "center_crop_val_top1": top1(self.fp32_outputs, self.images.labels),
-            "stretched_val_top1": top1(outputs, stretched.labels),
-            "images": len(stretched),
-            "note": "jetson-inference's imagenet resizes the whole frame (nearest neighbour) with no centre crop",
-        }
+    def geometry_accuracy(self) -> None:
+        """Val top-1 under every deployment geometry beside the run's own (edgetl.export.geometry_report)."""
+        own = {"val_top1": top1(self.fp32_outputs, self.images.labels), "images": len(self.images)}
+        self.report["geometry"] = geometry_accuracy(
+            self.out / ONNX_FILES["fp32"], self.val_samples, self.spec, self.config.val_images, self.config.seed,
+            self.config.batch, own,
+        )  # fmt: skip
 
     def engine_plans(self) -> Tuple[List[EnginePlan], List[str]]:
         """The engine build for the requested precision if its ONNX passed (also written as build_engine.sh),
@@ -323,8 +317,15 @@ class _Export:
         plans, notes = self.engine_plans()
         self.report["script_notes"] = notes
         self.manifest["engines"] = {p.engine: p.to_dict() for p in plans}
+        train = DatasetSplit.load(self.run).train
+        self.manifest["verification"] = self.report["verification"] = write_verification(
+            self.out, self.manifest["models"], self.images, self.fp32_outputs,
+            lambda count: load_eval_images(train, self.spec, count, self.config.seed), self.spec,
+        )  # fmt: skip
         script = self.out / BUILD_SCRIPT
-        atomic_write_text(script, build_script(plans, self.target, notes))
+        atomic_write_text(
+            script, build_script(plans, self.target, notes, self.manifest["verification"]["reference_scale"])
+        )
         os.chmod(str(script), 0o755)
         if self.out.resolve() != self.run.resolve():
             atomic_write_text(self.out / LABELS, "".join(c + "\n" for c in self.payload["class_names"]))
@@ -357,8 +358,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
             job.int8()
         if config.fp16 and job.target.strongly_typed:
             job.fp16()
-        if config.consumer == JETSON_INFERENCE:
-            job.jetson_geometry()
+        job.geometry_accuracy()
         job.write_bundle()
     pending = None  # type: Optional[Exception]
     if config.trt and not job.report["failures"]:
@@ -384,6 +384,10 @@ def _build_engine(job: _Export) -> Optional[Exception]:
             config.workspace_mib,
             config.timing_cache,
         )
+    except VerificationError as exc:  # the engine was built and moved aside as .rejected
+        job.report["engine"] = {"status": "failed verification", "reason": str(exc)}
+        job.report["failures"].append(str(exc))
+        return None
     except DependencyError as exc:
         job.report["engine"] = {"status": "not built", "reason": str(exc)}
         return DependencyError(

@@ -8,7 +8,7 @@ Torch-free: the reference outputs are passed in.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -19,7 +19,7 @@ from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.runtime.base import infer_batched
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
-from edgetl.spec.preprocess import PreprocessSpec, load_rgb, normalize, resize_and_crop
+from edgetl.spec.preprocess import PreprocessSpec, geometry_pixels, load_input, normalize
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,14 @@ class EvalImages:
         return len(self.paths)
 
 
-def load_eval_images(
-    samples: Sequence[Sample], spec: PreprocessSpec, limit: int, seed: int, center_crop: bool = True
-) -> EvalImages:
+def load_eval_images(samples: Sequence[Sample], spec: PreprocessSpec, limit: int, seed: int) -> EvalImages:
     """Up to ``limit`` validation images (a seeded, class-balanced subset when there are more), sorted by
-    path; unreadable ones are skipped."""
+    path, as input pixels of ``spec.geometry``; unreadable ones (and frames a geometry cannot take) are skipped."""
     chosen = sorted(select_balanced(samples, limit, seed), key=lambda s: str(s.path))
     paths, labels, crops = [], [], []
     for sample in chosen:
         try:
-            crops.append(np.asarray(resize_and_crop(load_rgb(sample.path), spec, center_crop), dtype=np.uint8))
+            crops.append(geometry_pixels(load_input(sample.path, spec), spec))
         except DataError as exc:
             log.warning("parity check skips %s", exc)
             continue
@@ -73,11 +71,6 @@ def heldout_images(
         size = spec.input_size
         return EvalImages([], np.zeros(0, np.int64), np.zeros((0, size, size, 3), np.uint8))
     return load_eval_images(pool, spec, limit, seed)
-
-
-def stretched_nearest(spec: PreprocessSpec) -> PreprocessSpec:
-    """jetson-inference's imagenet geometry: whole frame resized (no crop), nearest-neighbour sampling."""
-    return replace(spec, interpolation="nearest")
 
 
 def normalized(crops: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

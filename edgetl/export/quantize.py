@@ -30,7 +30,7 @@ from edgetl.data.folders import DatasetSplit, Sample, image_files, scan_class_fo
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.spec.formats import CALIB_METHODS, INT8_CPU_FORMS, Int8CpuForm
-from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb
+from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_input
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class ImageCalibrationReader(CalibrationDataReader):
             return None
         first = self.start * self.batch
         self.start += 1
-        images = [eval_array(load_rgb(p), self.spec) for p in self.paths[first : first + self.batch]]
+        images = [eval_array(load_input(p, self.spec), self.spec) for p in self.paths[first : first + self.batch]]
         return {self.input_name: np.stack(images)}
 
 

@@ -3,7 +3,7 @@ versions too (their INT8 artifacts name the form ``int8_target``)."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from edgetl.core.tables import text_table
 
@@ -43,16 +43,39 @@ def format_report(report: Dict[str, Any]) -> str:
                 )
             )
             lines += _fallback_lines(entry.get("fallback") or {})
-    jetson = report.get("jetson_preprocessing")
-    if jetson:
+    lines += _geometry_lines(report.get("geometry"))
+    verification = report.get("verification")
+    if verification:
         lines.append(
-            "jetson-inference preprocessing (stretched, no crop): val top-1 {:.2%} vs {:.2%} with the "
-            "centre crop".format(jetson["stretched_val_top1"], jetson["center_crop_val_top1"])
+            "verification sample: {} crops in {} ({} val, {} train) with reference outputs of {}; "
+            "check on the device with 'python3 -m edgetl verify BUNDLE'".format(
+                verification["images"],
+                verification["file"],
+                verification["from_val"],
+                verification["from_train"],
+                ", ".join(sorted(verification["references"])),
+            )
         )
     if "engine" in report:
         lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
     lines += ["FAILED " + f for f in report["failures"]]
     return "\n".join(lines)
+
+
+def _geometry_lines(section: Optional[Dict[str, Any]]) -> List[str]:
+    """Val top-1 of the fp32 model under each deployment geometry, the training one marked."""
+    if not section:
+        return []
+    rows = [
+        [name + (" (training)" if name == section["training_geometry"] else ""), row["images"], row["val_top1"],
+         row["consumer"]]
+        for name, row in section["geometries"].items()
+    ]  # fmt: skip
+    return [
+        "val top-1 by deployment geometry (fp32, ONNX Runtime; {}):".format(section["exactness"]),
+        text_table(["geometry", "images", "val top-1", "consumer"], rows),
+        "imagenet normalisation: {}".format(section["imagenet_normalization"]),
+    ]
 
 
 def _fallback_lines(fallback: Dict[str, Any]) -> List[str]:

@@ -23,11 +23,12 @@ from edgetl.core.cpu import cpu_isa
 from edgetl.errors import CheckpointError, ConfigError, DataError, DependencyError
 from edgetl.runtime.base import Runner, infer_batched, softmax
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
+from edgetl.runtime.providers import TENSORRT_PROVIDER, provider_problem
 from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.spec.bundle import Bundle, ModelInfo
 from edgetl.spec.formats import BACKENDS, ONNX_FILES
-from edgetl.spec.preprocess import eval_array, load_rgb, resize_and_crop, to_rgb
+from edgetl.spec.preprocess import eval_array, geometry_pixels, load_input, to_rgb
 
 log = logging.getLogger(__name__)
 _ENGINE_PREFERENCE = ("int8", "fp16", "fp32")
@@ -35,9 +36,13 @@ _ENGINE_PREFERENCE = ("int8", "fp16", "fp32")
 
 @dataclass(frozen=True)
 class BackendChoice:
-    backend: str  # torch, onnx, onnx-int8 or trt
+    backend: str  # torch, onnx, onnx-int8, trt or ort-trt
     model: Optional[ModelInfo]  # the ONNX model (for trt: the one the engine was built from)
     engine: Optional[str] = None
+
+    def ort_device(self, device: str) -> str:
+        """The OnnxRuntimeRunner device of this choice: ``tensorrt`` for ort-trt, else the requested one."""
+        return "tensorrt" if self.backend == "ort-trt" else device
 
 
 def _importable(module: str) -> bool:
@@ -63,11 +68,19 @@ def warn_if_built_for_another_cpu(model: ModelInfo, isa: Optional[str] = None) -
 
 def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
     """Which model runs: ``auto`` prefers a TensorRT engine (when tensorrt is importable), then the
-    fp32 ONNX, then INT8 ONNX, then the PyTorch checkpoint (when torch is importable)."""
+    fp32 ONNX, then INT8 ONNX, then the PyTorch checkpoint (when torch is importable). ``ort-trt`` (never
+    chosen by auto) runs the fp32 ONNX on ONNX Runtime's TensorRT provider, only where a real session starts on it."""
     if backend not in BACKENDS:
         raise ConfigError("backend must be one of {}, got {!r}".format(", ".join(BACKENDS), backend))
     engines = bundle.engines()
     onnx_model = bundle.model("fp32") or bundle.model("baked")
+    if backend == "ort-trt":
+        if onnx_model is None:
+            raise CheckpointError("{} has no ONNX model; run 'edgetl export RUN' first".format(bundle.root))
+        problem = provider_problem(TENSORRT_PROVIDER)
+        if problem is not None:
+            raise DependencyError("--backend ort-trt: ONNX Runtime's TensorRT provider does not run here: " + problem)
+        return BackendChoice("ort-trt", onnx_model)
     if backend == "trt" or (backend == "auto" and engines and _importable("tensorrt")):
         if not engines:
             raise CheckpointError(
@@ -132,7 +145,7 @@ class Classifier:
         if choice.backend == "trt":
             assert choice.engine is not None
             return TrtRunner(self.bundle.root / choice.engine, onnx_path=self.bundle.root / choice.model.file)
-        return OnnxRuntimeRunner(self.bundle.root / choice.model.file, device=self.device)
+        return OnnxRuntimeRunner(self.bundle.root / choice.model.file, device=choice.ort_device(self.device))
 
     def __enter__(self) -> "Classifier":
         try:
@@ -157,7 +170,7 @@ class Classifier:
         """One image as the model takes it: normalised float32 CHW, or uint8 HWC for a baked model."""
         spec = self.bundle.preprocess
         if self.input_layout == "NHWC":
-            return np.asarray(resize_and_crop(to_rgb(img), spec), dtype=np.uint8)
+            return geometry_pixels(to_rgb(img), spec)
         return eval_array(img, spec)
 
     def classify_arrays(self, batch: np.ndarray) -> np.ndarray:
@@ -178,7 +191,7 @@ class Classifier:
         pending = []  # type: List[Tuple[str, np.ndarray]]
         for index, path in enumerate(paths):
             try:
-                pending.append((str(path), self.preprocess(load_rgb(Path(path)))))
+                pending.append((str(path), self.preprocess(load_input(Path(path), self.bundle.preprocess))))
             except DataError as exc:
                 yield str(path), str(exc)
             if pending and (len(pending) == self.batch_size or index == len(paths) - 1):

@@ -1,4 +1,4 @@
-"""ONNX Runtime backend (CPU or CUDA execution provider); onnxruntime is imported on activation."""
+"""ONNX Runtime backend (CPU, CUDA or TensorRT execution provider); onnxruntime is imported on activation."""
 
 from __future__ import annotations
 
@@ -11,6 +11,14 @@ import numpy as np
 from edgetl.core.deps import require
 from edgetl.errors import CheckpointError, ConfigError, DependencyError
 from edgetl.runtime.base import Runner, TensorMeta
+from edgetl.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER
+
+# OnnxRuntimeRunner's devices -> the providers a session asks for, in order
+PROVIDERS = {
+    "cpu": [CPU_PROVIDER],
+    "cuda": [CUDA_PROVIDER, CPU_PROVIDER],
+    "tensorrt": [TENSORRT_PROVIDER, CUDA_PROVIDER, CPU_PROVIDER],  # the ort-trt backend
+}
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +33,8 @@ _ORT_TYPES = {
 
 
 class OnnxRuntimeRunner(Runner):
-    """ONNX Runtime on the CPU (default) or the CUDA execution provider.
+    """ONNX Runtime on the CPU (default), the CUDA or the TensorRT execution provider (``device="tensorrt"``:
+    refused, not silently run on another provider, when the session does not start on TensorRT).
 
     ``optimize=False`` disables every graph optimisation: Q/DQ pairs then run as float
     quantize-dequantize arithmetic instead of fused integer kernels, a simulation of INT8 that does
@@ -37,8 +46,8 @@ class OnnxRuntimeRunner(Runner):
         self, path: Path, device: str = "cpu", threads: Optional[int] = None, spin: bool = True, optimize: bool = True
     ) -> None:
         super().__init__()
-        if device not in ("cpu", "cuda"):
-            raise ConfigError("ONNX Runtime device must be cpu or cuda, got {!r}".format(device))
+        if device not in PROVIDERS:
+            raise ConfigError("ONNX Runtime device must be one of {}, got {!r}".format(", ".join(PROVIDERS), device))
         self.path, self.device, self.threads, self.spin = Path(path), device, threads, spin
         self.optimize = optimize
         self.session: Any = None
@@ -54,18 +63,25 @@ class OnnxRuntimeRunner(Runner):
             options.inter_op_num_threads = 1
         if not self.spin:  # idle threads sleep instead of spinning (no load left on cores others time)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if self.device == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise DependencyError("this onnxruntime has no CUDA provider; install onnxruntime-gpu")
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = PROVIDERS[self.device]
+        if providers[0] not in ort.get_available_providers():
+            raise DependencyError("this onnxruntime has no {}; install onnxruntime-gpu".format(providers[0]))
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise CheckpointError(
                 "ONNX Runtime cannot load {}: {}".format(self.path, str(exc).splitlines()[0])
             ) from exc
-        if self.device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+        runs_on = self.session.get_providers()[0]
+        if self.device == "tensorrt" and runs_on != TENSORRT_PROVIDER:
+            self.session = None
+            raise DependencyError(
+                "ONNX Runtime's TensorRT provider did not start for {} (the session runs on {}): it needs the "
+                "TensorRT and CUDA libraries this onnxruntime was built for; use --backend trt or onnx".format(
+                    self.path.name, runs_on
+                )
+            )
+        if self.device == "cuda" and CUDA_PROVIDER not in self.session.get_providers():
             log.warning("ONNX Runtime could not start its CUDA provider; running %s on the CPU", self.path.name)
 
     def _deactivate(self) -> None:

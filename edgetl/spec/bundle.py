@@ -27,6 +27,9 @@ PREPROCESS = "preprocess.json"
 REPORT = "export_report.json"
 BUILD_SCRIPT = "build_engine.sh"
 CHECKPOINT = "best.pt"
+VERIFY_SAMPLE = "verify_sample.npz"  # crops + reference outputs (edgetl.spec.verify_sample); sha256 in the manifest
+VERIFY_DATA_LOADER = "verify_data.py"  # the same crops for Polygraphy's --data-loader-script
+REJECTED_SUFFIX = ".rejected"  # an engine that failed verification is renamed <engine>.rejected (never served)
 
 
 def engine_file(precision: str) -> str:
@@ -117,6 +120,10 @@ class Bundle:
 
     def engine_plan(self, engine: str) -> Optional[Dict[str, Any]]:
         return self.manifest.get("engines", {}).get(engine)
+
+    def verification(self) -> Optional[Dict[str, Any]]:
+        """The manifest's record of the verification sample (``file``, ``sha256``, ``images``, ...), if any."""
+        return self.manifest.get("verification")
 
 
 def read_manifest(root: Path) -> Dict[str, Any]:

@@ -10,13 +10,21 @@ from edgetl.core.cpu import CPU_ISAS
 PRECISIONS = ("fp32", "fp16", "int8")
 # ONNX model kinds in a bundle -> file name. "baked": uint8 NHWC input with normalisation inside the graph.
 ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt")
+# ort-trt: ONNX Runtime's TensorRT execution provider (offered only where a real session starts on it)
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt", "ort-trt")
 # the consumer an export is for (``edgetl export --for``) -> its tensor names (input, output). "jetson-inference":
 # the names its imagenet program is pointed at (--input_blob/--output_blob); that export also ends in a softmax
 # and has a static batch of 1 (jetson-inference builds no optimisation profile).
 IO_NAMES = {"bundle": ("input", "logits"), "jetson-inference": ("input_0", "output_0")}
 CONSUMERS = tuple(IO_NAMES)
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# How a frame becomes the network input (edgetl.spec.geometry): edgetl's resize + centre crop, or the exact
+# geometry of a consumer: jetson-inference's imagenet (whole frame stretched, floor-index nearest), DeepStream
+# nvinfer's scaling (stretched; letterboxed with maintain-aspect-ratio=1, padded right/bottom, or centred with
+# symmetric-padding=1).
+GEOMETRIES = ("center-crop", "imagenet-stretch", "nvinfer-stretch", "nvinfer-letterbox", "nvinfer-letterbox-symmetric")
+# --train-geometry: RandomResizedCrop + flip, or a deployment geometry of the whole image + random flip
+TRAIN_GEOMETRIES = ("random-resized-crop",) + GEOMETRIES
 # INT8 forms: trt = symmetric signed Q/DQ that TensorRT's explicit quantization takes; cpu = ONNX Runtime's CPU kernels
 INT8_FORMS = ("trt", "cpu")
 # --int8-fallback: auto = keep the most sensitive layers in fp32 when the INT8 model misses its gate

@@ -1,8 +1,9 @@
 """One preprocessing spec per model, shared by training, evaluation, export and deployment.
 
-The spec is written as ``preprocess.json`` into every run and bundle. The numpy/PIL eval
-path here is torch-free (it runs on Jetson) and equals torchvision's
-``Resize(resize_size) + CenterCrop(input_size) + ToTensor + Normalize`` to float precision.
+The spec is written as ``preprocess.json`` into every run and bundle. Its ``geometry`` says how a frame
+becomes the input the model was selected on: ``center-crop`` (the numpy/PIL path here, torch-free, equals
+torchvision's ``Resize(resize_size) + CenterCrop(input_size) + ToTensor + Normalize`` to float precision)
+or a consumer's exact geometry (``edgetl.spec.geometry``).
 Python 3.8 syntax: this module is part of the device runtime.
 """
 
@@ -19,6 +20,7 @@ from PIL import Image, ImageOps
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text
 from edgetl.errors import ConfigError, DataError
+from edgetl.spec.geometry import CENTER_CROP, check_geometry, decoded_like_device, device_pixels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,8 +42,10 @@ class PreprocessSpec:
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    geometry: str = CENTER_CROP  # a name of edgetl.spec.formats.GEOMETRIES
 
     def __post_init__(self) -> None:
+        check_geometry(self.geometry)
         if self.interpolation not in _PIL_INTERPOLATION:
             raise ConfigError(
                 "interpolation must be one of {}, got {!r}".format(sorted(_PIL_INTERPOLATION), self.interpolation)
@@ -60,7 +64,9 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "PreprocessSpec":
-        known = {k: data[k] for k in ("input_size", "resize_size", "mean", "std", "interpolation") if k in data}
+        known = {
+            k: data[k] for k in ("input_size", "resize_size", "mean", "std", "interpolation", "geometry") if k in data
+        }
         return cls(**known)
 
     def save(self, path: Path) -> None:
@@ -74,16 +80,24 @@ class PreprocessSpec:
             raise ConfigError("cannot read preprocessing spec {}: {}".format(path, exc)) from exc
 
 
-def load_rgb(path: Path) -> Image.Image:
+def load_rgb(path: Path, device_decoder: bool = False) -> Image.Image:
     """Open any PIL-readable image as 8-bit RGB: EXIF orientation applied, alpha composited on white,
-    grey/palette/CMYK converted, 16-bit scaled down. Raises DataError for unreadable files."""
+    grey/palette/CMYK converted, 16-bit scaled down. ``device_decoder``: as stb_image (jetson-inference) and
+    video decoders deliver frames instead: no EXIF rotation, alpha dropped. Raises DataError for unreadable files."""
     try:
         with Image.open(path) as img:
             img.load()
+            if device_decoder:
+                return to_rgb(img.convert("RGBA").convert("RGB") if img.mode in ("RGBA", "LA", "PA", "P") else img)
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError("unreadable image {}: {}".format(path, exc)) from exc
+
+
+def load_input(path: Path, spec: PreprocessSpec) -> Image.Image:
+    """An image file decoded the way frames reach ``spec.geometry`` (see ``load_rgb``)."""
+    return load_rgb(path, decoded_like_device(spec.geometry))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -120,11 +134,8 @@ def resize_shorter_side(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     return img.resize(resized_size(img.width, img.height, spec.resize_size), _PIL_INTERPOLATION[spec.interpolation])
 
 
-def resize_and_crop(img: Image.Image, spec: PreprocessSpec, center_crop: bool = True) -> Image.Image:
-    """Eval geometry: shorter side to resize_size then centre crop; or, with ``center_crop=False``,
-    the whole frame stretched to input_size (what jetson-inference's imagenet program does)."""
-    if not center_crop:
-        return img.resize((spec.input_size, spec.input_size), _PIL_INTERPOLATION[spec.interpolation])
+def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """The ``center-crop`` geometry: shorter side to resize_size, then a centred input_size crop."""
     img = resize_shorter_side(img, spec)
     size = spec.input_size
     left, top = center_crop_offsets(img.width, img.height, size)
@@ -139,17 +150,36 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(((scaled - mean) / std).transpose(2, 0, 1))
 
 
-def eval_array(img: Image.Image, spec: PreprocessSpec, center_crop: bool = True) -> np.ndarray:
+def geometry_pixels(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """The model's input pixels under ``spec.geometry``: RGB PIL image -> uint8 (input_size, input_size, 3)."""
+    if spec.geometry == CENTER_CROP:
+        return np.asarray(resize_and_crop(img, spec), dtype=np.uint8)
+    return device_pixels(np.asarray(img, dtype=np.uint8), spec.geometry, spec.input_size)
+
+
+def eval_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """The eval transform without torch: RGB PIL image -> float32 CHW array."""
-    return normalize(np.asarray(resize_and_crop(to_rgb(img), spec, center_crop)), spec)
+    return normalize(geometry_pixels(to_rgb(img), spec), spec)
+
+
+class GeometryTransform:
+    """``geometry_pixels`` as a picklable PIL -> PIL transform (DataLoader workers)."""
+
+    def __init__(self, spec: PreprocessSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return Image.fromarray(geometry_pixels(to_rgb(img), self.spec))
 
 
 def torch_transforms(spec: PreprocessSpec, train: bool) -> Any:
-    """The torchvision transform for training (RandomResizedCrop + flip) or evaluation."""
+    """The torchvision transform for training (RandomResizedCrop + flip) or evaluation (``spec.geometry``)."""
     T = require("torchvision.transforms")
     interpolation = T.InterpolationMode(spec.interpolation)
     if train:
         geometry = [T.RandomResizedCrop(spec.input_size, interpolation=interpolation), T.RandomHorizontalFlip()]
+    elif spec.geometry != CENTER_CROP:
+        geometry = [GeometryTransform(spec)]
     else:
         geometry = [T.Resize(spec.resize_size, interpolation=interpolation), T.CenterCrop(spec.input_size)]
     return T.Compose(geometry + [T.ToTensor(), T.Normalize(spec.mean, spec.std)])

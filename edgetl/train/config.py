@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Optional
 
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
+from edgetl.spec.formats import GEOMETRIES, TRAIN_GEOMETRIES
+from edgetl.spec.geometry import cached_views_suffice
 
 STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")
@@ -60,6 +62,8 @@ class FinetuneConfig:
     weights: Optional[str] = None  # None: torchvision weights; "none": random init; else a file
     out: Optional[str] = None
     sync_bn: bool = False  # distributed on CUDA: BatchNorm statistics of the global batch (SyncBatchNorm)
+    eval_geometry: str = GEOMETRIES[0]  # how val images become inputs (best.pt is picked on it); preprocess.json
+    train_geometry: str = TRAIN_GEOMETRIES[0]  # random-resized-crop, or a deployment geometry + random flip
 
     def __post_init__(self) -> None:
         trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
@@ -88,6 +92,14 @@ class FinetuneConfig:
             (
                 not (self.sync_bn and self.strategy == "feature-extractor"),
                 "--sync-bn has nothing to synchronise: with --strategy feature-extractor no BatchNorm trains",
+            ),
+            (self.eval_geometry in GEOMETRIES, "--eval-geometry must be one of " + ", ".join(GEOMETRIES)),
+            (self.train_geometry in TRAIN_GEOMETRIES, "--train-geometry must be one of " + ", ".join(TRAIN_GEOMETRIES)),
+            (
+                cached_views_suffice(self.eval_geometry, self.train_geometry)
+                or (self.cache in ("auto", "none") and self.feature_views == 0),
+                "--eval-geometry/--train-geometry other than center-crop/random-resized-crop run on whole images: "
+                "use --cache none (or auto) and no --feature-views",
             ),
         ]
         for ok, message in checks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -15,7 +16,7 @@ from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
 from edgetl.data.folders import DatasetSplit, ImageDataset, scan_class_folders
 from edgetl.errors import DataError
-from edgetl.spec.preprocess import torch_transforms
+from edgetl.spec.preprocess import load_input, torch_transforms
 from edgetl.train.checkpoint import load_run, preprocess_of
 
 torch = require("torch")
@@ -110,8 +111,9 @@ def evaluate_run(
             raise DataError("classes in {} ({}) differ from the run's ({})".format(root, found, classes))
         source = str(root)
     setup = setup or DeviceSetup.create(device, amp=False)
+    spec = preprocess_of(payload)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(samples, torch_transforms(preprocess_of(payload), train=False)),
+        ImageDataset(samples, torch_transforms(spec, train=False), partial(load_input, spec=spec)),
         batch_size=batch_size,
         num_workers=resolve_workers(workers),
     )

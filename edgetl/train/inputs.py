@@ -13,6 +13,7 @@ from edgetl.data.feature_cache import feature_pipeline
 from edgetl.data.folders import DatasetSplit
 from edgetl.data.pipelines import image_pipeline
 from edgetl.errors import ConfigError
+from edgetl.spec.geometry import cached_views_suffice
 from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.distributed import World
@@ -26,6 +27,10 @@ def resolve_cache(
     """The pipeline ``--cache`` selects (``auto`` resolved) and why."""
     if config.cache != "auto":
         return config.cache, "--cache {}".format(config.cache)
+    if not cached_views_suffice(config.eval_geometry, config.train_geometry):
+        return "none", "the caches hold centre-crop views; {} / {} are computed from whole images".format(
+            config.eval_geometry, config.train_geometry
+        )
     if config.strategy == "feature-extractor":
         return "features", "the base is frozen, so its features are computed once and only the head trains"
     need = cache_bytes(len(split.train) + len(split.val), preprocess)
@@ -54,7 +59,7 @@ def build_pipeline(
     workers = resolve_workers(config.workers, world.role.local_world_size)
     options = dict(batch_size=config.batch_size, workers=workers, setup=setup, shard=world.shard)
     if cache != "features":
-        return image_pipeline(cache, split, spec, **options)
+        return image_pipeline(cache, split, spec, train_geometry=config.train_geometry, **options)
     if not model.base_frozen:
         raise ConfigError("--cache features needs --strategy feature-extractor (a frozen base)")
     return feature_pipeline(split, spec, model, views=config.feature_views, seed=config.seed, **options)

@@ -176,7 +176,7 @@ def _train(
     log.info(setup.describe())
     started = time.perf_counter()
     spec = get_backbone(config.arch, config.cut_at)
-    preprocess = preprocess_spec(spec)
+    preprocess = replace(preprocess_spec(spec), geometry=config.eval_geometry)
     model, optimizer, scheduler, scaler = _build(config, split, setup, world, state)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     history: List[Dict[str, float]] = []

@@ -25,7 +25,16 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
 from edgetl.runtime.tensorrt import cuda_runtime, device_info
-from edgetl.spec.bundle import ONNX_FILES, Bundle, engine_file, read_manifest, sidecar_file, write_manifest
+from edgetl.runtime.verify import VerifyReport, raise_on_failure, verify_bundle
+from edgetl.spec.bundle import (
+    ONNX_FILES,
+    REJECTED_SUFFIX,
+    Bundle,
+    engine_file,
+    read_manifest,
+    sidecar_file,
+    write_manifest,
+)
 from edgetl.trt.plan import (
     DEFAULT_WORKSPACE_MIB,
     BatchProfile,
@@ -201,7 +210,8 @@ def build_bundle_engine(
     workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     timing_cache: Optional[str] = None,
 ) -> Path:
-    """Build an engine for the running TensorRT from a bundle (the ``build-engine`` command)."""
+    """Build an engine for the running TensorRT from a bundle (the ``build-engine`` command), then check it on
+    the bundle's verification sample (``verify_new_engine``)."""
     trt = require("tensorrt")
     bundle = Bundle.load(Path(bundle_dir))
     plan = plan_for_bundle(bundle, precision, trt.__version__, batches, workspace_mib, timing_cache)
@@ -224,7 +234,28 @@ def build_bundle_engine(
     manifest = read_manifest(bundle.root)
     manifest.setdefault("engines", {})[plan.engine] = plan.to_dict()
     write_manifest(bundle.root, manifest)
+    verify_new_engine(engine)
     return engine
+
+
+def verify_new_engine(engine: Path) -> Optional[VerifyReport]:
+    """Run a just-built engine on its bundle's verification sample. One that fails is renamed
+    ``<engine>.rejected`` (its sidecar too), so nothing serves it, and VerificationError (exit 3) is raised;
+    a bundle without a sample (exported before edgetl had one) is built unverified, with a warning."""
+    try:
+        report = verify_bundle(engine.parent, [engine.name])
+    except CheckpointError as exc:
+        log.warning("%s is not verified: %s", engine.name, exc)
+        return None
+    if report.failures:
+        rejected = engine.with_name(engine.name + REJECTED_SUFFIX)
+        engine.replace(rejected)
+        sidecar = engine.with_name(sidecar_file(engine.name))
+        if sidecar.is_file():
+            sidecar.replace(rejected.with_name(sidecar_file(rejected.name)))
+        raise_on_failure(report, "; the engine was moved to " + rejected.name)
+    log.info("%s verified: %s", engine.name, report.checks[0].detail)
+    return report
 
 
 def write_trtexec_sidecar(bundle_dir: Path, engine: str) -> Path:

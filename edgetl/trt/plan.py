@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgetl import __version__
 from edgetl.errors import ConfigError
-from edgetl.spec.bundle import ONNX_FILES, PRECISIONS, engine_file
+from edgetl.runtime.verify import TOLERANCES
+from edgetl.spec.bundle import ONNX_FILES, PRECISIONS, REJECTED_SUFFIX, VERIFY_DATA_LOADER, engine_file, sidecar_file
 from edgetl.spec.engine_sidecar import SIDECAR_FORMAT, DeviceInfo, version_tuple
 
 DEFAULT_TARGET = "10.3"  # JetPack 6.1/6.2; its ONNX limits (opset 17, IR 8 by default) also suit JetPack 6.0
@@ -270,9 +271,62 @@ def trtexec_command(plan: EnginePlan) -> List[str]:
     return args
 
 
-def build_script(plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence[str] = ()) -> str:
-    """``build_engine.sh``: trtexec for each planned engine, run on the device, then the sidecar.
-    ``notes`` become comment lines (e.g. why an engine is not planned)."""
+def polygraphy_command(plan: EnginePlan, atol: float) -> List[str]:
+    """Polygraphy's check of TensorRT against ONNX Runtime on the bundle's verification sample, for devices
+    without edgetl: it builds the plan's ONNX with the plan's precision flags (plus TF32, which trtexec and the
+    TensorRT API enable by default) and compares every output within ``atol``."""
+    flags = ["--" + flag.lower() for flag in plan.builder_flags] + ["--tf32"]
+    return (
+        ["polygraphy", "run", plan.onnx, "--trt", "--onnxrt"]
+        + flags
+        + ["--data-loader-script", VERIFY_DATA_LOADER, "--atol", "{:.4g}".format(atol), "--rtol", "0"]
+    )
+
+
+def _verify_lines(plan: EnginePlan, reference_scale: Optional[float]) -> List[str]:
+    """After the build: sidecar and ``edgetl verify`` (a failing engine is moved aside), or without edgetl the
+    equivalent Polygraphy command and "not verified"."""
+    engine, rejected = shlex.quote(plan.engine), shlex.quote(plan.engine + REJECTED_SUFFIX)
+    sidecar, rejected_sidecar = (
+        shlex.quote(sidecar_file(plan.engine)),
+        shlex.quote(sidecar_file(plan.engine + REJECTED_SUFFIX)),
+    )
+    without = [
+        "edgetl is not installed: no sidecar written for {} (edgetl predict refuses engines without one)".format(
+            plan.engine
+        )
+    ]
+    if reference_scale is None:
+        check = ['    echo "{}: no verification sample in this bundle: not verified" >&2'.format(plan.engine)]
+        without.append("{} is not verified: this bundle has no verification sample".format(plan.engine))
+    else:
+        check = [
+            '    "$PYTHON" -m edgetl verify . --only {} || {{ mv -f {} {}; mv -f {} {}; '
+            'echo "{} failed verification: moved to {}" >&2; exit 3; }}'.format(
+                engine, engine, rejected, sidecar, rejected_sidecar, plan.engine, plan.engine + REJECTED_SUFFIX
+            )
+        ]
+        command = polygraphy_command(plan, TOLERANCES[plan.precision] * reference_scale)
+        without += [
+            "{} is not verified. To compare TensorRT with ONNX Runtime on this bundle's verification sample, "
+            "run here:".format(plan.engine),
+            "  " + " ".join(shlex.quote(a) for a in command),
+        ]
+    return (
+        ['if "$PYTHON" -c "import edgetl" 2>/dev/null; then', '    "$PYTHON" -m edgetl.trt.build --sidecar ' + engine]
+        + check
+        + ["else"]
+        + ["    echo {} >&2".format(shlex.quote(line)) for line in without]
+        + ["fi"]
+    )
+
+
+def build_script(
+    plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence[str] = (), reference_scale: Optional[float] = None
+) -> str:
+    """``build_engine.sh``: trtexec for each planned engine, run on the device, then its sidecar and its check
+    on the bundle's verification sample (``reference_scale``: max(1, max |reference|) of the sample, None
+    without one). ``notes`` become comment lines (e.g. why an engine is not planned)."""
     lines = [
         "#!/bin/sh",
         "# Build the TensorRT engine(s) of this bundle ON THE DEVICE: engines are tied to the GPU model and",
@@ -288,11 +342,7 @@ def build_script(plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence
     for plan in plans:
         command = ['"$TRTEXEC"'] + [shlex.quote(a) for a in trtexec_command(plan)[1:]]
         lines += ["", "# {} engine from {}".format(plan.precision, plan.onnx), " \\\n    ".join(command)]
-        lines.append(
-            'if "$PYTHON" -c "import edgetl" 2>/dev/null; then "$PYTHON" -m edgetl.trt.build --sidecar {}; '
-            'else echo "edgetl is not installed: no sidecar written for {}; edgetl predict refuses engines '
-            'without one" >&2; fi'.format(shlex.quote(plan.engine), plan.engine)
-        )
+        lines += _verify_lines(plan, reference_scale)
     return "\n".join(lines) + "\n"
 
 

@@ -215,6 +215,18 @@ def test_workstation_without_torch_cuda_or_tensorrt():
     assert items["export onnx/fp16/int8"].status == d.OK
     assert items["predict --backend trt"].detail == "tensorrt is not installed"
     assert items["predict --backend onnx --device cuda"].status == d.MISSING
+    assert items["predict --backend ort-trt"].status == d.MISSING
+
+
+def test_ort_trt_is_offered_only_when_a_session_runs_on_tensorrt():
+    """onnxruntime-gpu lists the TensorRT provider everywhere; the capability follows the real session."""
+    claimed = {"runs_on": "CPUExecutionProvider", "correct": True, "error": "libnvinfer.so.10: cannot open"}
+    cpu = {"runs_on": "CPUExecutionProvider", "correct": True, "error": None}
+    ort = {"version": "1.31", "available": ["TensorrtExecutionProvider", "CPUExecutionProvider"]}
+    for run, status in ((claimed, d.MISSING), (dict(claimed, runs_on="TensorrtExecutionProvider"), d.OK)):
+        runs = {"TensorrtExecutionProvider": run, "CPUExecutionProvider": cpu}
+        items = by_name(d.capability_items(facts(onnxruntime=dict(ort, runs=runs))))
+        assert items["predict --backend ort-trt"].status == status
 
 
 def test_torch_with_cuda_reports_the_device():

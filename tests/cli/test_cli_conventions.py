@@ -16,7 +16,15 @@ from click.testing import CliRunner
 from edgetl.cli import main
 from edgetl.cli.options import WorkersParam
 from edgetl.spec.bundle import ModelInfo
-from edgetl.spec.formats import BACKENDS, CALIB_METHODS, CONSUMERS, INT8_FORMS, PRECISIONS
+from edgetl.spec.formats import (
+    BACKENDS,
+    CALIB_METHODS,
+    CONSUMERS,
+    GEOMETRIES,
+    INT8_FORMS,
+    PRECISIONS,
+    TRAIN_GEOMETRIES,
+)
 
 
 def _commands(group: click.Group = main, prefix: Tuple[str, ...] = ()) -> Iterator[Tuple[str, click.Command]]:
@@ -61,6 +69,7 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
     from edgetl.bench.variants_config import VariantsConfig
     from edgetl.export.config import ExportConfig
     from edgetl.runtime.classifier import Classifier
+    from edgetl.runtime.verify import verify_bundle
     from edgetl.train.config import FinetuneConfig, LaunchConfig
     from edgetl.train.evaluate import evaluate_run
     from edgetl.trt.build import build_bundle_engine
@@ -97,6 +106,7 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
         ),
         "embed": (features, {}, ("out",)),
         "doctor": ({}, {}, ("as_json", "gpu_selfcheck", "out")),
+        "verify": (_signature_defaults(verify_bundle), {}, ("as_json",)),
         "inspect": (
             features,
             {},
@@ -132,6 +142,8 @@ def test_choices_come_from_the_formats_table() -> None:
     assert choices("export", "calib_method") == CALIB_METHODS
     assert choices("predict", "backend") == BACKENDS == choices("bench latency", "backends")
     assert choices("build-engine", "precision") == PRECISIONS
+    assert choices("finetune", "eval_geometry") == GEOMETRIES
+    assert choices("finetune", "train_geometry") == TRAIN_GEOMETRIES
 
 
 def test_shared_options_are_the_same_on_every_command() -> None:

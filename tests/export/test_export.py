@@ -3,7 +3,9 @@
 import importlib.util
 import json
 import os
+from dataclasses import replace
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -13,6 +15,7 @@ from edgetl.core.fileio import sha256_file
 from edgetl.errors import ConfigError, GateError
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.spec.bundle import Bundle
+from edgetl.spec.formats import GEOMETRIES
 from edgetl.spec.preprocess import PreprocessSpec
 
 
@@ -38,6 +41,26 @@ def test_real_export_passes_the_parity_gate_on_all_val_images(demo_bundle):
         assert parity["real_inputs"] == 200 and parity["random_inputs"] == 8  # all 4 x 50 val images
         assert parity["max_abs_diff"] <= 1e-3 and parity["top1_agreement"] == 1.0 and parity["min_cosine"] > 0.9999
     assert json.loads((out / "export_report.json").read_text())["status"] == "passed"
+
+
+def test_predict_reproduces_the_reported_top1_of_every_deployment_geometry(demo_bundle, demo_mobilenet_v2_run):
+    """The report's per-geometry val top-1 (export: ONNX Runtime on crops laid out by edgetl.spec.geometry) is
+    what edgetl's runtime predicts with preprocess.json set to that geometry, on the same 200 val images."""
+    from edgetl.data.folders import DatasetSplit
+    from edgetl.runtime.classifier import Classifier
+
+    out, report = demo_bundle
+    split = DatasetSplit.load(demo_mobilenet_v2_run)
+    bundle = Bundle.load(out)
+    section = report["geometry"]
+    assert section["training_geometry"] == "center-crop" and list(section["geometries"]) == list(GEOMETRIES)
+    for name, row in section["geometries"].items():
+        device = Bundle(bundle.root, bundle.manifest, bundle.labels, replace(bundle.preprocess, geometry=name))
+        with Classifier(device, backend="onnx", topk=1, batch_size=32) as classifier:
+            predicted = [p.labels[0] for _, p in classifier.classify_paths([s.path for s in split.val])]
+        top1 = np.mean([label == split.classes[s.label] for label, s in zip(predicted, split.val)])
+        assert row["images"] == len(split.val) == 200 and top1 == row["val_top1"], name
+    assert section["geometries"]["center-crop"]["val_top1"] == report["artifacts"][0]["val_top1"]
 
 
 def test_onnx_is_checked_with_dynamic_batch_metadata_and_target_ir(demo_bundle, demo_mobilenet_v2_run):
@@ -128,8 +151,9 @@ def test_for_jetson_inference_names_softmax_static_batch_1_and_older_target(tiny
     assert (model.graph.input[0].name, model.graph.output[0].name) == ("input_0", "output_0")
     assert model.graph.node[-1].op_type == "Softmax"  # jetson-inference thresholds raw outputs as confidences
     assert report["output_kind"] == "probabilities"
-    jetson = report["jetson_preprocessing"]
-    assert jetson["images"] == 12 and 0.0 <= jetson["stretched_val_top1"] <= 1.0
+    geometry = report["geometry"]
+    assert geometry["training_geometry"] == "center-crop" and list(geometry["geometries"]) == list(GEOMETRIES)
+    assert all(row["images"] == 12 for row in geometry["geometries"].values())
     script = (tmp_path / "build_engine.sh").read_text()
     assert "--saveEngine=model_fp32.engine" in script and "Shapes" not in script
 

@@ -99,6 +99,15 @@ def test_choose_backend_rules(int8_bundle, demo_mobilenet_v2_run, tiny_run):
         choose_backend(run_only, "tflite")
 
 
+def test_verify_passes_on_the_real_bundle_with_every_model(int8_bundle):
+    """fp32, baked (uint8 NHWC) and INT8 (cpu form) each run on the 16-crop sample against their references."""
+    from edgetl.runtime.verify import verify_bundle
+
+    report = verify_bundle(int8_bundle)
+    assert [c.file for c in report.checks] == ["model.onnx", "model_baked.onnx", "model_int8.onnx"]
+    assert all(c.status == "passed" and c.top1_agreements == c.images == 16 for c in report.checks), report.failures
+
+
 def test_not_a_bundle_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="neither an exported bundle"):
         Bundle.load(tmp_path)

@@ -257,6 +257,8 @@ def test_build_engine_without_tensorrt_names_the_dependency(static_bundle):
 
 @pytest.mark.parametrize("fake", ["8.5", "10.3"])
 def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_path, monkeypatch, fake):
+    """The build follows the bundle's static batch; the check on the verification sample then rejects the
+    fake engine (its outputs are not the model's), which is moved aside so nothing serves it."""
     import shutil
 
     from edgetl.runtime.tensorrt import TrtRunner
@@ -266,10 +268,13 @@ def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_pat
     bundle = tmp_path / "bundle"
     shutil.copytree(str(static_bundle), str(bundle))
     result = _build_engine(bundle)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
+    assert "model_fp32.engine: top-1 differs from the reference" in result.output
+    assert "moved to model_fp32.engine.rejected" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (bundle / "model_fp32.engine").exists() and Bundle.load(bundle).engines() == []
     plan = Bundle.load(bundle).engine_plan("model_fp32.engine")
     assert plan["profile"] is None and plan["input_shape"][0] == 1
-    with TrtRunner(bundle / "model_fp32.engine", onnx_path=bundle / "model.onnx") as runner:
+    with TrtRunner(bundle / "model_fp32.engine.rejected", onnx_path=bundle / "model.onnx") as runner:
         assert runner.batch_range() == (1, 1)
     refused = _build_engine(bundle, "--max-batch", "8")
     assert refused.exit_code == 1 and "static batch of 1" in refused.output

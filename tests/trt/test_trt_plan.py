@@ -17,6 +17,7 @@ from edgetl.trt.plan import (
     onnx_for_precision,
     onnx_versions,
     plan_engine,
+    polygraphy_command,
     resolve_target,
     trtexec_command,
 )
@@ -167,6 +168,55 @@ def test_build_script_is_valid_shell_with_the_same_command(tmp_path):
     shell = shutil.which("sh")
     if shell:
         assert subprocess.run([shell, "-n", str(path)]).returncode == 0
+
+
+def test_polygraphy_command_matches_the_plan():
+    int8 = plan_engine(resolve_target("10.3"), "int8", "input", "logits", SHAPE)
+    assert polygraphy_command(int8, 0.75) == [
+        "polygraphy", "run", "model_int8.onnx", "--trt", "--onnxrt", "--int8", "--fp16", "--tf32",
+        "--data-loader-script", "verify_data.py", "--atol", "0.75", "--rtol", "0",
+    ]  # fmt: skip
+    strongly_typed = plan_engine(resolve_target("11.x"), "fp16", "input", "logits", SHAPE)
+    assert polygraphy_command(strongly_typed, 0.1)[2:6] == ["model_fp16.onnx", "--trt", "--onnxrt", "--tf32"]
+
+
+def _run_script(tmp_path, python: str, script: str):
+    """Run build_engine.sh with a stand-in trtexec (it writes the engine file) and a stand-in PYTHON."""
+    (tmp_path / "build_engine.sh").write_text(script)
+    trtexec = tmp_path / "trtexec"
+    trtexec.write_text(
+        '#!/bin/sh\nfor a in "$@"; do case "$a" in --saveEngine=*) echo engine > "${a#*=}";; esac; done\n'
+    )
+    stand_in = tmp_path / "python"
+    stand_in.write_text(python)
+    for path in (trtexec, stand_in):
+        path.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "TRTEXEC": str(trtexec), "PYTHON": str(stand_in)}
+    return subprocess.run(["sh", str(tmp_path / "build_engine.sh")], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
+def test_build_script_verifies_or_prints_the_polygraphy_check(tmp_path):
+    plan = plan_engine(resolve_target("10.3"), "fp16", "input", "logits", SHAPE)
+    script = build_script([plan], resolve_target("10.3"), reference_scale=8.0)
+    assert "-m edgetl verify . --only model_fp16.engine" in script
+    # without edgetl: not verified, and the equivalent Polygraphy command (fp16 tolerance x the sample's scale)
+    without = _run_script(tmp_path, "#!/bin/sh\nexit 1\n", script)
+    assert without.returncode == 0, without.stderr
+    assert "model_fp16.engine is not verified" in without.stderr
+    assert "polygraphy run model.onnx --trt --onnxrt --fp16 --tf32 --data-loader-script verify_data.py --atol 0.4" in (
+        without.stderr
+    )
+    # with edgetl: a failing check (exit 3) moves the engine and its sidecar aside and stops with 3
+    failing = '#!/bin/sh\ncase "$2" in edgetl.trt.build) echo {} > model_fp16.engine.json;; edgetl) exit 3;; esac\n'
+    rejected = _run_script(tmp_path, failing, script)
+    assert rejected.returncode == 3 and "failed verification: moved to model_fp16.engine.rejected" in rejected.stderr
+    assert not (tmp_path / "model_fp16.engine").exists() and (tmp_path / "model_fp16.engine.rejected").is_file()
+    assert (tmp_path / "model_fp16.engine.rejected.json").is_file()
+    passing = _run_script(tmp_path, "#!/bin/sh\nexit 0\n", script)
+    assert passing.returncode == 0 and (tmp_path / "model_fp16.engine").is_file()
+    unsampled = build_script([plan], resolve_target("10.3"))
+    assert "no verification sample" in unsampled and "edgetl verify" not in unsampled
 
 
 def test_engine_plan_round_trips_through_json_dict():
