@@ -1,9 +1,11 @@
-"""Benchmark: the INT8 CPU forms (U8S8, U8U8, U8S8 with reduce_range, S8S8) of one MobileNetV2 run,
-side by side: agreement with fp32 under the export's accuracy gate (val + held-out train images) and
-batch-1 latency on ONNX Runtime, on the machine it runs on (its ISA is recorded). With
-``--emulate-cpu MODEL`` the INT8 outputs of the named forms are also computed under
-``qemu-x86_64 -cpu MODEL`` (e.g. ``Haswell``: AVX2 without VNNI), because ONNX Runtime picks its
-integer kernels by CPUID, so an AVX2-only CPU can be checked on a VNNI workstation.
+"""Benchmark: the INT8 forms of one MobileNetV2 run (CPU: U8S8, U8U8, U8S8 with reduce_range, S8S8;
+and the TensorRT form), side by side: agreement with fp32 under the export's accuracy gate (val +
+held-out train images), with and without the accuracy-aware fallback (edgetl.export.fallback, run
+wherever a form misses the gate), and batch-1 latency on ONNX Runtime, on the machine it runs on (its
+ISA is recorded). With ``--emulate-cpu MODEL`` the INT8 outputs of the named forms are also computed
+under ``qemu-x86_64 -cpu MODEL`` (e.g. ``Haswell``: AVX2 without VNNI), because ONNX Runtime picks its
+integer kernels by CPUID, so an AVX2-only CPU can be checked on a VNNI workstation; a form that misses
+the gate there gets its fallback searched with the emulated outputs.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_int8_forms.py [--run RUN] [--emulate-cpu Haswell]
     # writes benchmarks/results/int8_forms.{json,md}
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -33,7 +35,9 @@ from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit
 from edgetl.export.config import DEFAULT_CALIB_SIZE
+from edgetl.export.fallback import fall_back, rank_layers
 from edgetl.export.gate import judge
+from edgetl.export.int8_step import INT8_SIMULATION, RANKING_IMAGES
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import heldout_images, load_eval_images, normalized, onnx_outputs
 from edgetl.export.quantize import ImageCalibrationReader, calibration_samples, quantize_onnx
@@ -47,11 +51,19 @@ THREADS = 2
 # From a fresh clone; --emulate-cpu also needs qemu-x86_64 (apt-get install qemu-user)
 SETUP = "python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[train]' && "
 FORMS = {
-    "U8S8": INT8_CPU_FORMS["vnni"],
-    "U8S8 reduce_range": INT8_CPU_FORMS["avx2"],
-    "U8U8": Int8CpuForm("uint8", "uint8", False, "onnxruntime's other advice without VNNI: u8 x u8 cannot saturate"),
-    "S8S8": INT8_CPU_FORMS["arm64"],
+    "U8S8": ("cpu", INT8_CPU_FORMS["vnni"]),
+    "U8S8 reduce_range": ("cpu", INT8_CPU_FORMS["avx2"]),
+    "U8U8": (
+        "cpu",
+        Int8CpuForm("uint8", "uint8", False, "onnxruntime's other advice without VNNI: u8 x u8 cannot saturate"),
+    ),
+    "S8S8": ("cpu", INT8_CPU_FORMS["arm64"]),
+    "TensorRT (S8S8 symmetric)": ("trt", INT8_CPU_FORMS["arm64"]),  # the types are the trt form's own
 }
+EMULATED_FORMS = "U8S8,U8S8 reduce_range,U8U8"
+COST_LAYERS = (1, 2, 4, 8)
+TRT_WHY = "TensorRT's explicit quantization; judged as float Q/DQ arithmetic, as the export judges it"
+MAX_LAYERS = ExportConfig(run="").int8_fallback_max_layers
 
 
 def fixture_run(root: Path) -> Path:
@@ -72,8 +84,8 @@ def gate_images(run: Path, spec: PreprocessSpec, calibration: List[Any]) -> Dict
     return {"crops": np.concatenate([val.crops, heldout.crops]), "val_labels": val.labels}
 
 
-def outputs_of(model: Path, crops: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    return onnx_outputs(model, crops, None, threads=THREADS, prepare=lambda c: normalized(c, spec))
+def outputs_of(model: Path, crops: np.ndarray, spec: PreprocessSpec, optimize: bool = True) -> np.ndarray:
+    return onnx_outputs(model, crops, None, threads=THREADS, prepare=lambda c: normalized(c, spec), optimize=optimize)
 
 
 def emulated_outputs(model: Path, crops_file: Path, spec_file: Path, cpu: str, work: Path) -> np.ndarray:
@@ -87,6 +99,32 @@ def emulated_outputs(model: Path, crops_file: Path, spec_file: Path, cpu: str, w
     return np.load(out)
 
 
+class FormBench:
+    """One INT8 form of the fp32 model: its plain model and, where a gate is missed, its fallback search."""
+
+    def __init__(self, name: str, kind: str, types: Int8CpuForm, fp32: Path, reader: Any, work: Path) -> None:
+        self.name, self.kind, self.types, self.fp32, self.reader = name, kind, types, fp32, reader
+        self.work = work / name.replace(" ", "_")
+        self.work.mkdir()
+        self.model = self.work / "model_int8.onnx"
+        self.quantize(self.model, [])
+        self.ranking = None  # type: Any
+
+    def quantize(self, path: Path, keep_fp32: List[str]) -> None:
+        quantize_onnx(
+            self.fp32, path, self.reader, self.kind, "minmax", self.types, keep_fp32, self.work / "ranges.json"
+        )
+
+    def search(self, judge_model: Callable[[Path], Any], where: str) -> Dict[str, Any]:
+        """The fallback search with ``judge_model(path)`` as the gate; its passing model stays in the work folder."""
+        if self.ranking is None:
+            self.ranking = rank_layers(self.fp32, self.model, self.reader, RANKING_IMAGES)
+        folder = self.work / where
+        folder.mkdir()
+        search, passing = fall_back(self.ranking, self.quantize, judge_model, MAX_LAYERS, folder)
+        return dict(search.to_dict(shown=MAX_LAYERS), model=str(passing) if passing else None)
+
+
 def measure(run: Path, work: Path, emulate: str, emulate_forms: List[str]) -> Dict[str, Any]:
     bundle = work / "bundle"
     export_run(ExportConfig(run=str(run), out=str(bundle), calib_dir=str(work / "calibration")))
@@ -95,39 +133,96 @@ def measure(run: Path, work: Path, emulate: str, emulate_forms: List[str]) -> Di
     images = gate_images(run, spec, samples)
     crops_file, spec_file = work / "crops.npy", bundle / "preprocess.json"
     np.save(crops_file, images["crops"])
-    fp32 = outputs_of(bundle / "model.onnx", images["crops"], spec)
-    rows, models = [], [str(bundle / "model.onnx")]
-    for name, form in FORMS.items():
-        path = work / "model_int8_{}.onnx".format(name.replace(" ", "_"))
-        reader = ImageCalibrationReader(samples, spec, "input", 1)
-        quantize_onnx(bundle / "model.onnx", path, reader, "cpu", "minmax", form)
-        models.append(str(path))
-        native = judge(fp32, outputs_of(path, images["crops"], spec), images["val_labels"], 1.0, cpu_isa())
-        row = {"form": name, "why": form.why, "model": str(path), "native": native.to_dict()}
+    fp32_model = bundle / "model.onnx"
+    fp32 = outputs_of(fp32_model, images["crops"], spec)
+    reader = ImageCalibrationReader(samples, spec, "input", 1)
+    rows, models, benches = [], [str(fp32_model)], {}
+    for name, (kind, types) in FORMS.items():
+        form = benches[name] = FormBench(name, kind, types, fp32_model, reader, work)
+        optimize = kind == "cpu"  # the TensorRT form is judged as the export judges it: float Q/DQ
+
+        def native(path: Path) -> Any:
+            simulation = cpu_isa() if optimize else INT8_SIMULATION["trt"]
+            return judge(fp32, outputs_of(path, images["crops"], spec, optimize), images["val_labels"], 1.0, simulation)
+
+        row = {"form": name, "kind": kind, "why": form.types.why if kind == "cpu" else TRT_WHY}
+        row["native"] = native(form.model).to_dict()
+        if row["native"]["verdict"] == "failed":
+            row["native_fallback"] = form.search(native, "native")
         if emulate and name in emulate_forms:
-            emulated = emulated_outputs(path, crops_file, spec_file, emulate, work)
-            row["emulated"] = judge(fp32, emulated, images["val_labels"], 1.0, "qemu -cpu " + emulate).to_dict()
+
+            def emulated(path: Path) -> Any:
+                outputs = emulated_outputs(path, crops_file, spec_file, emulate, form.work)
+                return judge(fp32, outputs, images["val_labels"], 1.0, "qemu -cpu " + emulate)
+
+            row["emulated"] = emulated(form.model).to_dict()
+            if row["emulated"]["verdict"] == "failed":
+                row["emulated_fallback"] = form.search(emulated, "emulated")
+        row["model"] = str(form.model)
+        if optimize:  # the TensorRT form's latency is the engine's, on the device
+            models.append(str(form.model))
+            for key in ("native_fallback", "emulated_fallback"):
+                if row.get(key, {}).get("model"):
+                    models.append(row[key]["model"])
         rows.append(row)
+    cost = benches["U8S8"]  # what keeping layers in fp32 costs the fastest form, whether or not a gate needed it
+    cost.ranking = cost.ranking or rank_layers(fp32_model, cost.model, reader, RANKING_IMAGES)
+    cost_models = {}
+    for count in COST_LAYERS:
+        cost_models[count] = cost.work / "kept_{}.onnx".format(count)
+        cost.quantize(cost_models[count], [s.node for s in cost.ranking[:count]])
+        models.append(str(cost_models[count]))
     latency = bench_latency(LatencyConfig(models=models, batches=(1,), threads=THREADS, iters=100, rounds=5))
-    relative = {Path(r["model"]).name: r for r in latency["rows"]}
-    fp32_row = relative["model.onnx"]
+    timed = {r["model"]: r for r in latency["rows"]}
+    fp32_row = timed[str(fp32_model)]
+
+    def timing(model: str) -> Dict[str, float]:
+        row = timed[model]
+        return {"p50_ms": row["p50_ms"], "relative": row["relative"],
+                "speedup_vs_fp32": fp32_row["relative"] / row["relative"]}  # fmt: skip
+
     for row in rows:
-        timing = relative[Path(row["model"]).name]
-        row["latency"] = {"p50_ms": timing["p50_ms"], "relative": timing["relative"],
-                          "speedup_vs_fp32": fp32_row["relative"] / timing["relative"]}  # fmt: skip
+        if row["model"] in timed:
+            row["latency"] = timing(row["model"])
+        for key in ("native_fallback", "emulated_fallback"):
+            if row.get(key, {}).get("model") in timed:  # the TensorRT form's are not timed here
+                row[key]["latency"] = timing(row[key]["model"])
+    fallback_cost = [dict(timing(str(path)), layers=count) for count, path in cost_models.items()]
     return {
+        "fallback_cost": {"form": "U8S8", "rows": fallback_cost},
         "machine": machine_info(THREADS),
         "run": str(run), "images": int(len(images["crops"])), "val_images": int(len(images["val_labels"])),
         "fp32_latency": {"p50_ms": fp32_row["p50_ms"], "relative": fp32_row["relative"]},
         "emulated_cpu": emulate or None, "forms": rows, "method": latency["method"],
-        "fallback": "not measured: accuracy-aware layer fallback is not implemented yet",
+        "fallback": {"max_layers": MAX_LAYERS, "ranking_images": RANKING_IMAGES},
     }  # fmt: skip
+
+
+def _gate_cells(gate: Optional[Dict[str, Any]], fallback: Optional[Dict[str, Any]]) -> List[Any]:
+    """Disagreements and verdict, then what the fallback did (empty when it was not needed)."""
+    if gate is None:
+        return ["not run", "", ""]
+    if fallback is None:
+        return [gate["disagreements"], gate["verdict"], ""]
+    attempts = {a["layers"]: a for a in fallback["attempts"]}
+    if fallback["status"] != "passed":
+        return [gate["disagreements"], gate["verdict"], "failed: up to {} layers".format(fallback["max_layers"])]
+    kept = len(fallback["kept_fp32"])
+    return [gate["disagreements"], gate["verdict"], "{} layers: {} disagreements, passed".format(
+        kept, attempts[kept]["disagreements"])]  # fmt: skip
+
+
+def _speed(timing: Optional[Dict[str, float]]) -> List[str]:
+    if not timing:
+        return ["", ""]
+    return ["{:.2f}".format(timing["p50_ms"]), "{:.2f}x".format(timing["speedup_vs_fp32"])]
 
 
 def to_markdown(report: Dict[str, Any], command: str) -> str:
     machine = report["machine"]
+    cpu = report["emulated_cpu"]
     lines = [
-        "# INT8 CPU forms: accuracy gate and latency",
+        "# INT8 forms: accuracy gate, accuracy-aware fallback and latency",
         "",
         "Reproduce: `{}`".format(command),
         "",
@@ -140,26 +235,54 @@ def to_markdown(report: Dict[str, Any], command: str) -> str:
             machine["packages"].get("onnxruntime-gpu") or machine["packages"].get("onnxruntime"),
         ),  # fmt: skip
         "The gate judges {} images ({} val + held-out train); a pass needs the 95% upper bound of the top-1 "
-        "disagreement with fp32 <= 1 point.".format(report["images"], report["val_images"]),
+        "disagreement with fp32 <= 1 point. Where a form misses it, the fallback keeps the top-ranked layers "
+        "(ranked on {} calibration images) in fp32, at most {}.".format(
+            report["images"],
+            report["val_images"],
+            report["fallback"]["ranking_images"],
+            report["fallback"]["max_layers"],
+        ),  # fmt: skip
         "",
     ]
-    headers = ["form", "disagreements (this CPU)", "bound, points", "verdict", "p50 ms (batch 1)", "speed-up vs fp32"]
-    if report["emulated_cpu"]:
-        cpu = report["emulated_cpu"]
-        headers[4:4] = ["disagreements ({})".format(cpu), "verdict ({})".format(cpu)]
+    headers = ["form", "disagreements (this CPU)", "verdict", "fallback (this CPU)"]
+    if cpu:
+        headers += ["disagreements ({})".format(cpu), "verdict ({})".format(cpu), "fallback ({})".format(cpu)]
+    headers += ["p50 ms (batch 1)", "speed-up vs fp32", "p50 ms with fallback", "speed-up with fallback"]
     table = []
     for row in report["forms"]:
-        native, timing = row["native"], row["latency"]
-        cells = [row["form"], native["disagreements"], "{:.2f}".format(native["upper_bound_points"]), native["verdict"]]
-        if report["emulated_cpu"]:
-            emulated = row.get("emulated")
-            cells += [emulated["disagreements"], emulated["verdict"]] if emulated else ["not run", ""]
-        cells += ["{:.2f}".format(timing["p50_ms"]), "{:.2f}x".format(timing["speedup_vs_fp32"])]
+        cells = [row["form"]] + _gate_cells(row["native"], row.get("native_fallback"))
+        if cpu:
+            cells += _gate_cells(row.get("emulated"), row.get("emulated_fallback"))
+        fallback = row.get("native_fallback") or row.get("emulated_fallback") or {}
+        if row["kind"] == "trt":
+            cells += ["on the device", "", "", ""]
+        else:
+            cells += _speed(row.get("latency")) + _speed(fallback.get("latency"))
         table.append(cells)
     lines += [markdown_table(headers, table), "", "fp32: p50 {:.2f} ms.".format(report["fp32_latency"]["p50_ms"])]
-    lines += ["Speed-ups are ratios of reference-relative times measured in one interleaved run.", ""]
+    lines += [
+        "Speed-ups are ratios of reference-relative times measured in one interleaved run, on this machine "
+        "(also for models whose fallback was searched under emulation).",
+        "",
+    ]
+    cost = report["fallback_cost"]
+    lines += [
+        "What the fallback costs {} at batch 1 here: the top-ranked layers kept in fp32, whether or not a gate "
+        "needed them.".format(cost["form"]),
+        "",
+        markdown_table(
+            ["layers in fp32", "p50 ms", "speed-up vs fp32"],
+            [[r["layers"]] + _speed(r) for r in cost["rows"]],
+        ),
+        "",
+    ]
     lines += ["- {}: {}".format(row["form"], row["why"]) for row in report["forms"]]
-    lines += ["", "Fallback: " + report["fallback"], ""]
+    for row in report["forms"]:
+        for key, where in (("native_fallback", "this CPU"), ("emulated_fallback", cpu)):
+            if row.get(key, {}).get("kept_fp32"):
+                lines += ["", "{} fallback on {}, layers kept in fp32: {}".format(
+                    row["form"], where, ", ".join(row[key]["kept_fp32"]))]  # fmt: skip
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -168,7 +291,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a MobileNetV2 run folder (default: train the INT8 test fixture)")
     parser.add_argument("--emulate-cpu", default="", help="qemu CPU model for the emulated column, e.g. Haswell")
     parser.add_argument(
-        "--emulate-forms", default="U8S8,U8S8 reduce_range,U8U8", help="forms to run under emulation (comma-separated)"
+        "--emulate-forms", default=EMULATED_FORMS, help="forms to run under emulation (comma-separated)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--outputs-of", nargs=4, metavar=("MODEL", "CROPS", "SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -185,6 +308,7 @@ def main() -> None:
         SETUP
         + "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_int8_forms.py"
         + (" --emulate-cpu " + args.emulate_cpu if args.emulate_cpu else "")
+        + (" --emulate-forms '{}'".format(args.emulate_forms) if args.emulate_forms != EMULATED_FORMS else "")
     )
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "int8_forms.json", json.dumps(report, indent=2, default=float) + "\n")
