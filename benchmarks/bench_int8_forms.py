@@ -115,13 +115,17 @@ class FormBench:
             self.fp32, path, self.reader, self.kind, "minmax", self.types, keep_fp32, self.work / "ranges.json"
         )
 
-    def search(self, judge_model: Callable[[Path], Any], where: str) -> Dict[str, Any]:
-        """The fallback search with ``judge_model(path)`` as the gate; its passing model stays in the work folder."""
+    def ranked(self) -> Any:
+        """The plain model's layers, most sensitive first (ranked once, on first use)."""
         if self.ranking is None:
             self.ranking = rank_layers(self.fp32, self.model, self.reader, RANKING_IMAGES)
+        return self.ranking
+
+    def search(self, judge_model: Callable[[Path], Any], where: str) -> Dict[str, Any]:
+        """The fallback search with ``judge_model(path)`` as the gate; its passing model stays in the work folder."""
         folder = self.work / where
         folder.mkdir()
-        search, passing = fall_back(self.ranking, self.quantize, judge_model, MAX_LAYERS, folder)
+        search, passing = fall_back(self.ranked(), self.quantize, judge_model, MAX_LAYERS, folder)
         return dict(search.to_dict(shown=MAX_LAYERS), model=str(passing) if passing else None)
 
 
@@ -166,11 +170,10 @@ def measure(run: Path, work: Path, emulate: str, emulate_forms: List[str]) -> Di
                     models.append(row[key]["model"])
         rows.append(row)
     cost = benches["U8S8"]  # what keeping layers in fp32 costs the fastest form, whether or not a gate needed it
-    cost.ranking = cost.ranking or rank_layers(fp32_model, cost.model, reader, RANKING_IMAGES)
     cost_models = {}
     for count in COST_LAYERS:
         cost_models[count] = cost.work / "kept_{}.onnx".format(count)
-        cost.quantize(cost_models[count], [s.node for s in cost.ranking[:count]])
+        cost.quantize(cost_models[count], [s.node for s in cost.ranked()[:count]])
         models.append(str(cost_models[count]))
     latency = bench_latency(LatencyConfig(models=models, batches=(1,), threads=THREADS, iters=100, rounds=5))
     timed = {r["model"]: r for r in latency["rows"]}
