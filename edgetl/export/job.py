@@ -27,6 +27,7 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, DependencyError, GateError
+from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.config import JETSON_INFERENCE, ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
 from edgetl.export.int8_step import Int8Step, cpu_form_metadata
@@ -48,8 +49,10 @@ from edgetl.export.quantize import (
     calibration_samples,
     write_calibration_manifest,
 )
-from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.export.targets import TargetInputs, engine_copies, preflight, write_targets
+from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, module_outputs, onnx_metadata
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
+from edgetl.spec.formats import CALIBRATION_CACHE
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.trt.build import build_bundle_engine
 from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
@@ -119,10 +122,7 @@ class _Export:
         return "probabilities" if self.softmax else "logits"
 
     def _torch(self, batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate(
-                [self.reference_module(torch.from_numpy(batch[i : i + 32])).numpy() for i in range(0, len(batch), 32)]
-            ).astype(np.float64)
+        return module_outputs(self.reference_module, batch)
 
     def _metadata(self, kind: str) -> Dict[str, str]:
         return onnx_metadata(
@@ -258,7 +258,14 @@ class _Export:
             step = Int8Step(
                 config, fp32_path, reader, metadata, self.ir_version, outputs, reference, self.images.labels, Path(tmp)
             )
-            return self._gated("int8", step.write, check)
+            passed = self._gated("int8", step.write, check)
+        if passed and config.int8_form == "trt":  # its scales, for the consumers that calibrate themselves
+            self.manifest["calibration_cache"] = write_cache_for(
+                self.out / CALIBRATION_CACHE, self.out / ONNX_FILES["int8"], fp32_path, config.trt_version
+            )
+        elif (self.out / CALIBRATION_CACHE).exists():
+            (self.out / CALIBRATION_CACHE).unlink()  # an older cache would now look valid
+        return passed
 
     def _outputs(self, path: Path, crops: np.ndarray, optimize: bool) -> np.ndarray:
         """ONNX outputs of uint8 crops (NCHW float model); no rows for no crops."""
@@ -316,10 +323,22 @@ class _Export:
             self.config.profile(),
             self.config.workspace_mib,
             self.config.timing_cache,
+            self.config.dla_core,
+            engine_copies(self.config),
         )
         if {v: k for k, v in ONNX_FILES.items()}[plan.onnx] not in self.manifest["models"]:
             return [], notes + ["no {} engine: {} did not pass its gate (see {})".format(precision, plan.onnx, REPORT)]
+        if plan.calibration_cache and "calibration_cache" not in self.manifest:
+            return [], notes + ["no {} engine: the INT8 model and its calibration cache did not pass".format(precision)]
         return [plan], notes
+
+    def targets(self) -> None:
+        """The --for folders (edgetl.export.targets), from this bundle's checked files and the model."""
+        sections, failures = write_targets(TargetInputs.of_export(self))
+        self.report["failures"] += failures
+        if sections:
+            self.report["targets"] = sections
+            self.manifest["targets"] = {n: s["folder"] for n, s in sections.items() if s["status"] == "passed"}
 
     def write_bundle(self) -> None:
         plans, notes = self.engine_plans()
@@ -348,6 +367,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
 
     Raises GateError when a gate fails, DependencyError when ``trt`` is set and TensorRT is not importable
     (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written)."""
+    preflight(config)
     job = _Export(config)
     job.out.mkdir(parents=True, exist_ok=True)
     if (job.out / MANIFEST).exists():
@@ -359,8 +379,10 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
             job.int8()
         if config.fp16 and job.target.strongly_typed:
             job.fp16()
-        if config.consumer == JETSON_INFERENCE:
+        if JETSON_INFERENCE in config.targets:
             job.jetson_geometry()
+        if not job.report["failures"]:
+            job.targets()
         job.write_bundle()
     pending = None  # type: Optional[Exception]
     if config.trt and not job.report["failures"]:

@@ -121,17 +121,20 @@ def test_broken_fp32_export_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
 
 
 def test_for_jetson_inference_names_softmax_static_batch_1_and_older_target(tiny_run, tmp_path):
-    report = _export(tiny_run, tmp_path, consumer="jetson-inference", trt_version="8.5")
-    model = onnx.load(str(tmp_path / "model.onnx"))
+    report = _export(tiny_run, tmp_path, targets=("jetson-inference",), trt_version="8.5", batch=2)
+    model = onnx.load(str(tmp_path / "jetson-inference" / "model.onnx"))
     assert model.ir_version == 8
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
     assert (model.graph.input[0].name, model.graph.output[0].name) == ("input_0", "output_0")
     assert model.graph.node[-1].op_type == "Softmax"  # jetson-inference thresholds raw outputs as confidences
-    assert report["output_kind"] == "probabilities"
+    assert report["targets"]["jetson-inference"]["status"] == "passed"
     jetson = report["jetson_preprocessing"]
     assert jetson["images"] == 12 and 0.0 <= jetson["stretched_val_top1"] <= 1.0
-    script = (tmp_path / "build_engine.sh").read_text()
+    script = (tmp_path / "build_engine.sh").read_text()  # the bundle's own batch (--batch 2) is unchanged
     assert "--saveEngine=model_fp32.engine" in script and "Shapes" not in script
+    assert [d.dim_value for d in onnx.load(str(tmp_path / "model.onnx")).graph.input[0].type.tensor_type.shape.dim][
+        0
+    ] == 2
 
 
 def test_fp16_for_tensorrt_11_writes_an_fp16_onnx(tiny_run, tmp_path):
@@ -163,8 +166,7 @@ def test_trt_without_tensorrt_fails_after_writing_onnx_and_script(tiny_run, tmp_
         ({"opset": 12}, "--opset must be between 13"),
         ({"batch": 2, "max_batch": 8}, "static"),
         ({"min_batch": 4, "opt_batch": 2}, "min-batch"),
-        ({"consumer": "caffe"}, "--for must be one of bundle, jetson-inference"),
-        ({"consumer": "jetson-inference", "batch": 2}, "static batch of 1"),
+        ({"targets": ("caffe",)}, "--for must be one of bundle, jetson-inference"),
     ],
 )
 def test_export_config_rejects_conflicts(options, message):
@@ -175,7 +177,7 @@ def test_export_config_rejects_conflicts(options, message):
 def test_export_config_defaults():
     config = ExportConfig(run="models/x")
     assert config.int8_form == "cpu" and ExportConfig(run="x", trt=True).int8_form == "trt"
-    assert config.batch is None and ExportConfig(run="x", consumer="jetson-inference").batch == 1
+    assert config.batch is None and config.targets == ("bundle",) and config.dla_core is None
     assert config.profile().max == 8 and config.precision == "fp32"
 
 
