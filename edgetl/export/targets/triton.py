@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from google.protobuf import text_format  # protobuf comes with onnx
+
 from edgetl.core.fileio import atomic_dir, atomic_write_text, sha256_file
 from edgetl.errors import DependencyError
 from edgetl.export.config import ExportConfig
@@ -73,8 +75,6 @@ def config_message(name: str, platform: str, max_batch: int, size: int, classes:
 
 
 def config_text(message: Any) -> str:
-    from google.protobuf import text_format  # comes with tritonclient's protobuf dependency
-
     return text_format.MessageToString(message)
 
 
