@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgetl.errors import ExportError
-from edgetl.export.quantize import Q_OP
+from edgetl.export.quantize import DQ_OP, Q_OP
 from edgetl.trt.calib_cache import tensorrt_version_number, write_cache
 
 
@@ -40,18 +40,31 @@ def activation_scales(model: onnx.ModelProto) -> Dict[str, np.float32]:
 
 def scales_for(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> Dict[str, np.float32]:
     """The Q/DQ model's activation scales keyed by the names the same tensors have in ``fp32`` (the float
-    model a consumer quantizes itself): the graph input by position, every other tensor as the same output
-    of the node of the same name (onnxruntime renames a quantized graph output). ExportError if one has none."""
+    model a consumer quantizes itself). A tensor is found as the same input of the nodes (by name) that read
+    its dequantized copy, or, for one no node reads (a graph output), as the same output of its producer; so
+    a graph input maps to whatever the first layers read in ``fp32`` (its own input, or the normalised pixels
+    of a graph that normalises itself). ExportError when a tensor has no single counterpart."""
+    consumers: Dict[str, list] = {}
+    for node in qdq.graph.node:
+        for index, tensor in enumerate(node.input):
+            consumers.setdefault(tensor, []).append((node.name, index))
+    dequantized = {node.input[0]: node.output[0] for node in qdq.graph.node if node.op_type == DQ_OP}
+    quantized = {node.input[0]: dequantized.get(node.output[0]) for node in qdq.graph.node if node.op_type == Q_OP}
     producer = {out: (node.name, index) for node in qdq.graph.node for index, out in enumerate(node.output)}
-    outputs = {node.name: list(node.output) for node in fp32.graph.node if node.name}
-    graph_inputs = dict(zip((i.name for i in qdq.graph.input), (i.name for i in fp32.graph.input)))
+    fp32_nodes = {node.name: node for node in fp32.graph.node if node.name}
     scales: Dict[str, np.float32] = {}
     for tensor, scale in activation_scales(qdq).items():
+        names = {
+            fp32_nodes[node].input[index]
+            for node, index in consumers.get(quantized.get(tensor) or "", [])
+            if node in fp32_nodes and index < len(fp32_nodes[node].input)
+        }
         node, index = producer.get(tensor, ("", 0))
-        name = graph_inputs.get(tensor) or (outputs[node][index] if node in outputs else None)
-        if name is None:
-            raise ExportError("{} of the INT8 model has no counterpart in the float model".format(tensor))
-        scales[name] = scale
+        if not names and node in fp32_nodes:
+            names = {fp32_nodes[node].output[index]}
+        if len(names) != 1:
+            raise ExportError("{} of the INT8 model has no single counterpart in the float model".format(tensor))
+        scales[names.pop()] = scale
     return scales
 
 

@@ -125,11 +125,12 @@ def test_deepstream_configs_are_nvinfer_classifier_key_files(exported):
         assert values["onnx-file"] == onnx_file and (folder / onnx_file).is_file()
         assert values["network-type"] == "1" and values["model-color-format"] == "0"
         assert values["infer-dims"] == "3;224;224" and values["batch-size"] == "8"
-        assert values["network-mode"] == "1" and values["int8-calib-file"] == "calibration.cache"
+        assert values["network-mode"] == "1"
         assert values["model-engine-file"] == "{}_b8_gpu0_int8.engine".format(onnx_file)
         assert 0.5 < float(values["classifier-threshold"]) < 1 and values["labelfile-path"] == "labels.txt"
         assert values["output-blob-names"] == "probabilities"
     assert float(exact["net-scale-factor"]) == 1.0 and exact["offsets"] == "0;0;0"
+    assert (approx["int8-calib-file"], exact["int8-calib-file"]) == ("calibration.cache", "calibration_pixels.cache")
     spec = PreprocessSpec.load(out / "preprocess.json")
     offsets = [float(v) for v in approx["offsets"].split(";")]
     assert offsets == pytest.approx([255 * m for m in spec.mean])
@@ -154,27 +155,38 @@ def _bits(value) -> bytes:
     return np.float32(value).tobytes()
 
 
-@pytest.mark.parametrize("folder", [".", "deepstream"])
-def test_calibration_cache_round_trips_the_qdq_scales_bit_exactly(exported, folder):
-    """Each cache (the bundle's, DeepStream's) holds every activation scale of the gated Q/DQ model, bit for bit,
-    under the name the tensor has in the float model beside it."""
+@pytest.mark.parametrize(
+    "model, cache",
+    [
+        ("model.onnx", "calibration.cache"),
+        ("deepstream/model.onnx", "deepstream/calibration.cache"),
+        ("deepstream/model_pixels.onnx", "deepstream/calibration_pixels.cache"),
+    ],
+)
+def test_calibration_cache_round_trips_the_qdq_scales_bit_exactly(exported, model, cache):
+    """Each cache holds every activation scale of the gated Q/DQ model, bit for bit, under the name the tensor
+    has in the float model beside it (for the pixels model: the normalised pixels its first layer reads)."""
     out, _, _ = exported
     qdq = activation_scales(onnx.load(str(out / "model_int8.onnx")))
-    version, cached = parse_cache((out / folder / "calibration.cache").read_text())
+    version, cached = parse_cache((out / cache).read_text())
     assert version == 100300  # --trt-version 10.3, until the device sets its own
-    names = _tensor_names(out / folder / "model.onnx")
-    assert len(cached) == len(qdq) > 10 and set(cached) <= names and "input" in cached
+    assert len(cached) == len(qdq) > 10 and set(cached) <= _tensor_names(out / model)
     assert sorted(_bits(v) for v in cached.values()) == sorted(_bits(v) for v in qdq.values())
+    pixels = model.endswith("model_pixels.onnx")
+    assert ("input" in cached) != pixels  # the pixels model's input is 0-255 pixels: never quantized as "input"
     shared = set(cached) & set(qdq)
-    assert len(shared) >= len(qdq) - 1  # only a quantized graph output is renamed by onnxruntime
+    assert len(shared) == len(qdq) - 1 - pixels  # renamed: the quantized graph output (and the pixels' input)
     for name in shared:
         assert _bits(cached[name]) == _bits(qdq[name]), name
+    if pixels:
+        first_conv = next(n for n in onnx.load(str(out / model)).graph.node if n.op_type == "Conv")
+        assert _bits(cached[first_conv.input[0]]) == _bits(qdq["input"])
 
 
 def test_deepstream_int8_stamp_script_and_manifest(exported):
     out, _, _ = exported
     script = (out / "deepstream" / "set_calibration_version.sh").read_text()
-    assert "sed -i" in script and "calibration.cache" in script
+    assert "sed -i" in script and "for cache in calibration.cache calibration_pixels.cache; do" in script
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["calibration_cache"]["tensors"] == len(parse_cache((out / "calibration.cache").read_text())[1])
 
@@ -212,6 +224,7 @@ def test_triton_repositories_are_valid_against_tritons_schema(exported):
 def test_io_names_jetson_is_the_jetson_inference_target(tiny_run, tmp_path):
     result = CliRunner().invoke(main, ["export", str(tiny_run), "--io-names", "jetson", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    assert "jetson-inference: {} (val top-1 ".format(tmp_path / "jetson-inference") in result.output
     model = onnx.load(str(tmp_path / "jetson-inference" / "model.onnx"))
     assert (model.graph.input[0].name, model.graph.output[0].name) == ("input_0", "output_0")
     assert onnx.load(str(tmp_path / "model.onnx")).graph.input[0].name == "input"  # the bundle keeps its names

@@ -47,6 +47,7 @@ CONSUMER = "DeepStream 6.3 and 7.x (Gst-nvinfer)"
 NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
 CLASSIFIER_THRESHOLD = 0.51  # as NVIDIA's sample classifiers: above 0.5, at most one softmax label passes
 MODEL, EXACT_MODEL = "model.onnx", "model_pixels.onnx"
+EXACT_CACHE = "calibration_pixels.cache"  # the same scales, keyed to model_pixels.onnx (its input is the pixels)
 CONFIG, EXACT_CONFIG = "config_infer.txt", "config_infer_exact.txt"
 STAMP_SCRIPT = "set_calibration_version.sh"
 
@@ -105,29 +106,33 @@ def _properties(inputs: TargetInputs, onnx_file: str, scale: float, offsets: Lis
     return values
 
 
-def _int8(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
-    """The calibration cache for nvinfer's INT8 (from the bundle's gated Q/DQ model), checked against this
-    folder's model, and the layers the INT8 fallback kept in fp32 pinned there."""
+def _int8(inputs: TargetInputs, folder: Path, model: str, cache: str) -> Dict[str, Any]:
+    """nvinfer's INT8 settings for ``model``: its calibration cache (the bundle's gated Q/DQ scales, keyed to
+    that model's tensors) and the layers the INT8 fallback kept in fp32, pinned there."""
     if "calibration_cache" not in inputs.manifest:
         raise TargetFailed(["{}: INT8 needs the bundle's INT8 trt form to pass its gate".format(NAME)])
     int8_path = inputs.out / ONNX_FILES["int8"]
     try:
-        write_cache_for(folder / CALIBRATION_CACHE, int8_path, folder / MODEL, inputs.config.trt_version)
+        write_cache_for(folder / cache, int8_path, folder / model, inputs.config.trt_version)
     except ExportError as exc:
         raise TargetFailed(["{}: {}".format(NAME, exc)]) from exc
-    graph = onnx.load(str(folder / MODEL)).graph
+    nodes = {node.name for node in onnx.load(str(folder / model)).graph.node}
     int8 = onnx.load(str(int8_path), load_external_data=False)
     kept = json.loads({p.key: p.value for p in int8.metadata_props}.get("int8_fp32_layers", "[]"))
-    nodes = {node.name for node in graph.node}
-    values: Dict[str, Any] = {"int8-calib-file": CALIBRATION_CACHE}
+    values: Dict[str, Any] = {"int8-calib-file": cache}
     if kept:  # nvinfer's implicit INT8 does not know what the fallback kept: pin those layers
         if not set(kept) <= nodes:
-            raise TargetFailed(["{}: the INT8 fallback's layers are not all in {}".format(NAME, MODEL)])
+            raise TargetFailed(["{}: the INT8 fallback's layers are not all in {}".format(NAME, model)])
         values["layer-device-precision"] = ";".join("{}:fp32:gpu".format(n) for n in kept)
-    script = ["#!/bin/sh", 'set -e\ncd "$(dirname "$0")"', 'PYTHON="${PYTHON:-python3}"']
-    atomic_write_text(folder / STAMP_SCRIPT, "\n".join(script + stamp_script_lines([CALIBRATION_CACHE])) + "\n")
-    (folder / STAMP_SCRIPT).chmod(0o755)
     return values
+
+
+def _stamp_script(folder: Path) -> None:
+    script = ["#!/bin/sh", 'set -e\ncd "$(dirname "$0")"', 'PYTHON="${PYTHON:-python3}"']
+    atomic_write_text(
+        folder / STAMP_SCRIPT, "\n".join(script + stamp_script_lines([CALIBRATION_CACHE, EXACT_CACHE])) + "\n"
+    )
+    (folder / STAMP_SCRIPT).chmod(0o755)
 
 
 def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
@@ -141,11 +146,14 @@ def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
     images = eval_images(inputs, NAME)
     approximate_top1 = val_top1(folder / MODEL, images, batch, nvinfer_input(scale, offsets))
     write_labels(folder / "labels.txt", [";".join(inputs.class_names)])
-    extra = _int8(inputs, folder) if inputs.config.precision == "int8" else {}
+    int8 = inputs.config.precision == "int8"
     comments = ["Gst-nvinfer classifier config written by edgetl for " + CONSUMER, inputs.command()]
-    approx = dict(_properties(inputs, MODEL, scale, offsets), **extra)
-    exact_values = dict(_properties(inputs, EXACT_MODEL, 1.0, [0.0, 0.0, 0.0]), **extra)
-    exact_values.pop("layer-device-precision", None)  # the fallback's layers are named in model.onnx only
+    approx = _properties(inputs, MODEL, scale, offsets)
+    exact_values = _properties(inputs, EXACT_MODEL, 1.0, [0.0, 0.0, 0.0])
+    if int8:
+        approx.update(_int8(inputs, folder, MODEL, CALIBRATION_CACHE))
+        exact_values.update(_int8(inputs, folder, EXACT_MODEL, EXACT_CACHE))
+        _stamp_script(folder)
     atomic_write_text(folder / CONFIG, config_text({"property": approx}, comments))
     atomic_write_text(folder / EXACT_CONFIG, config_text({"property": exact_values}, comments))
     figures = {
@@ -158,7 +166,7 @@ def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
     }
     write_readme(folder / "README.md", "DeepStream: {}".format(inputs.payload["arch"]), _readme(inputs, figures))
     files = [MODEL, EXACT_MODEL, CONFIG, EXACT_CONFIG, "labels.txt", "README.md"]
-    files += [CALIBRATION_CACHE, STAMP_SCRIPT] if extra else []
+    files += [CALIBRATION_CACHE, EXACT_CACHE, STAMP_SCRIPT] if int8 else []
     return dict(figures, consumer=CONSUMER, files=files, models=[model, exact], output=target.output_name)
 
 
@@ -189,9 +197,11 @@ def _readme(inputs: TargetInputs, figures: Dict[str, Any]) -> List[str]:
         "- `labels.txt`: the {} class names on one line, separated by `;`. `classifier-threshold={}`: a label is "
         "attached when its probability exceeds it.".format(len(inputs.class_names), CLASSIFIER_THRESHOLD),
         (
-            "- INT8 (`network-mode=1`): nvinfer quantizes the fp32 model with `{cache}`, the scales of the bundle's "
-            "gated Q/DQ model. Its header must name the device's TensorRT: run `sh {script}` once on the device "
-            "first.".format(cache=CALIBRATION_CACHE, script=STAMP_SCRIPT)
+            "- INT8 (`network-mode=1`): nvinfer quantizes the fp32 model with `{cache}` (`{exact}` for the exact "
+            "model), the scales of the bundle's gated Q/DQ model. Their header must name the device's TensorRT: "
+            "run `sh {script}` once on the device first.".format(
+                cache=CALIBRATION_CACHE, exact=EXACT_CACHE, script=STAMP_SCRIPT
+            )
             if int8
             else "- Precision: `network-mode={}` ({}); use 2 for FP16, or export with `--int8` for INT8.".format(
                 NETWORK_MODES[inputs.config.precision], inputs.config.precision
