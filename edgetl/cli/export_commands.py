@@ -92,7 +92,13 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     "(default: the run's training split).",
 )
 @click.option("--calib-size", type=int, default=_D.calib_size, show_default=True)
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=_D.calib_method, show_default=True)
+@click.option(
+    "--calib-method",
+    type=click.Choice(CALIB_METHODS),
+    default=_D.calib_method,
+    help="Default: entropy for the trt form (TensorRT's own calibrator; its symmetric ranges need outliers "
+    "clipped), minmax for the cpu form.",
+)
 @click.option(
     "--calib-dir",
     default=_D.calib_dir,

@@ -11,7 +11,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from edgetl.core.cpu import cpu_isa
 from edgetl.errors import ConfigError
-from edgetl.spec.formats import CALIB_METHODS, CONSUMERS, INT8_CPU_FORMS, INT8_FALLBACKS, INT8_FORMS, TARGETS
+from edgetl.spec.formats import (
+    CALIB_METHODS,
+    CONSUMERS,
+    DEFAULT_CALIB_METHODS,
+    INT8_CPU_FORMS,
+    INT8_FALLBACKS,
+    INT8_FORMS,
+    TARGETS,
+)
 from edgetl.trt.plan import (
     DEFAULT_TARGET,
     DEFAULT_WORKSPACE_MIB,
@@ -52,7 +60,7 @@ class ExportConfig:
     int8_cpu_isa: str = "auto"  # the CPU the cpu form is built for (auto: this machine's; see spec.formats)
     calib_data: Optional[str] = None  # class folders, a flat image folder or a calibration manifest
     calib_size: int = DEFAULT_CALIB_SIZE
-    calib_method: str = CALIB_METHODS[0]
+    calib_method: Optional[str] = None  # None: the form's default (edgetl.spec.formats.DEFAULT_CALIB_METHODS)
     calib_dir: str = "calibration"  # manifests go to <calib_dir>/<run name>/manifest.json
     max_int8_drop: float = 1.0  # points: bound on INT8's top-1 disagreement with fp32 (edgetl.export.gate)
     gate_images: int = 1000  # held-out training images (not used by calibration) the INT8 gate adds, at most
@@ -78,6 +86,8 @@ class ExportConfig:
         object.__setattr__(self, "targets", targets or (BUNDLE,))
         if self.int8_form is None:
             object.__setattr__(self, "int8_form", default_int8_form(self.trt, self.dla_core, targets))
+        if self.calib_method is None:
+            object.__setattr__(self, "calib_method", DEFAULT_CALIB_METHODS.get(self.int8_form or "", CALIB_METHODS[0]))
         if self.int8_cpu_isa == "auto":
             object.__setattr__(self, "int8_cpu_isa", cpu_isa())
         checks = [
@@ -144,6 +154,7 @@ class ExportConfig:
         implied: Dict[str, Any] = {
             "int8_form": default_int8_form(self.trt, self.dla_core, self.targets),
             "int8_cpu_isa": cpu_isa(),
+            "calib_method": DEFAULT_CALIB_METHODS.get(self.int8_form or ""),
         }
         args = [self.run]
         for field in fields(self):

@@ -40,6 +40,10 @@ CALIBRATION_CACHE = "calibration.cache"
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # INT8 forms: trt = symmetric signed Q/DQ that TensorRT's explicit quantization takes; cpu = ONNX Runtime's CPU kernels
 INT8_FORMS = ("trt", "cpu")
+# the calibration each INT8 form gets by default: the trt form's symmetric int8 activations lose a bit to the
+# sign, and entropy calibration (TensorRT's own IInt8EntropyCalibrator2) clips outliers for them; the cpu
+# form's asymmetric uint8 keeps min-max ranges, as onnxruntime does by default
+DEFAULT_CALIB_METHODS = {"trt": "entropy", "cpu": "minmax"}
 # --int8-fallback: auto = keep the most sensitive layers in fp32 when the INT8 model misses its gate
 INT8_FALLBACKS = ("auto", "none")
 CPU_ISA_CHOICES = ("auto",) + CPU_ISAS  # --int8-cpu-isa: auto = the exporting machine's
