@@ -304,3 +304,12 @@ def test_every_target_on_the_demo_run_reproduces_its_reported_top1(demo_mobilene
     assert deepstream["trained_normalisation_top1"] - deepstream["nvinfer_scalar_std_top1"] <= 3 / 200
     model = tmp_path / "triton" / demo_mobilenet_v2_run.resolve().name / "1" / "model.onnx"
     assert top1(onnx_outputs(model, images.crops, None, norm), images.labels) == triton["models"][0]["val_top1"]
+
+
+def test_labels_a_reader_would_split_are_refused(tmp_path):
+    from edgetl.export.targets.common import write_labels
+
+    for names, separator in ((["a;b", "c"], ";"), (["a", ""], "\n"), (["a\nb"], "\n"), ([" a"], "\n")):
+        with pytest.raises(ConfigError, match="cannot be written"):
+            write_labels(tmp_path / "labels.txt", names, separator)
+    assert not (tmp_path / "labels.txt").exists()

@@ -30,11 +30,13 @@ def preflight(config: ExportConfig) -> None:
     or DependencyError. Reads the run's preprocess.json and labels.txt (the export checks the checkpoint's
     own copy again)."""
     run = Path(config.run)
+    labels = (run / "labels.txt").read_text().splitlines() if (run / "labels.txt").is_file() else []
     if JETSON_INFERENCE in config.targets and (run / "preprocess.json").is_file():
-        labels = (run / "labels.txt").read_text().splitlines() if (run / "labels.txt").is_file() else None
         problem = jetson_inference.refusal(PreprocessSpec.load(run / "preprocess.json"), labels)
         if problem:
             raise ConfigError(problem)
+    if DEEPSTREAM in config.targets and any(";" in name for name in labels):
+        raise ConfigError("--for deepstream: nvinfer reads labels separated by ';', which a class name here contains")
     if TRITON in config.targets:
         triton.model_config_pb2()
 

@@ -143,10 +143,6 @@ def val_top1(
     return top1(onnx_outputs(path, images.crops, batch, prepare=prepare), images.labels)
 
 
-def normalized_input(spec: PreprocessSpec) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda crops: normalized(crops, spec)
-
-
 def write_labels(path: Path, names: Sequence[str], separator: str = "\n") -> None:
     """The class names, one per line (or joined by ``separator`` on one line), refusing any a reader would
     split or drop: empty, surrounding spaces, a line break or the separator inside."""
@@ -158,11 +154,3 @@ def write_labels(path: Path, names: Sequence[str], separator: str = "\n") -> Non
 
 def write_readme(path: Path, title: str, paragraphs: Sequence[str]) -> None:
     atomic_write_text(path, "# {}\n\n{}\n".format(title, "\n\n".join(p.strip("\n") for p in paragraphs)))
-
-
-def bundle_int8_gate(inputs: TargetInputs) -> Optional[Dict[str, Any]]:
-    """The accuracy-gate entry of the bundle's INT8 model (None without one)."""
-    for artifact in inputs.report.get("artifacts", []):
-        if artifact.get("kind") == "int8" and artifact.get("status") == "passed":
-            return artifact
-    return None

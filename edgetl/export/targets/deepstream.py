@@ -145,7 +145,7 @@ def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
     scale, offsets = nvinfer_scaling(inputs.spec)
     images = eval_images(inputs, NAME)
     approximate_top1 = val_top1(folder / MODEL, images, batch, nvinfer_input(scale, offsets))
-    write_labels(folder / "labels.txt", [";".join(inputs.class_names)])
+    write_labels(folder / "labels.txt", inputs.class_names, separator=";")
     int8 = inputs.config.precision == "int8"
     comments = ["Gst-nvinfer classifier config written by edgetl for " + CONSUMER, inputs.command()]
     approx = _properties(inputs, MODEL, scale, offsets)
