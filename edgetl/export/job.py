@@ -407,6 +407,7 @@ def _build_engine(job: _Export) -> Optional[Exception]:
             (config.min_batch, config.opt_batch, config.max_batch),
             config.workspace_mib,
             config.timing_cache,
+            config.dla_core,
         )
     except DependencyError as exc:
         job.report["engine"] = {"status": "not built", "reason": str(exc)}

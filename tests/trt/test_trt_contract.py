@@ -364,3 +364,14 @@ def test_real_tensorrt_builds_the_triton_plan_and_it_deserializes(tiny_run, tmp_
     plan = next((out / "triton-trt").glob("*_trt/1/model.plan"))
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
     assert engine is not None and engine.num_io_tensors == 2
+
+
+def test_export_with_trt_builds_for_the_dla_core(tiny_run, tmp_path, monkeypatch):
+    from edgetl.export.job import ExportConfig, export_run
+
+    fake_trt.install(monkeypatch, "10.3")
+    report = export_run(ExportConfig(run=str(tiny_run), out=str(tmp_path), batch=1, fp16=True, trt=True, dla_core=0))
+    assert report["engine"] == {"status": "built", "file": "model_fp16_dla0.engine"}
+    assert json.loads((tmp_path / "model_fp16_dla0.engine").read_text())["dla_core"] == 0
+    script = (tmp_path / "build_engine.sh").read_text()
+    assert "--useDLACore=0" in script and "--allowGPUFallback" in script
