@@ -10,8 +10,11 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.core.fileio import sha256_file
+from edgetl.data.folders import DatasetSplit
 from edgetl.errors import ConfigError, GateError
 from edgetl.export.job import ExportConfig, export_run
+from edgetl.export.parity import load_eval_images, normalized, onnx_outputs, top1
+from edgetl.export.targets.deepstream import nvinfer_input
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.preprocess import PreprocessSpec
 
@@ -20,11 +23,14 @@ def _export(run, out, **options):
     return export_run(ExportConfig(run=str(run), out=str(out), calib_dir=str(out / "calibration"), **options))
 
 
+TARGETS = ("jetson-inference", "deepstream", "triton")
+
+
 @pytest.fixture(scope="module")
 def demo_bundle(demo_mobilenet_v2_run, tmp_path_factory):
-    """The real MobileNetV2 run exported with the baked-preprocessing variant."""
+    """The real MobileNetV2 run exported with the baked-preprocessing variant and for every --for target."""
     out = tmp_path_factory.mktemp("demo_bundle")
-    report = _export(demo_mobilenet_v2_run, out, bake_preprocess=True)
+    report = _export(demo_mobilenet_v2_run, out, bake_preprocess=True, targets=TARGETS)
     return out, report
 
 
@@ -190,3 +196,28 @@ def test_export_cli_batch_conflict_is_one_line(tiny_run):
     result = CliRunner().invoke(main, ["export", str(tiny_run), "--batch", "1", "--dynamic-batch"])
     assert result.exit_code == 1 and "Error: --batch and --dynamic-batch" in result.stderr
     assert "--dynamic-batch has no effect and will be removed" in result.stderr
+
+
+def test_every_target_on_the_demo_run_reproduces_its_reported_top1(demo_bundle, demo_mobilenet_v2_run):
+    """The real pretrained MobileNetV2 run: each target's ONNX, run by ONNX Runtime on the demo val set, gives
+    the top-1 its folder reports, and nvinfer's scalar std costs at most a few val images there."""
+    tmp_path, report = demo_bundle
+    spec = PreprocessSpec.load(demo_mobilenet_v2_run / "preprocess.json")
+    images = load_eval_images(DatasetSplit.load(demo_mobilenet_v2_run).val, spec, 500, 0)
+    jetson, deepstream, triton = (report["targets"][t] for t in TARGETS)
+    print("demo run targets:", {k: deepstream[k] for k in deepstream if k.endswith("top1")}, jetson["val_top1"])
+
+    def measured(path, batch, prepare):
+        return top1(onnx_outputs(path, images.crops, batch, prepare=prepare), images.labels)
+
+    def norm(crops):
+        return normalized(crops, spec)
+
+    assert measured(tmp_path / "jetson-inference" / "model.onnx", 1, norm) == jetson["val_top1"]
+    scaled = nvinfer_input(deepstream["net_scale_factor"], deepstream["offsets"])
+    assert measured(tmp_path / "deepstream" / "model.onnx", None, scaled) == deepstream["nvinfer_scalar_std_top1"]
+    assert deepstream["val_images"] == len(images) == 200
+    assert abs(deepstream["exact_pixels_model_top1"] - deepstream["trained_normalisation_top1"]) <= 1 / 200
+    assert deepstream["trained_normalisation_top1"] - deepstream["nvinfer_scalar_std_top1"] <= 3 / 200
+    model = tmp_path / "triton" / demo_mobilenet_v2_run.resolve().name / "1" / "model.onnx"
+    assert measured(model, None, norm) == triton["models"][0]["val_top1"]

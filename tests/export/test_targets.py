@@ -282,33 +282,6 @@ def test_cli_args_give_back_the_same_config(monkeypatch, tmp_path):
     assert seen["config"] == config
 
 
-def test_every_target_on_the_demo_run_reproduces_its_reported_top1(demo_mobilenet_v2_run, tmp_path):
-    """The real pretrained MobileNetV2 run: each target's ONNX, run by ONNX Runtime on the demo val set, gives
-    the top-1 its folder reports, and nvinfer's scalar std costs at most a few val images there."""
-    from edgetl.data.folders import DatasetSplit
-
-    report = export_run(ExportConfig(run=str(demo_mobilenet_v2_run), out=str(tmp_path), targets=TARGETS))
-    spec = PreprocessSpec.load(demo_mobilenet_v2_run / "preprocess.json")
-    images = load_eval_images(DatasetSplit.load(demo_mobilenet_v2_run).val, spec, 500, 0)
-    jetson, deepstream, triton = (report["targets"][t] for t in TARGETS)
-    print("demo run targets:", {k: deepstream[k] for k in deepstream if k.endswith("top1")}, jetson["val_top1"])
-
-    def measured(path, batch, prepare):
-        return top1(onnx_outputs(path, images.crops, batch, prepare=prepare), images.labels)
-
-    def norm(crops):
-        return normalized(crops, spec)
-
-    assert measured(tmp_path / "jetson-inference" / "model.onnx", 1, norm) == jetson["val_top1"]
-    scaled = nvinfer_input(deepstream["net_scale_factor"], deepstream["offsets"])
-    assert measured(tmp_path / "deepstream" / "model.onnx", None, scaled) == deepstream["nvinfer_scalar_std_top1"]
-    assert deepstream["val_images"] == len(images) == 200
-    assert abs(deepstream["exact_pixels_model_top1"] - deepstream["trained_normalisation_top1"]) <= 1 / 200
-    assert deepstream["trained_normalisation_top1"] - deepstream["nvinfer_scalar_std_top1"] <= 3 / 200
-    model = tmp_path / "triton" / demo_mobilenet_v2_run.resolve().name / "1" / "model.onnx"
-    assert measured(model, None, norm) == triton["models"][0]["val_top1"]
-
-
 def test_labels_a_reader_would_split_are_refused(tmp_path):
     from edgetl.export.targets.common import write_labels
 
