@@ -24,6 +24,7 @@ from edgetl.analysis.pilot import PilotConfig
 from edgetl.bench.machine import machine_info
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
+from edgetl.data.demo import ensure_demo_dataset
 
 # From a fresh clone (the package installed, not put on sys.path): the command behind results/advise_speed.*
 REPRODUCE = "{}OMP_NUM_THREADS=2 .venv/bin/python benchmarks/advise_speed.py".format(
@@ -38,6 +39,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     rows, reports = [], {}
+    data = ensure_demo_dataset(train_per_class=60, val_per_class=20)  # the demo size the results were measured on
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     with tempfile.TemporaryDirectory(prefix="edgetl-bench-cache-") as cache:
         for name, pilot in (
@@ -46,7 +48,7 @@ def main() -> int:
             ("advise --pilot", PilotConfig()),
         ):
             tick = time.perf_counter()
-            report = advise(None, args.arch, cache_dir=Path(cache), pilot=pilot)
+            report = advise(data, args.arch, cache_dir=Path(cache), pilot=pilot)
             seconds = time.perf_counter() - tick
             reports[name] = report
             rows.append(

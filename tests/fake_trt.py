@@ -48,7 +48,13 @@ class Logger(ILogger):
 TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
 DataType = enum.Enum("DataType", "FLOAT")
 MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
-BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8")
+BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8 GPU_FALLBACK")
+DeviceType = enum.Enum("DeviceType", "GPU DLA")
+
+
+class IInt8EntropyCalibrator2:
+    def __init__(self) -> None:
+        pass
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
@@ -134,12 +140,15 @@ class Engine:
 class Runtime:
     def __init__(self, logger: Any) -> None:
         self.context_class = Context8 if _version().startswith("8.") else Context
+        self.DLA_core = -1
 
     def deserialize_cuda_engine(self, data: bytes) -> Optional[Engine]:
         try:
-            return Engine(json.loads(bytes(data)), self.context_class)
+            engine = Engine(json.loads(bytes(data)), self.context_class)
         except ValueError:
             return None
+        engine.runtime_dla_core = self.DLA_core  # recorded: a DLA engine is run on the runtime's DLA core
+        return engine
 
 
 class Network:
@@ -188,6 +197,7 @@ class TimingCache:
 class BuilderConfig:
     def __init__(self) -> None:
         self.profiles, self.flags, self.pools, self.progress_monitor = [], set(), {}, None
+        self.default_device_type, self.DLA_core, self.int8_calibrator = DeviceType.GPU, -1, None
 
     def set_memory_pool_limit(self, pool: Any, size: int) -> None:
         self.pools[pool] = size
@@ -223,8 +233,19 @@ class Builder:
         return Profile()
 
     def build_serialized_network(self, network: Network, config: BuilderConfig) -> Optional[bytes]:
-        """None (as TensorRT) when a dynamic input has no profile or a profile contradicts the network."""
+        """None (as TensorRT) when a dynamic input has no profile or a profile contradicts the network, or
+        when a calibrator's cache names another TensorRT release (TensorRT would then calibrate, with no data)."""
         spec = dict(network.spec)
+        if config.int8_calibrator is not None:
+            header = bytes(config.int8_calibrator.read_calibration_cache()).decode().splitlines()[0]
+            parts = [int(p) for p in _version().split(".")[:3]]
+            number = parts[0] * (10000 if parts[0] >= 10 else 1000) + parts[1] * 100 + parts[2]
+            if header != "TRT-{}-EntropyCalibration2".format(number):
+                self.logger.log(_Severity.ERROR, "Calibration table does not match calibrator algorithm type")
+                return None
+            spec["calibration"] = header
+        if config.default_device_type == DeviceType.DLA:
+            spec["dla_core"] = config.DLA_core
         dynamic = spec["shape"][0] == -1
         if dynamic != bool(config.profiles):
             self.logger.log(_Severity.ERROR, "a dynamic input needs exactly one optimisation profile")
@@ -252,6 +273,8 @@ def make_tensorrt(version: str) -> types.ModuleType:
         "DataType",
         "MemoryPoolType",
         "BuilderFlag",
+        "DeviceType",
+        "IInt8EntropyCalibrator2",
         "NetworkDefinitionCreationFlag",
         "nptype",
         "Runtime",

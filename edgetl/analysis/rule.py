@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from edgetl.spec.backbones import BackboneSpec
+from edgetl.train.config import FinetuneConfig
 
 SMALL_PER_CLASS = 1000  # small: median training images per class below this
 PROBE_SIMILAR = 0.80  # similar: chance-adjusted linear-probe accuracy at least this ...
@@ -174,7 +175,7 @@ def finetune_command(data: Optional[Path], arch: str, plan: Plan, val_split: Opt
         "--epochs",
         str(plan.epochs),
     ]
-    if plan.label_smoothing:
+    if plan.label_smoothing != FinetuneConfig.label_smoothing:  # the command must say what differs from finetune's
         words += ["--label-smoothing", "{:g}".format(plan.label_smoothing)]
     if val_split is not None:
         words += ["--val-split", "{:g}".format(val_split)]

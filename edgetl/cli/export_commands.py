@@ -45,20 +45,22 @@ _D = ExportConfig  # defaults live in one place: the dataclass
 )
 @click.option(
     "--for",
-    "consumer",
+    "targets",
     type=click.Choice(CONSUMERS),
-    default=_D.consumer,
+    multiple=True,
+    default=_D.targets,
     show_default=True,
-    help="Who runs the export. bundle: edgetl's runtime (predict, build-engine); jetson-inference: tensors "
-    "input_0/output_0, softmax output and a static batch of 1, as its imagenet program expects.",
+    help="Who runs the export (repeatable). bundle: edgetl's runtime, in OUT (always written); jetson-inference "
+    "(imagenet), deepstream (Gst-nvinfer) and triton (a model repository) each get OUT/<name>/, a folder "
+    "that consumer loads as it is, with a README.",
 )
 @click.option("--batch", type=int, default=_D.batch, help="Static batch size (default: dynamic batch axis).")
 @no_effect_flag("--dynamic-batch", "a dynamic batch axis is the default")
 @deprecated_alias(
     "--io-names",
     "--for",
-    "consumer",
-    values={"default": "bundle", "jetson": "jetson-inference"},
+    "targets",
+    values={"default": ("bundle",), "jetson": ("jetson-inference",)},
     type=click.Choice(["default", "jetson"]),
 )
 @click.option(
@@ -90,7 +92,13 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     "(default: the run's training split).",
 )
 @click.option("--calib-size", type=int, default=_D.calib_size, show_default=True)
-@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=_D.calib_method, show_default=True)
+@click.option(
+    "--calib-method",
+    type=click.Choice(CALIB_METHODS),
+    default=_D.calib_method,
+    help="Default: entropy for the trt form (TensorRT's own calibrator; its symmetric ranges need outliers "
+    "clipped), minmax for the cpu form.",
+)
 @click.option(
     "--calib-dir",
     default=_D.calib_dir,
@@ -129,6 +137,12 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     help="TensorRT on the device: 8.5, 8.6, 10.3, 10.x, 11.x or a full version; sets ONNX opset/IR limits.",
 )
 @deprecated_alias("--target-trt", "--trt-version", "trt_version")
+@click.option(
+    "--dla-core",
+    type=int,
+    default=_D.dla_core,
+    help="Build the engine for this Jetson DLA core (layers it cannot run fall back to the GPU; fp16 or int8).",
+)
 @click.option("--min-batch", type=int, default=_D.min_batch, help="Optimisation profile (dynamic batch), default 1.")
 @click.option("--opt-batch", type=int, default=_D.opt_batch, help="Default: --min-batch.")
 @click.option("--max-batch", type=int, default=_D.max_batch, help="Default: 8 (or --opt-batch if larger).")
@@ -170,7 +184,8 @@ def export(
     edgetl export models/photos                       # model.onnx + build_engine.sh
     edgetl export models/photos --int8 --int8-form cpu
     edgetl export models/photos --trt --fp16          # engine (on a machine with TensorRT)
-    edgetl export models/photos --for jetson-inference --out bundles/photos
+    edgetl export models/photos --for jetson-inference --for deepstream --out bundles/photos
+    edgetl export models/photos --for triton --int8   # + OUT/triton/: a Triton model repository
     """
     from edgetl.export.job import export_run
     from edgetl.export.report import format_report
@@ -259,6 +274,7 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
 @click.option("--max-batch", type=int, default=None, help="Default: the bundle's, else max(8, --opt-batch).")
 @click.option("--workspace", "workspace_mib", type=int, default=DEFAULT_WORKSPACE_MIB, show_default=True, help="MiB.")
 @click.option("--timing-cache", default=None, help="Persistent TensorRT timing cache file.")
+@click.option("--dla-core", type=int, default=None, help="Build for this Jetson DLA core (with GPU fallback).")
 def build_engine(
     bundle: Path,
     precision: str,
@@ -267,6 +283,7 @@ def build_engine(
     max_batch: Optional[int],
     workspace_mib: int,
     timing_cache: Optional[str],
+    dla_core: Optional[int],
 ) -> None:
     """Build a TensorRT engine from BUNDLE's ONNX on this device (torch-free), write its sidecar and verify it
     on the bundle's verification sample (exit 3 and the engine moved to <engine>.rejected when it fails).
@@ -279,7 +296,8 @@ def build_engine(
     """
     from edgetl.trt.build import build_bundle_engine
 
-    click.echo(build_bundle_engine(bundle, precision, (min_batch, opt_batch, max_batch), workspace_mib, timing_cache))
+    batches = (min_batch, opt_batch, max_batch)
+    click.echo(build_bundle_engine(bundle, precision, batches, workspace_mib, timing_cache, dla_core))
 
 
 COMMANDS = (export, predict, build_engine)

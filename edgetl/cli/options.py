@@ -89,7 +89,7 @@ def _warn(message: str) -> None:
 
 
 def deprecated_alias(
-    old: str, new: str, dest: str, values: Optional[Dict[str, str]] = None, **option: Any
+    old: str, new: str, dest: str, values: Optional[Dict[str, Any]] = None, **option: Any
 ) -> Callable[[F], F]:
     """A hidden option ``old`` that still works for one release: it warns on stderr and sets ``dest`` (the
     parameter of ``new``), its value translated through ``values`` if given. Needs ``cls=AliasedCommand``."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -48,15 +49,41 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent))
     os.close(fd)
     tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp makes 0600; artifacts get the usual permissions
+    os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions
     try:
         yield tmp
         os.replace(str(tmp), str(target))
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; on success it replaces ``target`` (an older folder of
+    that name is removed only once the new one is complete), on failure it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent)))
+    os.chmod(str(tmp), 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix="." + target.name + ".", suffix=".old", dir=str(target.parent)))
+            os.replace(str(target), str(old / target.name))
+        os.replace(str(tmp), str(target))
+        if old is not None:
+            shutil.rmtree(str(old))
+    finally:
+        if tmp.exists():
+            shutil.rmtree(str(tmp))
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

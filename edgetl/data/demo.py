@@ -14,14 +14,19 @@ from edgetl.core.fileio import edgetl_home
 from edgetl.errors import ConfigError, DataError
 
 DEMO_CLASSES = ("stripes", "checkers", "dots", "rings")
-DEMO_VERSION = 1
+DEMO_VERSION = 1  # the renderer's: part of every image's seed, so a bigger dataset starts with the same images
+# The default size: enough images that an INT8 export of the default demo run can be judged. Calibration takes
+# 256 training images by default and the accuracy gate (edgetl.export.gate) needs at least 299 others to show
+# a 1-point bound; 250 + 60 per class leave 744 held-out training images, and 240 val images.
+DEMO_TRAIN_PER_CLASS, DEMO_VAL_PER_CLASS = 250, 60
 _SPLITS = ("train", "val")
 _MARKER = ".complete"
 
 
-def default_demo_root() -> Path:
-    """``$EDGETL_HOME/demo-v{N}`` if ``EDGETL_HOME`` is set, else ``~/.cache/edgetl/demo-v{N}``."""
-    return edgetl_home() / "demo-v{}".format(DEMO_VERSION)
+def default_demo_root(train_per_class: int = DEMO_TRAIN_PER_CLASS, val_per_class: int = DEMO_VAL_PER_CLASS) -> Path:
+    """``demo-v{N}-{train}x{val}`` under ``$EDGETL_HOME`` (default ``~/.cache/edgetl``): one folder per size, so
+    callers asking for different sizes never regenerate each other's dataset."""
+    return edgetl_home() / "demo-v{}-{}x{}".format(DEMO_VERSION, train_per_class, val_per_class)
 
 
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -114,12 +119,14 @@ def _remove_stale_tmp(root: Path) -> None:
             shutil.rmtree(str(path), ignore_errors=True)
 
 
-def ensure_demo_dataset(root: Path | None = None, train_per_class: int = 60, val_per_class: int = 20) -> Path:
+def ensure_demo_dataset(
+    root: Path | None = None, train_per_class: int = DEMO_TRAIN_PER_CLASS, val_per_class: int = DEMO_VAL_PER_CLASS
+) -> Path:
     """Generate (once; cached) the demo dataset as real JPEG files in root/train/<class>/ and
     root/val/<class>/; return root."""
     if train_per_class < 1 or val_per_class < 1:
         raise ConfigError("demo dataset needs at least one train and one val image per class")
-    root = Path(root) if root is not None else default_demo_root()
+    root = Path(root) if root is not None else default_demo_root(train_per_class, val_per_class)
     marker = _marker_text(train_per_class, val_per_class)
     if _is_complete(root, marker):
         return root

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from edgetl.data.folders import Sample
-from edgetl.export.parity import load_eval_images, normalized, onnx_outputs, top1
+from edgetl.export.parity import EvalImages, normalized, onnx_outputs, top1
 from edgetl.spec.formats import GEOMETRIES
 from edgetl.spec.geometry import (
     APPROXIMATIONS,
@@ -33,23 +32,21 @@ def consumer_inputs(spec: PreprocessSpec) -> Callable[[np.ndarray], np.ndarray]:
 
 def geometry_accuracy(
     model: Path,
-    samples: Sequence[Sample],
+    images_for: Callable[[str], EvalImages],
     spec: PreprocessSpec,
-    limit: int,
-    seed: int,
     batch: Optional[int],
     own: Dict[str, Any],
 ) -> Dict[str, Any]:
-    """The report's ``geometry`` section: per geometry, val top-1 and image count. ``own``: the parity check's
-    ``{"val_top1", "images"}`` on the run's geometry, reused unless imagenet normalises that geometry itself."""
+    """The report's ``geometry`` section: per geometry, val top-1 and image count. ``images_for``: the val images
+    laid out in a geometry; ``own``: the parity check's ``{"val_top1", "images"}`` on the run's geometry, reused
+    unless imagenet normalises that geometry itself."""
     known = {} if spec.geometry == IMAGENET_STRETCH else {spec.geometry: own}
     rows = {}
     for name in GEOMETRIES:
         row = known.get(name)
         if row is None:
-            geometry_spec = replace(spec, geometry=name)
-            images = load_eval_images(samples, geometry_spec, limit, seed)
-            outputs = onnx_outputs(model, images.crops, batch, prepare=consumer_inputs(geometry_spec))
+            images = images_for(name)
+            outputs = onnx_outputs(model, images.crops, batch, prepare=consumer_inputs(replace(spec, geometry=name)))
             row = {"val_top1": top1(outputs, images.labels), "images": len(images)}
         rows[name] = dict(row, consumer=CONSUMER_OF_GEOMETRY[name])
     return {

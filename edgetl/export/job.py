@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -27,11 +27,13 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, DependencyError, GateError
+from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.config import ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
 from edgetl.export.geometry_report import geometry_accuracy
 from edgetl.export.int8_step import Int8Step, cpu_form_metadata
 from edgetl.export.parity import (
+    EvalImages,
     Parity,
     compare,
     fp16_failures,
@@ -48,10 +50,12 @@ from edgetl.export.quantize import (
     calibration_samples,
     write_calibration_manifest,
 )
-from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, onnx_metadata
+from edgetl.export.targets import TargetInputs, engine_copies, preflight, write_targets
+from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, module_outputs, onnx_metadata
 from edgetl.export.verification import write_verification
 from edgetl.runtime.verify import VerificationError
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
+from edgetl.spec.formats import CALIBRATION_CACHE
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.trt.build import build_bundle_engine
 from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
@@ -86,6 +90,7 @@ class _Export:
         self.checkpoint_sha = sha256_file(self.run / "best.pt")
         self.val_samples = DatasetSplit.load(self.run).val
         self.images = load_eval_images(self.val_samples, self.spec, config.val_images, config.seed)
+        self._images_by_geometry = {self.spec.geometry: self.images}  # type: Dict[str, EvalImages]
         self.reference_module = ExportModule(self.model, softmax=self.softmax).eval()
         self.reference = self._torch(normalized(self.images.crops, self.spec))
         self.random = random_inputs(RANDOM_INPUTS, self.spec, "NCHW", config.seed)
@@ -119,10 +124,7 @@ class _Export:
         return "probabilities" if self.softmax else "logits"
 
     def _torch(self, batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return np.concatenate(
-                [self.reference_module(torch.from_numpy(batch[i : i + 32])).numpy() for i in range(0, len(batch), 32)]
-            ).astype(np.float64)
+        return module_outputs(self.reference_module, batch)
 
     def _metadata(self, kind: str) -> Dict[str, str]:
         return onnx_metadata(
@@ -258,7 +260,14 @@ class _Export:
             step = Int8Step(
                 config, fp32_path, reader, metadata, self.ir_version, outputs, reference, self.images.labels, Path(tmp)
             )
-            return self._gated("int8", step.write, check)
+            passed = self._gated("int8", step.write, check)
+        if passed and config.int8_form == "trt":  # its scales, for the consumers that calibrate themselves
+            self.manifest["calibration_cache"] = write_cache_for(
+                self.out / CALIBRATION_CACHE, self.out / ONNX_FILES["int8"], fp32_path, config.trt_version
+            )
+        elif (self.out / CALIBRATION_CACHE).exists():
+            (self.out / CALIBRATION_CACHE).unlink()  # an older cache would now look valid
+        return passed
 
     def _outputs(self, path: Path, crops: np.ndarray, optimize: bool) -> np.ndarray:
         """ONNX outputs of uint8 crops (NCHW float model); no rows for no crops."""
@@ -280,13 +289,21 @@ class _Export:
 
         return self._gated("fp16", write, check)
 
+    def images_for(self, geometry: str) -> EvalImages:
+        """The same val images laid out in ``geometry`` (decoded once per geometry: the report and targets share)."""
+        if geometry not in self._images_by_geometry:
+            spec = replace(self.spec, geometry=geometry)
+            self._images_by_geometry[geometry] = load_eval_images(
+                self.val_samples, spec, self.config.val_images, self.config.seed
+            )
+        return self._images_by_geometry[geometry]
+
     def geometry_accuracy(self) -> None:
         """Val top-1 under every deployment geometry beside the run's own (edgetl.export.geometry_report)."""
         own = {"val_top1": top1(self.fp32_outputs, self.images.labels), "images": len(self.images)}
         self.report["geometry"] = geometry_accuracy(
-            self.out / ONNX_FILES["fp32"], self.val_samples, self.spec, self.config.val_images, self.config.seed,
-            self.config.batch, own,
-        )  # fmt: skip
+            self.out / ONNX_FILES["fp32"], self.images_for, self.spec, self.config.batch, own
+        )
 
     def engine_plans(self) -> Tuple[List[EnginePlan], List[str]]:
         """The engine build for the requested precision if its ONNX passed (also written as build_engine.sh),
@@ -308,10 +325,22 @@ class _Export:
             self.config.profile(),
             self.config.workspace_mib,
             self.config.timing_cache,
+            self.config.dla_core,
+            engine_copies(self.config),
         )
         if {v: k for k, v in ONNX_FILES.items()}[plan.onnx] not in self.manifest["models"]:
             return [], notes + ["no {} engine: {} did not pass its gate (see {})".format(precision, plan.onnx, REPORT)]
+        if plan.calibration_cache and "calibration_cache" not in self.manifest:
+            return [], notes + ["no {} engine: the INT8 model and its calibration cache did not pass".format(precision)]
         return [plan], notes
+
+    def targets(self) -> None:
+        """The --for folders (edgetl.export.targets), from this bundle's checked files and the model."""
+        sections, failures = write_targets(TargetInputs.of_export(self))
+        self.report["failures"] += failures
+        if sections:
+            self.report["targets"] = sections
+            self.manifest["targets"] = {n: s["folder"] for n, s in sections.items() if s["status"] == "passed"}
 
     def write_bundle(self) -> None:
         plans, notes = self.engine_plans()
@@ -347,6 +376,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
 
     Raises GateError when a gate fails, DependencyError when ``trt`` is set and TensorRT is not importable
     (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written)."""
+    preflight(config)
     job = _Export(config)
     job.out.mkdir(parents=True, exist_ok=True)
     if (job.out / MANIFEST).exists():
@@ -359,6 +389,8 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
         if config.fp16 and job.target.strongly_typed:
             job.fp16()
         job.geometry_accuracy()
+        if not job.report["failures"]:
+            job.targets()
         job.write_bundle()
     pending = None  # type: Optional[Exception]
     if config.trt and not job.report["failures"]:
@@ -383,6 +415,7 @@ def _build_engine(job: _Export) -> Optional[Exception]:
             (config.min_batch, config.opt_batch, config.max_batch),
             config.workspace_mib,
             config.timing_cache,
+            config.dla_core,
         )
     except VerificationError as exc:  # the engine was built and moved aside as .rejected
         job.report["engine"] = {"status": "failed verification", "reason": str(exc)}

@@ -56,6 +56,7 @@ def format_report(report: Dict[str, Any]) -> str:
                 ", ".join(sorted(verification["references"])),
             )
         )
+    lines += _target_lines(report.get("targets") or {})
     if "engine" in report:
         lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
     lines += ["FAILED " + f for f in report["failures"]]
@@ -108,4 +109,35 @@ def _fallback_lines(fallback: Dict[str, Any]) -> List[str]:
                 latency["speedup_vs_fp32_without_fallback"],
             )
         )
+    return lines
+
+
+def _target_lines(targets: Dict[str, Any]) -> List[str]:
+    """One line per --for folder: where it is and the val top-1 figures it was checked with."""
+    lines = []
+    for name, section in targets.items():
+        if section["status"] != "passed":
+            lines.append("{}: not written ({})".format(name, "; ".join(section["failures"])))
+        elif "nvinfer_scalar_std_top1" in section:
+            lines.append(
+                "{}: {} (val top-1 in {}: {:.2%} under nvinfer's scalar std, {:.2%} with the exact "
+                "model_pixels.onnx; {:.2%} in the run's own geometry)".format(
+                    name,
+                    section["folder"],
+                    section["geometry"],
+                    section["nvinfer_scalar_std_top1"],
+                    section["exact_pixels_model_top1"],
+                    section["training_geometry_top1"],
+                )
+            )
+        elif "device_val_top1" in section:
+            lines.append(
+                "{}: {} (val top-1 {:.2%} in {}, {:.2%} in the run's own geometry)".format(
+                    name, section["folder"], section["device_val_top1"], section["geometry"], section["val_top1"]
+                )
+            )
+        elif "val_top1" in section:
+            lines.append("{}: {} (val top-1 {:.2%})".format(name, section["folder"], section["val_top1"]))
+        else:
+            lines.append("{}: {}".format(name, section["folder"]))
     return lines

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import onnx
 
 from edgetl import __version__
@@ -23,13 +24,26 @@ from edgetl.spec.preprocess import PreprocessSpec
 torch = require("torch")
 
 
-class ExportModule(torch.nn.Module):
-    """The classifier as exported: optionally uint8 NHWC pixels in (normalisation inside the graph)
-    and optionally softmax probabilities out (jetson-inference compares raw outputs to a threshold)."""
+# input layouts of an exported module: normalised float32 NCHW, or pixels with the normalisation in the
+# graph (uint8 NHWC: model_baked.onnx; float32 NCHW 0-255: what DeepStream's nvinfer feeds with net-scale-factor=1)
+NORMALIZED, PIXELS_UINT8_NHWC, PIXELS_FLOAT_NCHW = "NCHW float32", "NHWC uint8", "NCHW float32 pixels 0-255"
 
-    def __init__(self, model: Any, baked: Optional[PreprocessSpec] = None, softmax: bool = False) -> None:
+
+class ExportModule(torch.nn.Module):
+    """The classifier as exported: optionally pixels in (normalisation inside the graph; ``pixel_layout``
+    one of the pixel layouts above) and optionally softmax probabilities out (jetson-inference and
+    DeepStream read outputs as confidences)."""
+
+    def __init__(
+        self,
+        model: Any,
+        baked: Optional[PreprocessSpec] = None,
+        softmax: bool = False,
+        pixel_layout: str = PIXELS_UINT8_NHWC,
+    ) -> None:
         super().__init__()
         self.model, self.baked, self.softmax = model, baked is not None, softmax
+        self.input_layout = pixel_layout if baked is not None else NORMALIZED
         if baked is not None:
             mean = torch.tensor(baked.mean, dtype=torch.float32).view(1, 3, 1, 1)
             std = torch.tensor(baked.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -38,8 +52,10 @@ class ExportModule(torch.nn.Module):
             self.register_buffer("shift", mean / std)
 
     def forward(self, x: Any) -> Any:
+        if self.input_layout == PIXELS_UINT8_NHWC:
+            x = x.permute(0, 3, 1, 2).float()
         if self.baked:
-            x = x.permute(0, 3, 1, 2).float() * self.scale - self.shift
+            x = x * self.scale - self.shift
         y = self.model(x)
         return torch.softmax(y, dim=1) if self.softmax else y
 
@@ -57,7 +73,7 @@ def export_onnx(
 ) -> None:
     """Export ``module`` to ``path`` (dynamic batch axis when ``batch`` is None) and finish it."""
     size = spec.input_size
-    if module.baked:
+    if module.input_layout == PIXELS_UINT8_NHWC:
         dummy = torch.zeros((batch or 1, size, size, 3), dtype=torch.uint8)
     else:
         dummy = torch.zeros((batch or 1, 3, size, size), dtype=torch.float32)
@@ -79,6 +95,13 @@ def export_onnx(
         except Exception as exc:  # the exporter raises many types; report one line
             raise ExportError("torch.onnx.export failed: {}".format(str(exc).splitlines()[0])) from exc
     finish_onnx(path, ir_version, metadata)
+
+
+def module_outputs(module: Any, batch: np.ndarray, chunk: int = 32) -> np.ndarray:
+    """float64 outputs of a torch module on a numpy batch, run in chunks without gradients."""
+    with torch.no_grad():
+        parts = [module(torch.from_numpy(batch[i : i + chunk])).numpy() for i in range(0, len(batch), chunk)]
+    return np.concatenate(parts).astype(np.float64)
 
 
 def finish_onnx(path: Path, ir_version: int, metadata: Dict[str, str]) -> None:

@@ -105,7 +105,11 @@ class TrtRunner(Runner):
                 )
             )
         self.logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(self.engine_path.read_bytes())
+        runtime = trt.Runtime(self.logger)
+        dla_core = (sidecar or {}).get("dla_core")
+        if dla_core is not None:  # a DLA engine runs on the core it was built for
+            runtime.DLA_core = int(dla_core)
+        self.engine = runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:  # TensorRT logs the reason and returns None
             raise CheckpointError(
                 "TensorRT could not deserialise {} (see its log above); {}".format(

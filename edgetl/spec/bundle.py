@@ -32,9 +32,10 @@ VERIFY_DATA_LOADER = "verify_data.py"  # the same crops for Polygraphy's --data-
 REJECTED_SUFFIX = ".rejected"  # an engine that failed verification is renamed <engine>.rejected (never served)
 
 
-def engine_file(precision: str) -> str:
-    """File name of the TensorRT engine of a precision: ``model_<precision>.engine``."""
-    return "model_{}.engine".format(precision)
+def engine_file(precision: str, dla_core: Optional[int] = None) -> str:
+    """File name of the TensorRT engine of a precision: ``model_<precision>.engine``, or
+    ``model_<precision>_dla<N>.engine`` for DLA core N."""
+    return "model_{}{}.engine".format(precision, "" if dla_core is None else "_dla{}".format(dla_core))
 
 
 def sidecar_file(engine: str) -> str:

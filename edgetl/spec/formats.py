@@ -3,7 +3,7 @@ choices share, defined once (after Ultralytics' ``export_formats()``). Torch-fre
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
 from edgetl.core.cpu import CPU_ISAS
 
@@ -12,11 +12,32 @@ PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
 # ort-trt: ONNX Runtime's TensorRT execution provider (offered only where a real session starts on it)
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "trt", "ort-trt")
-# the consumer an export is for (``edgetl export --for``) -> its tensor names (input, output). "jetson-inference":
-# the names its imagenet program is pointed at (--input_blob/--output_blob); that export also ends in a softmax
-# and has a static batch of 1 (jetson-inference builds no optimisation profile).
-IO_NAMES = {"bundle": ("input", "logits"), "jetson-inference": ("input_0", "output_0")}
-CONSUMERS = tuple(IO_NAMES)
+
+
+class DeployTarget(NamedTuple):
+    """What one consumer of an export (``edgetl export --for NAME``) loads: tensor names, output, batch."""
+
+    input_name: str
+    output_name: str
+    softmax: bool  # the consumer reads the output as confidences (it thresholds or ranks probabilities)
+    static_batch: Optional[int]  # None: the bundle's batch (its --batch, or the dynamic axis and batch profile)
+    folder: Optional[str]  # the folder of OUT it is written to (None: OUT itself)
+
+
+# ``--for``: "bundle" is edgetl's own (always written: every other target derives from its checked files).
+# jetson-inference: the names its imagenet program is pointed at (--input_blob/--output_blob), a softmax (it
+# thresholds raw outputs) and a batch of 1 (it builds no optimisation profile). deepstream: Gst-nvinfer's
+# classifier parser reads softmax probabilities. triton: the bundle's models as they are (logits).
+TARGETS = {
+    "bundle": DeployTarget("input", "logits", False, None, None),
+    "jetson-inference": DeployTarget("input_0", "output_0", True, 1, "jetson-inference"),
+    "deepstream": DeployTarget("input", "probabilities", True, None, "deepstream"),
+    "triton": DeployTarget("input", "logits", False, None, "triton"),
+}
+IO_NAMES = {name: (target.input_name, target.output_name) for name, target in TARGETS.items()}
+CONSUMERS = tuple(TARGETS)
+# the TensorRT calibration cache of the INT8 (trt form) Q/DQ scales, in a bundle and the targets that use it
+CALIBRATION_CACHE = "calibration.cache"
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 # How a frame becomes the network input (edgetl.spec.geometry): edgetl's resize + centre crop, or the exact
 # geometry of a consumer: jetson-inference's imagenet (whole frame stretched, floor-index nearest), DeepStream
@@ -27,6 +48,10 @@ GEOMETRIES = ("center-crop", "imagenet-stretch", "nvinfer-stretch", "nvinfer-let
 TRAIN_GEOMETRIES = ("random-resized-crop",) + GEOMETRIES
 # INT8 forms: trt = symmetric signed Q/DQ that TensorRT's explicit quantization takes; cpu = ONNX Runtime's CPU kernels
 INT8_FORMS = ("trt", "cpu")
+# the calibration each INT8 form gets by default: the trt form's symmetric int8 activations lose a bit to the
+# sign, and entropy calibration (TensorRT's own IInt8EntropyCalibrator2) clips outliers for them; the cpu
+# form's asymmetric uint8 keeps min-max ranges, as onnxruntime does by default
+DEFAULT_CALIB_METHODS = {"trt": "entropy", "cpu": "minmax"}
 # --int8-fallback: auto = keep the most sensitive layers in fp32 when the INT8 model misses its gate
 INT8_FALLBACKS = ("auto", "none")
 CPU_ISA_CHOICES = ("auto",) + CPU_ISAS  # --int8-cpu-isa: auto = the exporting machine's

@@ -112,8 +112,12 @@ def imagenet_mismatch(mean: Sequence[float], std: Sequence[float]) -> Optional[s
     )
     if same:
         return None
+
+    def text(values: Sequence[float]) -> str:
+        return "({})".format(", ".join("{:.4g}".format(float(v)) for v in values))
+
     return "jetson-inference's imagenet hard-codes mean {} and std {}; the model was trained with {} and {}".format(
-        tuple(IMAGENET_MEAN.tolist()), tuple(IMAGENET_STD.tolist()), tuple(mean), tuple(std)
+        text(IMAGENET_MEAN), text(IMAGENET_STD), text(mean), text(std)
     )
 
 

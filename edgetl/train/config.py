@@ -50,7 +50,7 @@ class FinetuneConfig:
     head_lr_mult: float = 10.0
     optimizer: str = "sgd"
     weight_decay: float = 1e-3
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1  # as torchvision's recipes; an unsmoothed head on frozen features fails INT8's gate
     warmup_epochs: int = 1
     amp: Optional[bool] = None  # None: on for CUDA
     device: str = "auto"

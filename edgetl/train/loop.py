@@ -204,7 +204,8 @@ def _train(
         )
         seconds = time.perf_counter() - tick
         world.sync_buffers(trained)
-        val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), criterion, world)
+        plain = torch.nn.CrossEntropyLoss()  # val loss as `evaluate` reports it: label smoothing is a training aid
+        val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), plain, world)
         lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}
         history.append(_epoch_row(epoch, train_loss, train_top1, val, lrs, seconds, len(split.train)))
         is_best = world.from_main(val.top1 > best_top1)  # the decision of rank 0, which saves

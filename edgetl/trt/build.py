@@ -35,6 +35,7 @@ from edgetl.spec.bundle import (
     sidecar_file,
     write_manifest,
 )
+from edgetl.trt.calib_cache import stamped, tensorrt_version_number
 from edgetl.trt.plan import (
     DEFAULT_WORKSPACE_MIB,
     BatchProfile,
@@ -91,6 +92,29 @@ def _make_progress_monitor(trt: Any) -> Any:
     return Monitor()
 
 
+def _make_cache_calibrator(trt: Any, cache: bytes) -> Any:
+    """An IInt8EntropyCalibrator2 that only hands TensorRT the calibration cache (it has every scale, so
+    TensorRT asks for no batch); defined here because tensorrt is imported lazily."""
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: List[str]) -> None:
+            return None  # no calibration data: the scales come from the cache
+
+        def read_calibration_cache(self) -> bytes:
+            return cache
+
+        def write_calibration_cache(self, data: Any) -> None:
+            pass
+
+    return CacheCalibrator()
+
+
 class _Heartbeat:
     """Logs 'still building' every ``interval`` seconds where TensorRT has no progress monitor."""
 
@@ -132,6 +156,13 @@ def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    if plan.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = plan.dla_core
+    if plan.calibration_cache:  # implicit INT8 (the DLA flow): the cache, its header set to this TensorRT
+        text = (Path(bundle_dir) / plan.calibration_cache).read_text()
+        calibrator = _make_cache_calibrator(trt, stamped(text, tensorrt_version_number(trt.__version__)).encode())
+        config.int8_calibrator = calibrator  # the reference must outlive the build
     shapes = plan.shapes()
     if shapes:
         profile = builder.create_optimization_profile()
@@ -180,9 +211,11 @@ def plan_for_bundle(
     batches: Batches = (None, None, None),
     workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     timing_cache: Optional[str] = None,
+    dla_core: Optional[int] = None,
 ) -> EnginePlan:
     """The engine plan for a bundle's fp32 ONNX (its io names and batch) on a TensorRT target; batch
-    values not given come from the bundle (its static batch or the profile it was exported with)."""
+    values not given come from the bundle (its static batch or the profile it was exported with), and
+    the paths the engine is also written to (a Triton model.plan) from the export's plan of that engine."""
     info = bundle.model("fp32")
     if info is None:
         raise CheckpointError(
@@ -191,6 +224,7 @@ def plan_for_bundle(
     size = bundle.preprocess.input_size
     shape = (info.batch if info.batch else -1, 3, size, size)
     profile = batch_profile(info.batch, *batches, recorded=recorded_profile(bundle, precision))
+    recorded = bundle.engine_plan(engine_file(precision, dla_core)) or {}
     return plan_engine(
         resolve_target(target_name),
         precision,
@@ -200,6 +234,8 @@ def plan_for_bundle(
         profile,
         workspace_mib,
         timing_cache,
+        dla_core,
+        recorded.get("also_write", ()),
     )
 
 
@@ -209,12 +245,19 @@ def build_bundle_engine(
     batches: Batches = (None, None, None),
     workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     timing_cache: Optional[str] = None,
+    dla_core: Optional[int] = None,
 ) -> Path:
     """Build an engine for the running TensorRT from a bundle (the ``build-engine`` command), then check it on
     the bundle's verification sample (``verify_new_engine``)."""
     trt = require("tensorrt")
     bundle = Bundle.load(Path(bundle_dir))
-    plan = plan_for_bundle(bundle, precision, trt.__version__, batches, workspace_mib, timing_cache)
+    plan = plan_for_bundle(bundle, precision, trt.__version__, batches, workspace_mib, timing_cache, dla_core)
+    if plan.calibration_cache and not (bundle.root / plan.calibration_cache).is_file():
+        raise CheckpointError(
+            "{} has no {}: a DLA INT8 engine takes its scales from it; export with '--int8 --int8-form trt'".format(
+                bundle.root, plan.calibration_cache
+            )
+        )
     if plan.onnx == ONNX_FILES["fp16"] and bundle.model("fp16") is None:
         raise CheckpointError(
             "TensorRT {} is strongly typed: an fp16 engine needs {}; export with '--fp16 --trt-version {}'".format(
@@ -235,6 +278,8 @@ def build_bundle_engine(
     manifest.setdefault("engines", {})[plan.engine] = plan.to_dict()
     write_manifest(bundle.root, manifest)
     verify_new_engine(engine)
+    for path in plan.also_write:  # copies of the verified engine, e.g. a Triton repository's <model>/1/model.plan
+        atomic_write_bytes(bundle.root / path, engine.read_bytes())
     return engine
 
 

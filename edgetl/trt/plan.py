@@ -21,6 +21,8 @@ from edgetl.errors import ConfigError
 from edgetl.runtime.verify import TOLERANCES
 from edgetl.spec.bundle import ONNX_FILES, PRECISIONS, REJECTED_SUFFIX, VERIFY_DATA_LOADER, engine_file, sidecar_file
 from edgetl.spec.engine_sidecar import SIDECAR_FORMAT, DeviceInfo, version_tuple
+from edgetl.spec.formats import CALIBRATION_CACHE
+from edgetl.trt.calib_cache import stamp_script_lines
 
 DEFAULT_TARGET = "10.3"  # JetPack 6.1/6.2; its ONNX limits (opset 17, IR 8 by default) also suit JetPack 6.0
 DEFAULT_WORKSPACE_MIB = 1024
@@ -40,6 +42,7 @@ class TrtTarget:
     precision_flags: bool  # BuilderFlag.FP16/INT8 exist; False: strongly typed only (11+)
     progress_monitor: bool  # trt.IProgressMonitor exists
     skip_inference_option: str  # trtexec's build-only switch: --buildOnly before 8.6, --skipInference from 8.6
+    dla: bool = False  # a JetPack release on Jetson Orin/Xavier, whose DLA cores engines can target
 
     @property
     def strongly_typed(self) -> bool:
@@ -50,10 +53,10 @@ class TrtTarget:
 # --skipInference and deprecates --buildOnly; 10.0 removes --buildOnly (NVIDIA/TensorRT
 # samples/common/sampleOptions.cpp on release/8.5, 8.6, 10.0).
 TARGETS = (
-    TrtTarget("8.5", (8, 5), "JetPack 5.1 (Python 3.8)", 17, 8, True, True, False, "--buildOnly"),
-    TrtTarget("8.6", (8, 6), "JetPack 6.0", 17, 8, True, True, False, "--skipInference"),
+    TrtTarget("8.5", (8, 5), "JetPack 5.1 (Python 3.8)", 17, 8, True, True, False, "--buildOnly", dla=True),
+    TrtTarget("8.6", (8, 6), "JetPack 6.0", 17, 8, True, True, False, "--skipInference", dla=True),
     # 10.0-10.5: parser opset 9-20 (10.0 docs); ONNX submodule <= 1.16 -> IR 9 is conservative.
-    TrtTarget("10.3", (10, 0), "JetPack 6.1/6.2", 20, 9, False, True, True, "--skipInference"),
+    TrtTarget("10.3", (10, 0), "JetPack 6.1/6.2", 20, 9, False, True, True, "--skipInference", dla=True),
     # 10.6+: ONNX 1.17 submodule (opset 22, IR 10); later 10.x accept more (10.15: opset 24).
     TrtTarget("10.x", (10, 6), "x86 / current TensorRT 10", 22, 10, False, True, True, "--skipInference"),
     # 11: strongly typed; no FP16/INT8 flags, no calibrators. The row starts at 11.0, and only 11.2
@@ -171,6 +174,9 @@ class EnginePlan:
     network_flags: Tuple[str, ...]  # trt.NetworkDefinitionCreationFlag member names
     workspace_mib: int = DEFAULT_WORKSPACE_MIB
     timing_cache: Optional[str] = None
+    dla_core: Optional[int] = None  # a Jetson DLA core (layers it cannot run fall back to the GPU)
+    calibration_cache: Optional[str] = None  # INT8 from the fp32 ONNX and these scales (implicit quantization)
+    also_write: Tuple[str, ...] = ()  # more paths the engine is written to (a Triton model repository's model.plan)
 
     def shapes(self) -> Dict[str, Tuple[int, ...]]:
         """min/opt/max input shapes of the optimisation profile (empty when the batch is static)."""
@@ -186,27 +192,47 @@ class EnginePlan:
     def from_dict(cls, data: Dict[str, Any]) -> "EnginePlan":
         data = dict(data)
         data["profile"] = None if data.get("profile") is None else BatchProfile(**data["profile"])
-        for key in ("input_shape", "builder_flags", "network_flags"):
-            data[key] = tuple(data[key])
+        for key in ("input_shape", "builder_flags", "network_flags", "also_write"):
+            data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
 
-def onnx_for_precision(target: TrtTarget, precision: str) -> str:
-    """The bundle ONNX an engine of ``precision`` is built from on ``target``."""
-    if precision == "int8":
+def onnx_for_precision(target: TrtTarget, precision: str, implicit_int8: bool = False) -> str:
+    """The bundle ONNX an engine of ``precision`` is built from on ``target`` (``implicit_int8``: INT8
+    from the fp32 ONNX and a calibration cache, the flow of a DLA)."""
+    if precision == "int8" and not implicit_int8:
         return ONNX_FILES["int8"]  # explicit Q/DQ: the one INT8 path on every target
     if precision == "fp16" and target.strongly_typed:
         return ONNX_FILES["fp16"]  # TensorRT >= 11 has no FP16 flag: the ONNX tensors must be fp16
     return ONNX_FILES["fp32"]
 
 
-def builder_flags(target: TrtTarget, precision: str) -> Tuple[str, ...]:
-    """BuilderFlag names to set. INT8 (Q/DQ) also enables FP16 for the layers left unquantized."""
+def builder_flags(target: TrtTarget, precision: str, dla: bool = False) -> Tuple[str, ...]:
+    """BuilderFlag names to set. INT8 (Q/DQ) also enables FP16 for the layers left unquantized; a DLA
+    engine runs the layers its DLA cannot on the GPU (GPU_FALLBACK)."""
     if precision not in PRECISIONS:
         raise ConfigError("precision must be fp32, fp16 or int8, got {!r}".format(precision))
+    fallback = ("GPU_FALLBACK",) if dla else ()
     if target.strongly_typed or precision == "fp32":
-        return ()
-    return ("FP16",) if precision == "fp16" else ("INT8", "FP16")
+        return fallback
+    return (("FP16",) if precision == "fp16" else ("INT8", "FP16")) + fallback
+
+
+def check_dla(target: TrtTarget, precision: str, dla_core: int, static: bool) -> None:
+    """ConfigError unless an engine for DLA core ``dla_core`` can be built as planned."""
+    problems = [
+        (dla_core >= 0, "--dla-core must be >= 0"),
+        (
+            target.dla,
+            "--dla-core: DLA engines are built by JetPack's TensorRT (--trt-version {}); TensorRT {} ({}) "
+            "is not one".format(", ".join(t.name for t in TARGETS if t.dla), target.name, target.platform),
+        ),
+        (precision in ("fp16", "int8"), "--dla-core: a DLA runs fp16 or int8; add --fp16 or --int8"),
+        (static, "--dla-core: a DLA needs a fixed batch; export with --batch N or min = opt = max batch"),
+    ]
+    for ok, message in problems:
+        if not ok:
+            raise ConfigError(message)
 
 
 def plan_engine(
@@ -218,8 +244,12 @@ def plan_engine(
     profile: Optional[BatchProfile] = None,
     workspace_mib: int = DEFAULT_WORKSPACE_MIB,
     timing_cache: Optional[str] = None,
+    dla_core: Optional[int] = None,
+    also_write: Sequence[str] = (),
 ) -> EnginePlan:
-    """Decide one engine build. ``input_shape[0]`` is -1 for a dynamic batch (then a profile is used)."""
+    """Decide one engine build. ``input_shape[0]`` is -1 for a dynamic batch (then a profile is used).
+    With ``dla_core`` the engine targets that DLA core, with GPU fallback; its INT8 comes from the fp32
+    ONNX and the calibration cache (the DLA flow), not the Q/DQ ONNX."""
     for name in (input_name, output_name):
         if not _IO_NAME.match(name):
             raise ConfigError("tensor name {!r} cannot be passed to trtexec; use letters, digits, _ and .".format(name))
@@ -235,24 +265,34 @@ def plan_engine(
         )
     else:
         profile = None
+    dla = dla_core is not None
+    if dla:
+        check_dla(target, precision, int(dla_core or 0), profile is None or profile.min == profile.max)
+    implicit_int8 = dla and precision == "int8"
     return EnginePlan(
         target.name,
         precision,
-        onnx_for_precision(target, precision),
-        engine_file(precision),
+        onnx_for_precision(target, precision, implicit_int8),
+        engine_file(precision, dla_core),
         input_name,
         output_name,
         shape,
         profile,
-        builder_flags(target, precision),
+        builder_flags(target, precision, dla),
         ("EXPLICIT_BATCH",) if target.explicit_batch_flag else (),
         workspace_mib,
         timing_cache,
+        dla_core,
+        CALIBRATION_CACHE if implicit_int8 else None,
+        tuple(also_write),
     )
 
 
 def _dims(shape: Sequence[int]) -> str:
     return "x".join(str(v) for v in shape)
+
+
+_TRTEXEC_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allowGPUFallback"}  # BuilderFlag -> trtexec
 
 
 def trtexec_command(plan: EnginePlan) -> List[str]:
@@ -261,7 +301,11 @@ def trtexec_command(plan: EnginePlan) -> List[str]:
     ``--memPoolSize=workspace:<MiB>`` (plain MiB integer) works from 8.4 on; ``--workspace`` was
     removed in 10. ``--fp16``/``--int8`` were removed in 11, where the ONNX carries the types."""
     args = ["trtexec", "--onnx=" + plan.onnx, "--saveEngine=" + plan.engine]
-    args += ["--" + flag.lower() for flag in plan.builder_flags]
+    args += [_TRTEXEC_FLAGS[flag] for flag in plan.builder_flags]
+    if plan.calibration_cache:
+        args.append("--calib=" + plan.calibration_cache)
+    if plan.dla_core is not None:
+        args.append("--useDLACore={}".format(plan.dla_core))
     for key, shape in sorted(plan.shapes().items(), key=lambda kv: ("min", "opt", "max").index(kv[0])):
         args.append("--{}Shapes={}:{}".format(key, plan.input_name, _dims(shape)))
     args.append("--memPoolSize=workspace:{}".format(plan.workspace_mib))
@@ -339,10 +383,16 @@ def build_script(
         'command -v "$TRTEXEC" >/dev/null 2>&1 || TRTEXEC=/usr/src/tensorrt/bin/trtexec  # JetPack location',
         'PYTHON="${PYTHON:-python3}"',
     ] + ["# NOTE: " + note for note in notes]
+    caches = sorted({plan.calibration_cache for plan in plans if plan.calibration_cache})
+    if caches:
+        lines += [""] + stamp_script_lines(caches)
     for plan in plans:
         command = ['"$TRTEXEC"'] + [shlex.quote(a) for a in trtexec_command(plan)[1:]]
         lines += ["", "# {} engine from {}".format(plan.precision, plan.onnx), " \\\n    ".join(command)]
         lines += _verify_lines(plan, reference_scale)
+        for path in plan.also_write:  # copies of the verified engine where a --for target loads it
+            folder = shlex.quote(path.rpartition("/")[0] or ".")
+            lines.append("mkdir -p {} && cp {} {}".format(folder, shlex.quote(plan.engine), shlex.quote(path)))
     return "\n".join(lines) + "\n"
 
 
@@ -366,6 +416,9 @@ def make_sidecar(
         "input_shape": list(plan.input_shape),
         "profile_shapes": {k: list(v) for k, v in plan.shapes().items()},
         "workspace_mib": plan.workspace_mib,
+        "dla_core": plan.dla_core,
+        "gpu_fallback": "GPU_FALLBACK" in plan.builder_flags,
+        "calibration_cache": plan.calibration_cache,
         "built_with": built_with,
         "edgetl_version": __version__,
     }

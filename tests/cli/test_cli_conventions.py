@@ -137,7 +137,7 @@ def test_choices_come_from_the_formats_table() -> None:
         param = next(p for p in _command(path).params if p.name == name)
         return tuple(param.type.choices)
 
-    assert choices("export", "consumer") == CONSUMERS
+    assert choices("export", "targets") == CONSUMERS
     assert choices("export", "int8_form") == INT8_FORMS
     assert choices("export", "calib_method") == CALIB_METHODS
     assert choices("predict", "backend") == BACKENDS == choices("bench latency", "backends")
@@ -203,8 +203,8 @@ def captured_export(monkeypatch):
     [
         (["--target-trt", "8.5"], ["--trt-version", "8.5"], "trt_version", "8.5"),
         (["--int8-target", "trt"], ["--int8-form", "trt"], "int8_form", "trt"),
-        (["--io-names", "jetson"], ["--for", "jetson-inference"], "consumer", "jetson-inference"),
-        (["--io-names", "default"], ["--for", "bundle"], "consumer", "bundle"),
+        (["--io-names", "jetson"], ["--for", "jetson-inference"], "targets", ("jetson-inference",)),
+        (["--io-names", "default"], ["--for", "bundle"], "targets", ("bundle",)),
     ],
 )
 def test_deprecated_aliases_still_work_and_warn(captured_export, tmp_path, old, new, field, value) -> None:
@@ -234,25 +234,25 @@ def test_dynamic_batch_has_no_effect_and_warns(captured_export, tmp_path) -> Non
     assert "--dynamic-batch" not in CliRunner().invoke(main, ["export", "--help"]).output
 
 
-def test_for_jetson_inference_is_a_static_batch_of_1(captured_export, tmp_path) -> None:
+def test_for_is_repeatable_and_the_bundle_is_the_default(captured_export, tmp_path) -> None:
     runner = CliRunner()
-    assert runner.invoke(main, ["export", str(tmp_path), "--for", "jetson-inference"]).exit_code == 0
-    assert captured_export["config"].batch == 1 and captured_export["config"].tensor_names == ("input_0", "output_0")
-    assert runner.invoke(main, ["export", str(tmp_path), "--for", "jetson-inference", "--batch", "1"]).exit_code == 0
-    conflict = runner.invoke(main, ["export", str(tmp_path), "--for", "jetson-inference", "--batch", "4"])
-    assert conflict.exit_code == 1
-    assert conflict.output.strip().count("\n") == 0 and "static batch of 1" in conflict.output
+    assert runner.invoke(main, ["export", str(tmp_path)]).exit_code == 0
+    assert captured_export["config"].targets == ("bundle",)
+    result = runner.invoke(main, ["export", str(tmp_path), "--for", "jetson-inference", "--for", "triton"])
+    assert result.exit_code == 0 and captured_export["config"].targets == ("jetson-inference", "triton")
+    assert captured_export["config"].tensor_names == ("input", "logits")  # the bundle's; each target has its own
 
 
 def test_export_for_jetson_inference_end_to_end(tiny_run, tmp_path) -> None:
     result = CliRunner().invoke(main, ["export", str(tiny_run), "--for", "jetson-inference", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    model = onnx.load(str(tmp_path / "model.onnx"))
+    model = onnx.load(str(tmp_path / "jetson-inference" / "model.onnx"))
     assert (model.graph.input[0].name, model.graph.output[0].name) == ("input_0", "output_0")
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
     assert model.graph.node[-1].op_type == "Softmax"
-    manifest = json.loads((tmp_path / "bundle.json").read_text())
-    assert manifest["models"]["fp32"]["batch"] == 1 and manifest["models"]["fp32"]["output_kind"] == "probabilities"
+    manifest = json.loads((tmp_path / "bundle.json").read_text())  # the bundle itself is edgetl's, as without --for
+    assert manifest["models"]["fp32"]["batch"] is None and manifest["models"]["fp32"]["output_kind"] == "logits"
+    assert manifest["targets"] == {"jetson-inference": str(tmp_path / "jetson-inference")}
     assert "--saveEngine=model_fp32.engine" in (tmp_path / "build_engine.sh").read_text()
 
 

@@ -98,9 +98,16 @@ def test_rejects_bad_counts(tmp_path: Path) -> None:
 
 def test_default_root_honours_edgetl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGETL_HOME", str(tmp_path))
-    assert default_demo_root() == tmp_path / "demo-v{}".format(DEMO_VERSION)
+    assert default_demo_root() == tmp_path / "demo-v{}-250x60".format(DEMO_VERSION)
+    assert default_demo_root(60, 20) == tmp_path / "demo-v{}-60x20".format(DEMO_VERSION)  # each size its own
     monkeypatch.delenv("EDGETL_HOME")
-    assert default_demo_root() == Path.home() / ".cache" / "edgetl" / "demo-v{}".format(DEMO_VERSION)
+    assert default_demo_root() == Path.home() / ".cache" / "edgetl" / "demo-v{}-250x60".format(DEMO_VERSION)
+
+
+def test_a_bigger_demo_starts_with_the_smaller_ones_images(tmp_path: Path) -> None:
+    small = _files(ensure_demo_dataset(tmp_path / "small", train_per_class=TRAIN, val_per_class=VAL))
+    big = _files(ensure_demo_dataset(tmp_path / "big", train_per_class=TRAIN + 2, val_per_class=VAL + 1))
+    assert all(big[name] == data for name, data in small.items()) and len(big) > len(small)
 
 
 def test_losing_a_race_uses_the_winners_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

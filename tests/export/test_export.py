@@ -12,10 +12,14 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.core.fileio import sha256_file
+from edgetl.data.folders import DatasetSplit
 from edgetl.errors import ConfigError, GateError
 from edgetl.export.job import ExportConfig, export_run
+from edgetl.export.parity import load_eval_images, normalized, onnx_outputs, top1
+from edgetl.export.targets.deepstream import nvinfer_input
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.formats import GEOMETRIES
+from edgetl.spec.geometry import imagenet_normalize
 from edgetl.spec.preprocess import PreprocessSpec
 
 
@@ -23,11 +27,14 @@ def _export(run, out, **options):
     return export_run(ExportConfig(run=str(run), out=str(out), calib_dir=str(out / "calibration"), **options))
 
 
+TARGETS = ("jetson-inference", "deepstream", "triton")
+
+
 @pytest.fixture(scope="module")
 def demo_bundle(demo_mobilenet_v2_run, tmp_path_factory):
-    """The real MobileNetV2 run exported with the baked-preprocessing variant."""
+    """The real MobileNetV2 run exported with the baked-preprocessing variant and for every --for target."""
     out = tmp_path_factory.mktemp("demo_bundle")
-    report = _export(demo_mobilenet_v2_run, out, bake_preprocess=True)
+    report = _export(demo_mobilenet_v2_run, out, bake_preprocess=True, targets=TARGETS)
     return out, report
 
 
@@ -144,18 +151,21 @@ def test_broken_fp32_export_leaves_no_bundle(tiny_run, tmp_path, monkeypatch):
 
 
 def test_for_jetson_inference_names_softmax_static_batch_1_and_older_target(tiny_run, tmp_path):
-    report = _export(tiny_run, tmp_path, consumer="jetson-inference", trt_version="8.5")
-    model = onnx.load(str(tmp_path / "model.onnx"))
+    report = _export(tiny_run, tmp_path, targets=("jetson-inference",), trt_version="8.5", batch=2)
+    model = onnx.load(str(tmp_path / "jetson-inference" / "model.onnx"))
     assert model.ir_version == 8
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 224, 224]
     assert (model.graph.input[0].name, model.graph.output[0].name) == ("input_0", "output_0")
     assert model.graph.node[-1].op_type == "Softmax"  # jetson-inference thresholds raw outputs as confidences
-    assert report["output_kind"] == "probabilities"
+    assert report["targets"]["jetson-inference"]["status"] == "passed"
     geometry = report["geometry"]
     assert geometry["training_geometry"] == "center-crop" and list(geometry["geometries"]) == list(GEOMETRIES)
     assert all(row["images"] == 12 for row in geometry["geometries"].values())
-    script = (tmp_path / "build_engine.sh").read_text()
+    script = (tmp_path / "build_engine.sh").read_text()  # the bundle's own batch (--batch 2) is unchanged
     assert "--saveEngine=model_fp32.engine" in script and "Shapes" not in script
+    assert [d.dim_value for d in onnx.load(str(tmp_path / "model.onnx")).graph.input[0].type.tensor_type.shape.dim][
+        0
+    ] == 2
 
 
 def test_fp16_for_tensorrt_11_writes_an_fp16_onnx(tiny_run, tmp_path):
@@ -187,8 +197,7 @@ def test_trt_without_tensorrt_fails_after_writing_onnx_and_script(tiny_run, tmp_
         ({"opset": 12}, "--opset must be between 13"),
         ({"batch": 2, "max_batch": 8}, "static"),
         ({"min_batch": 4, "opt_batch": 2}, "min-batch"),
-        ({"consumer": "caffe"}, "--for must be one of bundle, jetson-inference"),
-        ({"consumer": "jetson-inference", "batch": 2}, "static batch of 1"),
+        ({"targets": ("caffe",)}, "--for must be one of bundle, jetson-inference"),
     ],
 )
 def test_export_config_rejects_conflicts(options, message):
@@ -199,7 +208,7 @@ def test_export_config_rejects_conflicts(options, message):
 def test_export_config_defaults():
     config = ExportConfig(run="models/x")
     assert config.int8_form == "cpu" and ExportConfig(run="x", trt=True).int8_form == "trt"
-    assert config.batch is None and ExportConfig(run="x", consumer="jetson-inference").batch == 1
+    assert config.batch is None and config.targets == ("bundle",) and config.dla_core is None
     assert config.profile().max == 8 and config.precision == "fp32"
 
 
@@ -212,3 +221,30 @@ def test_export_cli_batch_conflict_is_one_line(tiny_run):
     result = CliRunner().invoke(main, ["export", str(tiny_run), "--batch", "1", "--dynamic-batch"])
     assert result.exit_code == 1 and "Error: --batch and --dynamic-batch" in result.stderr
     assert "--dynamic-batch has no effect and will be removed" in result.stderr
+
+
+def test_every_target_on_the_demo_run_reproduces_its_reported_top1(demo_bundle, demo_mobilenet_v2_run):
+    """The real pretrained MobileNetV2 run: each target's ONNX, run by ONNX Runtime on the demo val set laid out as
+    its device does, gives the top-1 its folder reports, and nvinfer's scalar std costs at most a few val images."""
+    tmp_path, report = demo_bundle
+    spec = PreprocessSpec.load(demo_mobilenet_v2_run / "preprocess.json")
+    samples = DatasetSplit.load(demo_mobilenet_v2_run).val
+    jetson, deepstream, triton = (report["targets"][t] for t in TARGETS)
+    print("demo run targets:", {k: deepstream[k] for k in deepstream if k.endswith("top1")}, jetson["device_val_top1"])
+
+    def measured(path, batch, prepare, geometry=spec.geometry):
+        images = load_eval_images(samples, replace(spec, geometry=geometry), 500, 0)
+        return top1(onnx_outputs(path, images.crops, batch, prepare=prepare), images.labels)
+
+    def norm(crops):
+        return normalized(crops, spec)
+
+    jetson_model = tmp_path / "jetson-inference" / "model.onnx"
+    assert measured(jetson_model, 1, imagenet_normalize, jetson["geometry"]) == jetson["device_val_top1"]
+    scaled = nvinfer_input(deepstream["net_scale_factor"], deepstream["offsets"])
+    approximate = measured(tmp_path / "deepstream" / "model.onnx", None, scaled, deepstream["geometry"])
+    assert approximate == deepstream["nvinfer_scalar_std_top1"]
+    assert deepstream["val_images"] == 200
+    assert deepstream["exact_pixels_model_top1"] - deepstream["nvinfer_scalar_std_top1"] <= 3 / 200
+    model = tmp_path / "triton" / demo_mobilenet_v2_run.resolve().name / "1" / "model.onnx"
+    assert measured(model, None, norm) == triton["models"][0]["val_top1"]

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.core.fileio import sha256_file
-from edgetl.errors import ConfigError, DependencyError
+from edgetl.errors import ConfigError, DependencyError, GateError
 from edgetl.spec.engine_sidecar import DeviceInfo
 from edgetl.trt.plan import TARGET_NAMES, BatchProfile, build_script, make_sidecar, plan_engine, resolve_target
 
@@ -101,6 +101,19 @@ def test_build_engine_sh_uses_only_options_each_trtexec_knows(target, precision,
     plan = plan_engine(row, precision, "input", "logits", shape, profile, timing_cache="timing.cache")
     options = list(_trtexec_options(build_script([plan], row)))
     assert "onnx" in options and "saveEngine" in options
+    for release in ROW_RELEASES[target]:
+        unknown = [o for o in options if o not in TRTEXEC_OPTIONS[release]]
+        assert not unknown, "trtexec {} does not know --{}".format(release, ", --".join(unknown))
+
+
+@pytest.mark.parametrize("target", [t for t in TARGET_NAMES if resolve_target(t).dla])
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_dla_build_lines_use_only_options_each_trtexec_knows(target, precision):
+    row = resolve_target(target)
+    dla = plan_engine(row, precision, "input", "logits", (1, 3, 224, 224), dla_core=0)
+    gpu = plan_engine(row, precision, "input", "logits", (-1, 3, 224, 224), BatchProfile(1, 1, 8), also_write=("x/y",))
+    options = list(_trtexec_options(build_script([dla, gpu], row)))
+    assert {"useDLACore", "allowGPUFallback"} <= set(options) and ("calib" in options) == (precision == "int8")
     for release in ROW_RELEASES[target]:
         unknown = [o for o in options if o not in TRTEXEC_OPTIONS[release]]
         assert not unknown, "trtexec {} does not know --{}".format(release, ", --".join(unknown))
@@ -288,3 +301,93 @@ def test_variants_export_for_the_installed_tensorrt(version):
     installed = variants.installed_tensorrt_version()
     assert installed == fake_trt.VERSIONS[version]
     assert resolve_target(installed).name == version
+
+
+@pytest.fixture(scope="module")
+def int8_static_bundle(tiny_run, tmp_path_factory):
+    """A batch-1 bundle with the INT8 trt form and its calibration cache (random-init model: gate recorded only)."""
+    from edgetl.export.job import ExportConfig, export_run
+
+    out = tmp_path_factory.mktemp("int8") / "bundle"
+    export_run(
+        ExportConfig(
+            run=str(tiny_run), out=str(out), batch=1, int8=True, int8_form="trt", calib_size=12, max_int8_drop=100.0,
+            calib_dir=str(out.parent / "calibration"),
+        )
+    )  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("fake", ["8.5", "10.3"])
+def test_build_engine_for_a_dla_core_takes_int8_from_the_stamped_cache(int8_static_bundle, tmp_path, monkeypatch, fake):
+    import shutil
+
+    from edgetl.cli import main
+    from edgetl.runtime.tensorrt import TrtRunner
+    from edgetl.trt.calib_cache import parse_cache
+
+    fake_trt.install(monkeypatch, fake)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(str(int8_static_bundle), str(bundle))
+    result = CliRunner().invoke(main, ["build-engine", str(bundle), "--precision", "int8", "--dla-core", "1"])
+    # the fake engine's outputs are not the model's: the check on the verification sample moves it aside
+    assert result.exit_code == 3 and "moved to model_int8_dla1.engine.rejected" in result.output, result.output
+    rejected = bundle / "model_int8_dla1.engine.rejected"
+    engine = json.loads(rejected.read_text())
+    number = {"8.5": 8502, "10.3": 100300}[fake]
+    assert engine["dla_core"] == 1 and engine["calibration"] == "TRT-{}-EntropyCalibration2".format(number)
+    assert engine["input"] == "input" and engine["shape"][0] == 1  # the fp32 graph, quantized by the cache
+    assert parse_cache((bundle / "calibration.cache").read_text())[0] == 100300  # the file itself is untouched
+    sidecar = json.loads((bundle / "model_int8_dla1.engine.rejected.json").read_text())
+    assert (sidecar["dla_core"], sidecar["gpu_fallback"], sidecar["onnx"]) == (1, True, "model.onnx")
+    with TrtRunner(rejected, onnx_path=bundle / "model.onnx") as runner:
+        assert runner.engine.runtime_dla_core == 1
+
+
+def test_build_engine_writes_the_triton_plan_only_for_a_verified_engine(tiny_run, tmp_path, monkeypatch):
+    """The export plans the Triton copy of the engine; a build whose engine fails verification (the fake's
+    outputs are not the model's) writes no model.plan, so tritonserver never loads a rejected engine."""
+    from edgetl.cli import main
+    from edgetl.export.job import ExportConfig, export_run
+    from edgetl.spec.bundle import Bundle
+
+    out = tmp_path / "bundle"
+    export_run(ExportConfig(run=str(tiny_run), out=str(out), targets=("triton",)))
+    plan = "triton-trt/{}_trt/1/model.plan".format(Path(tiny_run).resolve().name)
+    assert Bundle.load(out).engine_plan("model_fp32.engine")["also_write"] == [plan]
+    script = (out / "build_engine.sh").read_text()
+    assert script.index("edgetl verify") < script.index("cp model_fp32.engine " + plan)
+    fake_trt.install(monkeypatch, "10.3")
+    result = CliRunner().invoke(main, ["build-engine", str(out), "--precision", "fp32"])
+    assert result.exit_code == 3 and "model_fp32.engine.rejected" in result.output, result.output
+    assert not (out / plan).exists()
+
+
+@pytest.mark.trt
+def test_real_tensorrt_builds_the_triton_plan_and_it_deserializes(tiny_run, tmp_path):
+    """On a machine with TensorRT and a GPU: the plan Triton loads is a real engine of this TensorRT."""
+    import tensorrt as trt
+
+    from edgetl.export.job import ExportConfig, export_run
+    from edgetl.trt.build import build_bundle_engine
+
+    out = tmp_path / "bundle"
+    export_run(ExportConfig(run=str(tiny_run), out=str(out), targets=("triton",), trt_version=trt.__version__))
+    build_bundle_engine(out, "fp16")
+    plan = next((out / "triton-trt").glob("*_trt/1/model.plan"))
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
+    assert engine is not None and engine.num_io_tensors == 2
+
+
+def test_export_with_trt_builds_for_the_dla_core(tiny_run, tmp_path, monkeypatch):
+    from edgetl.export.job import ExportConfig, export_run
+
+    fake_trt.install(monkeypatch, "10.3")
+    config = ExportConfig(run=str(tiny_run), out=str(tmp_path), batch=1, fp16=True, trt=True, dla_core=0)
+    with pytest.raises(GateError, match="model_fp16_dla0.engine.rejected"):  # the fake's outputs are not the model's
+        export_run(config)
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["engine"]["status"] == "failed verification"
+    assert json.loads((tmp_path / "model_fp16_dla0.engine.rejected").read_text())["dla_core"] == 0
+    script = (tmp_path / "build_engine.sh").read_text()
+    assert "--useDLACore=0" in script and "--allowGPUFallback" in script
