@@ -41,6 +41,7 @@ from edgetl.train.distributed import (
 )
 from edgetl.train.inputs import build_pipeline
 from edgetl.train.model import HeadConfig, build_model, count_parameters, parameter_groups
+from edgetl.train.objective import training_loss
 from edgetl.train.step import TrainStep, cosine_with_warmup, make_optimizer, restore_training_state, train_one_epoch
 from edgetl.train.weights import resolve_weights
 
@@ -193,8 +194,10 @@ def _train(
     world.wait_for_all("building the input pipeline")  # a node's cache build may outlast a collective's timeout
     config = replace(config, cache=pipeline.name)  # checkpoints record the pipeline auto chose
     trained = pipeline.module(model)  # the whole model, or only its head on cached features
-    shares = sharded_loss(world, config.label_smoothing, len(split.train), config.batch_size)
-    step = TrainStep(world.wrap(trained), criterion, optimizer, scheduler, scaler, setup, shares)
+    labels = [s.label for s in split.train]  # the val loss stays plain cross-entropy; training may weigh classes
+    loss = training_loss(config.label_smoothing, config.balance, labels, len(split.classes), setup.device)
+    shares = sharded_loss(world, loss, len(split.train), config.batch_size)
+    step = TrainStep(world.wrap(trained), loss, optimizer, scheduler, scaler, setup, shares)
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(rank_seed(config.seed, epoch, world.rank))  # dropout etc.: a function of (seed, epoch, rank)
         batches = pipeline.train_batches(config.seed * 1000 + epoch)
