@@ -126,3 +126,17 @@ def test_augmentation_and_balance_follow_cudas_placement_rules(make_image_folder
     with cuda_rules() as checked:
         result = finetune(config, progress=False, setup=checked)
     assert result.summary["device"] == "cuda:0" and result.summary["cache"] == options["cache"]
+
+
+def test_strong_augmentation_on_the_eval_view_feature_cache_says_it_does_nothing(make_image_folder, caplog) -> None:
+    from edgetl.core.device import DeviceSetup
+    from edgetl.train.inputs import build_pipeline
+    from edgetl.train.model import HeadConfig, build_model
+
+    split = load_dataset(make_image_folder({"a": 2, "b": 2}, size=32, split=True))
+    model = build_model(get_backbone(TINY_ARCH), 2, HeadConfig(), "feature-extractor", 2, None)
+    spec = PreprocessSpec(input_size=32, resize_size=36)
+    config = FinetuneConfig(arch=TINY_ARCH, cache="features", augment="strong", workers=0)
+    with caplog.at_level("WARNING", logger="edgetl"):
+        build_pipeline(config, split, spec, model, DeviceSetup.create("cpu"))
+    assert any("add --feature-views N" in r.getMessage() for r in caplog.records)
