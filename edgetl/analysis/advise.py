@@ -326,8 +326,8 @@ def format_advice(report: Dict[str, Any]) -> str:
     lines += _wrap(
         "augment harder: "
         + (
-            "yes: little data and features that must change overfit fast; finetune's RandomResizedCrop + flip is the "
-            "minimum (add colour jitter, rotation, more images if you can); "
+            "yes: little data and features that must change overfit fast; the command adds --augment strong "
+            "(TrivialAugmentWide + RandomErasing; more images if you can); "
             "label smoothing {:g} also regularises".format(plan["label_smoothing"])
             if plan["augment_harder"]
             else "no: finetune's RandomResizedCrop + flip is enough here"

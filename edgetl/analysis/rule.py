@@ -177,6 +177,8 @@ def finetune_command(data: Optional[Path], arch: str, plan: Plan, val_split: Opt
     ]
     if plan.label_smoothing != FinetuneConfig.label_smoothing:  # the command must say what differs from finetune's
         words += ["--label-smoothing", "{:g}".format(plan.label_smoothing)]
+    if plan.augment_harder:
+        words += ["--augment", "strong"]
     if val_split is not None:
         words += ["--val-split", "{:g}".format(val_split)]
     return " ".join(shlex.quote(w) for w in words)

@@ -11,7 +11,7 @@ from edgetl.cli.options import batch_size_option, device_option, json_option, ou
 from edgetl.core.world import ProcessRole, under_launcher
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
-from edgetl.spec.formats import GEOMETRIES, TRAIN_GEOMETRIES
+from edgetl.spec.formats import AUGMENTS, BALANCES, GEOMETRIES, TRAIN_GEOMETRIES
 from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig, LaunchConfig
 
 _D = FinetuneConfig  # defaults live in one place: the dataclasses
@@ -159,6 +159,36 @@ with another --nproc-per-node."""
     show_default=True,
     help="random-resized-crop (+ flip), or a deployment geometry of the whole image + random flip. "
     "Geometries other than these defaults train through --cache none.",
+)
+@click.option(
+    "--augment",
+    type=click.Choice(AUGMENTS),
+    default=_D.augment,
+    show_default=True,
+    help="Training augmentation: none (the eval view), default (--train-geometry's crop + flip), strong (default "
+    "+ TrivialAugmentWide per image + RandomErasing). Evaluation and the exported preprocessing never change.",
+)
+@click.option(
+    "--mixup",
+    type=click.FloatRange(min=0),
+    default=_D.mixup,
+    show_default=True,
+    help="MixUp with mixing weights from Beta(A, A); 0 = off. Not with --cache features.",
+)
+@click.option(
+    "--cutmix",
+    type=click.FloatRange(min=0),
+    default=_D.cutmix,
+    show_default=True,
+    help="CutMix with box areas from Beta(A, A); 0 = off. With --mixup too, each image gets one of the two.",
+)
+@click.option(
+    "--balance",
+    type=click.Choice(BALANCES),
+    default=_D.balance,
+    show_default=True,
+    help="Class imbalance: sampler (each class drawn equally often, with replacement) or loss (class-weighted "
+    "cross-entropy).",
 )
 @out_option("Run folder (default models/<arch>-<strategy>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (with any --nproc-per-node).")

@@ -81,8 +81,9 @@ def random_resized_crop_boxes(width: Any, height: Any, randoms: Any) -> Tuple[An
 
 
 def flip_flags(randoms: Any) -> Any:
-    """Which images of a batch are mirrored: the last of each image's randoms is below 0.5."""
-    return randoms.reshape(len(randoms), -1)[:, -1] < 0.5
+    """Which images of a batch are mirrored: the last of each image's crop randoms is below 0.5 (more randoms may
+    follow: ``edgetl.data.strong_augment``)."""
+    return randoms.reshape(len(randoms), -1)[:, RANDOMS_PER_IMAGE - 1] < 0.5
 
 
 def normalize_batch(images: Any, spec: PreprocessSpec, memory_format: Any = None) -> Any:

@@ -1,8 +1,9 @@
 """Feature cache for ``--strategy feature-extractor``: run the frozen base once, train the head on its output.
 
 Train features come from the eval view (resize + centre crop, no augmentation) or, with
-``--feature-views N``, from N fixed RandomResizedCrop+flip views per image (each epoch picks
-one view per image from the epoch seed). Val features always use the eval view, so validation
+``--feature-views N``, from N fixed RandomResizedCrop+flip views per image (with ``--augment strong``
+also TrivialAugment and RandomErasing; each epoch picks one view per image from the epoch seed, and
+with ``--balance sampler`` its images class-balanced). Val features always use the eval view, so validation
 equals evaluating the whole model. The base runs in eval mode with the training run's autocast
 and memory format, so the head sees what it would see through the frozen base.
 
@@ -22,6 +23,7 @@ from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_path, built_once, edgetl_home
 from edgetl.core.world import ProcessRole
+from edgetl.data.batch_augment import AugmentedBatches, BatchAugment
 from edgetl.data.decoded_cache import DecodedImages
 from edgetl.data.folders import DatasetSplit
 from edgetl.data.pipelines import (
@@ -30,9 +32,11 @@ from edgetl.data.pipelines import (
     EpochBatchSampler,
     decoded_caches,
     device_finish,
+    epoch_order,
     make_loader,
 )
 from edgetl.data.sharding import Shard
+from edgetl.data.strong_augment import LEVELS
 from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
@@ -89,11 +93,18 @@ class FeaturePipeline:
     name = "features"
 
     def __init__(
-        self, train: Any, train_labels: Any, val: Any, val_labels: Any, batch_size: int, shard: Shard = Shard()
+        self,
+        train: Any,
+        train_labels: Any,
+        val: Any,
+        val_labels: Any,
+        batch_size: int,
+        shard: Shard = Shard(),
+        sample_weights: Optional[Sequence[float]] = None,
     ) -> None:
         self.train, self.train_labels = train, train_labels  # (views, N, D), (N,)
         self.val, self.val_labels = val, val_labels
-        self.batch_size, self.shard = batch_size, shard
+        self.batch_size, self.shard, self.sample_weights = batch_size, shard, sample_weights
 
     def module(self, model: Any) -> Any:
         """What the batches feed: the head."""
@@ -103,7 +114,7 @@ class FeaturePipeline:
         """Shuffled like the image pipelines (same order for the same seed); one view per image."""
         count = self.train.shape[1]
         generator = torch.Generator().manual_seed(epoch_seed)
-        order = torch.randperm(count, generator=generator)
+        order = epoch_order(count, True, generator, self.sample_weights)
         views = torch.randint(self.train.shape[0], (count,), generator=generator)
         order, views = order.to(self.train.device), views.to(self.train.device)
         batches = (order[lo:hi] for lo, hi in self.shard.batch_parts(count, self.batch_size, pad=True))
@@ -126,10 +137,13 @@ def feature_pipeline(
     setup: DeviceSetup,
     cache_dir: Optional[Path] = None,
     shard: Shard = Shard(),
+    augment: str = "default",
+    sample_weights: Optional[Sequence[float]] = None,
 ) -> FeaturePipeline:
     """Features of ``split`` through ``model.base``: loaded from the cache, or computed now by this node's
     local rank 0 while its other ranks (and other jobs) wait on the cache's file lock. ``batch_size`` is
-    the global batch, of which the pipeline's batches are ``shard``'s part."""
+    the global batch, of which the pipeline's batches are ``shard``'s part. ``augment``: how the ``views``
+    are augmented; ``sample_weights``: a class-balanced order."""
     cache_dir = Path(cache_dir or edgetl_home())
     train_images, val_images = decoded_caches(split, spec, workers, setup, cache_dir)
     parts = [
@@ -142,7 +156,7 @@ def feature_pipeline(
         setup.use_amp,
         setup.memory_format,
         setup.device.type,
-    ]
+    ] + ([augment] if views and augment != "default" else [])  # default's views keep their earlier key
     key = hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).hexdigest()
     path = cache_dir / "train-features" / "{}-{}.pt".format(train_images.path.stem, key[:16])
 
@@ -153,7 +167,8 @@ def feature_pipeline(
         return stored
 
     def build() -> dict:
-        stored = _compute(split, spec, model, (train_images, val_images), batch_size, views, seed, workers, setup)
+        images = (train_images, val_images)
+        stored = _compute(split, spec, model, images, batch_size, (views, augment), seed, workers, setup)
         stored["key"] = key
         with atomic_path(path) as tmp:
             torch.save(stored, str(tmp))
@@ -168,7 +183,7 @@ def feature_pipeline(
         for samples in (split.train, split.val)
     ]
     train, val = setup.to_device(stored["train"]), setup.to_device(stored["val"])
-    return FeaturePipeline(train, labels[0], val, labels[1], batch_size, shard)
+    return FeaturePipeline(train, labels[0], val, labels[1], batch_size, shard, sample_weights)
 
 
 def _compute(
@@ -177,21 +192,28 @@ def _compute(
     model: Any,
     images: Tuple[DecodedImages, DecodedImages],
     batch_size: int,
-    views: int,
+    augmented_views: Tuple[int, str],
     seed: int,
     workers: int,
     setup: DeviceSetup,
 ) -> dict:
     """Run the frozen base over the val images (eval view) and the train images (eval view or ``views``
-    augmented views); CPU tensors."""
+    views augmented at level ``augment``); CPU tensors."""
     started = time.perf_counter()
+    views, augment = augmented_views
+    level = LEVELS[augment]
 
     def features(decoded: DecodedImages, labels: Sequence[int], crop_seed: Optional[int]) -> Any:
-        sampler = EpochBatchSampler(len(decoded), batch_size, shuffle=False, augment=crop_seed is not None)
+        augmented = crop_seed is not None
+        sampler = EpochBatchSampler(len(decoded), batch_size, False, augmented, trivial=augmented and level.trivial)
         sampler.set_epoch(crop_seed or 0)
         dataset = DecodedBatches(decoded, labels, spec, raw=setup.cuda_paths)
         loader = make_loader(dataset, sampler, workers, setup)
-        return extract_features(model.base, BatchStream(loader, device_finish(setup, spec)), setup)
+        batches: Any = BatchStream(loader, device_finish(setup, spec))
+        if augmented and level.erase_p:
+            erasing = BatchAugment(batch_size, len(decoded), erase_p=level.erase_p)
+            batches = AugmentedBatches(batches, erasing, crop_seed)
+        return extract_features(model.base, batches, setup)
 
     train_images, val_images = images
     train_labels, val_labels = [s.label for s in split.train], [s.label for s in split.val]

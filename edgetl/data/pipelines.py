@@ -28,7 +28,6 @@ from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.data.augment import (
     augment_decoded,
-    draw_crop_randoms,
     eval_crop_decoded,
     flip_flags,
     normalize_batch,
@@ -37,6 +36,7 @@ from edgetl.data.augment import (
 from edgetl.data.decoded_cache import DecodedImages, open_decoded_images
 from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.data.sharding import Shard
+from edgetl.data.strong_augment import LEVELS, draw_epoch_randoms, trivial_augment
 from edgetl.errors import ConfigError
 from edgetl.spec.geometry import RANDOM_RESIZED_CROP, cached_views_suffice
 from edgetl.spec.preprocess import PreprocessSpec, geometry_pixels, load_input, load_rgb
@@ -47,18 +47,36 @@ log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4  # per worker
 
 
+def epoch_order(count: int, shuffle: bool, generator: Any, weights: Optional[Sequence[float]] = None) -> Any:
+    """The order of an epoch's samples: a permutation, or (``weights``: ``--balance sampler``) ``count`` draws
+    with replacement in proportion to the weights; both from ``generator`` (the epoch seed) alone."""
+    if weights is not None:
+        return torch.multinomial(torch.tensor(weights, dtype=torch.float64), count, True, generator=generator)
+    return torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+
+
 class EpochBatchSampler(torch.utils.data.Sampler):
-    """Yields (rows, crop randoms or None) per batch; order and randoms follow ``set_epoch(seed)``.
+    """Yields (rows, per-image randoms or None) per batch; order and randoms follow ``set_epoch(seed)``.
 
     The order and randoms are drawn for the whole set, then each batch is cut to ``shard``'s part
     (``edgetl.data.sharding``; with ``pad``, an empty part becomes one padding sample), so a sample's
-    place and crop are the same for any number of processes."""
+    place, crop and TrivialAugment draws (``trivial``) are the same for any number of processes.
+    ``weights``: class-balanced order (``epoch_order``)."""
 
     def __init__(
-        self, count: int, batch_size: int, shuffle: bool, augment: bool, shard: Shard = Shard(), pad: bool = True
+        self,
+        count: int,
+        batch_size: int,
+        shuffle: bool,
+        augment: bool,
+        shard: Shard = Shard(),
+        pad: bool = True,
+        *,
+        trivial: bool = False,
+        weights: Optional[Sequence[float]] = None,
     ) -> None:
         self.count, self.batch_size, self.shuffle, self.augment = count, batch_size, shuffle, augment
-        self.shard, self.pad = shard, pad
+        self.shard, self.pad, self.trivial, self.weights = shard, pad, trivial, weights
         self.seed = 0
 
     def set_epoch(self, seed: int) -> None:
@@ -71,16 +89,17 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[Tuple[Any, Optional[Any]]]:
         generator = torch.Generator().manual_seed(self.seed)
-        order = torch.randperm(self.count, generator=generator) if self.shuffle else torch.arange(self.count)
-        randoms = draw_crop_randoms(self.count, generator) if self.augment else None
+        order = epoch_order(self.count, self.shuffle, generator, self.weights)
+        randoms = draw_epoch_randoms(self.count, generator, self.trivial) if self.augment else None
         for lo, hi in self.shard.batch_parts(self.count, self.batch_size, self.pad):
             yield order[lo:hi], None if randoms is None else randoms[lo:hi]
 
 
 class PilBatches:
     """Batch-level dataset decoding with PIL: the training geometry + flip (given randoms: RandomResizedCrop, or
-    a deployment geometry of the whole image) or the eval geometry (``spec.geometry``); uint8 NCHW batches
-    (normalised on the device by ``device_finish``)."""
+    a deployment geometry of the whole image), then TrivialAugment where the randoms carry its draws, or
+    without randoms ``spec.geometry`` (the eval geometry; ``--augment none``: the train geometry); uint8 NCHW
+    batches (normalised on the device by ``device_finish``)."""
 
     def __init__(
         self, samples: Sequence[Sample], spec: PreprocessSpec, train_geometry: str = RANDOM_RESIZED_CROP
@@ -99,7 +118,8 @@ class PilBatches:
             spec = replace(self.spec, geometry=self.train_geometry)
             crops = [geometry_pixels(load_input(path, spec), spec) for path in paths]
             crops = [crop[:, ::-1] if flip else crop for crop, flip in zip(crops, flip_flags(randoms).tolist())]
-        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2), self.labels[rows]
+        images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+        return trivial_augment(images, randoms), self.labels[rows]
 
     def _random_crops(self, images: List[Any], randoms: Any) -> List[Any]:
         TF = require("torchvision.transforms.functional")
@@ -127,10 +147,11 @@ class DecodedBatches:
 
 
 def transform_decoded(pixels: Any, rows: Any, geometry: Any, randoms: Optional[Any], spec: PreprocessSpec) -> Any:
-    """Training crop + flip when ``randoms`` are given, else the eval crop (not normalised)."""
+    """Training crop + flip (+ TrivialAugment where the randoms carry its draws) when ``randoms`` are given, else
+    the eval crop (not normalised)."""
     if randoms is None:
         return eval_crop_decoded(pixels, rows, geometry, spec)
-    return augment_decoded(pixels, rows, geometry, randoms, spec)
+    return trivial_augment(augment_decoded(pixels, rows, geometry, randoms, spec), randoms)
 
 
 class BatchStream:
@@ -223,15 +244,21 @@ def image_pipeline(
     cache_dir: Optional[Path] = None,
     shard: Shard = Shard(),
     train_geometry: str = RANDOM_RESIZED_CROP,
+    augment: str = "default",
+    sample_weights: Optional[Sequence[float]] = None,
 ) -> ImagePipeline:
     """The ``none`` (PIL: any geometry) or ``ram`` (decoded cache: random-resized-crop and center-crop only)
-    pipeline of a split; ``batch_size`` is the global batch, of which the loaders yield ``shard``'s part."""
+    pipeline of a split; ``batch_size`` is the global batch, of which the loaders yield ``shard``'s part.
+    ``augment``: the per-image part of an ``--augment`` level; ``sample_weights``: a class-balanced order."""
+    level = LEVELS[augment]
     if cache != "none" and not cached_views_suffice(spec.geometry, train_geometry):
         raise ConfigError("the decoded-image cache holds centre-crop views; {} / {} need --cache none".format(
             spec.geometry, train_geometry
         ))  # fmt: skip
     if cache == "none":
-        train_set, val_set = PilBatches(split.train, spec, train_geometry), PilBatches(split.val, spec)
+        unflipped = spec if train_geometry == RANDOM_RESIZED_CROP else replace(spec, geometry=train_geometry)
+        train_set = PilBatches(split.train, spec if level.crop else unflipped, train_geometry)
+        val_set = PilBatches(split.val, spec)
         val_workers = workers
     else:
         train_images, val_images = decoded_caches(split, spec, workers, setup, cache_dir)
@@ -239,7 +266,9 @@ def image_pipeline(
         train_set = DecodedBatches(train_images, [s.label for s in split.train], spec, raw)
         val_set = DecodedBatches(val_images, [s.label for s in split.val], spec, raw)
         val_workers = 0  # the eval crop of a cached batch is one gather
-    train_sampler = EpochBatchSampler(len(split.train), batch_size, True, True, shard, pad=True)
+    train_sampler = EpochBatchSampler(
+        len(split.train), batch_size, True, level.crop, shard, pad=True, trivial=level.trivial, weights=sample_weights
+    )
     val_sampler = EpochBatchSampler(len(split.val), batch_size, False, False, shard, pad=False)
     train_loader = make_loader(train_set, train_sampler, workers, setup)
     val_loader = make_loader(val_set, val_sampler, val_workers, setup)

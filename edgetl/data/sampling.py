@@ -5,7 +5,7 @@ sorting it by path, so a subset depends on the files and the seed alone, never o
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgetl.errors import DataError
 
@@ -54,3 +54,40 @@ def stratified_split(samples: Sequence[Sample], fraction: float, seed: int) -> T
         val.extend(items[:n_val])
         train.extend(items[n_val:])
     return train, val
+
+
+def class_counts(labels: Sequence[int], num_classes: int) -> List[int]:
+    """Samples per class label ``0 .. num_classes - 1``."""
+    counts = [0] * num_classes
+    for label in labels:
+        counts[label] += 1
+    return counts
+
+
+def balanced_sample_weights(labels: Sequence[int], num_classes: int) -> List[float]:
+    """``--balance sampler``: each sample's draw weight, 1 / (its class's size), so every class is drawn
+    equally often (the epoch's order is then drawn with replacement from the epoch seed)."""
+    counts = class_counts(labels, num_classes)
+    return [1.0 / counts[label] for label in labels]
+
+
+def balanced_class_weights(labels: Sequence[int], num_classes: int) -> List[float]:
+    """``--balance loss``: class c weighs ``N / (C * n_c)``: each class adds equally to an epoch's loss, and the
+    weights average 1 over the samples, so the loss keeps the scale (and the lr its meaning) of the unweighted one."""
+    counts = class_counts(labels, num_classes)
+    return [len(labels) / (num_classes * n) if n else 0.0 for n in counts]
+
+
+IMBALANCE_RATIO = 0.5  # warn when the smallest class has fewer than this fraction of the largest's samples
+
+
+def imbalance_warning(labels: Sequence[int], classes: Sequence[str], balance: str) -> Optional[str]:
+    """One line when the smallest training class is under half the largest, else None."""
+    counts = class_counts(labels, len(classes))
+    small, large = min(range(len(counts)), key=counts.__getitem__), max(range(len(counts)), key=counts.__getitem__)
+    if counts[small] >= IMBALANCE_RATIO * counts[large]:
+        return None
+    advice = "--balance {} compensates".format(balance) if balance != "none" else "consider --balance sampler or loss"
+    return "class imbalance: {!r} has {} training images, under half of {!r}'s {}; {}".format(
+        classes[small], counts[small], classes[large], counts[large], advice
+    )

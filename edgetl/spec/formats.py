@@ -46,6 +46,11 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 GEOMETRIES = ("center-crop", "imagenet-stretch", "nvinfer-stretch", "nvinfer-letterbox", "nvinfer-letterbox-symmetric")
 # --train-geometry: RandomResizedCrop + flip, or a deployment geometry of the whole image + random flip
 TRAIN_GEOMETRIES = ("random-resized-crop",) + GEOMETRIES
+# --augment: none = the eval view (or the train geometry unflipped), default = the train geometry + flip,
+# strong = default + TrivialAugmentWide per image + RandomErasing per batch (edgetl.data.strong_augment)
+AUGMENTS = ("none", "default", "strong")
+# --balance: class-balanced sampling (each class drawn equally often) or class-weighted loss
+BALANCES = ("none", "sampler", "loss")
 # INT8 forms: trt = symmetric signed Q/DQ that TensorRT's explicit quantization takes; cpu = ONNX Runtime's CPU kernels
 INT8_FORMS = ("trt", "cpu")
 # the calibration each INT8 form gets by default: the trt form's symmetric int8 activations lose a bit to the

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
-from edgetl.spec.formats import GEOMETRIES, TRAIN_GEOMETRIES
+from edgetl.spec.formats import AUGMENTS, BALANCES, GEOMETRIES, TRAIN_GEOMETRIES
 from edgetl.spec.geometry import cached_views_suffice
 
 STRATEGIES = ("feature-extractor", "partial", "full")
@@ -64,6 +64,15 @@ class FinetuneConfig:
     sync_bn: bool = False  # distributed on CUDA: BatchNorm statistics of the global batch (SyncBatchNorm)
     eval_geometry: str = GEOMETRIES[0]  # how val images become inputs (best.pt is picked on it); preprocess.json
     train_geometry: str = TRAIN_GEOMETRIES[0]  # random-resized-crop, or a deployment geometry + random flip
+    augment: str = "default"  # none | default | strong (edgetl.data.strong_augment); never changes eval/deploy input
+    mixup: float = 0.0  # Beta(alpha, alpha) of MixUp; 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off
+    balance: str = "none"  # none | sampler (class-balanced order) | loss (class-weighted cross-entropy)
+
+    @property
+    def mixing(self) -> bool:
+        """Whether batches are mixed (MixUp/CutMix): soft targets, image pipelines only."""
+        return self.mixup > 0 or self.cutmix > 0
 
     def __post_init__(self) -> None:
         trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
@@ -101,10 +110,25 @@ class FinetuneConfig:
                 "--eval-geometry/--train-geometry other than center-crop/random-resized-crop run on whole images: "
                 "use --cache none (or auto) and no --feature-views",
             ),
-        ]
+        ] + self._augment_checks()
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def _augment_checks(self) -> List[Tuple[bool, str]]:
+        return [
+            (self.augment in AUGMENTS, "--augment must be one of " + ", ".join(AUGMENTS)),
+            (self.balance in BALANCES, "--balance must be one of " + ", ".join(BALANCES)),
+            (self.mixup >= 0 and self.cutmix >= 0, "--mixup and --cutmix must be >= 0 (0 = off)"),
+            (
+                not (self.mixing and (self.cache == "features" or self.feature_views)),
+                "--mixup/--cutmix mix images, and --cache features trains on stored features: use --cache ram or none",
+            ),
+            (
+                not (self.augment == "none" and self.feature_views),
+                "--feature-views are augmented views; --augment none has none",
+            ),
+        ]
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FinetuneConfig":

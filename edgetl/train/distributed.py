@@ -32,6 +32,7 @@ from edgetl.data.sharding import Shard
 from edgetl.errors import ConfigError, EdgetlError
 from edgetl.train.config import FinetuneConfig, check_job
 from edgetl.train.evaluate import EvalResult, evaluate_model, metrics_from_counts, prediction_counts
+from edgetl.train.objective import TrainingLoss, hard_labels
 
 torch = require("torch")
 dist = torch.distributed
@@ -196,8 +197,8 @@ class ShardedLoss:
     average is then the gradient of the global batch's mean loss, whatever the parts' sizes. A rank's
     padding sample (an empty part) weighs 0 but still runs, so that the rank joins the step's reduction."""
 
-    def __init__(self, label_smoothing: float, world: World, steps: List[Tuple[int, int]]) -> None:
-        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing, reduction="sum")
+    def __init__(self, criterion: TrainingLoss, world: World, steps: List[Tuple[int, int]]) -> None:
+        self.criterion = criterion.summed()
         self.world, self.steps = world, steps
 
     def __call__(self, index: int, logits: Any, labels: Any) -> Tuple[Any, Any, Any, int]:
@@ -207,7 +208,7 @@ class ShardedLoss:
             zero = logits.sum() * 0.0
             return zero, zero.detach().double(), (labels[:0] == 0).sum(), 0
         summed = self.criterion(logits, labels)
-        correct = (logits.argmax(1) == labels).sum()
+        correct = (logits.argmax(1) == hard_labels(labels)).sum()
         return summed * (self.world.size / global_count), summed.detach().double(), correct, counted
 
     def totals(self, loss: Any, correct: Any, seen: int) -> Tuple[float, float]:
@@ -217,11 +218,11 @@ class ShardedLoss:
         return loss.item() / seen_tensor.item(), correct.item() / seen_tensor.item()
 
 
-def sharded_loss(world: World, label_smoothing: float, count: int, batch_size: int) -> Optional[ShardedLoss]:
+def sharded_loss(world: World, criterion: TrainingLoss, count: int, batch_size: int) -> Optional[ShardedLoss]:
     """The loss weighting of a distributed run over ``count`` training samples; None for one process (the mean)."""
     if world.size == 1:
         return None
-    return ShardedLoss(label_smoothing, world, world.shard.steps(count, batch_size))
+    return ShardedLoss(criterion, world, world.shard.steps(count, batch_size))
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
 """Which input pipeline a training run uses (``--cache``, ``auto`` resolved and logged) and building
 it: the image pipelines of ``edgetl.data.pipelines`` or the feature cache of
-``edgetl.data.feature_cache``."""
+``edgetl.data.feature_cache``, with the run's ``--augment``/``--mixup``/``--cutmix`` (per image in the
+loaders, per batch on the device: ``edgetl.data.batch_augment``) and ``--balance sampler`` order."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import logging
 from typing import Any, Optional, Tuple
 
 from edgetl.core.device import DeviceSetup, resolve_workers, total_memory_bytes
+from edgetl.data.batch_augment import AugmentedPipeline, BatchAugment
 from edgetl.data.decoded_cache import cache_bytes
 from edgetl.data.feature_cache import feature_pipeline
 from edgetl.data.folders import DatasetSplit
 from edgetl.data.pipelines import image_pipeline
+from edgetl.data.sampling import balanced_sample_weights, imbalance_warning
+from edgetl.data.strong_augment import LEVELS
 from edgetl.errors import ConfigError
 from edgetl.spec.geometry import cached_views_suffice
 from edgetl.spec.preprocess import PreprocessSpec
@@ -31,7 +35,7 @@ def resolve_cache(
         return "none", "the caches hold centre-crop views; {} / {} are computed from whole images".format(
             config.eval_geometry, config.train_geometry
         )
-    if config.strategy == "feature-extractor":
+    if config.strategy == "feature-extractor" and not config.mixing:
         return "features", "the base is frozen, so its features are computed once and only the head trains"
     need = cache_bytes(len(split.train) + len(split.val), preprocess)
     memory = total_memory_bytes() if memory_bytes is None else memory_bytes
@@ -39,7 +43,10 @@ def resolve_cache(
         return "none", "a decoded-image cache would take {:.1f} GB, more than half of the {:.1f} GB of RAM".format(
             need / 1e9, memory / 1e9
         )
-    return "ram", "decoded-image cache ({:.2f} GB): images are decoded once, crops are cut per batch".format(need / 1e9)
+    mixing = "; --mixup/--cutmix mix images, not stored features" if config.strategy == "feature-extractor" else ""
+    return "ram", "decoded-image cache ({:.2f} GB): images are decoded once, crops are cut per batch{}".format(
+        need / 1e9, mixing
+    )
 
 
 def build_pipeline(
@@ -57,9 +64,27 @@ def build_pipeline(
     if config.cache == "auto":
         log.info("--cache auto: using %s (%s)", cache, reason)
     workers = resolve_workers(config.workers, world.role.local_world_size)
+    labels = [s.label for s in split.train]
+    warning = imbalance_warning(labels, split.classes, config.balance)
+    if warning and world.is_main:
+        log.warning(warning)
+    weights = balanced_sample_weights(labels, len(split.classes)) if config.balance == "sampler" else None
     options = dict(batch_size=config.batch_size, workers=workers, setup=setup, shard=world.shard)
-    if cache != "features":
-        return image_pipeline(cache, split, spec, train_geometry=config.train_geometry, **options)
-    if not model.base_frozen:
-        raise ConfigError("--cache features needs --strategy feature-extractor (a frozen base)")
-    return feature_pipeline(split, spec, model, views=config.feature_views, seed=config.seed, **options)
+    options.update(augment=config.augment, sample_weights=weights)
+    if cache == "features":
+        if not model.base_frozen:
+            raise ConfigError("--cache features needs --strategy feature-extractor (a frozen base)")
+        if config.augment == "strong" and not config.feature_views and world.is_main:
+            log.warning("--augment strong: the feature cache trains on the eval view; add --feature-views N")
+        return feature_pipeline(split, spec, model, views=config.feature_views, seed=config.seed, **options)
+    pipeline = image_pipeline(cache, split, spec, train_geometry=config.train_geometry, **options)
+    augment = BatchAugment(
+        config.batch_size,
+        len(split.train),
+        len(split.classes),
+        LEVELS[config.augment].erase_p,
+        config.mixup,
+        config.cutmix,
+        world.shard,
+    )
+    return AugmentedPipeline(pipeline, augment) if augment.active else pipeline

@@ -41,6 +41,7 @@ from edgetl.train.distributed import (
 )
 from edgetl.train.inputs import build_pipeline
 from edgetl.train.model import HeadConfig, build_model, count_parameters, parameter_groups
+from edgetl.train.objective import training_loss
 from edgetl.train.step import TrainStep, cosine_with_warmup, make_optimizer, restore_training_state, train_one_epoch
 from edgetl.train.weights import resolve_weights
 
@@ -178,7 +179,7 @@ def _train(
     spec = get_backbone(config.arch, config.cut_at)
     preprocess = replace(preprocess_spec(spec), geometry=config.eval_geometry)
     model, optimizer, scheduler, scaler = _build(config, split, setup, world, state)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    val_loss = torch.nn.CrossEntropyLoss()  # plain, as `evaluate` reports it: smoothing and weights train only
     history: List[Dict[str, float]] = []
     best_top1, start_epoch = -1.0, 0
     if state is not None:
@@ -193,8 +194,10 @@ def _train(
     world.wait_for_all("building the input pipeline")  # a node's cache build may outlast a collective's timeout
     config = replace(config, cache=pipeline.name)  # checkpoints record the pipeline auto chose
     trained = pipeline.module(model)  # the whole model, or only its head on cached features
-    shares = sharded_loss(world, config.label_smoothing, len(split.train), config.batch_size)
-    step = TrainStep(world.wrap(trained), criterion, optimizer, scheduler, scaler, setup, shares)
+    labels = [s.label for s in split.train]
+    loss = training_loss(config.label_smoothing, config.balance, labels, len(split.classes), setup.device)
+    shares = sharded_loss(world, loss, len(split.train), config.batch_size)
+    step = TrainStep(world.wrap(trained), loss, optimizer, scheduler, scaler, setup, shares)
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(rank_seed(config.seed, epoch, world.rank))  # dropout etc.: a function of (seed, epoch, rank)
         batches = pipeline.train_batches(config.seed * 1000 + epoch)
@@ -204,8 +207,7 @@ def _train(
         )
         seconds = time.perf_counter() - tick
         world.sync_buffers(trained)
-        plain = torch.nn.CrossEntropyLoss()  # val loss as `evaluate` reports it: label smoothing is a training aid
-        val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), plain, world)
+        val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), val_loss, world)
         lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}
         history.append(_epoch_row(epoch, train_loss, train_top1, val, lrs, seconds, len(split.train)))
         is_best = world.from_main(val.top1 > best_top1)  # the decision of rank 0, which saves

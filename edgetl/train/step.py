@@ -15,6 +15,7 @@ from edgetl.core.device import DeviceSetup
 from edgetl.train.checkpoint import set_rng_state
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.distributed import ShardedLoss
+from edgetl.train.objective import hard_labels
 
 torch = require("torch")
 
@@ -87,7 +88,7 @@ def train_one_epoch(step: TrainStep, batches: Any, *, progress: bool, label: str
         if step.shares is None:
             loss_sum, right, count = (
                 loss.detach().double() * len(labels),
-                (logits.argmax(1) == labels).sum(),
+                (logits.argmax(1) == hard_labels(labels)).sum(),
                 len(labels),
             )
         total_loss += loss_sum

@@ -134,6 +134,7 @@ def test_the_printed_command_is_a_valid_finetune_command(quadrant: int) -> None:
     assert (config.strategy, config.lr, config.epochs, config.val_split) == (plan.strategy, plan.lr, plan.epochs, 0.25)
     if plan.strategy == "partial":
         assert config.trainable_stages == plan.trainable_stages
+    assert config.augment == ("strong" if plan.augment_harder else "default")  # "augment harder" is in the command
 
 
 def test_stratified_folds_deal_each_class_over_all_folds() -> None:

@@ -177,6 +177,26 @@ def test_two_nodes_train_what_one_process_trains(job, tmp_path: Path) -> None:
     assert payload["config"]["batch_size"] == 8 and model(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
 
 
+@pytest.mark.parametrize("balance", ["sampler", "loss"])
+def test_strong_augmentation_and_balance_train_on_two_processes_what_one_trains(
+    job, tmp_path: Path, balance: str
+) -> None:
+    """TrivialAugment, RandomErasing and the balanced order are drawn at each sample's global position, and the
+    class-weighted loss is summed over the global batch: 2 processes train the one-process run (the head,
+    through the frozen base on augmented images; MixUp is left out, as its partners are per process)."""
+    data, env, _ = job
+    overrides = dict(augment="strong", balance=balance)
+    with _home(env["EDGETL_HOME"]):
+        one = finetune(FinetuneConfig(data=str(data), out=str(tmp_path / "one"), **dict(OPTIONS, **overrides)), False)
+    two = tmp_path / "two"
+    launch = [sys.executable, "-m", "edgetl", "finetune", *_cli_options(data, two, nproc_per_node=2, **overrides)]
+    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    print(
+        "2 vs 1 process: metrics within {:.2g}, weights within {:.2g}".format(*_assert_same_training(two, one.run_dir))
+    )
+
+
 def test_a_killed_rank_leaves_a_run_that_resumes_with_two_processes_or_one(job) -> None:
     data, env, reference = job
     killed = reference.parent / "killed"
