@@ -200,6 +200,10 @@ def finetune(
                 )
             )
     else:
+        if _given(ctx, "trainable_stages") and options["strategy"] != "partial":
+            raise ConfigError(
+                "--trainable-stages applies to --strategy partial only (got --strategy {})".format(options["strategy"])
+            )
         config = FinetuneConfig(
             data=None if data is None else str(data), out=None if out is None else str(out), weights=weights_, **options
         )

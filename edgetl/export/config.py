@@ -6,10 +6,13 @@ device too. Names (consumers, INT8 forms, calibration methods) come from ``edget
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Tuple
 
 from edgetl.core.cpu import cpu_isa
+from edgetl.core.fileio import check_out_path
 from edgetl.errors import ConfigError
 from edgetl.spec.formats import CALIB_METHODS, CONSUMERS, INT8_CPU_FORMS, INT8_FALLBACKS, INT8_FORMS, IO_NAMES
 from edgetl.trt.plan import (
@@ -94,12 +97,21 @@ class ExportConfig:
             (self.gate_images >= 0, "--gate-images must be >= 0"),
             (self.int8_fallback in INT8_FALLBACKS, "--int8-fallback must be one of " + ", ".join(INT8_FALLBACKS)),
             (self.int8_fallback_max_layers >= 1, "--int8-fallback-max-layers must be >= 1"),
+            (self.workspace_mib >= 1, "--workspace must be >= 1 MiB, got {}".format(self.workspace_mib)),
+            (
+                self.calib_data is None or Path(self.calib_data).expanduser().exists(),
+                "--calib-data not found: {}".format(self.calib_data),
+            ),
+            (self.timing_cache is None or not Path(self.timing_cache).is_dir(), "--timing-cache is a folder"),
+            (math.isfinite(self.max_int8_drop), "--max-int8-drop must be finite"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         onnx_versions(resolve_target(self.trt_version), self.opset)
         self.profile()  # validates the batch range
+        if self.out is not None:
+            check_out_path(Path(self.out), "--out")
 
     @property
     def precision(self) -> str:
