@@ -276,8 +276,15 @@ def compare_to_baseline(
     report: Dict[str, Any], baseline: Dict[str, Any], max_regression_pct: float
 ) -> List[Dict[str, Any]]:
     """Per row: the baseline's and today's relative time and the change in percent; ``ok`` is False where
-    today's ratio exceeds the baseline's by more than ``max_regression_pct``. Rows new to the baseline pass."""
+    today's ratio exceeds the baseline's by more than ``max_regression_pct``. Rows new to the baseline pass,
+    but a baseline that matches no row at all is a GateError: a gate that compares nothing would pass forever."""
     previous = {row_key(r): r for r in baseline.get("rows", [])}
+    if report["rows"] and not any(row_key(row) in previous for row in report["rows"]):
+        raise GateError(
+            "the baseline matches none of the {} timed row(s) (it has: {}); record a new one with --json-out".format(
+                len(report["rows"]), ", ".join(sorted(previous)) or "no rows"
+            )
+        )
     verdicts = []
     for row in report["rows"]:
         base = previous.get(row_key(row))

