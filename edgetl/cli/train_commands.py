@@ -183,10 +183,6 @@ def finetune(
     edgetl finetune --out models/photos --resume     # continue after an interruption
     edgetl finetune photos/ --strategy full --nproc-per-node 4 --out models/photos   # 4 GPUs
     """
-    from edgetl.train.loop import finetune as run_finetune
-    from edgetl.train.loop import history_table
-    from edgetl.train.loop import resume as run_resume
-
     launch = LaunchConfig(nproc_per_node)
     progress = ctx.obj["progress"]
     epochs = options["epochs"] if _given(ctx, "epochs") else None
@@ -210,6 +206,10 @@ def finetune(
         config = FinetuneConfig(
             data=None if data is None else str(data), out=None if out is None else str(out), weights=weights_, **options
         )
+    from edgetl.train.loop import finetune as run_finetune  # torch: after the options are checked
+    from edgetl.train.loop import history_table
+    from edgetl.train.loop import resume as run_resume
+
     if launch.nproc_per_node > 1 and not under_launcher():
         _launch(ctx, launch, config, out, epochs)
         return

@@ -72,10 +72,22 @@ def copy_tree(source: Path, target: Path, skip: Optional[Sequence[str]] = None) 
     return target
 
 
+# The test modules import the fixtures below, and pytest then sets up a "session" fixture once per importing
+# module: the folders are built once per session here instead (no conftest.py in this folder: it would shadow
+# tests/conftest.py for `from conftest import`).
+_BUILT: Dict[str, Path] = {}
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch run of a randomly initialised frozen base with a linear head on cached features: the
     cheapest real run folder (best.pt, last.pt, split.json, preprocess.json, labels.txt, metrics.csv)."""
+    if "run" not in _BUILT:
+        _BUILT["run"] = _quick_run(tmp_path_factory)
+    return _BUILT["run"]
+
+
+def _quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgetl.train.config import FinetuneConfig
     from edgetl.train.loop import finetune
 
@@ -104,6 +116,9 @@ def quick_bundle(quick_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """``quick_run`` exported with the defaults (fp32 ONNX) into its own folder; tests copy it to damage it."""
     from edgetl.export.job import ExportConfig, export_run
 
-    out = tmp_path_factory.mktemp("quick_bundle") / "bundle"
-    export_run(ExportConfig(run=str(quick_run), out=str(out), calib_dir=str(out.parent / "calibration"), val_images=4))
-    return out
+    if "bundle" not in _BUILT:
+        out = tmp_path_factory.mktemp("quick_bundle") / "bundle"
+        calibration = str(out.parent / "calibration")
+        export_run(ExportConfig(run=str(quick_run), out=str(out), calib_dir=calibration, val_images=4))
+        _BUILT["bundle"] = out
+    return _BUILT["bundle"]
