@@ -36,6 +36,7 @@ from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.engine_sidecar import sidecar_batch_range
 from edgetl.spec.formats import BACKENDS
+from edgetl.spec.schema import is_int, is_number, is_str, list_of, read_json, record
 
 log = logging.getLogger(__name__)
 METHOD = (
@@ -366,11 +367,9 @@ def write_report(path: Path, report: Dict[str, Any]) -> None:
 
 
 def read_report(path: Path) -> Dict[str, Any]:
-    """A report written by ``--json-out`` (the baseline)."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError("cannot read baseline {}: {}".format(path, exc)) from exc
-    if not isinstance(report, dict) or "rows" not in report:
-        raise ConfigError("{} is not an 'edgetl bench latency' report".format(path))
-    return report
+    """A report written by ``--json-out`` (the baseline), checked: one line naming it and the key otherwise."""
+    return dict(read_json(Path(path), BASELINE_SCHEMA, ConfigError))
+
+
+_ROW = record({"model": is_str, "backend": is_str, "batch": is_int, "relative": is_number})
+BASELINE_SCHEMA = record({"rows": list_of(_ROW)})

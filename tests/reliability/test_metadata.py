@@ -102,3 +102,29 @@ def test_schema_messages_name_the_file_and_the_key() -> None:
         validate({"rows": [["a", 1], ["b", True]]}, schema, Path("f.json"))
     with pytest.raises(CheckpointError, match=r'\["note"\] must be a string, got 3'):
         validate({"rows": [], "note": 3}, schema, Path("f.json"))
+
+
+def test_a_baseline_row_without_its_ratio_is_one_line_before_the_timing(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"rows": [{"model": "m.onnx", "backend": "onnx", "batch": 1}]}))
+    message = "baseline.json is malformed: [\"rows\"][0] lacks 'relative'"
+    assert_refused(["bench", "latency", tmp_path / "m.onnx", "--baseline", baseline], message, [tmp_path])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"format": "edgetl-calibration-v1", "images": []}, '["images"] must have at least 1 item(s), got 0'),
+        ({"format": "edgetl-calibration-v1", "images": [{"path": "a.png"}]}, "[\"images\"][0] lacks 'sha256', 'label'"),
+        ({"images": []}, "manifest.json is malformed: lacks 'format'"),
+    ],
+)
+def test_a_damaged_calibration_manifest_is_one_line(tmp_path: Path, content, message: str) -> None:
+    from edgetl.errors import DataError
+    from edgetl.export.quantize import read_calibration_manifest
+
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(DataError) as raised:
+        read_calibration_manifest(path)
+    assert message in str(raised.value) and str(path) in str(raised.value)
