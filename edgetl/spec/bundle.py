@@ -9,7 +9,7 @@ syntax: this module is part of the device runtime.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -63,7 +63,8 @@ class ModelInfo:
         data = dict(data)
         if "int8_target" in data:  # the key of bundles written by edgetl 0.1.0
             data.setdefault("int8_form", data.pop("int8_target"))
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # a newer edgetl's extra keys are not an error (MANIFEST_SCHEMA)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class Bundle:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 from reliability import inputs_corpus
-from reliability.inputs_corpus import assert_refused, copy_tree
+from reliability.inputs_corpus import assert_refused, copy_tree, run_cli
 
 from edgetl.errors import CheckpointError
 from edgetl.spec.schema import fixed, is_int, is_str, list_of, record, validate
@@ -91,6 +91,14 @@ def test_a_damaged_bundle_is_one_line(quick_bundle: Path, make_image_folder, tmp
     else:
         path.write_text(json.dumps(edit))
     assert_refused(["predict", bundle, image, "--backend", "onnx"], message, [bundle, image.parent])
+
+
+def test_keys_a_newer_edgetl_adds_are_not_an_error(quick_bundle: Path, make_image_folder, tmp_path: Path) -> None:
+    bundle = copy_tree(quick_bundle, tmp_path / "bundle")
+    _edit_json(bundle / "bundle.json", lambda d: dict(d, newer=1, models={"fp32": dict(d["models"]["fp32"], newer=2)}))
+    image = next(make_image_folder(counts={"a": 1, "b": 1}, size=32).rglob("*.jpg"))
+    result = run_cli(["predict", bundle, image, "--backend", "onnx"])
+    assert result.exit_code == 0, result.output
 
 
 def test_schema_messages_name_the_file_and_the_key() -> None:
