@@ -22,6 +22,10 @@ class ConfigError(EdgetlError):
     """Options that conflict or are out of range."""
 
 
+class TrainingError(EdgetlError):
+    """Training cannot go on: the loss became non-finite (the weights diverged)."""
+
+
 class ExportError(EdgetlError):
     """An export failed."""
 

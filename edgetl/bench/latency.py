@@ -36,6 +36,7 @@ from edgetl.runtime.torch_runner import TorchRunner
 from edgetl.spec.bundle import Bundle
 from edgetl.spec.engine_sidecar import sidecar_batch_range
 from edgetl.spec.formats import BACKENDS
+from edgetl.spec.schema import is_int, is_number, is_str, list_of, read_json, record
 
 log = logging.getLogger(__name__)
 METHOD = (
@@ -276,8 +277,15 @@ def compare_to_baseline(
     report: Dict[str, Any], baseline: Dict[str, Any], max_regression_pct: float
 ) -> List[Dict[str, Any]]:
     """Per row: the baseline's and today's relative time and the change in percent; ``ok`` is False where
-    today's ratio exceeds the baseline's by more than ``max_regression_pct``. Rows new to the baseline pass."""
+    today's ratio exceeds the baseline's by more than ``max_regression_pct``. Rows new to the baseline pass,
+    but a baseline that matches no row at all is a GateError: a gate that compares nothing would pass forever."""
     previous = {row_key(r): r for r in baseline.get("rows", [])}
+    if report["rows"] and not any(row_key(row) in previous for row in report["rows"]):
+        raise GateError(
+            "the baseline matches none of the {} timed row(s) (it has: {}); record a new one with --json-out".format(
+                len(report["rows"]), ", ".join(sorted(previous)) or "no rows"
+            )
+        )
     verdicts = []
     for row in report["rows"]:
         base = previous.get(row_key(row))
@@ -359,11 +367,9 @@ def write_report(path: Path, report: Dict[str, Any]) -> None:
 
 
 def read_report(path: Path) -> Dict[str, Any]:
-    """A report written by ``--json-out`` (the baseline)."""
-    try:
-        report = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError("cannot read baseline {}: {}".format(path, exc)) from exc
-    if not isinstance(report, dict) or "rows" not in report:
-        raise ConfigError("{} is not an 'edgetl bench latency' report".format(path))
-    return report
+    """A report written by ``--json-out`` (the baseline), checked: one line naming it and the key otherwise."""
+    return dict(read_json(Path(path), BASELINE_SCHEMA, ConfigError))
+
+
+_ROW = record({"model": is_str, "backend": is_str, "batch": is_int, "relative": is_number})
+BASELINE_SCHEMA = record({"rows": list_of(_ROW)})

@@ -11,6 +11,7 @@ from edgetl.bench.latency import MAX_REGRESSION_PCT, LatencyConfig
 from edgetl.bench.variants_config import IMAGE_CACHES, VariantsConfig
 from edgetl.cli.options import (
     batch_size_option,
+    checked_out_path,
     device_option,
     json_option,
     out_option,
@@ -79,6 +80,7 @@ def _batches(ctx: click.Context, param: click.Parameter, value: str) -> Tuple[in
     "--json-out",
     type=click.Path(path_type=Path),
     default=None,
+    callback=checked_out_path(folder=False),
     help="Write the report here (use it later as --baseline).",
 )
 @click.option("--baseline", type=click.Path(path_type=Path), default=None, help="A report from an earlier run.")
@@ -114,14 +116,13 @@ def bench_latency(
     """
     from edgetl.bench import latency
 
+    previous = None if baseline is None else latency.read_report(baseline)  # a bad baseline fails before the timing
     report = latency.bench_latency(
         latency.LatencyConfig(models, backends, batches, warmup, iters, rounds, threads, device)
     )
     if json_out is not None:
         latency.write_report(json_out, report)
-    verdicts = (
-        None if baseline is None else latency.compare_to_baseline(report, latency.read_report(baseline), max_regression)
-    )
+    verdicts = None if previous is None else latency.compare_to_baseline(report, previous, max_regression)
     click.echo(latency.format_latency(report, verdicts))
     latency.fail_on_regressions(verdicts, max_regression)
 

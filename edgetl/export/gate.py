@@ -10,12 +10,14 @@ within ``max_points``. A sample too small to show that bound even with zero disa
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 CONFIDENCE = 0.95
 VERDICTS = ("passed", "failed", "unresolvable")
 
@@ -145,3 +147,27 @@ def judge(
         (fp32_top1 - reduced_top1) * 100.0,
         simulation,
     )
+
+
+def sample_warnings(calibrated: int, requested: int, judged: int, max_points: float) -> List[str]:
+    """What the user should know before INT8 calibration runs, logged and returned for the report: fewer
+    calibration images than ``--calib-size`` asked for, and a gate sample of ``judged`` images too small to
+    resolve ``max_points`` (the gate will then say "unresolvable")."""
+    warnings = []
+    if calibrated < requested:
+        warnings.append(
+            "INT8 calibration uses {} of the {} requested images (--calib-size): all there are".format(
+                calibrated, requested
+            )
+        )
+    needed = images_needed(max_points / 100.0)
+    if needed is None or judged < needed:
+        warnings.append(
+            "the INT8 gate judges only {} images, and needs {} to show a bound of {:g} points "
+            "(--max-int8-drop); add val images or --gate-images".format(
+                judged, ">= {}".format(needed) if needed else "more than any sample", max_points
+            )
+        )
+    for warning in warnings:
+        log.warning(warning)
+    return warnings

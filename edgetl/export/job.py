@@ -30,6 +30,7 @@ from edgetl.errors import CheckpointError, DependencyError, GateError
 from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.config import ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
+from edgetl.export.gate import sample_warnings
 from edgetl.export.geometry_report import geometry_accuracy
 from edgetl.export.int8_step import Int8Step, cpu_form_metadata
 from edgetl.export.parity import (
@@ -232,6 +233,8 @@ class _Export:
         )
         reader = ImageCalibrationReader(samples, self.spec, self.input_name, config.batch or 1)
         heldout = heldout_images(DatasetSplit.load(self.run).train, samples, self.spec, config.gate_images, config.seed)
+        judged = len(self.images.labels) + len(heldout.labels)
+        self.report["warnings"] = sample_warnings(len(samples), config.calib_size, judged, config.max_int8_drop)
         optimize = config.int8_form == "cpu"
         fp32_path = self.out / ONNX_FILES["fp32"]
 

@@ -31,6 +31,7 @@ from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.spec.formats import CALIB_METHODS, INT8_CPU_FORMS, Int8CpuForm
 from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_input
+from edgetl.spec.schema import is_int, is_str, list_of, one_of, read_json, record
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,17 @@ def write_calibration_manifest(path: Path, samples: Sequence[Sample], details: D
     atomic_write_text(path, json.dumps(dict(details, format=MANIFEST_FORMAT, images=entries), indent=1) + "\n")
 
 
+CALIBRATION_MANIFEST_SCHEMA = record(
+    {
+        "format": one_of(MANIFEST_FORMAT),
+        "images": list_of(record({"path": is_str, "sha256": is_str, "label": is_int}), min_length=1),
+    }
+)
+
+
 def read_calibration_manifest(path: Path) -> List[Sample]:
     """The samples of a manifest, each file verified against its recorded sha256."""
-    try:
-        data = json.loads(path.read_text())
-        entries = data["images"] if data.get("format") == MANIFEST_FORMAT else None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError("cannot read calibration manifest {}: {}".format(path, exc)) from exc
-    if not entries:
-        raise DataError("{} is not an edgetl calibration manifest".format(path))
+    entries = read_json(path, CALIBRATION_MANIFEST_SCHEMA, DataError)["images"]
     for entry in entries:
         if not Path(entry["path"]).is_file():
             raise DataError("calibration image {} (from {}) is missing".format(entry["path"], path))

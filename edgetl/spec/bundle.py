@@ -9,7 +9,7 @@ syntax: this module is part of the device runtime.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -19,6 +19,7 @@ from edgetl.errors import CheckpointError
 from edgetl.spec.formats import ONNX_FILES as ONNX_FILES  # re-exported: bundle readers name the files
 from edgetl.spec.formats import PRECISIONS as PRECISIONS
 from edgetl.spec.preprocess import PreprocessSpec
+from edgetl.spec.schema import dict_of, is_int, is_str, list_of, one_of, optional, read_json, record
 
 BUNDLE_FORMAT = "edgetl-bundle-v1"
 MANIFEST = "bundle.json"
@@ -63,7 +64,8 @@ class ModelInfo:
         data = dict(data)
         if "int8_target" in data:  # the key of bundles written by edgetl 0.1.0
             data.setdefault("int8_form", data.pop("int8_target"))
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # a newer edgetl's extra keys are not an error (MANIFEST_SCHEMA)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class Bundle:
@@ -81,12 +83,7 @@ class Bundle:
         root = Path(path)
         manifest_path = root / MANIFEST
         if manifest_path.is_file():
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except ValueError as exc:
-                raise CheckpointError("{} is not valid JSON: {}".format(manifest_path, exc)) from exc
-            if manifest.get("format") != BUNDLE_FORMAT:
-                raise CheckpointError("{} is not an edgetl bundle manifest ({})".format(manifest_path, BUNDLE_FORMAT))
+            manifest = read_json(manifest_path, MANIFEST_SCHEMA)
         elif (root / CHECKPOINT).is_file():
             manifest = {"format": BUNDLE_FORMAT, "models": {}, "engines": {}}
         else:
@@ -99,6 +96,10 @@ class Bundle:
             if not (root / name).is_file():
                 raise CheckpointError("{} has no {}".format(root, name))
         labels = [line.strip() for line in (root / LABELS).read_text().splitlines() if line.strip()]
+        if len(labels) < 2:
+            raise CheckpointError(
+                "{} is malformed: {} class name(s), a classifier needs 2 or more".format(root / LABELS, len(labels))
+            )
         return cls(root, manifest, labels, PreprocessSpec.load(root / PREPROCESS))
 
     def checkpoint_dir(self) -> Optional[Path]:
@@ -128,16 +129,24 @@ class Bundle:
 
 
 def read_manifest(root: Path) -> Dict[str, Any]:
-    """The manifest of ``root`` or a new empty one."""
+    """The manifest of ``root`` (checked: a malformed one is an error, never silently replaced) or a new one."""
     path = Path(root) / MANIFEST
     if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-            if data.get("format") == BUNDLE_FORMAT:
-                return data
-        except ValueError:
-            pass
+        return dict(read_json(path, MANIFEST_SCHEMA))
     return {"format": BUNDLE_FORMAT, "models": {}, "engines": {}}
+
+
+_MODEL_SCHEMA = record(
+    dict(
+        {key: is_str for key in ("file", "kind", "input_name", "output_name", "input_layout", "output_kind", "sha256")},
+        batch=optional(is_int),
+    ),
+    {"int8_form": optional(is_str), "int8_cpu_isa": optional(is_str), "int8_target": optional(is_str)},
+)
+MANIFEST_SCHEMA = record(
+    {"format": one_of(BUNDLE_FORMAT), "models": dict_of(_MODEL_SCHEMA), "engines": dict_of(record({}))},
+    {"run": is_str, "class_names": list_of(is_str), "verification": record({"file": is_str, "sha256": is_str})},
+)
 
 
 def write_manifest(root: Path, manifest: Dict[str, Any]) -> None:

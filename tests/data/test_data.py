@@ -83,7 +83,7 @@ def test_train_val_layout_rejects_val_split_and_needs_val(make_image_folder) -> 
     split = load_dataset(root)
     assert split.layout == "train/val folders" and len(split.train) == 4 and len(split.val) == 4
     shutil.rmtree(root / "val")
-    with pytest.raises(DataError, match="no val/ folder"):
+    with pytest.raises(DataError, match="no val/: add val/<class>/ folders"):
         load_dataset(root)
 
 

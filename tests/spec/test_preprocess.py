@@ -49,5 +49,5 @@ def test_spec_round_trip_and_validation(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="input_size <= resize_size"):
         PreprocessSpec(input_size=300, resize_size=256)
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="cannot read preprocessing spec"):
+    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
         PreprocessSpec.load(tmp_path / "bad.json")
