@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Tuple
 
+from edgetl.core.cleanup import FEATURES_DIR
 from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_path, built_once, edgetl_home
@@ -144,7 +145,7 @@ def feature_pipeline(
         setup.device.type,
     ]
     key = hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).hexdigest()
-    path = cache_dir / "train-features" / "{}-{}.pt".format(train_images.path.stem, key[:16])
+    path = cache_dir / FEATURES_DIR / "{}-{}.pt".format(train_images.path.stem, key[:16])
 
     def reuse() -> Optional[dict]:
         stored = _load(path, key)
