@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Dict, List
 
 from edgetl.core.fileio import atomic_write_text, edgetl_home, sha256_file
 
@@ -35,7 +35,7 @@ def cached_sha256(path: Path) -> str:
     path = Path(path).resolve()
     stamp, entry_path = _stamp(path), _entry_path(path)
     try:
-        entry = json.loads(entry_path.read_text())  # type: Dict[str, Any]
+        entry: Dict[str, Any] = json.loads(entry_path.read_text())
         if entry.get("path") == str(path) and entry.get("stamp") == stamp:
             return str(entry["sha256"])
     except (OSError, ValueError, KeyError):

@@ -14,7 +14,7 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Optional
+from typing import Any, Dict, Iterable, Iterator, Optional, Set
 
 from edgetl.core.fileio import atomic_write_text, sha256_file, stale_temporary_files, writer_alive
 
@@ -52,19 +52,37 @@ def folder_lock(folder: Path) -> Iterator[None]:
     try:
         if fcntl is not None:
             _lock_or_busy(fd, path)
+        _HELD.add(fd)
         os.ftruncate(fd, 0)
         os.write(fd, "{}@{}\n".format(os.getpid(), socket.gethostname()).encode("utf-8"))
         for stale in stale_temporary_files(folder):  # under the lock, any temporary file is a dead writer's
             stale.unlink()
         yield
     finally:
+        _HELD.discard(fd)
         os.close(fd)
 
 
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker): close the inherited lock descriptors, so that the lock ends with
+    the process that took it, not with the last of its workers."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+_HELD: Set[int] = set()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 def _lock_or_busy(fd: int, path: Path) -> None:
-    """Take the lock, or raise FolderBusy naming its holder. A holder that is dead (this host) still holds it
-    through the children it forked (DataLoader workers notice their parent's death within seconds): wait for
-    them, up to ``DEAD_HOLDER_WAIT_S``."""
+    """Take the lock, or raise FolderBusy naming its holder. A holder that is dead (this host) may still hold it
+    through a child forked outside Python's fork hooks, which ends soon after: wait for it, up to
+    ``DEAD_HOLDER_WAIT_S``."""
     deadline = time.monotonic() + DEAD_HOLDER_WAIT_S
     while True:
         try:

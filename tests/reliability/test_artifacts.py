@@ -9,13 +9,15 @@ from pathlib import Path
 import onnx
 import pytest
 from reliability.corpus import (
-    assert_one_line_error,
     assert_refused,
     cli,
     copy_tree,
     flip_byte,
     read_json,
+    small_bundle,
+    small_run,
     snapshot,
+    succeeds,
 )
 
 from edgetl.train.checkpoint import load_checkpoint, save_checkpoints
@@ -28,18 +30,30 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
-    return copy_tree(tiny_bundle, tmp_path / "bundle")
+def source_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run shared by the corpus (never changed: tests copy it)."""
+    return small_run(tmp_path_factory.getbasetemp() / "reliability")
 
 
 @pytest.fixture
-def run(tiny_run: Path, tmp_path: Path) -> Path:
-    return copy_tree(tiny_run, tmp_path / "run")
+def source_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``source_run`` exported into its own bundle folder (never changed: tests copy it)."""
+    return small_bundle(tmp_path_factory.getbasetemp() / "reliability")
 
 
-@pytest.fixture(scope="module")
-def image(tiny_run: Path) -> Path:
-    return sorted((tiny_run.parent / "data" / "val").rglob("*.jpg"))[0]
+@pytest.fixture
+def bundle(source_bundle: Path, tmp_path: Path) -> Path:
+    return copy_tree(source_bundle, tmp_path / "bundle")
+
+
+@pytest.fixture
+def run(source_run: Path, tmp_path: Path) -> Path:
+    return copy_tree(source_run, tmp_path / "run")
+
+
+@pytest.fixture
+def image(source_run: Path) -> Path:
+    return sorted((source_run.parent / "data" / "val").rglob("*.png"))[0]
 
 
 def retrain(run: Path) -> None:
@@ -74,7 +88,7 @@ def test_a_flipped_byte_in_the_model_is_refused(bundle: Path, image: Path) -> No
 
 
 def test_a_flipped_byte_after_a_cached_check_is_still_refused(bundle: Path, image: Path) -> None:
-    assert cli(["predict", bundle, image]).exit_code == 0  # caches the hash of the intact file
+    succeeds(["predict", bundle, image])  # caches the hash of the intact file
     flip_byte(bundle / "model.onnx")  # same size, same mtime: the cache must not vouch for it
     line = assert_refused(["predict", bundle, image], [bundle], "does not match the sha256")
     assert "re-export it with 'edgetl export" in line
@@ -110,7 +124,7 @@ def test_labels_of_another_class_count_are_refused(bundle: Path, image: Path) ->
 
 def test_renamed_labels_are_refused(bundle: Path, image: Path) -> None:
     (bundle / "labels.txt").write_text("cat\ndog\nbird\n")
-    assert_refused(["predict", bundle, image], [bundle], "was exported for 3 classes (alpha, beta, gamma)")
+    assert_refused(["predict", bundle, image], [bundle], "was exported for 3 classes (a, b, c)")
 
 
 def test_bundle_json_that_is_not_json_is_refused(bundle: Path, image: Path) -> None:
@@ -121,7 +135,7 @@ def test_bundle_json_that_is_not_json_is_refused(bundle: Path, image: Path) -> N
 def test_a_run_whose_checkpoint_has_other_classes_than_its_labels_is_not_applied_by_index(
     run: Path, image: Path
 ) -> None:
-    (run / "labels.txt").write_text("alpha\nbeta\n")
+    (run / "labels.txt").write_text("a\nb\n")
     assert_refused(["predict", run, image, "--backend", "torch"], [run], "gives 3 outputs but labels.txt has 2")
 
 
@@ -138,16 +152,16 @@ def test_the_torch_fallback_refuses_a_run_retrained_since_the_export(
     (bundle / "bundle.json").write_text(  # the bundle of this copy of the run (the export recorded its path)
         (bundle / "bundle.json").read_text().replace(manifest["run"], str(run.resolve()))
     )
-    assert cli(["predict", bundle, image, "--backend", "torch"]).exit_code == 0
+    succeeds(["predict", bundle, image, "--backend", "torch"])
     retrain(run)
     assert_refused(["predict", bundle, image, "--backend", "torch"], [bundle, run], "no best.pt")
-    assert cli(["predict", bundle, image]).exit_code == 0  # its ONNX is still the bundle's own model
+    succeeds(["predict", bundle, image])  # its ONNX is still the bundle's own model
 
 
 def test_a_run_retrained_after_its_export_does_not_serve_the_old_onnx(run: Path, image: Path, tmp_path: Path) -> None:
     result = cli(["export", run, "--calib-dir", tmp_path / "calibration"])  # the run folder is its own bundle
     assert result.exit_code == 0, result.output
-    assert cli(["predict", run, image]).exit_code == 0
+    succeeds(["predict", run, image])
     retrain(run)
     line = assert_refused(["predict", run, image], [run], "changed since this bundle was exported (retrained?)")
     assert "re-export it with 'edgetl export {}'".format(run) in line

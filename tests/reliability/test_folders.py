@@ -18,6 +18,9 @@ from reliability.corpus import (
     copy_tree,
     images,
     read_json,
+    small_bundle,
+    small_run,
+    succeeds,
 )
 
 from edgetl.core.ownership import Ownership, folder_lock
@@ -28,6 +31,18 @@ from edgetl.export.job import calibration_manifest_path
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("EDGETL_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
+
+
+@pytest.fixture
+def source_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run shared by the corpus (never changed: tests copy it)."""
+    return small_run(tmp_path_factory.getbasetemp() / "reliability")
+
+
+@pytest.fixture
+def source_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``source_run`` exported into its own bundle folder (never changed: tests copy it)."""
+    return small_bundle(tmp_path_factory.getbasetemp() / "reliability")
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +62,19 @@ def test_finetune_refuses_a_users_folder(data: Path, tmp_path: Path) -> None:
     assert_refused(finetune_args(data, project), [project], "edgetl did not create it")
 
 
-def test_finetune_refuses_a_run_that_lost_last_pt(data: Path, tiny_run: Path, tmp_path: Path) -> None:
-    run = copy_tree(tiny_run, tmp_path / "run")
+def test_finetune_refuses_a_run_that_lost_last_pt(data: Path, source_run: Path, tmp_path: Path) -> None:
+    run = copy_tree(source_run, tmp_path / "run")
     (run / "last.pt").unlink()  # e.g. a full disk under an older edgetl
     assert_refused(finetune_args(data, run), [run], "stopped before saving last.pt")
 
 
-def test_finetune_refuses_a_finished_run(data: Path, tiny_run: Path, tmp_path: Path) -> None:
-    run = copy_tree(tiny_run, tmp_path / "run")
+def test_finetune_refuses_a_finished_run(data: Path, source_run: Path, tmp_path: Path) -> None:
+    run = copy_tree(source_run, tmp_path / "run")
     assert_refused(finetune_args(data, run), [run], "already holds a run")
 
 
-def test_finetune_refuses_a_bundle(data: Path, tiny_bundle: Path, tmp_path: Path) -> None:
-    bundle = copy_tree(tiny_bundle, tmp_path / "bundle")
+def test_finetune_refuses_a_bundle(data: Path, source_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_tree(source_bundle, tmp_path / "bundle")
     assert_refused(finetune_args(data, bundle), [bundle], "is an edgetl bundle, not a run")
 
 
@@ -70,9 +85,9 @@ def test_finetune_refuses_a_file_as_out(data: Path, tmp_path: Path) -> None:
 
 
 def test_finetune_does_not_restart_an_unfinished_run_holding_a_users_file(
-    data: Path, tiny_run: Path, tmp_path: Path
+    data: Path, source_run: Path, tmp_path: Path
 ) -> None:
-    run = copy_tree(tiny_run, tmp_path / "run")
+    run = copy_tree(source_run, tmp_path / "run")
     for name in ("best.pt", "last.pt", "metrics.csv", "summary.json"):
         (run / name).unlink()  # a run stopped before its first checkpoint
     (run / "notes.md").write_text("the user's notes")
@@ -89,7 +104,7 @@ def test_finetune_into_a_folder_another_process_writes_is_refused_at_once(data: 
 def test_a_new_run_lists_every_file_it_wrote_with_its_hash(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "empty"
     out.mkdir()  # an empty folder is fine
-    assert cli(finetune_args(data, out)).exit_code == 0
+    succeeds(finetune_args(data, out))
     owner = Ownership.read(out)
     assert owner is not None and owner.kind == "run"
     written = {p.name for p in out.iterdir() if not p.name.startswith(".")}
@@ -97,41 +112,41 @@ def test_a_new_run_lists_every_file_it_wrote_with_its_hash(data: Path, tmp_path:
     assert owner.first_change() is None and not list(owner.foreign_files())
 
 
-def test_export_refuses_another_run(tiny_run: Path, tmp_path: Path) -> None:
-    other = copy_tree(tiny_run, tmp_path / "other-run")
-    assert_refused(["export", tiny_run, "--out", other], [other, tiny_run], "is another edgetl run")
+def test_export_refuses_another_run(source_run: Path, tmp_path: Path) -> None:
+    other = copy_tree(source_run, tmp_path / "other-run")
+    assert_refused(["export", source_run, "--out", other], [other, source_run], "is another edgetl run")
 
 
-def test_export_refuses_the_bundle_of_another_run(tiny_run: Path, tiny_bundle: Path, tmp_path: Path) -> None:
-    run2 = copy_tree(tiny_run, tmp_path / "run2")
-    bundle = copy_tree(tiny_bundle, tmp_path / "bundle")  # exported from tiny_run
+def test_export_refuses_the_bundle_of_another_run(source_run: Path, source_bundle: Path, tmp_path: Path) -> None:
+    run2 = copy_tree(source_run, tmp_path / "run2")
+    bundle = copy_tree(source_bundle, tmp_path / "bundle")  # exported from source_run
     assert_refused(["export", run2, "--out", bundle], [bundle, run2], "is the bundle of another run")
 
 
-def test_export_refuses_a_users_folder(tiny_run: Path, tmp_path: Path) -> None:
+def test_export_refuses_a_users_folder(source_run: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     (project / "labels.txt").write_text("the user's labels\n")
-    assert_refused(["export", tiny_run, "--out", project], [project], "edgetl did not create it")
+    assert_refused(["export", source_run, "--out", project], [project], "edgetl did not create it")
 
 
-def test_export_does_not_replace_a_bundle_file_the_user_edited(tiny_run: Path, tiny_bundle: Path, tmp_path: Path):
-    bundle = copy_tree(tiny_bundle, tmp_path / "bundle")
+def test_export_does_not_replace_a_bundle_file_the_user_edited(source_run: Path, source_bundle: Path, tmp_path: Path):
+    bundle = copy_tree(source_bundle, tmp_path / "bundle")
     (bundle / "labels.txt").write_text("cat\ndog\nbird\n")
-    assert_refused(["export", tiny_run, "--out", bundle], [bundle], "labels.txt changed since edgetl wrote it")
+    assert_refused(["export", source_run, "--out", bundle], [bundle], "labels.txt changed since edgetl wrote it")
 
 
-def test_export_into_a_bundle_another_process_writes_is_refused(tiny_run: Path, tiny_bundle: Path, tmp_path: Path):
-    bundle = copy_tree(tiny_bundle, tmp_path / "bundle")
+def test_export_into_a_bundle_another_process_writes_is_refused(source_run: Path, source_bundle: Path, tmp_path: Path):
+    bundle = copy_tree(source_bundle, tmp_path / "bundle")
     with folder_lock(bundle):
-        assert_refused(["export", tiny_run, "--out", bundle], [bundle], "in use by another edgetl process")
+        assert_refused(["export", source_run, "--out", bundle], [bundle], "in use by another edgetl process")
 
 
 def test_reexport_renames_its_files_into_place_with_bundle_json_last(
-    tiny_run: Path, tiny_bundle: Path, tmp_path: Path
+    source_run: Path, source_bundle: Path, tmp_path: Path
 ) -> None:
-    bundle = copy_tree(tiny_bundle, tmp_path / "bundle")
-    result = cli(["export", tiny_run, "--out", bundle])
+    bundle = copy_tree(source_bundle, tmp_path / "bundle")
+    result = cli(["export", source_run, "--out", bundle])
     assert result.exit_code == 0, result.output
     assert not (bundle / ".export-tmp").exists()
     published = [p for p in bundle.iterdir() if not p.name.startswith(".")]
@@ -142,7 +157,7 @@ def test_reexport_renames_its_files_into_place_with_bundle_json_last(
 
 
 def test_a_failed_reexport_leaves_no_bundle_that_looks_valid(
-    tiny_run: Path, tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source_run: Path, source_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import edgetl.export.job as job
 
@@ -155,13 +170,13 @@ def test_a_failed_reexport_leaves_no_bundle_that_looks_valid(
         bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.5, bias.name))
         onnx.save(model, str(path))
 
-    bundle = copy_tree(tiny_bundle, tmp_path / "bundle")
+    bundle = copy_tree(source_bundle, tmp_path / "bundle")
     monkeypatch.setattr(job, "export_onnx", export_then_corrupt)
-    assert_one_line_error(cli(["export", tiny_run, "--out", bundle]), code=3, match="model.onnx")
+    assert_one_line_error(cli(["export", source_run, "--out", bundle]), code=3, match="model.onnx")
     assert read_json(bundle / "export_report.json")["status"] == "failed"
     assert not (bundle / "bundle.json").exists() and not (bundle / "model.onnx").exists()
     assert not (bundle / ".export-tmp").exists()
-    assert_one_line_error(cli(["predict", bundle, tiny_run.parent / "data" / "val"]), match="neither")
+    assert_one_line_error(cli(["predict", bundle, source_run.parent / "data" / "val"]), match="neither")
 
 
 def test_calibration_manifests_of_two_runs_of_the_same_name_are_kept_apart(tmp_path: Path) -> None:
@@ -174,12 +189,17 @@ def test_a_second_finetune_is_refused_while_the_first_runs_and_starts_once_it_is
     data: Path, tmp_path: Path, home: Path
 ) -> None:
     out = tmp_path / "run"
-    first = Process(finetune_args(images(tmp_path / "big", per_class=20, size=64), out), home)
+    slow = [
+        a
+        for a in finetune_args(images(tmp_path / "big", per_class=20, size=64), out)
+        if a not in ("--cut-at", "stage1")
+    ]
+    first = Process(slow, home)  # the whole model: a first epoch of seconds, time enough to be refused in
     first.wait_for(lambda: (out / "config.json").is_file(), "the run's first files (written under its lock)")
     assert_one_line_error(cli(finetune_args(data, out)), match="in use by another edgetl process")
     first.kill()
     assert not (out / "best.pt").exists(), "the first run saved a checkpoint before it could be killed"
     with folder_lock(out):
         pass  # taken at once: the kernel released the killed holder's lock
-    assert cli(finetune_args(data, out)).exit_code == 0  # its own unfinished run restarts there
+    succeeds(finetune_args(data, out))  # its own unfinished run restarts there
     assert Ownership.read(out).first_change() is None
