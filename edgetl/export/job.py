@@ -1,7 +1,9 @@
 """edgetl export: a run folder -> a deployable bundle whose every artifact was checked against
 the PyTorch model it came from.
 
-Each ONNX variant is written to a temporary file, checked, and only then renamed into place:
+Every file is built in ``OUT/.export-tmp/`` and reaches the bundle only at the end, ``bundle.json`` last
+(``edgetl.export.bundle_folder``: which ``--out`` an export may write, its lock and ownership manifest).
+Each ONNX variant is written to a temporary file, checked, and only then renamed into the staging folder:
 fp32 (and the baked-preprocessing variant) must match PyTorch (parity gate), INT8 must pass the
 reduced-precision accuracy gate (edgetl.export.gate: top-1 agreement with fp32 on the val images and the
 held-out training images), fp16 must stay close. A failed gate leaves no
