@@ -5,6 +5,7 @@ Importing this module must not import torch or onnxruntime: ``edgetl --help`` an
 commands work on a Jetson without the training extra. Commands import their stage lazily.
 """
 
+import errno
 import logging
 from typing import Any
 
@@ -40,6 +41,13 @@ class EdgetlGroup(click.Group):
             raise GateFailed(str(exc)) from None
         except EdgetlError as exc:
             raise click.ClickException(_rank_prefix() + str(exc)) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise click.ClickException(
+                "{}no space left on the device writing {}: free some space and run the command again (a run "
+                "continues with --resume)".format(_rank_prefix(), exc.filename or "a file")
+            ) from None
 
 
 def _rank_prefix() -> str:
@@ -77,13 +85,22 @@ def _register() -> None:
     from edgetl.cli import (
         advise_commands,
         bench_commands,
+        clean_commands,
         doctor_commands,
         export_commands,
         train_commands,
         verify_commands,
     )
 
-    for module in (train_commands, export_commands, verify_commands, advise_commands, bench_commands, doctor_commands):
+    for module in (
+        train_commands,
+        export_commands,
+        verify_commands,
+        advise_commands,
+        bench_commands,
+        doctor_commands,
+        clean_commands,
+    ):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -103,7 +103,7 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     "--calib-dir",
     default=_D.calib_dir,
     show_default=True,
-    help="Calibration manifests go to CALIB_DIR/<run name>/manifest.json.",
+    help="Calibration manifests go to CALIB_DIR/<run name>-<hash of the run path>/manifest.json.",
 )
 @click.option(
     "--max-int8-drop",

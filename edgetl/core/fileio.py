@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Optional, TypeVar
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple, TypeVar
 
 from edgetl.errors import ConfigError
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOCK_POLL_S = 0.2
 LOCK_REPORT_EVERY_S = 10.0
+TMP_SUFFIX = ".tmp"
+_TEMPORARY = re.compile(r"^\..+\.(\d+)@([^.]*)\.[^.]+\.tmp$")
 
 
 def edgetl_home() -> Path:
@@ -59,12 +62,51 @@ def check_out_path(path: Path, option: str, folder: bool = True) -> None:
             return
 
 
+def temporary_prefix(name: str) -> str:
+    """``.<name>.<pid>@<host>.``: a temporary file names its writer, so ``edgetl clean`` can tell a dead
+    process's leftovers from a live write."""
+    return ".{}.{}@{}.".format(name, os.getpid(), _short_host())
+
+
+def _short_host() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def temporary_writer(path: Path) -> Optional[Tuple[int, str]]:
+    """``(pid, host)`` of the process that made an edgetl temporary file, or None for any other name."""
+    match = _TEMPORARY.match(Path(path).name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+def writer_alive(pid: int, host: str) -> bool:
+    """Whether the writer may still be running: another host's process is assumed alive."""
+    if host != _short_host():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def stale_temporary_files(folder: Path) -> List[Path]:
+    """edgetl temporary files directly in ``folder`` whose writer is dead (this host's processes only)."""
+    found = []
+    for path in Path(folder).glob(".*" + TMP_SUFFIX):
+        writer = temporary_writer(path)
+        if writer is not None and not writer_alive(*writer):
+            found.append(path)
+    return found
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target``; on success rename it onto ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix="." + target.name + ".", suffix=".tmp", dir=str(target.parent))
+    fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(target.name), suffix=TMP_SUFFIX, dir=str(target.parent))
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts get the usual permissions

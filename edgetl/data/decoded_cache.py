@@ -29,6 +29,7 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from edgetl.core.cleanup import DECODED_DIR
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, built_once, edgetl_home, file_fingerprints
 from edgetl.core.world import ProcessRole
@@ -127,7 +128,7 @@ def open_decoded_images(
 
     Built once per node: by local rank 0 of a distributed run (or the first of several jobs), under the
     dataset part's file lock, while the other processes wait on that lock with progress, then reuse it."""
-    directory = Path(cache_dir or edgetl_home()) / "decoded"
+    directory = Path(cache_dir or edgetl_home()) / DECODED_DIR
     directory.mkdir(parents=True, exist_ok=True)
     key = cache_key(samples, spec)
     prefix = hashlib.sha256("{}|{}".format(Path(root).resolve(), part).encode("utf-8")).hexdigest()[:12]

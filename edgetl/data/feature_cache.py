@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Tuple
 
+from edgetl.core.cleanup import FEATURES_DIR
 from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_path, built_once, edgetl_home
@@ -158,7 +159,7 @@ def feature_pipeline(
         setup.device.type,
     ] + ([augment] if views and augment != "default" else [])  # default's views keep their earlier key
     key = hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).hexdigest()
-    path = cache_dir / "train-features" / "{}-{}.pt".format(train_images.path.stem, key[:16])
+    path = cache_dir / FEATURES_DIR / "{}-{}.pt".format(train_images.path.stem, key[:16])
 
     def reuse() -> Optional[dict]:
         stored = _load(path, key)

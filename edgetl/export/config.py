@@ -64,7 +64,7 @@ class ExportConfig:
     calib_data: Optional[str] = None  # class folders, a flat image folder or a calibration manifest
     calib_size: int = DEFAULT_CALIB_SIZE
     calib_method: Optional[str] = None  # None: the form's default (edgetl.spec.formats.DEFAULT_CALIB_METHODS)
-    calib_dir: str = "calibration"  # manifests go to <calib_dir>/<run name>/manifest.json
+    calib_dir: str = "calibration"  # manifests go to <calib_dir>/<run name>-<path hash>/manifest.json
     max_int8_drop: float = 1.0  # points: bound on INT8's top-1 disagreement with fp32 (edgetl.export.gate)
     gate_images: int = 1000  # held-out training images (not used by calibration) the INT8 gate adds, at most
     int8_fallback: str = INT8_FALLBACKS[0]  # auto: a missed gate keeps the most sensitive layers in fp32

@@ -1,7 +1,9 @@
 """edgetl export: a run folder -> a deployable bundle whose every artifact was checked against
 the PyTorch model it came from.
 
-Each ONNX variant is written to a temporary file, checked, and only then renamed into place:
+Every file is built in ``OUT/.export-tmp/`` and reaches the bundle only at the end, ``bundle.json`` last
+(``edgetl.export.bundle_folder``: which ``--out`` an export may write, its lock and ownership manifest).
+Each ONNX variant is written to a temporary file, checked, and only then renamed into the staging folder:
 fp32 (and the baked-preprocessing variant) must match PyTorch (parity gate), INT8 must pass the
 reduced-precision accuracy gate (edgetl.export.gate: top-1 agreement with fp32 on the val images and the
 held-out training images), fp16 must stay close. A failed gate leaves no
@@ -12,9 +14,12 @@ the engine, or raises DependencyError (after everything else is written) without
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -27,6 +32,7 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, DependencyError, GateError
+from edgetl.export.bundle_folder import STAGE, claim_out, publish
 from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.config import ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
@@ -55,7 +61,7 @@ from edgetl.export.targets import TargetInputs, engine_copies, preflight, write_
 from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, module_outputs, onnx_metadata
 from edgetl.export.verification import write_verification
 from edgetl.runtime.verify import VerificationError
-from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, MANIFEST, ONNX_FILES, REPORT, ModelInfo, write_manifest
+from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, ONNX_FILES, REPORT, ModelInfo, write_manifest
 from edgetl.spec.formats import CALIBRATION_CACHE
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.trt.build import build_bundle_engine
@@ -77,11 +83,8 @@ class _Export:
         self.config = config
         self.run = Path(config.run)
         self.out = Path(config.out) if config.out else self.run
-        if not (self.run / "split.json").is_file():
-            raise CheckpointError(
-                "{} is not a run folder with best.pt and split.json (its validation images "
-                "feed the parity gate)".format(self.run)
-            )
+        self.stage = self.out / STAGE  # every file is built here, then renamed into place (bundle_folder)
+        self.removed = []  # type: List[str]
         self.model, self.payload = load_run(self.run)
         self.spec = preprocess_of(self.payload)
         self.target = resolve_target(config.trt_version)
@@ -142,15 +145,14 @@ class _Export:
         file = ONNX_FILES[kind]
         entry = {"file": file, "kind": kind}  # type: Dict[str, Any]
         try:
-            with atomic_path(self.out / file) as tmp:
+            with atomic_path(self.stage / file) as tmp:
                 write(tmp)
                 entry.update(check(tmp))
                 if entry["failures"]:
                     raise _GateFailed()
                 sha = sha256_file(tmp)
         except _GateFailed:
-            if (self.out / file).exists():
-                (self.out / file).unlink()  # an older file of that name would now look valid
+            self.removed.append(file)  # an older file of that name would now look valid
             entry["status"] = "failed"
             self.report["failures"] += ["{}: {}".format(file, f) for f in entry["failures"]]
             self.report["artifacts"].append(entry)
@@ -218,7 +220,7 @@ class _Export:
     def int8(self) -> bool:
         config = self.config
         samples, source = calibration_samples(self.run, config.calib_data, config.calib_size, config.seed)
-        manifest_path = Path(config.calib_dir) / self.run.resolve().name / "manifest.json"
+        manifest_path = calibration_manifest_path(Path(config.calib_dir), self.run)
         write_calibration_manifest(
             manifest_path,
             samples,
@@ -236,7 +238,7 @@ class _Export:
         judged = len(self.images.labels) + len(heldout.labels)
         self.report["warnings"] = sample_warnings(len(samples), config.calib_size, judged, config.max_int8_drop)
         optimize = config.int8_form == "cpu"
-        fp32_path = self.out / ONNX_FILES["fp32"]
+        fp32_path = self.stage / ONNX_FILES["fp32"]
 
         def outputs(path: Path) -> Tuple[Dict[str, Any], np.ndarray]:
             # random inputs break calibration: parity on the val images only
@@ -266,10 +268,10 @@ class _Export:
             passed = self._gated("int8", step.write, check)
         if passed and config.int8_form == "trt":  # its scales, for the consumers that calibrate themselves
             self.manifest["calibration_cache"] = write_cache_for(
-                self.out / CALIBRATION_CACHE, self.out / ONNX_FILES["int8"], fp32_path, config.trt_version
+                self.stage / CALIBRATION_CACHE, self.stage / ONNX_FILES["int8"], fp32_path, config.trt_version
             )
-        elif (self.out / CALIBRATION_CACHE).exists():
-            (self.out / CALIBRATION_CACHE).unlink()  # an older cache would now look valid
+        else:
+            self.removed.append(CALIBRATION_CACHE)  # an older cache would now look valid
         return passed
 
     def _outputs(self, path: Path, crops: np.ndarray, optimize: bool) -> np.ndarray:
@@ -283,7 +285,7 @@ class _Export:
 
     def fp16(self) -> bool:
         def write(path: Path) -> None:
-            onnx.save(convert_to_fp16(onnx.load(str(self.out / ONNX_FILES["fp32"]))), str(path))
+            onnx.save(convert_to_fp16(onnx.load(str(self.stage / ONNX_FILES["fp32"]))), str(path))
             finish_onnx(path, self.ir_version, self._metadata("fp16"))
 
         def check(path: Path) -> Dict[str, Any]:
@@ -305,7 +307,7 @@ class _Export:
         """Val top-1 under every deployment geometry beside the run's own (edgetl.export.geometry_report)."""
         own = {"val_top1": top1(self.fp32_outputs, self.images.labels), "images": len(self.images)}
         self.report["geometry"] = geometry_accuracy(
-            self.out / ONNX_FILES["fp32"], self.images_for, self.spec, self.config.batch, own
+            self.stage / ONNX_FILES["fp32"], self.images_for, self.spec, self.config.batch, own
         )
 
     def engine_plans(self) -> Tuple[List[EnginePlan], List[str]]:
@@ -339,8 +341,9 @@ class _Export:
 
     def targets(self) -> None:
         """The --for folders (edgetl.export.targets), from this bundle's checked files and the model."""
-        sections, failures = write_targets(TargetInputs.of_export(self))
+        sections, failures, stale = write_targets(TargetInputs.of_export(self))
         self.report["failures"] += failures
+        self.removed += stale
         if sections:
             self.report["targets"] = sections
             self.manifest["targets"] = {n: s["folder"] for n, s in sections.items() if s["status"] == "passed"}
@@ -351,22 +354,29 @@ class _Export:
         self.manifest["engines"] = {p.engine: p.to_dict() for p in plans}
         train = DatasetSplit.load(self.run).train
         self.manifest["verification"] = self.report["verification"] = write_verification(
-            self.out, self.manifest["models"], self.images, self.fp32_outputs,
+            self.stage, self.manifest["models"], self.images, self.fp32_outputs,
             lambda count: load_eval_images(train, self.spec, count, self.config.seed), self.spec,
         )  # fmt: skip
-        script = self.out / BUILD_SCRIPT
+        script = self.stage / BUILD_SCRIPT
         atomic_write_text(
             script, build_script(plans, self.target, notes, self.manifest["verification"]["reference_scale"])
         )
         os.chmod(str(script), 0o755)
         if self.out.resolve() != self.run.resolve():
-            atomic_write_text(self.out / LABELS, "".join(c + "\n" for c in self.payload["class_names"]))
-            self.spec.save(self.out / "preprocess.json")
-        write_manifest(self.out, self.manifest)
+            atomic_write_text(self.stage / LABELS, "".join(c + "\n" for c in self.payload["class_names"]))
+            self.spec.save(self.stage / "preprocess.json")
+        write_manifest(self.stage, self.manifest)
 
     def save_report(self) -> None:
         self.report["status"] = "failed" if self.report["failures"] else "passed"
-        atomic_write_text(self.out / REPORT, json.dumps(self.report, indent=2, default=float) + "\n")
+        atomic_write_text(self.stage / REPORT, json.dumps(self.report, indent=2, default=float) + "\n")
+
+
+def calibration_manifest_path(calib_dir: Path, run: Path) -> Path:
+    """``CALIB_DIR/<run name>-<hash of its absolute path>/manifest.json``: two runs of the same name never share
+    (and overwrite) a manifest."""
+    key = hashlib.sha256(str(run.resolve()).encode("utf-8")).hexdigest()[:8]
+    return calib_dir / "{}-{}".format(run.resolve().name, key) / "manifest.json"
 
 
 def baked_module(model: Any, spec: Any, softmax: bool) -> ExportModule:
@@ -380,25 +390,36 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
     Raises GateError when a gate fails, DependencyError when ``trt`` is set and TensorRT is not importable
     (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written)."""
     preflight(config)
-    job = _Export(config)
-    job.out.mkdir(parents=True, exist_ok=True)
-    if (job.out / MANIFEST).exists():
-        (job.out / MANIFEST).unlink()  # the folder is a valid bundle again only once the gates have run
-    if job.fp32():
-        if config.bake_preprocess:
-            job.baked()
-        if config.int8:
-            job.int8()
-        if config.fp16 and job.target.strongly_typed:
-            job.fp16()
-        job.geometry_accuracy()
-        if not job.report["failures"]:
-            job.targets()
-        job.write_bundle()
-    pending = None  # type: Optional[Exception]
-    if config.trt and not job.report["failures"]:
-        pending = _build_engine(job)
-    job.save_report()
+    run = Path(config.run)
+    if not (run / "split.json").is_file():
+        raise CheckpointError(
+            "{} is not a run folder with best.pt and split.json (its validation images feed the parity gate)".format(
+                run
+            )
+        )
+    with ExitStack() as held:
+        owner = claim_out(held, Path(config.out) if config.out else run, run)  # locked until the bundle is complete
+        job = _Export(config)
+        held.callback(shutil.rmtree, str(job.stage), True)  # what a failure left staged (the bundle is untouched)
+        passed = job.fp32()
+        if passed:
+            if config.bake_preprocess:
+                job.baked()
+            if config.int8:
+                job.int8()
+            if config.fp16 and job.target.strongly_typed:
+                job.fp16()
+            job.geometry_accuracy()
+            if not job.report["failures"]:
+                job.targets()
+            job.write_bundle()
+        job.save_report()
+        publish(owner, job.stage, job.removed, manifest_ready=passed)
+        pending = None  # type: Optional[Exception]
+        if config.trt and not job.report["failures"]:
+            pending = _build_engine(job)
+            job.save_report()
+            publish(owner, job.stage, [], manifest_ready=True)
     if on_report is not None:
         on_report(job.report)
     if job.report["failures"]:

@@ -26,7 +26,7 @@ from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.providers import TENSORRT_PROVIDER, provider_problem
 from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.spec.bundle import Bundle, ModelInfo
+from edgetl.spec.bundle import LABELS, Bundle, ModelInfo
 from edgetl.spec.formats import BACKENDS, ONNX_FILES
 from edgetl.spec.preprocess import eval_array, geometry_pixels, load_input, to_rgb
 
@@ -67,6 +67,14 @@ def warn_if_built_for_another_cpu(model: ModelInfo, isa: Optional[str] = None) -
 
 
 def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
+    """The backend :func:`pick_backend` chooses, its ONNX model verified against ``bundle.json``'s sha256."""
+    choice = pick_backend(bundle, backend)
+    if choice.model is not None:
+        bundle.verified(choice.model)
+    return choice
+
+
+def pick_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
     """Which model runs: ``auto`` prefers a TensorRT engine (when tensorrt is importable), then the
     fp32 ONNX, then INT8 ONNX, then the PyTorch checkpoint (when torch is importable). ``ort-trt`` (never
     chosen by auto) runs the fp32 ONNX on ONNX Runtime's TensorRT provider, only where a real session starts on it."""
@@ -103,7 +111,8 @@ def choose_backend(bundle: Bundle, backend: str = "auto") -> BackendChoice:
         return BackendChoice("onnx-int8", int8_model)
     if bundle.checkpoint_dir() is None:
         raise CheckpointError(
-            "{} has no PyTorch checkpoint (best.pt), nor does the run it came from".format(bundle.root)
+            "{} has no model to run: no ONNX model, and no best.pt (in it or its run) that it was exported "
+            "from; {}".format(bundle.root, bundle.reexport_hint())
         )
     if not _importable("torch"):
         raise DependencyError("the torch backend needs torch: pip install 'edgetl[train]' (or use --backend onnx)")
@@ -178,6 +187,13 @@ class Classifier:
         name = next(iter(self.runner.input_metadata()))
         static = None if self.choice.model is None else self.choice.model.batch
         outputs = infer_batched(self.runner, name, batch, static, self.batch_size)
+        if outputs.ndim != 2 or outputs.shape[1] != len(self.bundle.labels):
+            raise CheckpointError(
+                "the {} model of {} gives {} outputs but {} has {} labels: it is not this bundle's model; {}".format(
+                    self.choice.backend, self.bundle.root, outputs.shape[-1], LABELS, len(self.bundle.labels),
+                    self.bundle.reexport_hint(),
+                )
+            )  # fmt: skip
         kind = "logits" if self.choice.model is None else self.choice.model.output_kind
         return softmax(outputs.astype(np.float64)) if kind == "logits" else outputs.astype(np.float64)
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from edgetl import __version__
 from edgetl.core.fileio import atomic_write_text
+from edgetl.core.hashcache import cached_sha256
 from edgetl.errors import CheckpointError
 from edgetl.spec.formats import ONNX_FILES as ONNX_FILES  # re-exported: bundle readers name the files
 from edgetl.spec.formats import PRECISIONS as PRECISIONS
@@ -100,12 +101,59 @@ class Bundle:
             raise CheckpointError(
                 "{} is malformed: {} class name(s), a classifier needs 2 or more".format(root / LABELS, len(labels))
             )
-        return cls(root, manifest, labels, PreprocessSpec.load(root / PREPROCESS))
+        bundle = cls(root, manifest, labels, PreprocessSpec.load(root / PREPROCESS))
+        bundle.check_consistent()
+        return bundle
+
+    def reexport_hint(self) -> str:
+        """The command that rebuilds this bundle from its run."""
+        run = self.manifest.get("run")
+        if run is None or Path(run).resolve() == self.root.resolve():
+            return "re-export it with 'edgetl export {}'".format(run or self.root)
+        return "re-export it with 'edgetl export {} --out {}'".format(run, self.root)
+
+    def check_consistent(self) -> None:
+        """Refuse a bundle whose parts do not belong together: labels.txt that is not the manifest's classes,
+        a listed model file that is missing, or (a bundle that is its own run folder) a best.pt retrained since
+        the export, whose ONNX would otherwise be served as if it were current."""
+        classes = self.manifest.get("class_names")
+        if classes is not None and list(classes) != self.labels:
+            raise CheckpointError(
+                "{} has {} labels in {} but was exported for {} classes ({}); {}".format(
+                    self.root, len(self.labels), LABELS, len(classes), ", ".join(classes[:4]), self.reexport_hint()
+                )
+            )
+        for data in self.manifest.get("models", {}).values():
+            if not (self.root / data["file"]).is_file():
+                raise CheckpointError("{} lists {} but the file is missing; {}".format(
+                    self.root / MANIFEST, data["file"], self.reexport_hint()))  # fmt: skip
+        recorded = self.manifest.get("checkpoint_sha256")
+        checkpoint = self.root / CHECKPOINT
+        if recorded and checkpoint.is_file() and cached_sha256(checkpoint) != recorded:
+            raise CheckpointError(
+                "{} changed since this bundle was exported (retrained?): its models are stale; {}".format(
+                    checkpoint, self.reexport_hint()
+                )
+            )
+
+    def verified(self, info: ModelInfo) -> ModelInfo:
+        """``info`` once its file matches the sha256 recorded in ``bundle.json`` (a damaged, edited or foreign
+        file is refused, never served)."""
+        if cached_sha256(self.root / info.file) != info.sha256:
+            raise CheckpointError(
+                "{} does not match the sha256 in {} (damaged or replaced since export); {}".format(
+                    self.root / info.file, MANIFEST, self.reexport_hint()
+                )
+            )
+        return info
 
     def checkpoint_dir(self) -> Optional[Path]:
-        """The run folder holding ``best.pt``: the bundle itself, or the run it was exported from."""
+        """The run folder holding the ``best.pt`` this bundle was exported from: the bundle itself, or its run
+        (only while that checkpoint is unchanged: a retrained run's classes and weights are not the bundle's)."""
+        recorded = self.manifest.get("checkpoint_sha256")
         for folder in (self.root, Path(self.manifest.get("run", self.root))):
-            if (folder / CHECKPOINT).is_file():
+            checkpoint = folder / CHECKPOINT
+            if checkpoint.is_file() and (recorded is None or cached_sha256(checkpoint) == recorded):
                 return folder
         return None
 

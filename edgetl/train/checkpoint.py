@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import random
+import shutil
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
@@ -22,10 +25,32 @@ torch = require("torch")
 CHECKPOINT_FORMAT = "edgetl-checkpoint-v1"
 
 
-def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
-    """Write a checkpoint atomically (temp file in the same folder, then rename)."""
-    with atomic_path(path) as tmp:
-        torch.save(dict(payload, format=CHECKPOINT_FORMAT), str(tmp))
+def save_checkpoints(paths: Sequence[Path], payload: Dict[str, Any]) -> None:
+    """Write the same checkpoint to several files: all temporary files first (where a full disk fails, leaving
+    every old file in place), then renamed in reverse order, so the first path is the last to change."""
+    with ExitStack() as stack:
+        temporaries = [(path, stack.enter_context(atomic_path(path))) for path in paths]
+        for path, tmp in temporaries:
+            try:
+                torch.save(dict(payload, format=CHECKPOINT_FORMAT), str(tmp))
+            except (OSError, RuntimeError) as exc:
+                raise _write_error(path, exc) from None
+
+
+def _write_error(path: Path, exc: Exception) -> Exception:
+    """A full disk as one line (torch reports it as ``RuntimeError: ... unexpected pos``); other errors as they are."""
+    text = str(exc)
+    full = getattr(exc, "errno", None) == errno.ENOSPC or "unexpected pos" in text or "No space left" in text
+    if not full:
+        return exc
+    free = shutil.disk_usage(str(path.parent)).free
+    resume = "continue with 'edgetl finetune --out {} --resume'".format(path.parent)
+    if not (path.parent / "last.pt").is_file():
+        resume = "start the run again"
+    return CheckpointError(
+        "cannot write {}: no space left on the device ({:.0f} MB free); the files already there are unchanged: "
+        "free some space, then {}".format(path, free / 1e6, resume)
+    )
 
 
 def load_checkpoint(path: Path) -> Dict[str, Any]:

@@ -20,7 +20,7 @@ from edgetl.core.device import check_process_devices, resolve_device, usable_cor
 from edgetl.errors import CheckpointError, DistributedError
 from edgetl.train.checkpoint import load_checkpoint
 from edgetl.train.config import FinetuneConfig, check_job
-from edgetl.train.loop import check_new_run
+from edgetl.train.run_folder import check_new_run
 
 log = logging.getLogger(__name__)
 

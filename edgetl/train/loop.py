@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -26,9 +26,9 @@ from edgetl.core.tables import text_table
 from edgetl.core.world import ProcessRole
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, load_dataset
-from edgetl.errors import ConfigError, DistributedError, TrainingError
+from edgetl.errors import ConfigError, DataError, DistributedError, TrainingError
 from edgetl.spec.backbones import get_backbone, preprocess_spec
-from edgetl.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from edgetl.train.checkpoint import load_checkpoint, rng_state, save_checkpoints
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.distributed import (
     World,
@@ -42,6 +42,7 @@ from edgetl.train.distributed import (
 from edgetl.train.inputs import build_pipeline
 from edgetl.train.model import HeadConfig, build_model, count_parameters, parameter_groups
 from edgetl.train.objective import training_loss
+from edgetl.train.run_folder import check_new_run, claim_new_run, claim_resumed_run, record
 from edgetl.train.step import TrainStep, cosine_with_warmup, make_optimizer, restore_training_state, train_one_epoch
 from edgetl.train.weights import resolve_weights
 
@@ -75,12 +76,6 @@ def default_run_dir(config: FinetuneConfig) -> Path:
     return Path("models") / "{}-{}-{}".format(config.arch, config.strategy, time.strftime("%Y%m%d-%H%M%S"))
 
 
-def check_new_run(run_dir: Path) -> None:
-    """A new run never overwrites another."""
-    if (run_dir / "last.pt").exists():
-        raise ConfigError("{} already holds a run; continue it with --resume or choose another --out".format(run_dir))
-
-
 def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[DeviceSetup] = None) -> RunResult:
     """Start a new run in ``config.out`` (or ``models/<arch>-<strategy>-<time>``) and train it.
 
@@ -90,10 +85,11 @@ def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[D
     dataset and alone writes the run folder."""
     config.check_inputs()
     setup, world = _join(config, setup)
+    held = ExitStack()  # rank 0's lock on the run folder, held until the run ends
 
     def start_run() -> Tuple[Path, DatasetSplit]:
         run_dir = default_run_dir(config)
-        check_new_run(run_dir)
+        check_new_run(run_dir)  # before the dataset scan: a refused folder costs nothing
         if config.data is None:
             root = ensure_demo_dataset()
             log.info("no DATA given: using the built-in demo dataset at %s", root)
@@ -102,12 +98,13 @@ def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[D
         split = load_dataset(root, config.val_split, config.seed)
         if split.skipped:
             log.warning("skipped %d unreadable file(s); listed in %s", len(split.skipped), run_dir / "skipped.txt")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim_new_run(held, run_dir)
         split.save(run_dir)
         atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+        record(run_dir, ("split.json", "skipped.txt", "config.json"))
         return run_dir, split
 
-    with _ending(world):
+    with held, _ending(world):
         run_dir, split = world.run_on_main(start_run, "scanning the dataset")
         return _train(config, run_dir, split, None, progress, setup, world)
 
@@ -121,7 +118,9 @@ def resume(
     state = load_checkpoint(run_dir / "last.pt")
     config = resumed_config(state, epochs)
     setup, world = _join(config, setup)
-    with _ending(world):
+    with ExitStack() as held, _ending(world):
+        if world.is_main:
+            claim_resumed_run(held, run_dir)
         return _train(config, run_dir, DatasetSplit.load(run_dir), state, progress, setup, world)
 
 
@@ -193,6 +192,7 @@ def _train(
     elif world.is_main:
         atomic_write_text(run_dir / "labels.txt", "".join(c + "\n" for c in split.classes))
         preprocess.save(run_dir / "preprocess.json")
+        record(run_dir, ("labels.txt", "preprocess.json"))
 
     pipeline = build_pipeline(config, split, preprocess, model, setup, world)
     world.wait_for_all("building the input pipeline")  # a node's cache build may outlast a collective's timeout
@@ -207,12 +207,13 @@ def _train(
         batches = pipeline.train_batches(config.seed * 1000 + epoch)
         lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}  # the rates of the epoch's first step
         tick = time.perf_counter()
-        train_loss, train_top1 = train_one_epoch(
-            step, batches, progress=progress and world.is_main, label="epoch {}/{}".format(epoch + 1, config.epochs)
-        )
-        seconds = time.perf_counter() - tick
-        world.sync_buffers(trained)
-        val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), val_loss, world)
+        with _images_vanished(run_dir, epoch):
+            train_loss, train_top1 = train_one_epoch(
+                step, batches, progress=progress and world.is_main, label="epoch {}/{}".format(epoch + 1, config.epochs)
+            )
+            seconds = time.perf_counter() - tick
+            world.sync_buffers(trained)
+            val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), val_loss, world)
         check_finite_loss(epoch, train=train_loss, val=val.loss)  # before anything of this epoch is saved
         history.append(_epoch_row(epoch, train_loss, train_top1, val, lrs, seconds, len(split.train)))
         is_best = world.from_main(val.top1 > best_top1)  # the decision of rank 0, which saves
@@ -226,6 +227,7 @@ def _train(
     summary["processes"] = world.size  # this session's; a run may resume with another count
     if world.is_main:
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        record(run_dir, ("summary.json",))
     return RunResult(run_dir, summary, history)
 
 
@@ -239,6 +241,35 @@ def check_finite_loss(epoch: int, **losses: float) -> None:
                     name, epoch + 1, loss
                 )
             )
+
+
+@contextmanager
+def _images_vanished(run_dir: Path, epoch: int) -> Iterator[None]:
+    """An image that became unreadable after the scan (deleted, replaced) stops the run with one line that says
+    how to continue, not a DataLoader worker's traceback; last.pt holds the epoch before."""
+    try:
+        yield
+    except DataError as exc:
+        resumable = (run_dir / "last.pt").is_file()
+        raise DataError(
+            "{}: stopped in epoch {}; restore the file, then {}".format(
+                worker_message(exc),
+                epoch + 1,
+                "continue with 'edgetl finetune --out {} --resume'".format(run_dir)
+                if resumable
+                else "start the run again in a new --out",
+            )
+        ) from None
+
+
+def worker_message(exc: BaseException) -> str:
+    """The original one-line message of an error a DataLoader worker raised (torch re-raises it with the
+    worker's traceback appended: ``Caught DataError in DataLoader worker process 0. ... DataError: MESSAGE``)."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        prefix = "{}.{}: ".format(type(exc).__module__, type(exc).__name__)
+        return lines[-1][len(prefix) :] if lines[-1].startswith(prefix) else lines[-1]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _build(
@@ -261,10 +292,12 @@ def _build(
 
 
 def _save_epoch(run_dir: Path, payload: Dict[str, Any], is_best: bool, history: List[Dict[str, float]]) -> None:
-    if is_best:
-        save_checkpoint(run_dir / "best.pt", payload)
-    save_checkpoint(run_dir / "last.pt", payload)
+    """best.pt (when best) and last.pt written together: a full disk or a kill never leaves a best.pt newer than
+    last.pt, so a resume reproduces the run."""
+    names = ("last.pt", "best.pt") if is_best else ("last.pt",)
+    save_checkpoints([run_dir / name for name in names], payload)
     _write_metrics(run_dir / "metrics.csv", history)
+    record(run_dir, names + ("metrics.csv",))
 
 
 def _epoch_row(

@@ -107,6 +107,7 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
         "embed": (features, {}, ("out",)),
         "doctor": ({}, {}, ("as_json", "gpu_selfcheck", "out")),
         "verify": (_signature_defaults(verify_bundle), {}, ("as_json",)),
+        "clean": ({}, {}, ("older_than", "dry_run")),  # an age string and a flag: nothing to feed
         "inspect": (
             features,
             {},

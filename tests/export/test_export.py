@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.core.fileio import sha256_file
+from edgetl.core.ownership import Ownership
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import ConfigError, GateError
 from edgetl.export.job import ExportConfig, export_run
@@ -117,7 +118,9 @@ def test_broken_baked_normalisation_fails_and_leaves_no_valid_artifact(demo_mobi
         )
 
     monkeypatch.setattr(export_module, "baked_module", wrong_std)
+    owner = Ownership.claim(tmp_path, "bundle", str(demo_mobilenet_v2_run.resolve()))
     (tmp_path / "model_baked.onnx").write_bytes(b"stale file from an earlier export")
+    owner.record(["model_baked.onnx"])  # an earlier export of this run wrote it
     with pytest.raises(GateError, match="model_baked.onnx"):
         _export(demo_mobilenet_v2_run, tmp_path, bake_preprocess=True, val_images=16)
     assert not (tmp_path / "model_baked.onnx").exists()

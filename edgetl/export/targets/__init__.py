@@ -22,6 +22,8 @@ WRITERS: Dict[str, Callable[[TargetInputs, Path], Dict[str, Any]]] = {
     TRITON: triton.write,
 }
 
+EXTRA_FOLDERS = {TRITON: (triton.PLAN_REPOSITORY,)}  # other folders of OUT a target writes
+
 __all__ = ["TargetInputs", "engine_copies", "preflight", "write_targets"]
 
 
@@ -46,19 +48,22 @@ def engine_copies(config: ExportConfig) -> Tuple[str, ...]:
     return (triton.plan_path(config),) if TRITON in config.targets and config.dla_core is None else ()
 
 
-def write_targets(inputs: TargetInputs) -> Tuple[Dict[str, Any], List[str]]:
-    """Write every requested target's folder; returns (report section per target, failures)."""
+def write_targets(inputs: TargetInputs) -> Tuple[Dict[str, Any], List[str], List[str]]:
+    """Write every requested target's folder into the staged bundle; returns (report section per target,
+    failures, folders of failed targets that an older export left in the bundle and must go)."""
     sections: Dict[str, Any] = {}
     failures: List[str] = []
+    stale: List[str] = []
     for name in inputs.config.targets:
         folder = TARGETS[name].folder
         if folder is None:  # the bundle itself
             continue
         try:
             with atomic_dir(inputs.out / folder) as tmp:
-                sections[name] = dict(WRITERS[name](inputs, tmp), folder=str(inputs.out / folder), status="passed")
+                sections[name] = dict(WRITERS[name](inputs, tmp), folder=str(inputs.bundle / folder), status="passed")
         except TargetFailed as exc:
-            shutil.rmtree(str(inputs.out / folder), ignore_errors=True)  # an older folder would now look valid
-            sections[name] = {"folder": str(inputs.out / folder), "status": "failed", "failures": exc.failures}
+            shutil.rmtree(str(inputs.out / folder), ignore_errors=True)
+            stale += [folder] + list(EXTRA_FOLDERS.get(name, ()))  # an older folder would now look valid
+            sections[name] = {"folder": str(inputs.bundle / folder), "status": "failed", "failures": exc.failures}
             failures += exc.failures
-    return sections, failures
+    return sections, failures, stale

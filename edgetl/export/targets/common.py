@@ -35,7 +35,8 @@ class TargetInputs:
     """What the export hands each target: the trained model and the bundle it wrote."""
 
     config: ExportConfig
-    out: Path  # the bundle folder; a target writes OUT/<its folder>/
+    out: Path  # where the export stages the bundle's files; a target writes <out>/<its folder>/ there
+    bundle: Path  # the bundle folder the staged files are renamed into (edgetl.export.bundle_folder.publish)
     model: Any  # the trained torch model, in eval mode
     payload: Dict[str, Any]  # the checkpoint's payload: class names, arch, strategy
     spec: PreprocessSpec
@@ -51,7 +52,7 @@ class TargetInputs:
     def of_export(cls, job: Any) -> "TargetInputs":
         """The inputs from a running export (``edgetl.export.job``), once its bundle models are checked."""
         return cls(
-            job.config, job.out, job.model, job.payload, job.spec, job.images, job.images_for, job.opset,
+            job.config, job.stage, job.out, job.model, job.payload, job.spec, job.images, job.images_for, job.opset,
             job.ir_version, job.checkpoint_sha, job.manifest, job.report,
         )  # fmt: skip
 

@@ -103,7 +103,6 @@ def _variant(root: Path, inputs: TargetInputs, name: str, platform: str, source:
 def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
     """The model repository in ``folder`` (the fp32 ONNX model, the INT8 one if any) and the TensorRT plan
     model's repository beside it (OUT/triton-trt, its plan to be built on the device)."""
-    shutil.rmtree(str(inputs.out / PLAN_REPOSITORY), ignore_errors=True)  # an older one would look valid on failure
     base = model_name(inputs.config)
     models = inputs.manifest["models"]
     variants: List[Tuple[str, str, Any]] = [(base, ONNX_PLATFORM, inputs.out / ONNX_FILES["fp32"])]
