@@ -10,7 +10,7 @@ import pytest
 from edgetl.data.folders import Sample
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
-from edgetl.export.job import ExportConfig, export_run
+from edgetl.export.job import ExportConfig, calibration_manifest_path, export_run
 from edgetl.export.quantize import (
     ImageCalibrationReader,
     calibration_samples,
@@ -107,7 +107,7 @@ def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
     assert model.ir_version == 8 and model.opset_import[0].version == 17
     assert Bundle.load(tmp_path).model("int8").int8_form == "trt"
     assert "--onnx=model_int8.onnx" in (tmp_path / "build_engine.sh").read_text()
-    manifest = json.loads((tmp_path / "calibration" / tiny_run.name / "manifest.json").read_text())
+    manifest = json.loads(calibration_manifest_path(tmp_path / "calibration", tiny_run).read_text())
     assert len(manifest["images"]) == 12 and manifest["int8_form"] == "trt"
     assert report["artifacts"][1]["calibration"]["images"] == 12
     gate = report["artifacts"][1]["accuracy_gate"]  # judged as float Q/DQ, not by this CPU's int8 kernels
