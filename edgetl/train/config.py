@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import DEFAULT_ARCH, BackboneSpec, get_backbone
@@ -14,6 +14,29 @@ STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
 CACHES = ("auto", "none", "ram", "features")  # input pipelines: see edgetl.data.pipelines
+AUTO_EPOCHS = 5  # --epochs auto where no convex fit applies (partial, full, an MLP head, no feature cache)
+REFERENCE_BATCH = 32  # the batch the default step sizes were measured at
+
+
+@dataclass(frozen=True)
+class StepDefaults:
+    """An optimizer's default step sizes at ``REFERENCE_BATCH``; ``batch_power``: lr x (batch / 32) ** power."""
+
+    lr: float
+    head_lr_mult: float
+    weight_decay: float
+    batch_power: float
+
+
+# SGD (the default): base lr 0.005 at batch 32, linear in the batch; the head at 4x (was 10x). A linear
+# head's SGD step is stable below about 2 (1 + momentum) / lambda_max of the feature second moment; for
+# MobileNetV2 (features of mean norm 18) that bound is near 0.05, the old head lr, hence divergence on some
+# data. Measured on mobilenet_v2 (README "Learning rates"); the other five backbones use the same rule,
+# not measured. AdamW (per-coordinate steps, insensitive to the feature scale): not measured.
+OPTIMIZER_DEFAULTS = {
+    "adamw": StepDefaults(lr=1e-4, head_lr_mult=10.0, weight_decay=0.05, batch_power=0.5),
+    "sgd": StepDefaults(lr=0.005, head_lr_mult=4.0, weight_decay=1e-3, batch_power=1.0),
+}
 
 
 def trainable_stage_names(spec: BackboneSpec, strategy: str, trainable_stages: int) -> List[str]:
@@ -44,12 +67,12 @@ class FinetuneConfig:
     trainable_stages: int = 2
     cut_at: Optional[str] = None  # end the base early at this stage (smaller, faster)
     head: str = "linear"
-    epochs: int = 5
+    epochs: Optional[int] = None  # None: auto (solve a linear head on cached features, else AUTO_EPOCHS)
     batch_size: int = 32
-    lr: float = 0.005
-    head_lr_mult: float = 10.0
+    lr: Optional[float] = None  # None: OPTIMIZER_DEFAULTS, scaled by the batch size
+    head_lr_mult: Optional[float] = None
     optimizer: str = "sgd"
-    weight_decay: float = 1e-3
+    weight_decay: Optional[float] = None
     label_smoothing: float = 0.0
     warmup_epochs: int = 1
     amp: Optional[bool] = None  # None: on for CUDA
@@ -64,6 +87,8 @@ class FinetuneConfig:
     sync_bn: bool = False  # distributed on CUDA: BatchNorm statistics of the global batch (SyncBatchNorm)
     eval_geometry: str = GEOMETRIES[0]  # how val images become inputs (best.pt is picked on it); preprocess.json
     train_geometry: str = TRAIN_GEOMETRIES[0]  # random-resized-crop, or a deployment geometry + random flip
+    patience: Optional[int] = None  # stop after this many epochs without a better val top-1 (ties: val loss)
+    test_split: Optional[float] = None  # hold out this fraction per class; only the final report touches it
 
     def __post_init__(self) -> None:
         trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
@@ -71,12 +96,17 @@ class FinetuneConfig:
             (self.head in HEADS, "--head must be one of " + ", ".join(HEADS)),
             (self.strategy in STRATEGIES, "--strategy must be one of " + ", ".join(STRATEGIES)),
             (self.optimizer in OPTIMIZERS, "--optimizer must be one of " + ", ".join(OPTIMIZERS)),
-            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.epochs is None or self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr > 0 and self.head_lr_mult > 0, "--lr and --head-lr-mult must be > 0"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            ((self.lr or 1) > 0 and (self.head_lr_mult or 1) > 0, "--lr and --head-lr-mult must be > 0"),
+            ((self.weight_decay or 0) >= 0, "--weight-decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
+            (
+                0 <= self.warmup_epochs <= (self.epochs or AUTO_EPOCHS),
+                "--warmup-epochs must be between 0 and --epochs",
+            ),
+            (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
+            (self.test_split is None or 0 < self.test_split < 1, "--test-split must be between 0 and 1"),
             (self.workers is None or self.workers >= 0, "--workers must be >= 0"),
             (self.cache in CACHES, "--cache must be one of " + ", ".join(CACHES)),
             (
@@ -105,6 +135,15 @@ class FinetuneConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def step_sizes(self) -> Tuple[float, float, float]:
+        """(base lr, head lr, weight decay): the options given, else the optimizer's defaults, whose lr scales
+        with ``--batch-size`` (SGD linearly, AdamW by the square root)."""
+        default = OPTIMIZER_DEFAULTS[self.optimizer]
+        lr = self.lr if self.lr is not None else default.lr * (self.batch_size / REFERENCE_BATCH) ** default.batch_power
+        mult = self.head_lr_mult if self.head_lr_mult is not None else default.head_lr_mult
+        decay = self.weight_decay if self.weight_decay is not None else default.weight_decay
+        return lr, lr * mult, decay
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FinetuneConfig":
