@@ -37,9 +37,10 @@ class WorkersParam(click.ParamType):
 
 
 class AutoNumber(click.ParamType):
-    """``auto`` (None: the config's default rule) or a number >= ``minimum`` (an int unless ``kind`` is float)."""
+    """``auto`` (None: the config's default rule) or a number (an int unless ``kind`` is float), at least
+    ``minimum`` if given (else the config dataclass checks it, with its own message)."""
 
-    def __init__(self, minimum: float, kind: type = int) -> None:
+    def __init__(self, minimum: Optional[float] = None, kind: type = int) -> None:
         self.minimum, self.kind = minimum, kind
         self.name = "auto|N" if kind is int else "auto|X"
 
@@ -53,7 +54,7 @@ class AutoNumber(click.ParamType):
         except ValueError:
             what = "whole number" if self.kind is int else "number"
             self.fail("{!r} is neither 'auto' nor a {}".format(value, what), param, ctx)
-        if number < self.minimum:
+        if self.minimum is not None and number < self.minimum:
             self.fail("must be >= {:g}, got {}".format(self.minimum, number), param, ctx)
         return number
 

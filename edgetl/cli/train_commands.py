@@ -106,7 +106,7 @@ with another --nproc-per-node."""
 @click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
 @click.option(
     "--epochs",
-    type=AutoNumber(1),
+    type=AutoNumber(),
     default="auto",
     show_default=True,
     help="auto: a linear head on cached features (the feature extractor's default) is solved to convergence "

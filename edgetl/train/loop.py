@@ -205,7 +205,8 @@ def _train(
     shares = sharded_loss(world, config.label_smoothing, len(split.train), config.batch_size)
     step = TrainStep(world.wrap(trained), criterion, optimizer, scheduler, scaler, setup, shares)
     lr, head_lr, _ = config.step_sizes()
-    guard = ChanceGuard(len(split.classes), config.warmup_epochs, step_advice(config.optimizer, lr, head_lr, 1))
+    advice = step_advice(config.optimizer, lr, head_lr, config.warmup_epochs)
+    guard = ChanceGuard(len(split.classes), config.warmup_epochs, advice)
     stopped = early_stop(history, config.patience)
     for epoch in range(start_epoch, total):
         if stopped:
