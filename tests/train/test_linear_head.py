@@ -116,3 +116,15 @@ def test_given_epochs_and_mlp_heads_train_by_epochs(make_image_folder, tmp_path:
     assert given.summary["epochs"] == 2 and given.summary["head_fit"] == {} and len(given.history) == 2
     mlp = finetune(_config(data, tmp_path / "mlp", head="mlp"), progress=False)
     assert mlp.summary["epochs"] == 5 and mlp.summary["stopped"] == "ran all 5 epochs"
+
+
+def test_feature_views_are_solved_too_and_the_solve_is_deterministic(make_image_folder, tmp_path: Path) -> None:
+    """--feature-views N: every view is a training row of the solve. A fit leaves no last.pt until it ends, so a
+    killed fit is simply run again, and it reaches the same head (the solve is deterministic)."""
+    data = make_image_folder({"a": 6, "b": 6}, size=40)
+    first = finetune(_config(data, tmp_path / "views", feature_views=2), progress=False)
+    assert first.summary["stopped"].startswith("linear head solved")
+    assert first.summary["head_fit"]["cv_folds"] == 4  # 4 train images per class: at most 4 folds
+    again = finetune(_config(data, tmp_path / "again", feature_views=2), progress=False)
+    one, two = (load_checkpoint(run.run_dir / "best.pt")["model"] for run in (first, again))
+    assert torch.equal(one["head.weight"], two["head.weight"]) and torch.equal(one["head.bias"], two["head.bias"])
