@@ -193,7 +193,10 @@ def _train(
     if state is not None:
         restore_training_state(state, model, optimizer, scheduler, scaler)
         history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
-        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, total)
+        if start_epoch < total:
+            log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, total)
+        else:
+            log.info("%s is complete (%d of %d epochs): nothing to train", run_dir, start_epoch, total)
     elif world.is_main:
         atomic_write_text(run_dir / "labels.txt", "".join(c + "\n" for c in split.classes))
         preprocess.save(run_dir / "preprocess.json")

@@ -16,9 +16,9 @@ from typing import Dict, List, Optional, Sequence
 log = logging.getLogger(__name__)
 
 SELECTION_NOTE = (
-    "best.pt, --patience and the head's L2 strength are chosen on the validation split (the L2 on folds of the "
-    "training split), so val top-1 is an optimistic estimate; --test-split holds out images that only the "
-    "final report touches"
+    "best.pt (under --eval-geometry), --patience, the head's L2 strength (on folds of the training split) and "
+    "edgetl advise are chosen on the validation split, so val top-1 is an optimistic estimate; --test-split "
+    "holds out images that only the final report touches"
 )
 
 
