@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
+from tqdm import tqdm  # a core dependency
+
 T = TypeVar("T")
 log = logging.getLogger("edgetl.progress")
 
@@ -38,8 +40,6 @@ def progress(
         yield from items
         return
     if on_terminal() if terminal is None else terminal:
-        from tqdm import tqdm
-
         yield from tqdm(items, desc=label, total=total, leave=False)
         return
     started = clock()
