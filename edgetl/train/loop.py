@@ -243,7 +243,6 @@ def _train(
     if world.is_main:
         if split.test:
             summary.update(test_report(run_dir, split, setup, config.batch_size, config.workers))
-        log.info("stopped: %s", summary["stopped"])
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, summary, history)
 
