@@ -27,8 +27,8 @@ from edgetl.data.folders import DatasetSplit, load_dataset
 from edgetl.data.pipelines import image_pipeline
 from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.config import STRATEGIES, FinetuneConfig
-from edgetl.train.model import HeadConfig, build_model, parameter_groups
-from edgetl.train.step import TrainStep, cosine_with_warmup, make_optimizer, train_one_epoch
+from edgetl.train.model import HeadConfig, build_model
+from edgetl.train.step import TrainStep, cosine_with_warmup, optimizer_for, train_one_epoch
 
 torch = require("torch")
 
@@ -97,7 +97,7 @@ def training_step_rate(
 ) -> float:
     """Images/s of ``steps`` training steps of ``module`` (``model`` or its head) through ``train_one_epoch``
     on one device-resident batch, after a warm-up step; ``model`` gives the optimizer's parameter groups."""
-    optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
+    optimizer = optimizer_for(config, model)
     step = TrainStep(
         module,
         torch.nn.CrossEntropyLoss(),

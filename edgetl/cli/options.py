@@ -39,6 +39,29 @@ class WorkersParam(click.ParamType):
         return count
 
 
+class AutoNumber(click.ParamType):
+    """``auto`` (None: the config's default rule) or a number (an int unless ``kind`` is float), at least
+    ``minimum`` if given (else the config dataclass checks it, with its own message)."""
+
+    def __init__(self, minimum: Optional[float] = None, kind: type = int) -> None:
+        self.minimum, self.kind = minimum, kind
+        self.name = "auto|N" if kind is int else "auto|X"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            number = self.kind(value)
+        except ValueError:
+            what = "whole number" if self.kind is int else "number"
+            self.fail("{!r} is neither 'auto' nor a {}".format(value, what), param, ctx)
+        if self.minimum is not None and number < self.minimum:
+            self.fail("must be >= {:g}, got {}".format(self.minimum, number), param, ctx)
+        return number
+
+
 workers_option = click.option(
     "--workers",
     type=WorkersParam(),

@@ -7,12 +7,28 @@ from typing import Any, List, Optional
 import click
 from click.core import ParameterSource
 
-from edgetl.cli.options import batch_size_option, device_option, json_option, out_option, workers_option
+from edgetl.cli.options import (
+    AutoNumber,
+    batch_size_option,
+    device_option,
+    json_option,
+    out_option,
+    workers_option,
+)
 from edgetl.core.world import ProcessRole, under_launcher
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.spec.formats import AUGMENTS, BALANCES, GEOMETRIES, TRAIN_GEOMETRIES
-from edgetl.train.config import CACHES, HEADS, OPTIMIZERS, STRATEGIES, FinetuneConfig, LaunchConfig
+from edgetl.train.config import (
+    AUTO_EPOCHS,
+    CACHES,
+    HEADS,
+    OPTIMIZER_DEFAULTS,
+    OPTIMIZERS,
+    STRATEGIES,
+    FinetuneConfig,
+    LaunchConfig,
+)
 
 _D = FinetuneConfig  # defaults live in one place: the dataclasses
 _L = LaunchConfig
@@ -91,14 +107,48 @@ with another --nproc-per-node."""
     help="End the base early at this named stage: a smaller, faster feature extractor.",
 )
 @click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
-@click.option("--epochs", type=int, default=_D.epochs, show_default=True)
-@batch_size_option(_D.batch_size, "Images per optimisation step: the global batch, over all processes.")
-@click.option("--lr", type=float, default=_D.lr, show_default=True, help="Learning rate of pretrained layers.")
 @click.option(
-    "--head-lr-mult", type=float, default=_D.head_lr_mult, show_default=True, help="The new head trains at lr x this."
+    "--epochs",
+    type=AutoNumber(),
+    default="auto",
+    show_default=True,
+    help="auto: a linear head on cached features (the feature extractor's default) is solved to convergence "
+    "(L-BFGS, L2 by cross-validation); anything else trains {} epochs. N: train N epochs.".format(AUTO_EPOCHS),
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after N epochs without a better val top-1 (ties: lower val loss); best.pt stays the best epoch.",
+)
+@batch_size_option(_D.batch_size, "Images per optimisation step: the global batch, over all processes.")
+@click.option(
+    "--lr",
+    type=AutoNumber(0.0, float),
+    default="auto",
+    show_default=True,
+    help="Learning rate of pretrained layers. auto: {} (AdamW) or {} (SGD) at batch 32, x sqrt(batch/32) for "
+    "AdamW, x batch/32 for SGD.".format(OPTIMIZER_DEFAULTS["adamw"].lr, OPTIMIZER_DEFAULTS["sgd"].lr),
+)
+@click.option(
+    "--head-lr-mult",
+    type=AutoNumber(0.0, float),
+    default="auto",
+    show_default=True,
+    help="The new head trains at lr x this. auto: {:g} (AdamW), {:g} (SGD).".format(
+        OPTIMIZER_DEFAULTS["adamw"].head_lr_mult, OPTIMIZER_DEFAULTS["sgd"].head_lr_mult
+    ),
 )
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer, show_default=True)
-@click.option("--weight-decay", type=float, default=_D.weight_decay, show_default=True)
+@click.option(
+    "--weight-decay",
+    type=AutoNumber(0.0, float),
+    default="auto",
+    show_default=True,
+    help="auto: {:g} (AdamW, decoupled), {:g} (SGD).".format(
+        OPTIMIZER_DEFAULTS["adamw"].weight_decay, OPTIMIZER_DEFAULTS["sgd"].weight_decay
+    ),
+)
 @click.option("--label-smoothing", type=float, default=_D.label_smoothing, show_default=True)
 @click.option("--warmup-epochs", type=int, default=_D.warmup_epochs, show_default=True)
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
@@ -126,6 +176,13 @@ with another --nproc-per-node."""
     type=float,
     default=None,
     help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).",
+)
+@click.option(
+    "--test-split",
+    type=float,
+    default=None,
+    help="Hold out this fraction per class (of train/ in a train/val layout) as a test split: no selection "
+    "(best.pt, --patience, the head's L2) sees it; the final report and 'edgetl evaluate RUN --split test' do.",
 )
 @click.option(
     "--weights",
@@ -261,6 +318,10 @@ def finetune(
             result.run_dir,
         )
     )
+    if "test_top1" in summary:
+        click.echo("test top-1 {:.2%} on {} held-out images".format(summary["test_top1"], summary["num_test"]))
+    click.echo("stopped: {}".format(summary["stopped"]))
+    click.echo("note: {}".format(summary["selection"]))
 
 
 def _given(ctx: click.Context, name: str) -> bool:
@@ -314,17 +375,25 @@ def _launch(
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @batch_size_option(32)
 @device_option("auto")
+@click.option(
+    "--split",
+    type=click.Choice(("val", "test")),
+    default="val",
+    show_default=True,
+    help="Without DATA: the run's val split, or the test split --test-split held out.",
+)
 @json_option()
-def evaluate(run: Path, data: Optional[Path], batch_size: int, device: str, as_json: bool) -> None:
+def evaluate(run: Path, data: Optional[Path], batch_size: int, device: str, split: str, as_json: bool) -> None:
     """Top-1/top-5, per-class accuracy and confusion matrix of RUN's best.pt on DATA (default: its val split).
 
     \b
     edgetl evaluate models/photos
+    edgetl evaluate models/photos --split test       # the images --test-split held out
     edgetl evaluate models/photos holdout/
     """
     from edgetl.train.evaluate import evaluate_run, format_evaluation
 
-    report = evaluate_run(run, data, batch_size=batch_size, device=device)
+    report = evaluate_run(run, data, batch_size=batch_size, device=device, split=split)
     click.echo(json.dumps(report, indent=2) if as_json else format_evaluation(report))
 
 

@@ -23,6 +23,7 @@ from edgetl.core.cleanup import FEATURES_DIR
 from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_path, built_once, edgetl_home
+from edgetl.core.progress import progress
 from edgetl.core.world import ProcessRole
 from edgetl.data.batch_augment import AugmentedBatches, BatchAugment
 from edgetl.data.decoded_cache import DecodedImages
@@ -62,11 +63,11 @@ def state_hash(module: Any) -> str:
 
 
 @torch.no_grad()
-def extract_features(base: Any, batches: Any, setup: DeviceSetup) -> Any:
+def extract_features(base: Any, batches: Any, setup: DeviceSetup, label: str = "feature cache") -> Any:
     """Stacked float32 outputs of the frozen ``base`` (eval mode) over image batches, on the device."""
     base.eval()
     outputs = []
-    for images, _ in batches:
+    for images, _ in progress(batches, label, announce=True):
         with torch.autocast(setup.device.type, dtype=torch.float16, enabled=setup.use_amp):
             outputs.append(base(images).float())
     return torch.cat(outputs)
@@ -210,11 +211,14 @@ def _compute(
         sampler.set_epoch(crop_seed or 0)
         dataset = DecodedBatches(decoded, labels, spec, raw=setup.cuda_paths)
         loader = make_loader(dataset, sampler, workers, setup)
+        label = "feature cache: the frozen base over {} {} images{}".format(
+            len(decoded), "val" if decoded is val_images else "train", "" if crop_seed is None else " (a view)"
+        )
         batches: Any = BatchStream(loader, device_finish(setup, spec))
         if augmented and level.erase_p:
             erasing = BatchAugment(batch_size, len(decoded), erase_p=level.erase_p)
             batches = AugmentedBatches(batches, erasing, crop_seed)
-        return extract_features(model.base, batches, setup)
+        return extract_features(model.base, batches, setup, label)
 
     train_images, val_images = images
     train_labels, val_labels = [s.label for s in split.train], [s.label for s in split.val]

@@ -43,8 +43,9 @@ class DatasetSplit:
     classes: List[str]
     train: List[Sample]
     val: List[Sample]
-    layout: str  # "train/val folders" or "val-split F"
+    layout: str  # "train/val folders" or "val-split F" (+ ", test-split F")
     skipped: List[Tuple[Path, str]] = field(default_factory=list)
+    test: List[Sample] = field(default_factory=list)  # --test-split: held out from training and selection
 
     def to_dict(self) -> Dict[str, Any]:
         """Absolute paths: export, evaluate and resume may run in another directory than training did."""
@@ -58,6 +59,7 @@ class DatasetSplit:
             "classes": self.classes,
             "train": rows(self.train),
             "val": rows(self.val),
+            "test": rows(self.test),
         }
 
     def save(self, run_dir: Path) -> None:
@@ -86,6 +88,7 @@ class DatasetSplit:
             [Sample(base / p, label) for p, label in data["train"]],
             [Sample(base / p, label) for p, label in data["val"]],
             data["layout"],
+            test=[Sample(Path(p), label) for p, label in data.get("test", [])],
         )
 
 
@@ -186,8 +189,18 @@ def scan_class_folders(root: Path, workers: int = 8) -> Tuple[List[str], List[Sa
     return [d.name for d in dirs], samples, skipped
 
 
-def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -> DatasetSplit:
-    """Scan ``root`` (train/ + val/ folders, or flat class folders split by ``val_split``)."""
+def load_dataset(
+    root: Path, val_split: Optional[float] = None, seed: int = 0, test_split: Optional[float] = None
+) -> DatasetSplit:
+    """Scan ``root`` (train/ + val/ folders, or flat class folders split by ``val_split``); with ``test_split``,
+    that fraction per class of the training images (of all images in a flat folder) is held out as ``test``."""
+    split = _load_dataset(root, val_split, seed, test_split)
+    if test_split is not None:
+        split.layout += ", test-split {}".format(test_split)
+    return split
+
+
+def _load_dataset(root: Path, val_split: Optional[float], seed: int, test_split: Optional[float]) -> DatasetSplit:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError("dataset folder not found: {}".format(root))
@@ -200,6 +213,7 @@ def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -
         if val_split is not None:
             raise DataError("{} already has train/ and val/ folders; drop --val-split".format(root))
         classes, train, skipped = scan_class_folders(root / "train")
+        train, test = stratified_split(train, test_split, seed) if test_split else (train, [])
         val_classes, val, val_skipped = scan_class_folders(root / "val")
         if val_classes != classes:
             only_train = sorted(set(classes) - set(val_classes))
@@ -207,15 +221,16 @@ def load_dataset(root: Path, val_split: Optional[float] = None, seed: int = 0) -
             raise DataError(
                 "val classes differ from train classes: only in train {}, only in val {}".format(only_train, only_val)
             )
-        return DatasetSplit(root, classes, train, val, "train/val folders", skipped + val_skipped)
+        return DatasetSplit(root, classes, train, val, "train/val folders", skipped + val_skipped, test)
     fraction = 0.2 if val_split is None else val_split
     if not 0.0 < fraction < 1.0:
         raise DataError("--val-split must be between 0 and 1, got {}".format(fraction))
     if val_split is None:
         log.info("no train/ and val/ folders in %s: holding out %.0f%% per class for validation", root, fraction * 100)
     classes, samples, skipped = scan_class_folders(root)
+    samples, test = stratified_split(samples, test_split, seed) if test_split else (samples, [])
     train, val = stratified_split(samples, fraction, seed)
-    return DatasetSplit(root, classes, train, val, "val-split {}".format(fraction), skipped)
+    return DatasetSplit(root, classes, train, val, "val-split {}".format(fraction), skipped, test)
 
 
 def _holds_folders(path: Path) -> bool:

@@ -19,6 +19,29 @@ HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizers keep rates in float32 tensors
 CACHES = ("auto", "none", "ram", "features")  # input pipelines: see edgetl.data.pipelines
+AUTO_EPOCHS = 5  # --epochs auto where no convex fit applies (partial, full, an MLP head, no feature cache)
+REFERENCE_BATCH = 32  # the batch the default step sizes were measured at
+
+
+@dataclass(frozen=True)
+class StepDefaults:
+    """An optimizer's default step sizes at ``REFERENCE_BATCH``; ``batch_power``: lr x (batch / 32) ** power."""
+
+    lr: float
+    head_lr_mult: float
+    weight_decay: float
+    batch_power: float
+
+
+# SGD (the default): base lr 0.005 at batch 32, linear in the batch; the head at 4x (was 10x). A linear
+# head's SGD step is stable below about 2 (1 + momentum) / lambda_max of the feature second moment; for
+# MobileNetV2 (features of mean norm 18) that bound is near 0.05, the old head lr, hence divergence on some
+# data. Measured on mobilenet_v2 (README "Learning rates"); the other five backbones use the same rule,
+# not measured. AdamW (per-coordinate steps, insensitive to the feature scale): not measured.
+OPTIMIZER_DEFAULTS = {
+    "adamw": StepDefaults(lr=1e-4, head_lr_mult=10.0, weight_decay=0.05, batch_power=0.5),
+    "sgd": StepDefaults(lr=0.005, head_lr_mult=4.0, weight_decay=1e-3, batch_power=1.0),
+}
 
 
 def trainable_stage_names(spec: BackboneSpec, strategy: str, trainable_stages: int) -> List[str]:
@@ -49,12 +72,12 @@ class FinetuneConfig:
     trainable_stages: int = 2
     cut_at: Optional[str] = None  # end the base early at this stage (smaller, faster)
     head: str = "linear"
-    epochs: int = 5
+    epochs: Optional[int] = None  # None: auto (solve a linear head on cached features, else AUTO_EPOCHS)
     batch_size: int = 32
-    lr: float = 0.005
-    head_lr_mult: float = 10.0
+    lr: Optional[float] = None  # None: OPTIMIZER_DEFAULTS, scaled by the batch size
+    head_lr_mult: Optional[float] = None
     optimizer: str = "sgd"
-    weight_decay: float = 1e-3
+    weight_decay: Optional[float] = None
     label_smoothing: float = 0.1  # as torchvision's recipes; an unsmoothed head on frozen features fails INT8's gate
     warmup_epochs: int = 1
     amp: Optional[bool] = None  # None: on for CUDA
@@ -74,6 +97,9 @@ class FinetuneConfig:
     cutmix: float = 0.0  # Beta(alpha, alpha) of CutMix; 0 = off
     balance: str = "none"  # none | sampler (class-balanced order) | loss (class-weighted cross-entropy)
 
+    patience: Optional[int] = None  # stop after this many epochs without a better val top-1 (ties: val loss)
+    test_split: Optional[float] = None  # hold out this fraction per class; only the final report touches it
+
     @property
     def mixing(self) -> bool:
         """Whether batches are mixed (MixUp/CutMix): soft targets, image pipelines only."""
@@ -83,21 +109,27 @@ class FinetuneConfig:
         trainable_stage_names(get_backbone(self.arch, self.cut_at), self.strategy, self.trainable_stages)
         check_device_name(self.device)
         rates = (self.lr, self.head_lr_mult, self.weight_decay, self.label_smoothing)
+        head_lr = self.step_sizes()[1] if self.optimizer in OPTIMIZERS else 0.0
         checks = [
             (
-                all(math.isfinite(v) for v in rates),
+                all(v is None or math.isfinite(v) for v in rates),  # None: the optimizer's default
                 "--lr, --head-lr-mult, --weight-decay and --label-smoothing must be finite",
             ),
             (self.head in HEADS, "--head must be one of " + ", ".join(HEADS)),
             (self.strategy in STRATEGIES, "--strategy must be one of " + ", ".join(STRATEGIES)),
             (self.optimizer in OPTIMIZERS, "--optimizer must be one of " + ", ".join(OPTIMIZERS)),
-            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.epochs is None or self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
-            (self.lr > 0 and self.head_lr_mult > 0, "--lr and --head-lr-mult must be > 0"),
-            (self.lr * self.head_lr_mult < FLOAT32_MAX, "--lr x --head-lr-mult must fit in float32 (< 3.4e38)"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            ((self.lr or 1) > 0 and (self.head_lr_mult or 1) > 0, "--lr and --head-lr-mult must be > 0"),
+            (head_lr < FLOAT32_MAX, "--lr x --head-lr-mult must fit in float32 (< 3.4e38)"),
+            ((self.weight_decay or 0) >= 0, "--weight-decay must be >= 0"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (0 <= self.warmup_epochs <= self.epochs, "--warmup-epochs must be between 0 and --epochs"),
+            (
+                0 <= self.warmup_epochs <= (self.epochs or AUTO_EPOCHS),
+                "--warmup-epochs must be between 0 and --epochs",
+            ),
+            (self.patience is None or self.patience >= 1, "--patience must be >= 1"),
+            (self.test_split is None or 0 < self.test_split < 1, "--test-split must be between 0 and 1"),
             (self.workers is None or self.workers >= 0, "--workers must be >= 0"),
             (self.cache in CACHES, "--cache must be one of " + ", ".join(CACHES)),
             (
@@ -155,6 +187,15 @@ class FinetuneConfig:
             raise ConfigError("--weights file not found: {}".format(self.weights))
         if self.out is not None:
             check_out_path(Path(self.out), "--out")
+
+    def step_sizes(self) -> Tuple[float, float, float]:
+        """(base lr, head lr, weight decay): the options given, else the optimizer's defaults, whose lr scales
+        with ``--batch-size`` (SGD linearly, AdamW by the square root)."""
+        default = OPTIMIZER_DEFAULTS[self.optimizer]
+        lr = self.lr if self.lr is not None else default.lr * (self.batch_size / REFERENCE_BATCH) ** default.batch_power
+        mult = self.head_lr_mult if self.head_lr_mult is not None else default.head_lr_mult
+        decay = self.weight_decay if self.weight_decay is not None else default.weight_decay
+        return lr, lr * mult, decay
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "FinetuneConfig":

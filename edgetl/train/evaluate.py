@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -14,9 +14,9 @@ from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup, resolve_workers
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
-from edgetl.data.folders import DatasetSplit, ImageDataset, scan_class_folders
+from edgetl.data.folders import DatasetSplit, ImageDataset, Sample, scan_class_folders
 from edgetl.errors import DataError
-from edgetl.spec.preprocess import load_input, torch_transforms
+from edgetl.spec.preprocess import PreprocessSpec, load_input, torch_transforms
 from edgetl.train.checkpoint import load_run, preprocess_of
 
 torch = require("torch")
@@ -86,6 +86,25 @@ def evaluate_model(
     return metrics_from_logits(logits.numpy(), labels.numpy(), num_classes, loss)
 
 
+def evaluate_samples(
+    model: Any,
+    samples: Sequence[Sample],
+    spec: PreprocessSpec,
+    setup: DeviceSetup,
+    num_classes: int,
+    batch_size: int = 32,
+    workers: Optional[int] = None,
+) -> EvalResult:
+    """``model`` on image files through the eval geometry of ``spec``."""
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(samples, torch_transforms(spec, train=False), partial(load_input, spec=spec)),
+        batch_size=batch_size,
+        num_workers=resolve_workers(workers),
+    )
+    model = setup.module_to_device(model)
+    return evaluate_model(model, loader, setup.device, num_classes, torch.nn.CrossEntropyLoss())
+
+
 def evaluate_run(
     run: Path,
     data: Optional[Path] = None,
@@ -93,17 +112,23 @@ def evaluate_run(
     device: str = "auto",
     workers: Optional[int] = None,
     *,
+    split: str = "val",
     setup: Optional[DeviceSetup] = None,
 ) -> Dict[str, Any]:
-    """Evaluate a run's best.pt on DATA (class folders; a train/val root uses val/) or its own val split.
-    Writes ``evaluation.json`` and ``evaluation.txt`` into the run folder. ``setup`` (default: built
-    from ``device``, AMP off) is where the model runs; tests pass a placement-checking one."""
+    """Evaluate a run's best.pt on DATA (class folders; a train/val root uses val/) or its own ``split``
+    (``val``, or ``test``: the images ``--test-split`` held out). Writes ``evaluation.json`` and
+    ``evaluation.txt`` (``evaluation-test.*`` for the test split) into the run folder. ``setup`` (default:
+    built from ``device``, AMP off) is where the model runs; tests pass a placement-checking one."""
     run = Path(run)
     model, payload = load_run(run)
     classes = list(payload["class_names"])
+    if split not in ("val", "test"):
+        raise DataError("split must be val or test, got {!r}".format(split))
     if data is None:
-        samples = DatasetSplit.load(run).val
-        source = "the run's validation split"
+        samples = getattr(DatasetSplit.load(run), split)
+        if not samples:
+            raise DataError("{} has no test split: it was trained without --test-split".format(run))
+        source = "the run's {} split".format("validation" if split == "val" else "test (held out from selection)")
     else:
         root = Path(data) / "val" if (Path(data) / "val").is_dir() else Path(data)
         found, samples, _ = scan_class_folders(root)
@@ -111,17 +136,11 @@ def evaluate_run(
             raise DataError("classes in {} ({}) differ from the run's ({})".format(root, found, classes))
         source = str(root)
     setup = setup or DeviceSetup.create(device, amp=False)
-    spec = preprocess_of(payload)
-    loader = torch.utils.data.DataLoader(
-        ImageDataset(samples, torch_transforms(spec, train=False), partial(load_input, spec=spec)),
-        batch_size=batch_size,
-        num_workers=resolve_workers(workers),
-    )
-    model = setup.module_to_device(model)
-    result = evaluate_model(model, loader, setup.device, len(classes), torch.nn.CrossEntropyLoss())
+    result = evaluate_samples(model, samples, preprocess_of(payload), setup, len(classes), batch_size, workers)
     report = dict(asdict(result), classes=classes, data=source, checkpoint=str(run / "best.pt"))
-    atomic_write_text(run / "evaluation.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(run / "evaluation.txt", format_evaluation(report) + "\n")
+    name = "evaluation" if data is not None or split == "val" else "evaluation-test"
+    atomic_write_text(run / (name + ".json"), json.dumps(report, indent=2) + "\n")
+    atomic_write_text(run / (name + ".txt"), format_evaluation(report) + "\n")
     return report
 
 

@@ -39,11 +39,13 @@ from edgetl.train.distributed import (
     start_world,
     use_sync_batch_norm,
 )
-from edgetl.train.inputs import build_pipeline
-from edgetl.train.model import HeadConfig, build_model, count_parameters, parameter_groups
+from edgetl.train.head_fit import fit_head, resolve_epochs, stop_reason, test_report
+from edgetl.train.inputs import build_pipeline, resolve_cache
+from edgetl.train.model import HeadConfig, build_model, count_parameters
 from edgetl.train.objective import training_loss
 from edgetl.train.run_folder import check_new_run, claim_new_run, claim_resumed_run, record
-from edgetl.train.step import TrainStep, cosine_with_warmup, make_optimizer, restore_training_state, train_one_epoch
+from edgetl.train.step import TrainStep, cosine_with_warmup, optimizer_for, restore_training_state, train_one_epoch
+from edgetl.train.stopping import SELECTION_NOTE, ChanceGuard, best_row, early_stop, is_new_best, step_advice
 from edgetl.train.weights import resolve_weights
 
 torch = require("torch")
@@ -95,7 +97,7 @@ def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[D
             log.info("no DATA given: using the built-in demo dataset at %s", root)
         else:
             root = Path(config.data)
-        split = load_dataset(root, config.val_split, config.seed)
+        split = load_dataset(root, config.val_split, config.seed, config.test_split)
         if split.skipped:
             log.warning("skipped %d unreadable file(s); listed in %s", len(split.skipped), run_dir / "skipped.txt")
         claim_new_run(held, run_dir)
@@ -127,6 +129,11 @@ def resume(
 def resumed_config(state: Dict[str, Any], epochs: Optional[int] = None) -> FinetuneConfig:
     """The options a run continues with: those saved in its checkpoint ``state``, with ``epochs`` if given."""
     config = FinetuneConfig.from_dict(state["config"])
+    if epochs is not None and config.epochs is None:
+        raise ConfigError(
+            "this run solved its linear head to convergence (--epochs auto): there is nothing to continue; "
+            "start a new run with --epochs N to train by epochs"
+        )
     done = int(state["epoch"]) + 1
     if epochs is not None and epochs < done:
         raise ConfigError("--epochs {} is fewer than the {} epochs this run has done".format(epochs, done))
@@ -181,14 +188,19 @@ def _train(
     started = time.perf_counter()
     spec = get_backbone(config.arch, config.cut_at)
     preprocess = replace(preprocess_spec(spec), geometry=config.eval_geometry)
+    config = resolve_epochs(config, resolve_cache(config, split, preprocess)[0])  # None: the convex head fit
     model, optimizer, scheduler, scaler = _build(config, split, setup, world, state)
     val_loss = torch.nn.CrossEntropyLoss()  # plain, as `evaluate` reports it: smoothing and weights train only
     history: List[Dict[str, float]] = []
-    best_top1, start_epoch = -1.0, 0
+    start_epoch, total = 0, config.epochs or 1
+    head_fit: Dict[str, Any] = {} if state is None else dict(state.get("head_fit") or {})
     if state is not None:
         restore_training_state(state, model, optimizer, scheduler, scaler)
-        history, best_top1, start_epoch = list(state["history"]), float(state["best_top1"]), int(state["epoch"]) + 1
-        log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, config.epochs)
+        history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
+        if start_epoch < total:
+            log.info("resuming %s at epoch %d of %d", run_dir, start_epoch + 1, total)
+        else:
+            log.info("%s is complete (%d of %d epochs): nothing to train", run_dir, start_epoch, total)
     elif world.is_main:
         atomic_write_text(run_dir / "labels.txt", "".join(c + "\n" for c in split.classes))
         preprocess.save(run_dir / "preprocess.json")
@@ -202,30 +214,46 @@ def _train(
     loss = training_loss(config.label_smoothing, config.balance, labels, len(split.classes), setup.device)
     shares = sharded_loss(world, loss, len(split.train), config.batch_size)
     step = TrainStep(world.wrap(trained), loss, optimizer, scheduler, scaler, setup, shares)
-    for epoch in range(start_epoch, config.epochs):
+    lr, head_lr, _ = config.step_sizes()
+    advice = step_advice(config.optimizer, lr, head_lr, config.warmup_epochs)
+    guard = ChanceGuard(len(split.classes), config.warmup_epochs, advice)
+    stopped = early_stop(history, config.patience)
+    for epoch in range(start_epoch, total):
+        if stopped:
+            break
         torch.manual_seed(rank_seed(config.seed, epoch, world.rank))  # dropout etc.: a function of (seed, epoch, rank)
-        batches = pipeline.train_batches(config.seed * 1000 + epoch)
-        lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}  # the rates of the epoch's first step
         tick = time.perf_counter()
         with _images_vanished(run_dir, epoch):
-            train_loss, train_top1 = train_one_epoch(
-                step, batches, progress=progress and world.is_main, label="epoch {}/{}".format(epoch + 1, config.epochs)
-            )
+            if config.epochs is None:
+                (train_loss, train_top1), head_fit = fit_head(pipeline, model, len(split.classes), config)
+                lrs = {"base": 0.0, "head": 0.0}  # no step size: L-BFGS with a line search
+            else:
+                batches = pipeline.train_batches(config.seed * 1000 + epoch)
+                lrs = {g.get("name", "base"): g["lr"] for g in optimizer.param_groups}  # the epoch's first step's
+                label = "epoch {}/{}".format(epoch + 1, total)
+                train_loss, train_top1 = train_one_epoch(
+                    step, batches, progress=progress and world.is_main, label=label
+                )
             seconds = time.perf_counter() - tick
             world.sync_buffers(trained)
             val = evaluate_on_ranks(trained, pipeline.val_batches(), setup, len(split.classes), val_loss, world)
         check_finite_loss(epoch, train=train_loss, val=val.loss)  # before anything of this epoch is saved
         history.append(_epoch_row(epoch, train_loss, train_top1, val, lrs, seconds, len(split.train)))
-        is_best = world.from_main(val.top1 > best_top1)  # the decision of rank 0, which saves
-        best_top1 = max(best_top1, val.top1)
+        is_best = world.from_main(is_new_best(history))  # the decision of rank 0, which saves
+        stopped = early_stop(history, config.patience)
         if world.is_main:
-            log.info(_epoch_line(history[-1], config.epochs))
+            log.info(_epoch_line(history[-1], total))
+            if config.epochs is not None:
+                guard.check(history)
             training = (optimizer, scheduler, scaler)
-            payload = _payload(config, split, model, preprocess, training, epoch, history, best_top1)
+            payload = _payload(config, split, model, preprocess, training, epoch, history, head_fit)
             _save_epoch(run_dir, payload, is_best, history)
     summary = _summary(config, run_dir, split, model, setup, history, time.perf_counter() - started)
+    summary.update(stopped=stop_reason(config, history, stopped, head_fit), selection=SELECTION_NOTE, head_fit=head_fit)
     summary["processes"] = world.size  # this session's; a run may resume with another count
     if world.is_main:
+        if split.test:
+            summary.update(test_report(run_dir, split, setup, config.batch_size, config.workers))
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         record(run_dir, ("summary.json",))
     return RunResult(run_dir, summary, history)
@@ -285,9 +313,10 @@ def _build(
         )
     )
     model = use_sync_batch_norm(model, config, world)
-    optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
+    optimizer = optimizer_for(config, model)
     steps_per_epoch = math.ceil(len(split.train) / config.batch_size)  # global batches: the schedule of one process
-    scheduler = cosine_with_warmup(optimizer, config.warmup_epochs * steps_per_epoch, config.epochs * steps_per_epoch)
+    epochs = config.epochs or 1
+    scheduler = cosine_with_warmup(optimizer, config.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
     return model, optimizer, scheduler, torch.amp.GradScaler(setup.device.type, enabled=setup.use_amp)
 
 
@@ -339,7 +368,7 @@ def _payload(
     training: Tuple[Any, Any, Any],
     epoch: int,
     history: List[Dict[str, float]],
-    best_top1: float,
+    head_fit: Dict[str, Any],
 ) -> Dict[str, Any]:
     """A checkpoint: the plain model's state (never DDP's ``module.`` names), the optimizer, scheduler and
     AMP scaler states, and the run's facts."""
@@ -352,7 +381,8 @@ def _payload(
         "epoch": epoch,
         "rng": rng_state(),
         "history": history,
-        "best_top1": best_top1,
+        "best_top1": best_row(history)["val_top1"],
+        "head_fit": head_fit,  # the convex fit's facts; empty when trained by epochs
         "class_names": split.classes,
         "arch": config.arch,
         "strategy": config.strategy,
@@ -382,7 +412,7 @@ def _summary(
     history: List[Dict[str, float]],
     seconds: float,
 ) -> Dict[str, Any]:
-    best = max(history, key=lambda row: row["val_top1"])
+    best = best_row(history)
     return {
         "run": str(run_dir),
         "arch": config.arch,
@@ -401,7 +431,8 @@ def _summary(
         "cache": config.cache,
         "params_total": count_parameters(model),
         "params_trainable": count_parameters(model, trainable_only=True),
-        "epochs": config.epochs,
+        "epochs": config.epochs or "auto: linear head solved on cached features",
+        "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "best_val_top1": best["val_top1"],
         "best_val_top5": best["val_top5"],

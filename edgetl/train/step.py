@@ -8,13 +8,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from tqdm import tqdm
-
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
+from edgetl.core.progress import progress as reported
 from edgetl.train.checkpoint import set_rng_state
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.distributed import ShardedLoss
+from edgetl.train.model import parameter_groups
 from edgetl.train.objective import hard_labels
 
 torch = require("torch")
@@ -33,9 +33,17 @@ def cosine_with_warmup(optimizer: Any, warmup_steps: int, total_steps: int) -> A
 
 
 def make_optimizer(config: FinetuneConfig, groups: List[Dict[str, Any]]) -> Any:
+    """``config.optimizer`` over ``groups`` (each with its own lr), weight decay from ``config.step_sizes()``."""
+    lr, _, decay = config.step_sizes()
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=decay)
+
+
+def optimizer_for(config: FinetuneConfig, model: Any) -> Any:
+    """The run's optimizer over ``model``'s trainable base (at lr) and head (at the head lr)."""
+    lr, head_lr, _ = config.step_sizes()
+    return make_optimizer(config, parameter_groups(model, lr, head_lr / lr))
 
 
 def restore_training_state(state: Dict[str, Any], model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> None:
@@ -70,10 +78,8 @@ def train_one_epoch(step: TrainStep, batches: Any, *, progress: bool, label: str
     total_loss = torch.zeros((), dtype=torch.float64, device=step.setup.device)
     correct = torch.zeros((), dtype=torch.int64, device=step.setup.device)
     seen = 0
-    # disable=None: bars only on a terminal, not in logs
-    for index, (images, labels) in enumerate(
-        tqdm(batches, desc=label, leave=False, disable=None if progress else True)
-    ):
+    # a bar on a terminal; in a log, a line a minute during a long epoch
+    for index, (images, labels) in enumerate(reported(batches, label, enabled=progress)):
         with torch.autocast(step.setup.device.type, dtype=torch.float16, enabled=step.setup.use_amp):
             logits = step.module(images)
             if step.shares is None:

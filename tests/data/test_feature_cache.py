@@ -21,8 +21,9 @@ from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.checkpoint import load_checkpoint
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_model
-from edgetl.train.loop import TrainStep, cosine_with_warmup, finetune, make_optimizer, resume, train_one_epoch
-from edgetl.train.model import HeadConfig, build_model, parameter_groups
+from edgetl.train.loop import TrainStep, cosine_with_warmup, finetune, resume, train_one_epoch
+from edgetl.train.model import HeadConfig, build_model
+from edgetl.train.step import optimizer_for
 
 SPEC = PreprocessSpec(input_size=56, resize_size=64)
 CPU = DeviceSetup.create("cpu")
@@ -43,8 +44,8 @@ def frozen_model(pretrained_mobilenet_v2: Path) -> torch.nn.Module:
 
 def _train_epoch(module: torch.nn.Module, model: torch.nn.Module, batches: list) -> None:
     """One epoch through finetune's own step, optimizer and schedule."""
-    config = FinetuneConfig(strategy="feature-extractor")
-    optimizer = make_optimizer(config, parameter_groups(model, 0.05, config.head_lr_mult))
+    config = FinetuneConfig(strategy="feature-extractor", lr=0.05, head_lr_mult=10.0)
+    optimizer = optimizer_for(config, model)
     scheduler = cosine_with_warmup(optimizer, 0, len(batches))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     step = TrainStep(module, torch.nn.CrossEntropyLoss(), optimizer, scheduler, scaler, CPU)

@@ -172,14 +172,13 @@ def test_evaluation_accepts_labels_already_on_the_device() -> None:
 def test_resume_into_an_amp_scaler_from_a_run_saved_without_amp(tiny_run: Path) -> None:
     """A run started on CPU (AMP off: empty scaler state) resumes on a CUDA host (AMP on)."""
     from edgetl.train.checkpoint import model_from_checkpoint
-    from edgetl.train.loop import cosine_with_warmup, make_optimizer, restore_training_state
-    from edgetl.train.model import parameter_groups
+    from edgetl.train.step import cosine_with_warmup, optimizer_for, restore_training_state
 
     state = load_checkpoint(tiny_run / "last.pt")
     assert state["scaler"] == {}
     config = FinetuneConfig.from_dict(state["config"])
     model = model_from_checkpoint(state)
-    optimizer = make_optimizer(config, parameter_groups(model, config.lr, config.head_lr_mult))
+    optimizer = optimizer_for(config, model)
     scheduler = cosine_with_warmup(optimizer, 0, 10)
     scaler = torch.amp.GradScaler("cpu", enabled=True)  # stands in for the CUDA scaler: same state logic
     restore_training_state(state, model, optimizer, scheduler, scaler)

@@ -1,0 +1,105 @@
+"""How a run trains its head when ``--epochs`` is auto, and what its run folder says afterwards.
+
+``--epochs`` auto (the default) with a linear head on cached features (the feature extractor's default
+pipeline): the head is a convex problem, solved to convergence once (``edgetl.train.linear_head``)
+instead of stepped through epochs. That solve is recorded as epoch 1 of 1: ``metrics.csv`` holds one row
+(train loss and top-1 of the solved head on the training features, val metrics, lr columns 0: L-BFGS has
+no step size, its time as ``epoch_time_s``); ``best.pt`` and ``last.pt`` both hold the solution; the fit's
+facts (L2 strength, cross-validation scores, iterations, why it stopped) are in ``summary.json`` and the
+checkpoints. ``--resume`` of a finished fit changes nothing; a fit killed before it ends left no
+``last.pt`` and simply runs again. Every other case (partial, full, an MLP head, ``--cache none``) trains
+``AUTO_EPOCHS`` epochs; a given ``--epochs N`` always trains N epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from edgetl.core.deps import require
+from edgetl.core.device import DeviceSetup
+from edgetl.data.folders import DatasetSplit
+from edgetl.train.checkpoint import load_run, preprocess_of
+from edgetl.train.config import AUTO_EPOCHS, FinetuneConfig
+from edgetl.train.evaluate import evaluate_samples
+from edgetl.train.linear_head import FOLDS, L2_GRID, fit_linear_head, sklearn_c
+
+torch = require("torch")
+log = logging.getLogger(__name__)
+
+
+def solves_head(config: FinetuneConfig, cache: str) -> bool:
+    """Whether ``config`` (with ``cache``, the resolved pipeline) fits its head as a convex problem."""
+    return config.epochs is None and config.head == "linear" and cache == "features"
+
+
+def resolve_epochs(config: FinetuneConfig, cache: str) -> FinetuneConfig:
+    """``--epochs`` auto resolved: None stays (the convex fit) where it applies, else ``AUTO_EPOCHS``."""
+    if config.epochs is not None or solves_head(config, cache):
+        return config
+    return replace(config, epochs=AUTO_EPOCHS)
+
+
+def fit_head(pipeline: Any, model: Any, classes: int, config: FinetuneConfig) -> Tuple[Tuple[float, float], dict]:
+    """Solve ``model.head`` on the pipeline's training features; ((train loss, train top-1), the fit's facts)."""
+    features, labels = pipeline.train, pipeline.train_labels
+    views, count = features.shape[0], features.shape[1]
+    log.info(
+        "fitting the linear head: L-BFGS on %d images x %d view(s), L2 from %d-fold cross-validation over %d values",
+        count,
+        views,
+        FOLDS,
+        len(L2_GRID),
+    )
+    fit = fit_linear_head(features, labels, classes, seed=config.seed, label_smoothing=config.label_smoothing)
+    head = model.head
+    with torch.no_grad():
+        head.weight.copy_(fit.weight.to(head.weight))  # float64 solution, cast to the head's dtype
+        head.bias.copy_(fit.bias.to(head.bias))
+        logits = head(features.reshape(-1, features.shape[-1]))
+        rows = labels.repeat(views)
+        loss = float(torch.nn.functional.cross_entropy(logits.float(), rows))
+        top1 = float((logits.argmax(1) == rows).float().mean())
+    facts = {
+        "solver": "L-BFGS (strong Wolfe), full batch, float64",
+        "l2": fit.l2,
+        "feature_scale": fit.scale,
+        "sklearn_C": sklearn_c(fit.l2, fit.scale, count * views),
+        "cv_folds": fit.folds,
+        "cv": [{"l2": l2, "top1": acc, "loss": cv_loss} for l2, acc, cv_loss in fit.cv],
+        "iterations": fit.iterations,
+        "stop": fit.stop,
+        "seconds": fit.seconds,
+    }
+    log.info(
+        "linear head: L2 %g (C %.3g) in %.1f s, %d iterations; %s",
+        fit.l2,
+        facts["sklearn_C"],
+        fit.seconds,
+        fit.iterations,
+        fit.stop,
+    )
+    return (loss, top1), facts
+
+
+def stop_reason(
+    config: FinetuneConfig, history: List[Dict[str, float]], early: Optional[str], head_fit: Dict[str, Any]
+) -> str:
+    """The summary's one line on why training ended."""
+    if head_fit:
+        return "linear head solved (convex): {}; L2 {:g} chosen by {}-fold cross-validation on the train split".format(
+            head_fit["stop"], head_fit["l2"], head_fit["cv_folds"]
+        )
+    if early:
+        return early
+    return "ran all {} epochs".format(config.epochs)
+
+
+def test_report(run_dir: Path, split: DatasetSplit, setup: DeviceSetup, batch_size: int, workers: Any) -> dict:
+    """best.pt on the held-out test images (``--test-split``): the one number no selection has seen."""
+    model, payload = load_run(run_dir)
+    result = evaluate_samples(model, split.test, preprocess_of(payload), setup, len(split.classes), batch_size, workers)
+    log.info("test split (%d images, untouched by selection): top-1 %.2f%%", result.count, 100 * result.top1)
+    return {"num_test": result.count, "test_top1": result.top1, "test_top5": result.top5, "test_loss": result.loss}
