@@ -16,6 +16,10 @@ SMALL_PER_CLASS = 1000  # small: median training images per class below this
 PROBE_SIMILAR = 0.80  # similar: chance-adjusted linear-probe accuracy at least this ...
 KNN_SIMILAR = 0.60  # ... and chance-adjusted k-NN accuracy at least this
 BORDERLINE_MARGIN = 0.10  # a probe score this close to PROBE_SIMILAR is called borderline
+# Small data: a frozen base is recommended only when the probe leaves little to gain. Between PROBE_SIMILAR
+# and this, a probe cannot tell whether training the top stages wins (digits: probe score 0.94, partial won
+# by several points, benchmarks/results/realdata.md): the plan trains the top stages and asks for --pilot.
+PROBE_SUFFICES = 0.97
 CONFIDENCE_IMAGENET_LIKE = 0.50  # mean top softmax of the ImageNet classifier: content looks like ImageNet
 IMBALANCED_BELOW = 0.5  # class balance (min/max images per class) below this is flagged
 HEAD_LR = 0.05  # learning rate of the new head in every plan (SGD, batch 32)
@@ -140,6 +144,43 @@ def is_similar(evidence: SimilarityEvidence) -> bool:
 
 def is_borderline(evidence: SimilarityEvidence) -> bool:
     return abs(evidence.probe_score - PROBE_SIMILAR) < BORDERLINE_MARGIN
+
+
+def features_suffice(evidence: SimilarityEvidence) -> bool:
+    """A linear head on the frozen features leaves little for trained stages to gain."""
+    return is_similar(evidence) and evidence.probe_score >= PROBE_SUFFICES
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The quadrant whose plan advise recommends, and whether the measurements alone cannot tell."""
+
+    quadrant: int
+    pilot_advised: bool
+    why: str  # "" when the measurements decide
+
+
+def decide(stats: SizeStats, evidence: SimilarityEvidence) -> Decision:
+    """The size x similarity rule on measured evidence. Small + similar goes to the feature extractor only when
+    the features suffice; in between the plan trains the top stages and the pilot is advised."""
+    small, similar = is_small(stats), is_similar(evidence)
+    if small and similar and not features_suffice(evidence):
+        return Decision(
+            quadrant_of(True, False),
+            True,
+            "the probe alone cannot tell: its score {:.2f} is between {:.2f} (similar) and {:.2f} (the frozen "
+            "features suffice), where trained top stages can still win; --pilot measures both".format(
+                evidence.probe_score, PROBE_SIMILAR, PROBE_SUFFICES
+            ),
+        )
+    if is_borderline(evidence):
+        return Decision(
+            quadrant_of(small, similar),
+            True,
+            "borderline: the probe score {:.2f} is within {:.2f} of its threshold {:.2f}; --pilot measures the "
+            "candidates".format(evidence.probe_score, BORDERLINE_MARGIN, PROBE_SIMILAR),
+        )
+    return Decision(quadrant_of(small, similar), False, "")
 
 
 def quadrant_of(small: bool, similar: bool) -> int:

@@ -23,10 +23,13 @@ from edgetl.analysis.pilot import PilotConfig, run_pilot
 from edgetl.analysis.rule import (
     KNN_SIMILAR,
     PROBE_SIMILAR,
+    PROBE_SUFFICES,
     SMALL_PER_CLASS,
     SimilarityEvidence,
     SizeStats,
     candidate_plans,
+    decide,
+    features_suffice,
     finetune_command,
     is_similar,
     is_small,
@@ -238,3 +241,47 @@ def test_ridge_weights_solve_the_ridge_problem(samples: int, dims: int) -> None:
     stacked = np.vstack([x, np.sqrt(0.7) * np.eye(dims)])
     expected = np.linalg.lstsq(stacked, np.vstack([targets, np.zeros((dims, 3))]), rcond=None)[0]
     assert np.allclose(ridge_weights(x, targets, 0.7), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "probe, knn, strategy, pilot_advised",
+    [
+        (1.00, 0.99, "feature-extractor", False),  # the demo data: a frozen base is all it needs
+        (0.94, 0.90, "partial", True),  # digits as advise measured it before: partial won by several points
+        (PROBE_SUFFICES, 0.90, "feature-extractor", False),
+        (PROBE_SUFFICES - 1e-6, 0.90, "partial", True),
+        (0.85, 0.30, "partial", True),  # borderline and different
+        (0.10, 0.05, "partial", False),  # noise: clearly different
+    ],
+)
+def test_small_data_goes_to_the_feature_extractor_only_when_the_features_suffice(
+    probe: float, knn: float, strategy: str, pilot_advised: bool
+) -> None:
+    decision = decide(_stats(40, 40, 40, 40), _evidence(probe, knn))
+    assert plan_for(decision.quadrant, MOBILENET_V2).strategy == strategy
+    assert decision.pilot_advised is pilot_advised and bool(decision.why) is pilot_advised
+    assert features_suffice(_evidence(probe, knn)) is (strategy == "feature-extractor")
+
+
+def test_large_similar_data_keeps_the_partial_plan_of_quadrant_2() -> None:
+    decision = decide(_stats(5000, 5000), _evidence(0.94, 0.9))
+    assert (decision.quadrant, decision.pilot_advised) == (2, False)
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "realdata.json"
+
+
+@pytest.mark.skipif(not RESULTS.is_file(), reason="benchmarks/results/realdata.json not recorded")
+def test_advice_on_the_recorded_real_datasets_wins_ties_or_asks_for_the_pilot() -> None:
+    """The rule on each real dataset's recorded probe and k-NN scores names the measured winner, a strategy tied
+    with it within the noise, or asks for the pilot (benchmarks/bench_realdata.py)."""
+    datasets = [d for d in json.loads(RESULTS.read_text())["datasets"] if "advise" in d]
+    assert datasets
+    for data in datasets:
+        classes = len(data["classes"])
+        stats = _stats(*[data["train_images"] // classes] * classes)
+        decision = decide(stats, _evidence(data["advise"]["probe_score"], data["advise"]["knn_score"], classes))
+        strategy = plan_for(decision.quadrant, MOBILENET_V2).strategy
+        measured = [data["verdict"]["best"]] + data["verdict"]["tied"]
+        assert strategy in measured or decision.pilot_advised, data["dataset"]
+        assert (strategy, decision.pilot_advised) == (data["advise"]["strategy"], data["advise"]["pilot_advised"])
