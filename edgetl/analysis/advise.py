@@ -307,9 +307,18 @@ def format_advice(report: Dict[str, Any]) -> str:
     )
     if report["pilot_advised"]:
         lines += _wrap("! " + report["undecided_why"], "     ", "     ")
-    if sim["similar"] and not imagenet_like:
+    if sim["similar"] and not imagenet_like and not report["pilot_advised"]:
         lines += _wrap("not ImageNet-like content, yet the pretrained features already fit this task", "     ", "     ")
-    lines += ["", "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"])]
+    undecided = size["small"] and sim["similar"] and not sim["suffices"]
+    lines += [
+        "",
+        "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"])
+        + (
+            " (similar, but not enough to be sure a frozen base suffices: its plan is the safer one)"
+            if undecided
+            else ""
+        ),
+    ]
     lines += _wrap(
         "Recommendation: {}{}: {}".format(
             plan["strategy"],

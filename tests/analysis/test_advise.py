@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +298,43 @@ def test_advice_on_the_recorded_real_datasets_wins_ties_or_asks_for_the_pilot() 
         measured = [data["verdict"]["best"]] + data["verdict"]["tied"]
         assert strategy in measured or decision.pilot_advised, data["dataset"]
         assert (strategy, decision.pilot_advised) == (data["advise"]["strategy"], data["advise"]["pilot_advised"])
+
+
+def test_the_text_says_when_the_probe_alone_cannot_tell_and_asks_for_the_pilot() -> None:
+    from edgetl.analysis.advise import format_advice
+
+    evidence = _evidence(0.93, 0.85, classes=10, images=400)  # digits as advise measured them
+    stats = _stats(*[40] * 10)
+    decision = decide(stats, evidence)
+    plan = plan_for(decision.quadrant, MOBILENET_V2)
+    report = {
+        "data": "digits",
+        "arch": "mobilenet_v2",
+        "size": dict(classes=list(stats.classes), min=40, median=40.0, max=40, balance=1.0, train_total=400),
+        "similarity": dict(
+            images=400,
+            folds=5,
+            chance=0.1,
+            probe_accuracy=evidence.probe_accuracy,
+            probe_score=evidence.probe_score,
+            knn_accuracy=evidence.knn_accuracy,
+            knn_score=evidence.knn_score,
+            confidence=0.12,
+            imagenet_labels=[["chain", 3]],
+            similar=True,
+            suffices=False,
+        ),
+        "quadrant": decision.quadrant,
+        "quadrant_name": "small + different",
+        "plan": dict(asdict(plan)),
+        "command": finetune_command(Path("digits"), "mobilenet_v2", plan, None),
+        "pilot_advised": decision.pilot_advised,
+        "undecided_why": decision.why,
+        "time_s": 1.0,
+    }
+    report["size"].update(val_total=300, small=True)
+    text = " ".join(format_advice(report).split())
+    assert "the probe alone cannot tell: its score 0.93 is between 0.80 (similar) and 0.97" in text
+    assert "Quadrant 3: small + different (similar, but not enough to be sure" in text
+    assert "--strategy partial" in text and "run edgetl advise again with --pilot" in text
+    assert "already fit this task" not in text
