@@ -331,6 +331,7 @@ def markdown(result: Dict[str, Any]) -> str:
                     ", asks for --pilot" if adv["pilot_advised"] else "",
                     adv["agrees"],
                 )
+                + (" Re-measured by `{}`.".format(data["advise_command"]) if "advise_command" in data else "")
             )
     return "\n".join(lines) + "\n"
 

@@ -314,7 +314,7 @@ def format_advice(report: Dict[str, Any]) -> str:
         "",
         "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"])
         + (
-            " (similar, but not enough to be sure a frozen base suffices: its plan is the safer one)"
+            " (the probe cannot tell whether a frozen base suffices: the cheapest plan, to check with --pilot)"
             if undecided
             else ""
         ),

@@ -248,21 +248,21 @@ def test_ridge_weights_solve_the_ridge_problem(samples: int, dims: int) -> None:
     "probe, knn, strategy, pilot_advised",
     [
         (1.00, 0.99, "feature-extractor", False),  # the demo data: a frozen base is all it needs
-        (0.94, 0.90, "partial", True),  # digits as advise measured it before: partial won by several points
+        (0.94, 0.90, "feature-extractor", True),  # digits as advise measured it: the probe alone cannot tell
         (PROBE_SUFFICES, 0.90, "feature-extractor", False),
-        (PROBE_SUFFICES - 1e-6, 0.90, "partial", True),
+        (PROBE_SUFFICES - 1e-6, 0.90, "feature-extractor", True),
         (0.85, 0.30, "partial", True),  # borderline and different
         (0.10, 0.05, "partial", False),  # noise: clearly different
     ],
 )
-def test_small_data_goes_to_the_feature_extractor_only_when_the_features_suffice(
+def test_small_similar_data_asks_for_the_pilot_unless_the_features_suffice(
     probe: float, knn: float, strategy: str, pilot_advised: bool
 ) -> None:
     evidence = _evidence(probe, knn, images=1000)  # a probe on 1000 images: its own noise is small
     decision = decide(_stats(400, 400, 400, 400), evidence)
     assert plan_for(decision.quadrant, MOBILENET_V2).strategy == strategy
     assert decision.pilot_advised is pilot_advised and bool(decision.why) is pilot_advised
-    assert features_suffice(evidence) is (strategy == "feature-extractor")
+    assert features_suffice(evidence) is (strategy == "feature-extractor" and not pilot_advised)
 
 
 def test_a_probe_short_of_perfect_by_its_own_noise_suffices() -> None:
@@ -325,7 +325,7 @@ def test_the_text_says_when_the_probe_alone_cannot_tell_and_asks_for_the_pilot()
             suffices=False,
         ),
         "quadrant": decision.quadrant,
-        "quadrant_name": "small + different",
+        "quadrant_name": "small + similar",
         "plan": dict(asdict(plan)),
         "command": finetune_command(Path("digits"), "mobilenet_v2", plan, None),
         "pilot_advised": decision.pilot_advised,
@@ -335,6 +335,6 @@ def test_the_text_says_when_the_probe_alone_cannot_tell_and_asks_for_the_pilot()
     report["size"].update(val_total=300, small=True)
     text = " ".join(format_advice(report).split())
     assert "the probe alone cannot tell: its score 0.93 is between 0.80 (similar) and 0.97" in text
-    assert "Quadrant 3: small + different (similar, but not enough to be sure" in text
-    assert "--strategy partial" in text and "run edgetl advise again with --pilot" in text
+    assert "Quadrant 4: small + similar (the probe cannot tell whether a frozen base suffices" in text
+    assert "--strategy feature-extractor" in text and "run edgetl advise again with --pilot" in text
     assert "already fit this task" not in text
