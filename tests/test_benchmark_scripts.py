@@ -3,10 +3,17 @@ the command that reproduces it from a fresh clone."""
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
+import json
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -29,3 +36,51 @@ def test_result_names_a_command_from_a_fresh_clone(path: Path) -> None:
     scripts = re.findall(r"benchmarks/(\w+\.py)", command)
     assert all((ROOT / "benchmarks" / s).is_file() for s in scripts), command
     assert scripts or ".venv/bin/edgetl " in command, command  # a benchmark script or an edgetl command
+
+
+def _realdata() -> Any:
+    """benchmarks/bench_realdata.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_realdata", ROOT / "benchmarks" / "bench_realdata.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_realdata_split_is_seeded_disjoint_and_per_class() -> None:
+    bench = _realdata()
+    labels = np.repeat(np.arange(3), 10)
+    train, val = bench.split_indices(labels, None, 4, 3, seed=0)
+    assert not set(train) & set(val)
+    assert np.bincount(labels[train]).tolist() == [4, 4, 4] and np.bincount(labels[val]).tolist() == [3, 3, 3]
+    assert (train, val) == bench.split_indices(labels, None, 4, 3, seed=0)
+    assert (train, val) != bench.split_indices(labels, None, 4, 3, seed=1)
+    official_val = np.repeat(np.arange(3), 5)  # a separate val pool (Fashion-MNIST's test file)
+    train, val = bench.split_indices(labels, official_val, 10, 2, seed=0)
+    assert sorted(train) == list(range(30)) and np.bincount(official_val[val]).tolist() == [2, 2, 2]
+
+
+def test_realdata_reads_idx_files(tmp_path: Path) -> None:
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "images-idx3-ubyte.gz"
+    header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in images.shape)
+    path.write_bytes(gzip.compress(header + images.tobytes()))
+    assert np.array_equal(_realdata().read_idx(path), images)
+
+
+def test_realdata_smoke_writes_results_with_verdict_and_probe(tmp_path: Path) -> None:
+    """Tiny random-init run on 2 train / 1 val digits per class: the script's whole path, measuring nothing."""
+    bench = _realdata()
+    argv = ["--smoke", "--skip-advise", "--datasets", "digits", "--train-per-class", "2", "--val-per-class", "1"]
+    result = bench.main(argv + ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+    (digits,) = result["datasets"]
+    assert [run["strategy"] for run in digits["runs"]] == ["feature-extractor", "partial", "full"]
+    assert (digits["train_images"], digits["val_images"]) == (20, 10)
+    assert all(0.0 <= run["val_top1"] <= 1.0 and run["se"] >= 0.0 for run in digits["runs"])
+    assert 0.0 <= digits["probe"]["val_top1"] <= 1.0 and digits["verdict"]["best"] in bench.STRATEGIES
+    written = json.loads((tmp_path / "out" / "realdata.json").read_text())
+    assert written["datasets"][0]["verdict"] == digits["verdict"]
+    text = (tmp_path / "out" / "realdata.md").read_text()
+    assert "## digits" in text and "reference probe" in text and "Reproduce: `" in text
+    images = sorted((tmp_path / "cache").glob("digits-*/*/*/*.png"))
+    assert len(images) == 30 and Image.open(images[0]).size == (8, 8)  # real scans, at their own size

@@ -30,17 +30,19 @@ from edgetl.analysis.rule import (
     IMBALANCED_BELOW,
     KNN_SIMILAR,
     PROBE_SIMILAR,
+    PROBE_SUFFICES,
     QUADRANT_NAMES,
     SMALL_PER_CLASS,
     SimilarityEvidence,
     SizeStats,
     candidate_plans,
+    decide,
+    features_suffice,
     finetune_command,
     is_borderline,
     is_similar,
     is_small,
     plan_for,
-    quadrant_of,
 )
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, load_dataset
@@ -171,7 +173,8 @@ def advise(
     evidence = similarity_evidence(
         features, labels, len(split.classes), imagenet_probabilities(model, features), model.imagenet_categories, seed
     )
-    plan = plan_for(quadrant_of(is_small(stats), is_similar(evidence)), spec)
+    decision = decide(stats, evidence)
+    plan = plan_for(decision.quadrant, spec)
     report = {
         "data": str(root),
         "arch": arch,
@@ -195,7 +198,10 @@ def advise(
             knn_score=evidence.knn_score,
             similar=is_similar(evidence),
             borderline=is_borderline(evidence),
+            suffices=features_suffice(evidence),
         ),
+        "pilot_advised": decision.pilot_advised,
+        "undecided_why": decision.why,
         "quadrant": plan.quadrant,
         "quadrant_name": QUADRANT_NAMES[plan.quadrant],
         "plan": asdict(plan),
@@ -205,6 +211,7 @@ def advise(
             probe_similar=PROBE_SIMILAR,
             knn_similar=KNN_SIMILAR,
             borderline_margin=BORDERLINE_MARGIN,
+            probe_suffices=PROBE_SUFFICES,
             confidence_imagenet_like=CONFIDENCE_IMAGENET_LIKE,
             imbalanced_below=IMBALANCED_BELOW,
             knn_k=KNN_K,
@@ -294,20 +301,24 @@ def format_advice(report: Dict[str, Any]) -> str:
         ),
     )
     lines += _wrap(
-        "-> {} (similar = probe score >= {:.2f} and k-NN score >= {:.2f}){}".format(
-            "similar" if sim["similar"] else "different",
-            PROBE_SIMILAR,
-            KNN_SIMILAR,
-            "; borderline (probe score within {:.2f} of its threshold): --pilot measures the candidates".format(
-                BORDERLINE_MARGIN
-            )
-            if sim["borderline"]
-            else "",
+        "-> {} (similar = probe score >= {:.2f} and k-NN score >= {:.2f})".format(
+            "similar" if sim["similar"] else "different", PROBE_SIMILAR, KNN_SIMILAR
         )
     )
-    if sim["similar"] and not imagenet_like:
+    if report["pilot_advised"]:
+        lines += _wrap("! " + report["undecided_why"], "     ", "     ")
+    if sim["similar"] and not imagenet_like and not report["pilot_advised"]:
         lines += _wrap("not ImageNet-like content, yet the pretrained features already fit this task", "     ", "     ")
-    lines += ["", "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"])]
+    undecided = size["small"] and sim["similar"] and not sim["suffices"]
+    lines += [
+        "",
+        "Quadrant {}: {}".format(report["quadrant"], report["quadrant_name"])
+        + (
+            " (the probe cannot tell whether a frozen base suffices: the cheapest plan, to check with --pilot)"
+            if undecided
+            else ""
+        ),
+    ]
     lines += _wrap(
         "Recommendation: {}{}: {}".format(
             plan["strategy"],
@@ -334,6 +345,8 @@ def format_advice(report: Dict[str, Any]) -> str:
         )
     )
     lines += ["", "  " + report["command"]]  # never wrapped: it is copied as it is
+    if report["pilot_advised"] and "pilot" not in report:
+        lines += ["", "  The measurements alone cannot tell: run edgetl advise again with --pilot (about 5 min)."]
     if "pilot" in report:
         lines += ["", format_pilot(report["pilot"])]
     lines += ["", "advised in {:.0f} s".format(report["time_s"])]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from edgetl.analysis.significance import Z_CLEAR, binomial_se
 from edgetl.spec.backbones import BackboneSpec
 from edgetl.train.config import FinetuneConfig
 
@@ -17,6 +18,10 @@ SMALL_PER_CLASS = 1000  # small: median training images per class below this
 PROBE_SIMILAR = 0.80  # similar: chance-adjusted linear-probe accuracy at least this ...
 KNN_SIMILAR = 0.60  # ... and chance-adjusted k-NN accuracy at least this
 BORDERLINE_MARGIN = 0.10  # a probe score this close to PROBE_SIMILAR is called borderline
+# Small + similar data: between PROBE_SIMILAR and this probe score the probe alone cannot tell whether trained
+# stages would beat a frozen base; advise keeps the feature extractor (measured best or tied on the real
+# datasets of benchmarks/results/realdata.md) and asks for --pilot.
+PROBE_SUFFICES = 0.97
 CONFIDENCE_IMAGENET_LIKE = 0.50  # mean top softmax of the ImageNet classifier: content looks like ImageNet
 IMBALANCED_BELOW = 0.5  # class balance (min/max images per class) below this is flagged
 HEAD_LR = 0.05  # learning rate of the new head in every plan (SGD, batch 32)
@@ -141,6 +146,47 @@ def is_similar(evidence: SimilarityEvidence) -> bool:
 
 def is_borderline(evidence: SimilarityEvidence) -> bool:
     return abs(evidence.probe_score - PROBE_SIMILAR) < BORDERLINE_MARGIN
+
+
+def features_suffice(evidence: SimilarityEvidence) -> bool:
+    """A linear head on the frozen features leaves little for trained stages to gain: a probe score of at least
+    PROBE_SUFFICES, or a probe whose shortfall from 100% is inside the binomial noise of the images it was
+    measured on (a couple of errors on a small sample are no evidence that trained stages would do better)."""
+    shortfall = 1.0 - evidence.probe_accuracy
+    within_noise = shortfall < Z_CLEAR * binomial_se(evidence.probe_accuracy, evidence.images)
+    return is_similar(evidence) and (evidence.probe_score >= PROBE_SUFFICES or within_noise)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The quadrant whose plan advise recommends, and whether the measurements alone cannot tell."""
+
+    quadrant: int
+    pilot_advised: bool
+    why: str  # "" when the measurements decide
+
+
+def decide(stats: SizeStats, evidence: SimilarityEvidence) -> Decision:
+    """The size x similarity rule on measured evidence. Small + similar data whose features may not suffice keeps
+    the feature extractor's plan, and the pilot is advised."""
+    small, similar = is_small(stats), is_similar(evidence)
+    if small and similar and not features_suffice(evidence):
+        return Decision(
+            quadrant_of(True, True),
+            True,
+            "the probe alone cannot tell: its score {:.2f} is between {:.2f} (similar) and {:.2f} (the frozen "
+            "features suffice), where trained top stages may still win; --pilot measures both".format(
+                evidence.probe_score, PROBE_SIMILAR, PROBE_SUFFICES
+            ),
+        )
+    if is_borderline(evidence):
+        return Decision(
+            quadrant_of(small, similar),
+            True,
+            "borderline: the probe score {:.2f} is within {:.2f} of its threshold {:.2f}; --pilot measures the "
+            "candidates".format(evidence.probe_score, BORDERLINE_MARGIN, PROBE_SIMILAR),
+        )
+    return Decision(quadrant_of(small, similar), False, "")
 
 
 def quadrant_of(small: bool, similar: bool) -> int:

@@ -32,8 +32,30 @@ _BATCH = batch_size_option(32)
     show_default=True,
     help="Similarity is measured on at most this many training images per class.",
 )
-@click.option("--pilot", is_flag=True, help="Also train the candidate strategies briefly and compare.")
-@click.option("--pilot-epochs", type=int, default=_P.epochs, show_default=True)
+@click.option(
+    "--pilot", is_flag=True, help="Also train the candidate strategies on a subset and compare them, with confidence."
+)
+@click.option(
+    "--pilot-epochs",
+    type=int,
+    default=_P.epochs,
+    show_default=True,
+    help="Epochs of the partial and full pilot runs (the best epoch on the subset's val counts).",
+)
+@click.option(
+    "--pilot-head-epochs",
+    type=int,
+    default=_P.head_epochs,
+    show_default=True,
+    help="Epochs of the feature extractor's head (on cached features: each costs milliseconds).",
+)
+@click.option(
+    "--pilot-budget",
+    type=float,
+    default=_P.time_budget_s,
+    show_default=True,
+    help="Seconds the whole pilot may take (estimated before it starts; the subset shrinks or the pilot is refused).",
+)
 @click.option(
     "--pilot-images-per-class",
     type=int,
@@ -54,6 +76,8 @@ def advise(
     max_images_per_class: int,
     pilot: bool,
     pilot_epochs: int,
+    pilot_head_epochs: int,
+    pilot_budget: float,
     pilot_images_per_class: int,
     seed: int,
     device: str,
@@ -68,7 +92,7 @@ def advise(
 
     \b
     edgetl advise photos/
-    edgetl advise photos/ --pilot          # also train each candidate for 2 epochs and compare
+    edgetl advise photos/ --pilot          # also train each candidate on a subset (about 5 min) and compare
     edgetl advise photos/ --json
     """
     from edgetl.analysis.advise import advise as run_advise
@@ -78,7 +102,13 @@ def advise(
         raise ConfigError("--max-images-per-class must be >= 2 (cross-validation needs 2 per class)")
     pilot_config = (
         PilotConfig(
-            epochs=pilot_epochs, train_per_class=pilot_images_per_class, device=device, workers=workers, seed=seed
+            epochs=pilot_epochs,
+            head_epochs=pilot_head_epochs,
+            train_per_class=pilot_images_per_class,
+            time_budget_s=pilot_budget,
+            device=device,
+            workers=workers,
+            seed=seed,
         )
         if pilot
         else None

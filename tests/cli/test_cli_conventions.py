@@ -94,7 +94,11 @@ def _sources() -> Dict[str, Tuple[Dict[str, Any], Dict[str, str], Tuple[str, ...
         "bench data": (_signature_defaults(bench_data), {}, ("as_json",)),
         "advise": (
             dict(_signature_defaults(advise), **pilot),
-            {"max_images_per_class": "max_per_class", "pilot_images_per_class": "pilot_train_per_class"},
+            {
+                "max_images_per_class": "max_per_class",
+                "pilot_images_per_class": "pilot_train_per_class",
+                "pilot_budget": "pilot_time_budget_s",
+            },
             ("pilot", "as_json"),
         ),
         "evaluate": (_signature_defaults(evaluate_run), {}, ("as_json",)),
