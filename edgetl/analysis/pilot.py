@@ -78,8 +78,14 @@ def run_pilot(
         _link_subset(train, split.classes, data / "train")
         _link_subset(val, split.classes, data / "val")
         for plan in candidates:
-            epochs = config.head_epochs if plan.strategy == "feature-extractor" else config.epochs
-            log.info("pilot: %s (%d trainable stages), %d epochs", plan.strategy, plan.trainable_stages, epochs)
+            solved = plan.strategy == "feature-extractor"  # its linear head is solved to convergence
+            epochs = None if solved else config.epochs
+            log.info(
+                "pilot: %s (%d trainable stages), %s",
+                plan.strategy,
+                plan.trainable_stages,
+                "linear head solved" if solved else "{} epochs".format(epochs),
+            )
             stages = plan.trainable_stages if plan.strategy == "partial" else FinetuneConfig.trainable_stages
             run_config = FinetuneConfig(
                 data=str(data),
@@ -88,10 +94,10 @@ def run_pilot(
                 trainable_stages=stages,
                 epochs=epochs,
                 batch_size=config.batch_size,
-                lr=plan.lr,
-                head_lr_mult=plan.head_lr_mult,
+                lr=None if solved else plan.lr,
+                head_lr_mult=None if solved else plan.head_lr_mult,
                 label_smoothing=plan.label_smoothing,
-                warmup_epochs=min(1, epochs - 1),
+                warmup_epochs=0 if epochs is None else min(1, epochs - 1),
                 device=config.device,
                 seed=config.seed,
                 workers=config.workers,
@@ -105,7 +111,7 @@ def run_pilot(
                     "trainable_stages": plan.trainable_stages,
                     "lr": plan.lr,
                     "head_lr_mult": plan.head_lr_mult,
-                    "epochs": epochs,
+                    "epochs": "solved" if epochs is None else epochs,
                     "best_epoch": summary["best_epoch"],
                     "val_top1": summary["best_val_top1"],
                     "time_s": summary["run_time_s"],
@@ -143,7 +149,7 @@ def format_pilot(pilot: Dict[str, Any]) -> str:
             row["trainable_stages"],
             "{} (best {})".format(row["epochs"], row["best_epoch"]),
             "-" if row["strategy"] == "feature-extractor" else "{:g}".format(row["lr"]),
-            "{:g}".format(row["lr"] * row["head_lr_mult"]),
+            "-" if row["epochs"] == "solved" else "{:g}".format(row["lr"] * row["head_lr_mult"]),
             "{:.1%} +- {:.1%}".format(row["val_top1"], row["se"]),
             "{:.0f}".format(row["time_s"]),
             "rule" if row["rule"] else ("beats rule" if row["beats_rule"] else ""),

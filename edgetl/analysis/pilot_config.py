@@ -1,9 +1,9 @@
 """The budget of ``edgetl advise --pilot`` (``PilotConfig``) and its time estimate. Torch-free and Python 3.8:
 the CLI imports this module for its defaults at import time.
 
-The pilot must measure each strategy near its plateau, not its first epochs: the feature extractor's head
-trains on cached features, where an epoch costs milliseconds, so it gets many epochs; partial and full get
-``epochs`` epochs and keep their best epoch on the subset's val (early stopping after the fact). All of it
+The pilot must measure each strategy near its plateau, not its first epochs: the feature extractor's linear
+head is solved to convergence on cached features (``finetune --epochs auto``); partial and full get ``epochs``
+epochs and keep their best epoch on the subset's val (early stopping after the fact). All of it
 must fit ``time_budget_s``: the estimate is printed before anything trains, a subset too large for the budget
 is shrunk (fewer training images per class), and one that cannot fit is refused.
 """
@@ -28,7 +28,6 @@ class PilotConfig:
     """Budget of the pilot runs."""
 
     epochs: int = 6  # partial and full; the best epoch on the subset's val counts
-    head_epochs: int = 30  # the feature extractor's head, on cached features
     train_per_class: int = 30
     val_per_class: int = 20
     batch_size: int = 16
@@ -38,7 +37,7 @@ class PilotConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.epochs, self.head_epochs, self.train_per_class, self.val_per_class, self.batch_size) < 1:
+        if min(self.epochs, self.train_per_class, self.val_per_class, self.batch_size) < 1:
             raise ConfigError("--pilot-epochs, --pilot-images-per-class and the batch size must be >= 1")
         if self.time_budget_s <= 0:
             raise ConfigError("--pilot-budget must be > 0 seconds")
@@ -48,7 +47,7 @@ def estimate_seconds(config: PilotConfig, train_images: int, val_images: int, st
     """Seconds the pilot's runs take on 2 CPU cores (see ``TRAIN_IMAGES_PER_S``)."""
     total = 0.0
     for strategy in strategies:
-        if strategy == "feature-extractor":  # one pass builds the feature cache; its epochs cost ~nothing
+        if strategy == "feature-extractor":  # one pass builds the feature cache; the head's solve costs seconds
             total += (train_images + val_images) / EVAL_IMAGES_PER_S
         else:
             epoch = train_images / TRAIN_IMAGES_PER_S[strategy] + val_images / EVAL_IMAGES_PER_S

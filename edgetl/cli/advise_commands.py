@@ -43,13 +43,6 @@ _BATCH = batch_size_option(32)
     help="Epochs of the partial and full pilot runs (the best epoch on the subset's val counts).",
 )
 @click.option(
-    "--pilot-head-epochs",
-    type=int,
-    default=_P.head_epochs,
-    show_default=True,
-    help="Epochs of the feature extractor's head (on cached features: each costs milliseconds).",
-)
-@click.option(
     "--pilot-budget",
     type=float,
     default=_P.time_budget_s,
@@ -76,7 +69,6 @@ def advise(
     max_images_per_class: int,
     pilot: bool,
     pilot_epochs: int,
-    pilot_head_epochs: int,
     pilot_budget: float,
     pilot_images_per_class: int,
     seed: int,
@@ -103,7 +95,6 @@ def advise(
     pilot_config = (
         PilotConfig(
             epochs=pilot_epochs,
-            head_epochs=pilot_head_epochs,
             train_per_class=pilot_images_per_class,
             time_budget_s=pilot_budget,
             device=device,

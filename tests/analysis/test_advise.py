@@ -224,7 +224,7 @@ def test_pilot_trains_every_candidate_and_compares_with_the_rule(
     from edgetl.data.folders import load_dataset
 
     split = load_dataset(make_image_folder(counts={"a": 3, "b": 3}, size=32, split=True))
-    config = PilotConfig(epochs=1, head_epochs=2, train_per_class=2, val_per_class=2, batch_size=4, workers=0)
+    config = PilotConfig(epochs=1, train_per_class=2, val_per_class=2, batch_size=4, workers=0)
     pilot = run_pilot(split, "mobilenet_v2", candidate_plans(True, MOBILENET_V2), 4, config)
     assert [r["strategy"] for r in pilot["rows"]] == ["feature-extractor", "partial", "full"]
     assert [r["rule"] for r in pilot["rows"]] == [True, False, False]
