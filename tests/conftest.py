@@ -84,6 +84,20 @@ def _pattern(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(pixels, 0, 255).astype(np.uint8)
 
 
+def write_patterns(
+    root: Path, parts: Dict[str, Dict[str, int]], size: int, rng: np.random.Generator, name: str = "{i}.png"
+) -> Path:
+    """``root/<part>/<class>/`` pattern images (``_pattern``; a class's kind is its place in the part's dict),
+    ``parts[part][class]`` of each; part "" writes a flat folder. ``name`` is formatted with ``cls`` and ``i``."""
+    for part, counts in parts.items():
+        for kind, (cls, count) in enumerate(counts.items()):
+            folder = root / part / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(_pattern(kind, size, rng)).save(folder / name.format(cls=cls, i=i))
+    return root
+
+
 @pytest.fixture
 def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_image_folder(counts={"a": 4, "b": 4}, size=40, split=False)`` -> root.
@@ -93,16 +107,9 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
     def make(
         counts: Dict[str, int] = None, size: int = 40, split: bool = False, name: str = "data", seed: int = 0
     ) -> Path:
-        counts = counts or {"bars_h": 6, "bars_v": 6}
-        root = tmp_path / name
-        rng = np.random.default_rng(seed)
-        for part in ("train", "val") if split else ("",):
-            for kind, (cls, n) in enumerate(sorted(counts.items())):
-                folder = root / part / cls
-                folder.mkdir(parents=True, exist_ok=True)
-                for i in range(n):
-                    Image.fromarray(_pattern(kind, size, rng)).save(folder / "{}_{:03d}.jpg".format(cls, i))
-        return root
+        ordered = dict(sorted((counts or {"bars_h": 6, "bars_v": 6}).items()))
+        parts = {part: ordered for part in (("train", "val") if split else ("",))}
+        return write_patterns(tmp_path / name, parts, size, np.random.default_rng(seed), "{cls}_{i:03d}.jpg")
 
     return make
 
@@ -114,13 +121,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgetl.train.loop import finetune
 
     root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(1)
-    for part, n in (("train", 8), ("val", 4)):
-        for kind, cls in enumerate(("alpha", "beta", "gamma")):
-            folder = root / "data" / part / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(_pattern(kind, 48, rng)).save(folder / "{}.jpg".format(i))
+    parts = {part: dict.fromkeys(("alpha", "beta", "gamma"), n) for part, n in (("train", 8), ("val", 4))}
+    write_patterns(root / "data", parts, 48, np.random.default_rng(1), "{i}.jpg")
     config = FinetuneConfig(
         data=str(root / "data"),
         arch=TINY_ARCH,
@@ -146,14 +148,8 @@ def pretrained_mobilenet_v2() -> Path:
 @pytest.fixture(scope="session")
 def pattern_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A flat folder of 3 visually distinct classes (``kind0``..``kind2``) x 4 PNGs of 64 px."""
-    root = tmp_path_factory.mktemp("patterns")
-    rng = np.random.default_rng(5)
-    for kind in range(3):
-        folder = root / "kind{}".format(kind)
-        folder.mkdir()
-        for i in range(4):
-            Image.fromarray(_pattern(kind, 64, rng)).save(folder / "{}.png".format(i))
-    return root
+    classes = {"kind{}".format(kind): 4 for kind in range(3)}
+    return write_patterns(tmp_path_factory.mktemp("patterns"), {"": classes}, 64, np.random.default_rng(5))
 
 
 @pytest.fixture(scope="session")

@@ -99,15 +99,10 @@ class _OneSensitiveLayer(nn.Module):
 @pytest.fixture(scope="module")
 def sensitive(tmp_path_factory):
     """The sensitive model as ONNX, and red/blue pattern images (kinds 0-1 red, 2-3 blue)."""
-    from conftest import _pattern
-    from PIL import Image
+    from conftest import write_patterns
 
     root = tmp_path_factory.mktemp("sensitive")
-    rng = np.random.default_rng(3)
-    for kind, name in enumerate("abcd"):
-        (root / "data" / name).mkdir(parents=True)
-        for i in range(40):
-            Image.fromarray(_pattern(kind, 40, rng)).save(root / "data" / name / "{:02d}.png".format(i))
+    write_patterns(root / "data", {"": dict.fromkeys("abcd", 40)}, 40, np.random.default_rng(3), "{i:02d}.png")
     model = root / "model.onnx"
     dummy = torch.zeros(1, 3, SPEC.input_size, SPEC.input_size)
     torch.onnx.export(

@@ -17,8 +17,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-from conftest import TINY_ARCH, _pattern
-from PIL import Image
+from conftest import TINY_ARCH, write_patterns
 
 from edgetl.cli import main
 
@@ -92,13 +91,8 @@ def _quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edgetl.train.loop import finetune
 
     root = tmp_path_factory.mktemp("quick")
-    rng = np.random.default_rng(3)
-    for part, count in (("train", 6), ("val", 2)):
-        for kind, name in enumerate(("alpha", "beta")):
-            folder = root / "data" / part / name
-            folder.mkdir(parents=True)
-            for index in range(count):
-                Image.fromarray(_pattern(kind, 32, rng)).save(folder / "{}.png".format(index))
+    parts = {part: dict.fromkeys(("alpha", "beta"), count) for part, count in (("train", 6), ("val", 2))}
+    write_patterns(root / "data", parts, 32, np.random.default_rng(3))
     config = FinetuneConfig(
         data=str(root / "data"),
         arch=TINY_ARCH,
