@@ -24,7 +24,6 @@ strategy beside the measured winner.
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
 import json
 import os
@@ -170,19 +169,13 @@ def train_strategy(root: Path, strategy: str, out: Path, overrides: Dict[str, An
     summary = finetune(config, progress=False).summary
     return {
         "strategy": strategy,
-        "epochs": "solved" if summary.get("head_fit") else len(finetune_history(out / strategy)),
+        "epochs": "solved" if summary.get("head_fit") else summary["epochs_run"],
         "val_top1": summary["best_val_top1"],
         "final_val_top1": summary["final_val_top1"],
         "train_time_s": summary["run_time_s"],
         "params_trainable": summary["params_trainable"],
         "run": str(out / strategy),
     }
-
-
-def finetune_history(run: Path) -> List[Dict[str, str]]:
-    """The epochs a run trained (its metrics.csv rows): ``--epochs auto`` chooses the count."""
-    with (run / "metrics.csv").open() as rows:
-        return list(csv.DictReader(rows))
 
 
 def probe_top1(root: Path, feature_run: Path, seed: int, workers: Optional[int] = None) -> Dict[str, Any]:
