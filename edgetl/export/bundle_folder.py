@@ -125,4 +125,4 @@ def publish(owner: Ownership, stage: Path, removed: Iterable[str], manifest_read
             _remove(out / name)  # a target folder is replaced whole
         (stage / name).replace(out / name)
     stage.rmdir()
-    owner.record(replaced + [f for name in order for f in _files(out, name)])
+    owner.record(dict.fromkeys(replaced + [f for name in order for f in _files(out, name)]))  # each file hashed once
