@@ -248,7 +248,7 @@ with another --nproc-per-node."""
     default=_D.balance,
     show_default=True,
     help="Class imbalance: sampler (each class drawn equally often, with replacement) or loss (class-weighted "
-    "cross-entropy).",
+    "cross-entropy); a solved linear head (--epochs auto) fits class-weighted under either.",
 )
 @out_option("Run folder (default models/<arch>-<strategy>-<time>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (with any --nproc-per-node).")

@@ -8,7 +8,9 @@ no step size, its time as ``epoch_time_s``); ``best.pt`` and ``last.pt`` both ho
 facts (L2 strength, cross-validation scores, iterations, why it stopped) are in ``summary.json`` and the
 checkpoints. ``--resume`` of a finished fit changes nothing; a fit killed before it ends left no
 ``last.pt`` and simply runs again. Every other case (partial, full, an MLP head, ``--cache none``) trains
-``AUTO_EPOCHS`` epochs; a given ``--epochs N`` always trains N epochs.
+``AUTO_EPOCHS`` epochs; a given ``--epochs N`` always trains N epochs. ``--balance`` (sampler or loss) makes
+the fit class-weighted, ``N / (C n_c)``: drawing each class equally often is, in expectation, that weighting,
+and a full-batch fit has no draws.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.data.folders import DatasetSplit
+from edgetl.data.sampling import balanced_class_weights
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.train.config import AUTO_EPOCHS, FinetuneConfig
 from edgetl.train.evaluate import evaluate_samples
@@ -53,7 +56,18 @@ def fit_head(pipeline: Any, model: Any, classes: int, config: FinetuneConfig) ->
         FOLDS,
         len(L2_GRID),
     )
-    fit = fit_linear_head(features, labels, classes, seed=config.seed, label_smoothing=config.label_smoothing)
+    class_weight = None
+    if config.balance != "none":
+        class_weight = torch.tensor(balanced_class_weights(labels.tolist(), classes), dtype=torch.float64)
+        log.info("--balance %s: the linear head's fit weighs class c by N / (C n_c)", config.balance)
+    fit = fit_linear_head(
+        features,
+        labels,
+        classes,
+        seed=config.seed,
+        label_smoothing=config.label_smoothing,
+        class_weight=class_weight,
+    )
     head = model.head
     with torch.no_grad():
         head.weight.copy_(fit.weight.to(head.weight))  # float64 solution, cast to the head's dtype
@@ -64,6 +78,7 @@ def fit_head(pipeline: Any, model: Any, classes: int, config: FinetuneConfig) ->
         top1 = float((logits.argmax(1) == rows).float().mean())
     facts = {
         "solver": "L-BFGS (strong Wolfe), full batch, float64",
+        "class_weighted": class_weight is not None,
         "l2": fit.l2,
         "feature_scale": fit.scale,
         "sklearn_C": sklearn_c(fit.l2, fit.scale, count * views),

@@ -9,7 +9,10 @@ model and the penalty's shape unchanged (raw ``l2`` = ``l2 * scale^2``) but make
 of iterations instead of hundreds, and makes one ``L2_GRID`` fit every backbone's feature scale. The
 cross-validation fits run in float32 at scikit-learn's default tolerance; the final fit in float64.
 With augmented views (features ``(views, N, D)``) every view is a row and the folds split images, never
-views, so no view of a held-out image is ever fitted.
+views, so no view of a held-out image is ever fitted. With ``class_weight`` (``--balance``) the mean is
+weighted, ``sum w_y l / sum w_y``; with weights ``N / (C n_c)`` that sum is ``N`` and the objective is
+scikit-learn's ``class_weight="balanced"``, again divided by ``n``; the folds then score held-out top-1
+with the same weights (mean per-class recall on stratified folds) and weighted loss.
 """
 
 from __future__ import annotations
@@ -75,8 +78,12 @@ def solve(
     init: Optional[Tuple[Any, Any]] = None,
     max_iter: int = MAX_ITER,
     tol: float = GRAD_TOL,
+    class_weight: Optional[Any] = None,
 ) -> Tuple[Any, Any, int, str]:
-    """Minimise mean CE + l2/2 ||W||^2 over float64 rows ``x``; returns (W, b, iterations, stop reason)."""
+    """Minimise mean CE (weighted by ``class_weight``) + l2/2 ||W||^2 over float64 rows ``x``; returns (W, b,
+    iterations, stop reason)."""
+    if class_weight is not None:
+        class_weight = class_weight.to(x)
     dim = x.shape[1]
     weight = torch.zeros(num_classes, dim, dtype=x.dtype, device=x.device)
     bias = torch.zeros(num_classes, dtype=x.dtype, device=x.device)
@@ -97,7 +104,8 @@ def solve(
     def objective() -> Any:
         optimizer.zero_grad()
         logits = torch.addmm(bias, x, weight.t())
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing) + 0.5 * l2 * weight.pow(2).sum()
+        loss = F.cross_entropy(logits, y, weight=class_weight, label_smoothing=label_smoothing)
+        loss = loss + 0.5 * l2 * weight.pow(2).sum()
         loss.backward()
         return loss
 
@@ -133,9 +141,12 @@ def cross_validate(
     folds: int,
     seed: int,
     label_smoothing: float = 0.0,
+    class_weight: Optional[Any] = None,
 ) -> List[Tuple[float, float, float]]:
-    """(l2, mean held-out top-1, mean held-out CE) per grid value; folds split images (all views of an
-    image are on one side). Each fold walks the grid strong to weak, warm-starting from the last solution."""
+    """(l2, mean held-out top-1, mean held-out CE) per grid value, both weighted by ``class_weight`` if given;
+    folds split images (all views of an image are on one side). Each fold walks the grid strong to weak,
+    warm-starting from the last solution."""
+    weights = None if class_weight is None else class_weight.to(device=labels.device, dtype=torch.float32)
     stacked = features if features.dim() == 3 else features.unsqueeze(0)
     fold_of = torch.tensor(stratified_folds(labels.tolist(), folds, seed), device=labels.device)
     sums = [[0.0, 0.0] for _ in grid]
@@ -146,12 +157,22 @@ def cross_validate(
         init = None
         for index, l2 in enumerate(grid):
             weight, bias, _, _ = solve(
-                x, y, num_classes, l2, label_smoothing=label_smoothing, init=init, max_iter=CV_MAX_ITER, tol=CV_TOL
+                x,
+                y,
+                num_classes,
+                l2,
+                label_smoothing=label_smoothing,
+                init=init,
+                max_iter=CV_MAX_ITER,
+                tol=CV_TOL,
+                class_weight=weights,
             )
             init = (weight, bias)
             logits = torch.addmm(bias, x_val, weight.t())
-            sums[index][0] += float((logits.argmax(1) == y_val).double().mean()) / folds
-            sums[index][1] += float(F.cross_entropy(logits, y_val)) / folds
+            row_weight = torch.ones_like(y_val, dtype=torch.float32) if weights is None else weights[y_val]
+            correct = (logits.argmax(1) == y_val).float()
+            sums[index][0] += float((correct * row_weight).sum() / row_weight.sum()) / folds
+            sums[index][1] += float(F.cross_entropy(logits, y_val, weight=weights)) / folds
     return [(l2, top1, loss) for l2, (top1, loss) in zip(grid, sums)]
 
 
@@ -169,16 +190,24 @@ def fit_linear_head(
     folds: int = FOLDS,
     seed: int = 0,
     label_smoothing: float = 0.0,
+    class_weight: Optional[Any] = None,
 ) -> LinearFit:
     """Cross-validate the L2 strength on ``features`` ((N, D) or (views, N, D)), normalised, then solve on all
     of them; the head returned acts on the raw features. On CPU with one intra-op thread: these matrices are
     too small to split (as for the head's epochs, ``edgetl.data.feature_cache.HeadBatches``)."""
     with torch_threads(1 if features.device.type == "cpu" else None):
-        return _fit(features, labels, num_classes, grid, folds, seed, label_smoothing)
+        return _fit(features, labels, num_classes, grid, folds, seed, label_smoothing, class_weight)
 
 
 def _fit(
-    features: Any, labels: Any, num_classes: int, grid: Sequence[float], folds: int, seed: int, label_smoothing: float
+    features: Any,
+    labels: Any,
+    num_classes: int,
+    grid: Sequence[float],
+    folds: int,
+    seed: int,
+    label_smoothing: float,
+    class_weight: Optional[Any],
 ) -> LinearFit:
     started = time.perf_counter()
     mean, scale = normaliser(features)
@@ -186,12 +215,14 @@ def _fit(
     folds = min(folds, int(torch.bincount(labels, minlength=num_classes).min()))
     scores: List[Tuple[float, float, float]] = []
     if folds >= 2 and len(grid) > 1:
-        scores = cross_validate(features, labels, num_classes, grid, folds, seed, label_smoothing)
+        scores = cross_validate(features, labels, num_classes, grid, folds, seed, label_smoothing, class_weight)
         l2 = pick_l2(scores)
     else:
         folds, l2 = 0, grid[0] if len(grid) == 1 else FALLBACK_L2
     x, y = _rows(features, labels)
-    weight, bias, iterations, stop = solve(x, y, num_classes, l2, label_smoothing=label_smoothing)
+    weight, bias, iterations, stop = solve(
+        x, y, num_classes, l2, label_smoothing=label_smoothing, class_weight=class_weight
+    )
     weight = weight / scale  # back to raw features: W x + b = W' (x - mean) / scale + b'
     bias = bias - weight @ mean
     seconds = time.perf_counter() - started

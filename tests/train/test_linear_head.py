@@ -128,3 +128,34 @@ def test_feature_views_are_solved_too_and_the_solve_is_deterministic(make_image_
     again = finetune(_config(data, tmp_path / "again", feature_views=2), progress=False)
     one, two = (load_checkpoint(run.run_dir / "best.pt")["model"] for run in (first, again))
     assert torch.equal(one["head.weight"], two["head.weight"]) and torch.equal(one["head.bias"], two["head.bias"])
+
+
+def test_class_weighted_solution_matches_scikit_learn_balanced() -> None:
+    """--balance on a solved head: weights N / (C n_c) make the objective LogisticRegression(class_weight=
+    "balanced", C = 1 / (l2 n)), and the cross-validation scores the minority as much as the majority."""
+    sklearn = pytest.importorskip("sklearn.linear_model", reason="scikit-learn is the reference solver (test extra)")
+    x, y = _blobs(n=200)
+    keep = (y != 2) | (torch.arange(len(y)) % 5 == 0)  # class 2 cut to a fifth: 67 / 67 / 14 images
+    x, y = x[keep], y[keep]
+    counts = torch.bincount(y, minlength=3).double()
+    class_weight = len(y) / (3 * counts)
+    l2 = 0.02
+    weight, bias, _, _ = solve(x.double(), y, 3, l2, tol=1e-9, class_weight=class_weight)
+    reference = sklearn.LogisticRegression(C=1.0 / (l2 * len(y)), class_weight="balanced", tol=1e-10, max_iter=10_000)
+    reference.fit(x.numpy(), y.numpy())
+    assert np.abs(weight.numpy() - reference.coef_).max() < 1e-4
+    plain, _, _, _ = solve(x.double(), y, 3, l2, tol=1e-9)
+    assert np.abs(plain.numpy() - reference.coef_).max() > 1e-2  # the weighting changed the solution
+
+    fit = fit_linear_head(x.float(), y, 3, grid=(1e-1, 1e-3), folds=3, class_weight=class_weight)
+    predicted = (x.double() @ fit.weight.t() + fit.bias).argmax(1)
+    unweighted = fit_linear_head(x.float(), y, 3, grid=(1e-1, 1e-3), folds=3)
+    plain_predicted = (x.double() @ unweighted.weight.t() + unweighted.bias).argmax(1)
+    assert (predicted == 2).sum() > (plain_predicted == 2).sum()  # the minority is predicted more often
+
+
+def test_balance_makes_the_solved_head_class_weighted(make_image_folder, tmp_path: Path) -> None:
+    data = make_image_folder({"a": 12, "b": 12, "c": 4}, size=40)
+    plain = finetune(_config(data, tmp_path / "plain"), progress=False).summary["head_fit"]
+    weighted = finetune(_config(data, tmp_path / "loss", balance="loss"), progress=False).summary["head_fit"]
+    assert plain["class_weighted"] is False and weighted["class_weighted"] is True
