@@ -151,6 +151,7 @@ def train_variant(
     return {
         "run": str(result.run_dir),
         "cache": summary["cache"],
+        "epochs": "solved" if summary.get("head_fit") else summary["epochs_run"],
         "params_trainable": summary["params_trainable"],
         "steps_per_epoch": math.ceil(summary["num_train"] / config.batch_size),
         "epoch_s": statistics.mean(h["epoch_time_s"] for h in history),

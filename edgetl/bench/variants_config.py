@@ -41,7 +41,7 @@ class VariantsConfig:
 
     data: Optional[str] = None  # None: the built-in demo dataset
     arch: str = DEFAULT_ARCH
-    epochs: int = 3
+    epochs: Optional[int] = None  # None: auto, as edgetl finetune (cached linear heads solved, else AUTO_EPOCHS)
     cut_at: Optional[str] = None  # None: DEFAULT_CUT[arch]
     trainable_stages: int = 2
     image_cache: str = "ram"  # pipeline of the variants that do not use the feature cache

@@ -14,6 +14,7 @@ TRAINING_HEADERS = (
     "variant",
     "strategy",
     "cache",
+    "epochs",
     "trainable params",
     "step ms",
     "step img/s",
@@ -39,6 +40,7 @@ def training_rows(report: Dict[str, Any]) -> List[List[Any]]:
                 v["name"],
                 v["strategy"],
                 t["cache"],
+                t.get("epochs", report["config"]["epochs"]),  # reports before the field trained --epochs each
                 t["params_trainable"],
                 t["step_ms"],
                 t["step_images_per_s"],
@@ -78,12 +80,13 @@ def inference_rows(report: Dict[str, Any]) -> List[List[Any]]:
 
 def _heading(report: Dict[str, Any]) -> str:
     first = report["variants"][0]["training"]
-    return "{} on {} ({} train / {} val images), {} epochs, batch {}, training on {}".format(
+    epochs = report["config"]["epochs"]
+    return "{} on {} ({} train / {} val images), {}, batch {}, training on {}".format(
         report["arch"],
         report["data"],
         first["num_train"],
         first["num_val"],
-        report["config"]["epochs"],
+        "epochs auto" if epochs is None else "{} epochs".format(epochs),
         report["config"]["batch_size"],
         report["device"],
     )
@@ -117,8 +120,8 @@ def format_markdown(report: Dict[str, Any]) -> str:
         "## Training",
         "",
         "Step: the variant's own training step on a synthetic device-resident batch (compute alone); "
-        "epoch: mean over the real run's epochs (input pipeline included); peak memory: {} during "
-        "the run.".format(memory),
+        "epoch: mean over the real run's epochs (input pipeline included; a solved head's one epoch is its "
+        "fit); peak memory: {} during the run.".format(memory),
         "",
         markdown_table(TRAINING_HEADERS, training_rows(report)),
         "",

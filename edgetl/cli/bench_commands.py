@@ -10,6 +10,7 @@ import click
 from edgetl.bench.latency import MAX_REGRESSION_PCT, LatencyConfig
 from edgetl.bench.variants_config import IMAGE_CACHES, VariantsConfig
 from edgetl.cli.options import (
+    AutoNumber,
     batch_size_option,
     checked_out_path,
     device_option,
@@ -20,6 +21,7 @@ from edgetl.cli.options import (
 )
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.spec.formats import BACKENDS
+from edgetl.train.config import AUTO_EPOCHS
 
 _L = LatencyConfig  # defaults live in one place: the dataclasses
 _V = VariantsConfig
@@ -35,7 +37,7 @@ def bench() -> None:
     input pipelines vs model (data).
 
     \b
-    edgetl bench variants photos/ --arch mobilenet_v2 --epochs 3
+    edgetl bench variants photos/ --arch mobilenet_v2
     edgetl bench latency models/photos --backend onnx --backend onnx-int8 --batch 1,8
     edgetl bench data photos/ --arch mobilenet_v2
     """
@@ -185,7 +187,14 @@ def bench_data(
 @bench.command("variants")
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=_V.arch, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=_V.epochs, show_default=True)
+@click.option(
+    "--epochs",
+    type=AutoNumber(1),
+    default="auto",
+    show_default=True,
+    help="auto: as edgetl finetune (a linear head on cached features is solved, the others train {} epochs); "
+    "N: every variant trains N epochs.".format(AUTO_EPOCHS),
+)
 @click.option(
     "--cut-at",
     default=_V.cut_at,
@@ -247,7 +256,7 @@ def bench_variants(
     ctx: click.Context,
     data: Optional[Path],
     arch: str,
-    epochs: int,
+    epochs: Optional[int],
     cut_at: Optional[str],
     trainable_stages: int,
     image_cache: str,
@@ -269,7 +278,7 @@ def bench_variants(
     full variants on DATA, export each, and compare training cost, accuracy and latency per backend.
 
     \b
-    edgetl bench variants photos/ --arch mobilenet_v2 --epochs 3
+    edgetl bench variants photos/ --arch mobilenet_v2
     edgetl bench variants photos/ --cut-at stage4 --trainable-stages 3 --threads 4 --out models/compare
     """
     from edgetl.bench.variants import compare_variants

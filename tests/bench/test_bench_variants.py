@@ -23,7 +23,7 @@ VARIANTS = ["frozen-features", "frozen", "cut-stage4", "partial-2", "full"]
 
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
-    """One run of the CLI on 3 tiny classes (random-init mobilenet_v3_small, 1 epoch, few timed calls)."""
+    """One run of the CLI on 3 tiny classes (random-init mobilenet_v3_small, --epochs auto, few timed calls)."""
     root = tmp_path_factory.mktemp("variants")
     rng = np.random.default_rng(2)
     colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
@@ -44,8 +44,6 @@ def compared(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
         TINY_ARCH,
         "--weights",
         "none",
-        "--epochs",
-        "1",
         "--batch-size",
         "6",
         "--workers",
@@ -90,6 +88,8 @@ def test_one_row_per_variant_with_training_and_inference_fields(compared: Dict[s
             assert training[field] > 0, (variant["name"], field)
         assert training["memory_kind"] == "peak RSS" and training["peak_memory_mib"] >= training["memory_before_mib"]
         assert 0 <= training["val_top1"] <= training["val_top5"] <= 1
+        solved = variant["name"] in ("frozen-features", "cut-stage4")  # --epochs auto: as edgetl finetune
+        assert training["epochs"] == ("solved" if solved else 5), variant["name"]
         assert (Path(training["run"]) / "best.pt").is_file() and Path(training["run"]).parent.parent == compared["out"]
         assert [i["backend"] for i in variant["inference"]] == ["torch", "onnx", "onnx-int8"]
         for entry in variant["inference"]:
