@@ -26,7 +26,6 @@ from edgetl.analysis.pilot import PilotConfig, format_pilot, run_pilot
 from edgetl.analysis.rule import (
     BORDERLINE_MARGIN,
     CONFIDENCE_IMAGENET_LIKE,
-    HEAD_LR,
     IMBALANCED_BELOW,
     KNN_SIMILAR,
     PROBE_SIMILAR,
@@ -49,6 +48,7 @@ from edgetl.data.folders import DatasetSplit, load_dataset
 from edgetl.data.sampling import sample_per_class
 from edgetl.errors import DataError
 from edgetl.spec.backbones import get_backbone
+from edgetl.train.config import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -331,15 +331,21 @@ def format_advice(report: Dict[str, Any]) -> str:
         "  ",
     )
     if plan["strategy"] == "feature-extractor":
-        lines += _wrap("learning rate: new head {:g} (the pretrained base is frozen)".format(HEAD_LR))
+        lines += _wrap(
+            "training: the new linear head is solved to convergence on cached features (the pretrained base is frozen)"
+        )
     else:
-        lines += _wrap("learning rates: new head {:g}, trainable pretrained layers {:g}".format(HEAD_LR, plan["lr"]))
+        base_lr, head_lr, _ = FinetuneConfig().step_sizes()
+        lines += _wrap(
+            "training: {} epochs at finetune's step sizes (batch {}: trainable pretrained layers {:g}, new head "
+            "{:g})".format(plan["epochs"], FinetuneConfig.batch_size, base_lr, head_lr)
+        )
     lines += _wrap(
         "augment harder: "
         + (
             "yes: little data and features that must change overfit fast; the command adds --augment strong "
             "(TrivialAugmentWide + RandomErasing; more images if you can); "
-            "label smoothing {:g} also regularises".format(plan["label_smoothing"])
+            "finetune's label smoothing {:g} also regularises".format(FinetuneConfig.label_smoothing)
             if plan["augment_harder"]
             else "no: finetune's RandomResizedCrop + flip is enough here"
         )

@@ -93,24 +93,22 @@ def run_pilot(
                 strategy=plan.strategy,
                 trainable_stages=stages,
                 epochs=epochs,
-                batch_size=config.batch_size,
-                lr=None if solved else plan.lr,
-                head_lr_mult=None if solved else plan.head_lr_mult,
-                label_smoothing=plan.label_smoothing,
-                warmup_epochs=0 if epochs is None else min(1, epochs - 1),
+                batch_size=config.batch_size,  # step sizes: finetune's auto, scaled by this batch
+                warmup_epochs=0 if epochs is None else min(FinetuneConfig.warmup_epochs, epochs - 1),
                 device=config.device,
                 seed=config.seed,
                 workers=config.workers,
                 out=str(Path(tmp) / "runs" / "q{}".format(plan.quadrant)),
             )
             summary = finetune(run_config, progress=progress).summary
+            lr, head_lr, _ = run_config.step_sizes()
             rows.append(
                 {
                     "quadrant": plan.quadrant,
                     "strategy": plan.strategy,
                     "trainable_stages": plan.trainable_stages,
-                    "lr": plan.lr,
-                    "head_lr_mult": plan.head_lr_mult,
+                    "lr": lr,
+                    "head_lr": head_lr,
                     "epochs": "solved" if epochs is None else epochs,
                     "best_epoch": summary["best_epoch"],
                     "val_top1": summary["best_val_top1"],
@@ -149,7 +147,7 @@ def format_pilot(pilot: Dict[str, Any]) -> str:
             row["trainable_stages"],
             "{} (best {})".format(row["epochs"], row["best_epoch"]),
             "-" if row["strategy"] == "feature-extractor" else "{:g}".format(row["lr"]),
-            "-" if row["epochs"] == "solved" else "{:g}".format(row["lr"] * row["head_lr_mult"]),
+            "-" if row["epochs"] == "solved" else "{:g}".format(row["head_lr"]),
             "{:.1%} +- {:.1%}".format(row["val_top1"], row["se"]),
             "{:.0f}".format(row["time_s"]),
             "rule" if row["rule"] else ("beats rule" if row["beats_rule"] else ""),

@@ -65,7 +65,7 @@ def _rows(*tops: float, rule: str = "feature-extractor") -> List[dict]:
             "epochs": 6,
             "best_epoch": 5,
             "lr": 0.005,
-            "head_lr_mult": 10.0,
+            "head_lr": 0.02,
             "val_top1": t,
             "time_s": 1.0,
             "rule": s == rule,
