@@ -81,6 +81,29 @@ def test_realdata_smoke_writes_results_with_verdict_and_probe(tmp_path: Path) ->
     written = json.loads((tmp_path / "out" / "realdata.json").read_text())
     assert written["datasets"][0]["verdict"] == digits["verdict"]
     text = (tmp_path / "out" / "realdata.md").read_text()
-    assert "## digits" in text and "reference probe" in text and "Reproduce: `" in text
+    assert "## digits" in text and "reference probe" in text and "Reproduce: `" in text and "max loss" in text
+    # one epoch: no train loss after epoch 1 to hold against chance ln 10
+    assert [run["max_train_loss_after_epoch1"] for run in digits["runs"]] == [None, None, None]
+    assert digits["epochs_head_run"]["epochs"] == 1 and "feature-extractor, --cache none" in text
+    assert digits["runs"][0]["chance_loss"] == pytest.approx(np.log(10))
     images = sorted((tmp_path / "cache").glob("digits-*/*/*/*.png"))
     assert len(images) == 30 and Image.open(images[0]).size == (8, 8)  # real scans, at their own size
+
+
+REALDATA = ROOT / "benchmarks" / "results" / "realdata.json"
+
+
+@pytest.mark.skipif(not REALDATA.is_file(), reason="benchmarks/results/realdata.json not recorded")
+def test_recorded_default_runs_never_go_above_chance_after_epoch_1() -> None:
+    """Issue 9 item 2, on the committed real-data results: every run trained by epochs at finetune's defaults
+    (and advise's own command) keeps its train loss under chance ln(classes) after the first epoch."""
+    datasets = json.loads(REALDATA.read_text())["datasets"]
+    checked = 0
+    for data in datasets:
+        runs = data["runs"] + [data["epochs_head_run"]] + ([data["advised_run"]] if "advised_run" in data else [])
+        for run in runs:
+            if run["epochs"] == "solved":
+                continue
+            assert run["max_train_loss_after_epoch1"] < run["chance_loss"], (data["dataset"], run["strategy"])
+            checked += 1
+    assert checked >= 3 * len(datasets)  # partial, full and the uncached feature extractor at least

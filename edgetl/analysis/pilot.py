@@ -24,7 +24,7 @@ from edgetl.analysis.significance import Z_CLEAR, binomial_se, compare, two_prop
 from edgetl.core.tables import text_table
 from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.data.sampling import sample_per_class
-from edgetl.train.config import FinetuneConfig
+from edgetl.train.config import WARMUP_EPOCHS, FinetuneConfig
 from edgetl.train.loop import finetune
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def run_pilot(
                 trainable_stages=stages,
                 epochs=epochs,
                 batch_size=config.batch_size,  # step sizes: finetune's auto, scaled by this batch
-                warmup_epochs=0 if epochs is None else min(FinetuneConfig.warmup_epochs, epochs - 1),
+                warmup_epochs=None if epochs is None else min(WARMUP_EPOCHS, epochs - 1),
                 device=config.device,
                 seed=config.seed,
                 workers=config.workers,

@@ -26,6 +26,7 @@ from edgetl.train.config import (
     OPTIMIZER_DEFAULTS,
     OPTIMIZERS,
     STRATEGIES,
+    WARMUP_EPOCHS,
     FinetuneConfig,
     LaunchConfig,
 )
@@ -150,7 +151,14 @@ with another --nproc-per-node."""
     ),
 )
 @click.option("--label-smoothing", type=float, default=_D.label_smoothing, show_default=True)
-@click.option("--warmup-epochs", type=int, default=_D.warmup_epochs, show_default=True)
+@click.option(
+    "--warmup-epochs",
+    type=AutoNumber(0),
+    default="auto",
+    show_default=True,
+    help="Epochs of linear lr warm-up before the cosine decay. auto: 0 for the feature extractor (its base is "
+    "frozen), {} otherwise.".format(WARMUP_EPOCHS),
+)
 @click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
 @device_option(_D.device)
 @click.option("--seed", type=int, default=_D.seed, show_default=True)

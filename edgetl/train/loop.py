@@ -215,8 +215,8 @@ def _train(
     shares = sharded_loss(world, loss, len(split.train), config.batch_size)
     step = TrainStep(world.wrap(trained), loss, optimizer, scheduler, scaler, setup, shares)
     lr, head_lr, _ = config.step_sizes()
-    advice = step_advice(config.optimizer, lr, head_lr, config.warmup_epochs)
-    guard = ChanceGuard(len(split.classes), config.warmup_epochs, advice)
+    advice = step_advice(config.optimizer, lr, head_lr, config.warmup)
+    guard = ChanceGuard(len(split.classes), config.warmup, advice)
     stopped = early_stop(history, config.patience)
     for epoch in range(start_epoch, total):
         if stopped:
@@ -316,7 +316,7 @@ def _build(
     optimizer = optimizer_for(config, model)
     steps_per_epoch = math.ceil(len(split.train) / config.batch_size)  # global batches: the schedule of one process
     epochs = config.epochs or 1
-    scheduler = cosine_with_warmup(optimizer, config.warmup_epochs * steps_per_epoch, epochs * steps_per_epoch)
+    scheduler = cosine_with_warmup(optimizer, config.warmup * steps_per_epoch, epochs * steps_per_epoch)
     return model, optimizer, scheduler, torch.amp.GradScaler(setup.device.type, enabled=setup.use_amp)
 
 

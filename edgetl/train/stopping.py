@@ -56,7 +56,8 @@ def chance_loss(classes: int) -> float:
 
 
 class ChanceGuard:
-    """Warns once when an epoch after the warm-up ends with its train loss above chance."""
+    """Warns once when an epoch after the first and after the warm-up ends with its train loss above chance (the
+    first epoch's mean includes the random head's first batches)."""
 
     def __init__(self, classes: int, warmup_epochs: int, advice: str) -> None:
         self.chance, self.warmup_epochs, self.advice = chance_loss(classes), warmup_epochs, advice
@@ -65,7 +66,7 @@ class ChanceGuard:
     def check(self, history: List[Dict[str, float]]) -> Optional[str]:
         """The warning for the last epoch of ``history`` (logged), or None."""
         row = history[-1]
-        if self.warned or row["epoch"] <= self.warmup_epochs or row["train_loss"] <= self.chance:
+        if self.warned or row["epoch"] <= max(1, self.warmup_epochs) or row["train_loss"] <= self.chance:
             return None  # (a NaN loss is not <= chance: it warns too)
         self.warned = True
         message = (

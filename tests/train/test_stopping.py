@@ -40,7 +40,17 @@ def test_chance_guard_warns_once_after_the_warmup(caplog: pytest.LogCaptureFixtu
     assert "above chance (ln 10 = 2.303)" in guard.check(history)
     history.append(_row(3, 0.1, 3.0, train_loss=float("nan")))
     assert guard.check(history) is None  # once per run
-    assert ChanceGuard(10, 0, "").check([_row(1, 0.1, 3.0, train_loss=float("nan"))]) is not None  # NaN too
+    unwarmed = ChanceGuard(10, 0, "")
+    first = [_row(1, 0.1, 3.0, train_loss=4.0)]
+    assert unwarmed.check(first) is None  # epoch 1's mean includes the random head's first batches
+    assert unwarmed.check(first + [_row(2, 0.1, 3.0, train_loss=float("nan"))]) is not None  # NaN too
+
+
+def test_warmup_auto_is_zero_for_the_frozen_base_and_one_otherwise() -> None:
+    assert FinetuneConfig().warmup == 0  # the feature extractor: no pretrained layer to protect
+    assert FinetuneConfig(strategy="partial").warmup == 1 and FinetuneConfig(strategy="full").warmup == 1
+    assert FinetuneConfig(strategy="full", warmup_epochs=2).warmup == 2
+    assert FinetuneConfig(warmup_epochs=1).warmup == 1
 
 
 def _config(data: Path, out: Path, **options) -> FinetuneConfig:
