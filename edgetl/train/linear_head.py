@@ -195,34 +195,21 @@ def fit_linear_head(
     """Cross-validate the L2 strength on ``features`` ((N, D) or (views, N, D)), normalised, then solve on all
     of them; the head returned acts on the raw features. On CPU with one intra-op thread: these matrices are
     too small to split (as for the head's epochs, ``edgetl.data.feature_cache.HeadBatches``)."""
-    with torch_threads(1 if features.device.type == "cpu" else None):
-        return _fit(features, labels, num_classes, grid, folds, seed, label_smoothing, class_weight)
-
-
-def _fit(
-    features: Any,
-    labels: Any,
-    num_classes: int,
-    grid: Sequence[float],
-    folds: int,
-    seed: int,
-    label_smoothing: float,
-    class_weight: Optional[Any],
-) -> LinearFit:
     started = time.perf_counter()
-    mean, scale = normaliser(features)
-    features = ((features.double() - mean) / scale).float()  # the folds share these statistics (no labels)
-    folds = min(folds, int(torch.bincount(labels, minlength=num_classes).min()))
-    scores: List[Tuple[float, float, float]] = []
-    if folds >= 2 and len(grid) > 1:
-        scores = cross_validate(features, labels, num_classes, grid, folds, seed, label_smoothing, class_weight)
-        l2 = pick_l2(scores)
-    else:
-        folds, l2 = 0, grid[0] if len(grid) == 1 else FALLBACK_L2
-    x, y = _rows(features, labels)
-    weight, bias, iterations, stop = solve(
-        x, y, num_classes, l2, label_smoothing=label_smoothing, class_weight=class_weight
-    )
+    with torch_threads(1 if features.device.type == "cpu" else None):
+        mean, scale = normaliser(features)
+        features = ((features.double() - mean) / scale).float()  # the folds share these statistics (no labels)
+        folds = min(folds, int(torch.bincount(labels, minlength=num_classes).min()))
+        scores: List[Tuple[float, float, float]] = []
+        if folds >= 2 and len(grid) > 1:
+            scores = cross_validate(features, labels, num_classes, grid, folds, seed, label_smoothing, class_weight)
+            l2 = pick_l2(scores)
+        else:
+            folds, l2 = 0, grid[0] if len(grid) == 1 else FALLBACK_L2
+        x, y = _rows(features, labels)
+        weight, bias, iterations, stop = solve(
+            x, y, num_classes, l2, label_smoothing=label_smoothing, class_weight=class_weight
+        )
     weight = weight / scale  # back to raw features: W x + b = W' (x - mean) / scale + b'
     bias = bias - weight @ mean
     seconds = time.perf_counter() - started
