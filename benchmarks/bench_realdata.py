@@ -14,9 +14,10 @@ the cache dir; edgetl resizes them like any user's images.
 Per dataset: ``finetune`` with ``FinetuneConfig``'s defaults and ``--strategy`` feature-extractor / partial /
 full (so that re-running measures whatever the defaults are then), the val top-1 of best.pt with its
 binomial standard error, the verdict of a two-proportion z test (``edgetl.analysis.significance``), the run
-time; a reference probe: scikit-learn ``LogisticRegressionCV`` on the same eval-view features of the frozen
+time, the largest train loss after the first epoch against chance ln(classes) (issue 9: a stable default never
+goes above it); a reference probe: scikit-learn ``LogisticRegressionCV`` on the same eval-view features of the frozen
 backbone (the feature-extractor run's base), fitted on train, scored on val; and ``edgetl advise``'s
-strategy beside the measured winner.
+strategy beside the measured winner, with advise's own finetune command run too (its epochs, augmentation).
 
     nice python benchmarks/bench_realdata.py   # writes benchmarks/results/realdata.{json,md}
 """
@@ -24,8 +25,10 @@ strategy beside the measured winner.
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
 import json
+import math
 import os
 import sys
 import tempfile
@@ -162,12 +165,17 @@ def materialise(dataset: RealDataset, cache: Path, train_per_class: int, val_per
 
 
 def train_strategy(root: Path, strategy: str, out: Path, overrides: Dict[str, Any]) -> Dict[str, Any]:
-    """``edgetl finetune`` with its defaults and ``--strategy``: val top-1 of best.pt, last epoch, time."""
+    """``edgetl finetune`` with its defaults and ``--strategy``: val top-1 of best.pt, last epoch, time, and the
+    largest train loss after epoch 1 (None for a solved head, which has no epochs)."""
     from edgetl.train.loop import finetune
 
     config = FinetuneConfig(data=str(root), strategy=strategy, out=str(out / strategy), **overrides)
     summary = finetune(config, progress=False).summary
+    with (out / strategy / "metrics.csv").open() as rows:
+        later = [float(row["train_loss"]) for row in csv.DictReader(rows) if int(row["epoch"]) > 1]
     return {
+        "max_train_loss_after_epoch1": None if summary.get("head_fit") or not later else max(later),
+        "chance_loss": math.log(len(summary["classes"])),
         "strategy": strategy,
         "epochs": "solved" if summary.get("head_fit") else summary["epochs_run"],
         "val_top1": summary["best_val_top1"],
@@ -216,12 +224,15 @@ def split_parts(split: Any) -> List[Tuple[str, Sequence[Any]]]:
 
 
 def advise_verdict(root: Path, seed: int) -> Dict[str, Any]:
-    """``edgetl advise`` with its defaults: strategy, quadrant, probe score and whether it asks for the pilot."""
+    """``edgetl advise`` with its defaults: strategy, quadrant, probe score, whether it asks for the pilot, and
+    the plan behind its printed command."""
     from edgetl.analysis.advise import advise
 
     report = advise(root, seed=seed)
     sim = report["similarity"]
     return {
+        "command": report["command"],
+        "plan": report["plan"],
         "strategy": report["plan"]["strategy"],
         "quadrant": report["quadrant"],
         "probe_score": sim["probe_score"],
@@ -246,6 +257,10 @@ def bench_dataset(dataset: RealDataset, args: argparse.Namespace, work: Path) ->
     if args.smoke:  # tiny, random init: exercises the code, measures nothing
         overrides.update(arch="mobilenet_v3_small", weights="none", epochs=1, warmup_epochs=0, workers=0)
     runs = [train_strategy(root, strategy, work / dataset.name, overrides) for strategy in STRATEGIES]
+    # the feature extractor trained by epochs (no feature cache, so no solve): issue 9 item 2 covers it too
+    epochs_head = train_strategy(
+        root, "feature-extractor", work / dataset.name / "no-cache", dict(overrides, cache="none")
+    )
     val_images = args.val_per_class * len(dataset.classes)
     for row in runs:
         row["se"] = binomial_se(row["val_top1"], val_images)
@@ -260,6 +275,7 @@ def bench_dataset(dataset: RealDataset, args: argparse.Namespace, work: Path) ->
         "train_images": args.train_per_class * len(dataset.classes),
         "val_images": val_images,
         "runs": runs,
+        "epochs_head_run": dict(epochs_head, se=binomial_se(epochs_head["val_top1"], val_images)),
         "probe": probe,
         "verdict": {"best": verdict.best, "tied": list(verdict.tied), "z": verdict.z, "text": verdict.describe()},
     }
@@ -268,8 +284,28 @@ def bench_dataset(dataset: RealDataset, args: argparse.Namespace, work: Path) ->
         result["advise"]["agrees"] = agrees(
             result["advise"]["strategy"], result["advise"]["pilot_advised"], result["verdict"]
         )
+        result["advised_run"] = advised_run(root, result["advise"]["plan"], runs, work / dataset.name, overrides)
+        result["advised_run"]["se"] = binomial_se(result["advised_run"]["val_top1"], val_images)
     result.update(wall_s=time.perf_counter() - started, load_before_after=[load_before, os.getloadavg()[0]])
     return result
+
+
+def advised_run(
+    root: Path, plan: Dict[str, Any], runs: List[Dict[str, Any]], work: Path, overrides: Dict[str, Any]
+) -> Dict[str, Any]:
+    """advise's printed command, run: its strategy with the plan's stages, epochs and augmentation (the step
+    sizes are finetune's). A plan with nothing beyond finetune's defaults is the strategy's own row."""
+    options = dict(overrides, epochs=plan["epochs"], augment="strong" if plan["augment_harder"] else "default")
+    if plan["strategy"] == "partial":
+        options["trainable_stages"] = plan["trainable_stages"]
+    if plan["strategy"] == "feature-extractor" and plan["epochs"] is None and not plan["augment_harder"]:
+        return dict(next(run for run in runs if run["strategy"] == plan["strategy"]), same_as=plan["strategy"])
+    return train_strategy(root, plan["strategy"], work / "advised", options)
+
+
+def _loss(run: Dict[str, Any]) -> str:
+    loss = run.get("max_train_loss_after_epoch1")
+    return "-" if loss is None else "{:.2f}{}".format(loss, " (above chance)" if loss > run["chance_loss"] else "")
 
 
 def markdown(result: Dict[str, Any]) -> str:
@@ -281,8 +317,9 @@ def markdown(result: Dict[str, Any]) -> str:
         "",
         "{} CPUs, {}. Val top-1 is best.pt's (the epoch picked on val, so slightly optimistic; the last "
         "epoch's is shown too); SE = binomial standard error sqrt(p(1-p)/n); winner = z >= 1.96 (two-proportion, "
-        "pooled) against every other strategy, otherwise a tie within noise. The probe is the reference: what a "
-        "linear head on the frozen eval-view features reaches when solved to convergence.".format(
+        "pooled) against every other strategy, otherwise a tie within noise. Max loss: the largest train loss "
+        "after epoch 1, against chance ln(classes), 2.30 for 10 (- for a solved head). The probe is the "
+        "reference: what a linear head on the frozen eval-view features reaches when solved to convergence.".format(
             result["cpus"], result["date"]
         ),
     ]
@@ -299,23 +336,30 @@ def markdown(result: Dict[str, Any]) -> str:
                 data["command"], data["wall_s"], *data["load_before_after"]
             ),
             "",
-            "| strategy | epochs | val top-1 | SE | last epoch | train time s |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| strategy | epochs | val top-1 | SE | last epoch | max loss | train time s |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for run in data["runs"]:
+        extra = (
+            [dict(data["epochs_head_run"], strategy="feature-extractor, --cache none")]
+            if "epochs_head_run" in data
+            else []
+        )
+        extra += [dict(data["advised_run"], strategy="advise's command")] if "advised_run" in data else []
+        for run in data["runs"] + extra:
             lines.append(
-                "| {} | {} | {:.1%} | {:.1%} | {:.1%} | {:.0f} |".format(
+                "| {} | {} | {:.1%} | {:.1%} | {:.1%} | {} | {:.0f} |".format(
                     run["strategy"],
                     run["epochs"],
                     run["val_top1"],
                     run["se"],
                     run["final_val_top1"],
+                    _loss(run),
                     run["train_time_s"],
                 )
             )
         probe = data["probe"]
         lines.append(
-            "| reference probe (LogisticRegressionCV, C={:.3g}) | - | {:.1%} | {:.1%} | - | {:.0f} |".format(
+            "| reference probe (LogisticRegressionCV, C={:.3g}) | - | {:.1%} | {:.1%} | - | - | {:.0f} |".format(
                 probe["C"], probe["val_top1"], probe["se"], probe["time_s"]
             )
         )
@@ -331,7 +375,14 @@ def markdown(result: Dict[str, Any]) -> str:
                     ", asks for --pilot" if adv["pilot_advised"] else "",
                     adv["agrees"],
                 )
-                + (" Re-measured by `{}`.".format(data["advise_command"]) if "advise_command" in data else "")
+            )
+            lines.append(
+                "Its command: `{}`{}.".format(
+                    adv.get("command", "?"),
+                    " (the {} row: nothing beyond finetune's defaults)".format(data["advised_run"]["same_as"])
+                    if "same_as" in data.get("advised_run", {})
+                    else ' (run: the row "advise\'s command")',
+                )
             )
     return "\n".join(lines) + "\n"
 
@@ -346,19 +397,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--smoke", action="store_true", help="tiny random-init model, 1 epoch: tests the script")
     parser.add_argument("--skip-advise", action="store_true", help="leave out edgetl advise (needs the weights)")
-    parser.add_argument(
-        "--advise-only", action="store_true", help="keep the recorded runs in --out, measure edgetl advise again"
-    )
     args = parser.parse_args(argv)
     command = "python benchmarks/bench_realdata.py " + " ".join(sys.argv[1:] if argv is None else argv)
     previous = _load(args.out / "realdata.json")
     datasets = {d["dataset"]: d for d in previous.get("datasets", [])}
     with tempfile.TemporaryDirectory(prefix="edgetl-realdata-") as tmp:
         for name in args.datasets:
-            if args.advise_only:
-                datasets[name] = redo_advise(datasets[name], args, command)
-            else:
-                datasets[name] = dict(bench_dataset(DATASETS[name], args, Path(tmp)), command=command)
+            datasets[name] = dict(bench_dataset(DATASETS[name], args, Path(tmp)), command=command)
             result = {  # written after each dataset: a long run keeps what it measured
                 "date": time.strftime("%Y-%m-%d"),
                 "cpus": os.cpu_count(),
@@ -374,20 +419,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def _load(path: Path) -> Dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def redo_advise(data: Dict[str, Any], args: argparse.Namespace, command: str) -> Dict[str, Any]:
-    """The recorded runs with ``edgetl advise`` measured again (after a change of the rule)."""
-    root = materialise(
-        DATASETS[data["dataset"]],
-        args.cache,
-        data["train_images"] // len(data["classes"]),
-        data["val_images"] // len(data["classes"]),
-        args.seed,
-    )
-    advice = advise_verdict(root, args.seed)
-    advice["agrees"] = agrees(advice["strategy"], advice["pilot_advised"], data["verdict"])
-    return dict(data, advise=advice, advise_command=command)
 
 
 if __name__ == "__main__":
