@@ -167,6 +167,7 @@ def materialise(dataset: RealDataset, cache: Path, train_per_class: int, val_per
 def train_strategy(root: Path, strategy: str, out: Path, overrides: Dict[str, Any]) -> Dict[str, Any]:
     """``edgetl finetune`` with its defaults and ``--strategy``: val top-1 of best.pt, last epoch, time, and the
     largest train loss after epoch 1 (None for a solved head, which has no epochs)."""
+    from edgetl.train.head_fit import epochs_trained
     from edgetl.train.loop import finetune
 
     config = FinetuneConfig(data=str(root), strategy=strategy, out=str(out / strategy), **overrides)
@@ -177,7 +178,7 @@ def train_strategy(root: Path, strategy: str, out: Path, overrides: Dict[str, An
         "max_train_loss_after_epoch1": None if summary.get("head_fit") or not later else max(later),
         "chance_loss": math.log(len(summary["classes"])),
         "strategy": strategy,
-        "epochs": "solved" if summary.get("head_fit") else summary["epochs_run"],
+        "epochs": epochs_trained(summary),
         "val_top1": summary["best_val_top1"],
         "final_val_top1": summary["final_val_top1"],
         "train_time_s": summary["run_time_s"],

@@ -42,6 +42,7 @@ from edgetl.runtime.tensorrt import installed_tensorrt_version
 from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.checkpoint import load_run
 from edgetl.train.config import FinetuneConfig
+from edgetl.train.head_fit import epochs_trained
 from edgetl.train.loop import finetune
 from edgetl.train.model import HeadConfig, build_model, count_parameters
 
@@ -151,7 +152,7 @@ def train_variant(
     return {
         "run": str(result.run_dir),
         "cache": summary["cache"],
-        "epochs": "solved" if summary.get("head_fit") else summary["epochs_run"],
+        "epochs": epochs_trained(summary),
         "params_trainable": summary["params_trainable"],
         "steps_per_epoch": math.ceil(summary["num_train"] / config.batch_size),
         "epoch_s": statistics.mean(h["epoch_time_s"] for h in history),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
@@ -97,6 +97,12 @@ def fit_head(pipeline: Any, model: Any, classes: int, config: FinetuneConfig) ->
         fit.stop,
     )
     return (loss, top1), facts
+
+
+def epochs_trained(summary: Dict[str, Any]) -> Union[str, int]:
+    """What a finished run's ``summary.json`` says it trained: ``"solved"`` for a convex head fit, else the
+    epochs run (reports print it beside each run)."""
+    return "solved" if summary.get("head_fit") else summary["epochs_run"]
 
 
 def stop_reason(
