@@ -20,30 +20,38 @@ from edgetl.errors import ConfigError
 )
 @click.option("--dry-run", is_flag=True, help="List what would be removed, and remove nothing.")
 def clean(folders: Sequence[Path], older_than: Optional[str], dry_run: bool) -> None:
-    """Remove temporary files of dead processes, unfinished export staging folders, and caches whose source
-    files are gone (or, with --older-than, that were not used for that long) under $EDGETL_HOME and FOLDERS.
+    """Remove what dead edgetl processes left in the runs and bundles in and under FOLDERS (temporary files,
+    unfinished export staging folders), and caches in $EDGETL_HOME whose source files are gone (or, with
+    --older-than, that were not used for that long). Only folders holding edgetl's ownership manifest are
+    cleaned; anything else that looks like edgetl's is listed and left alone.
 
     \b
     edgetl clean --dry-run
     edgetl clean models/ --older-than 30d
     """
-    from edgetl.core.cleanup import find_leftovers, parse_age, remove
+    from edgetl.core.cleanup import parse_age, remove, survey
 
     try:
         age = None if older_than is None else parse_age(older_than)
     except ValueError:
-        raise ConfigError("--older-than takes a number and a unit (s, m, h or d), got {!r}".format(older_than))
-    leftovers = find_leftovers(folders, age)
-    for item in leftovers:
-        click.echo("{} {} ({}, {:.1f} MB)".format("would remove" if dry_run else "removing", item.path, item.reason,
-                                                  item.size / 1e6))  # fmt: skip
+        raise ConfigError(f"--older-than takes a number and a unit (s, m, h or d), got {older_than!r}")
+    for folder in folders:
+        if not folder.exists():
+            raise ConfigError(f"{folder} does not exist")
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is a file, not a folder")
+    found = survey(folders, age)
+    verb = "would remove" if dry_run else "removing"
+    for item in found.leftovers:
+        click.echo(f"{verb} {item.path} ({item.reason}, {item.size / 1e6:.1f} MB)")
+    for item in found.left_alone:
+        click.echo(f"not edgetl's, left alone: {item.path} ({item.reason})")
     if not dry_run:
-        remove(leftovers)
-    click.echo(
-        "{} {} item(s), {:.1f} MB".format(
-            "would remove" if dry_run else "removed", len(leftovers), sum(i.size for i in leftovers) / 1e6
-        )
-    )
+        remove(found.leftovers)
+    total = sum(i.size for i in found.leftovers) / 1e6
+    click.echo(f"{'would remove' if dry_run else 'removed'} {len(found.leftovers)} item(s), {total:.1f} MB")
+    if found.left_alone:
+        click.echo(f"left alone {len(found.left_alone)} item(s) that are not edgetl's")
 
 
 COMMANDS = (clean,)

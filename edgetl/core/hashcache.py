@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from edgetl.core.fileio import atomic_write_text, edgetl_home, sha256_file
 
@@ -25,8 +25,12 @@ def _stamp(path: Path) -> List[Any]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
+def _entry_name(path_text: str) -> str:
+    return hashlib.sha256(path_text.encode("utf-8")).hexdigest()[:24] + ".json"
+
+
 def _entry_path(path: Path) -> Path:
-    return cache_dir() / (hashlib.sha256(str(path).encode("utf-8")).hexdigest()[:24] + ".json")
+    return cache_dir() / _entry_name(str(path))
 
 
 def cached_sha256(path: Path) -> str:
@@ -49,16 +53,28 @@ def cached_sha256(path: Path) -> str:
     return digest
 
 
-def orphaned_entries() -> List[Path]:
-    """Cache entries whose file is gone or changed (``edgetl clean`` removes them)."""
-    found = []
-    for entry_path in sorted(cache_dir().glob("*.json")) if cache_dir().is_dir() else []:
-        try:
-            entry = json.loads(entry_path.read_text())
-            current = _stamp(Path(entry["path"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            found.append(entry_path)
-            continue
-        if current != entry.get("stamp"):
-            found.append(entry_path)
-    return found
+def _own_entry(entry_path: Path) -> Optional[Dict[str, Any]]:
+    """The entry, when ``entry_path`` is one this module wrote: a JSON object with a path, a stamp and a sha256,
+    named after its path. Writes are atomic, so anything else (unreadable, another shape, another name) is
+    not an entry."""
+    try:
+        entry = json.loads(entry_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("stamp"), list)):
+        return None
+    if not isinstance(entry.get("sha256"), str) or entry_path.name != _entry_name(entry["path"]):
+        return None
+    return entry
+
+
+def entry_is_stale(entry_path: Path) -> Optional[bool]:
+    """Whether the file of the cache entry at ``entry_path`` is gone or changed (``edgetl clean`` removes such
+    entries); None when ``entry_path`` is not an entry of this cache (never touched)."""
+    entry = None if entry_path.is_symlink() else _own_entry(entry_path)
+    if entry is None:
+        return None
+    try:
+        return _stamp(Path(entry["path"])) != entry["stamp"]
+    except OSError:
+        return True

@@ -40,6 +40,27 @@ def snapshot(*roots: Path) -> Dict[str, str]:
     return digests
 
 
+def tree_digest(*roots: Path) -> str:
+    """One sha256 of everything under ``roots``: each file's, folder's and link's path, mode and mtime, each
+    file's bytes (lock files too) and each link's target. Equal before and after only when nothing was added,
+    removed, renamed or written."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(str(root)):
+            dirnames.sort()
+            for path in [Path(dirpath)] + [Path(dirpath) / name for name in sorted(filenames)]:
+                stat = path.lstat()
+                digest.update(f"{path}\0{stat.st_mode}\0{stat.st_mtime_ns}\0".encode())
+                if path.is_symlink():
+                    digest.update(os.readlink(str(path)).encode())
+                elif path.is_file():
+                    digest.update(hashlib.sha256(path.read_bytes()).digest())
+            for name in dirnames:
+                if (Path(dirpath) / name).is_symlink():  # os.walk lists a link to a folder but does not enter it
+                    digest.update(f"{Path(dirpath) / name}\0{os.readlink(str(Path(dirpath) / name))}\0".encode())
+    return digest.hexdigest()
+
+
 def cli(args: Sequence[str], env: Optional[Dict[str, str]] = None) -> Result:
     return CliRunner().invoke(main, ["-q"] + [str(a) for a in args], env=env)
 

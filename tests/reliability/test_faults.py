@@ -1,9 +1,11 @@
 """Fault corpus, class 7: faults in the middle of a run. An image that vanishes, a full disk (writes sent to
 ``/dev/full``: the kernel's own ENOSPC) or a kill at any point leaves one line, the files written before as they
-were, and a run that continues with ``--resume``; ``edgetl clean`` finds what killed processes left behind."""
+were, and a run that continues with ``--resume``; ``edgetl clean`` removes what killed edgetl processes left
+behind in folders edgetl owns and in its caches, and changes no byte of anything else named like edgetl's."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -27,9 +29,11 @@ from reliability.corpus import (
     small_run,
     snapshot,
     succeeds,
+    tree_digest,
 )
 
 from edgetl.core.fileio import temporary_prefix
+from edgetl.core.ownership import Ownership
 from edgetl.train.checkpoint import load_checkpoint
 
 
@@ -223,22 +227,35 @@ def test_an_export_killed_midway_leaves_the_previous_bundle_working(
     assert snapshot(bundle) == before
 
 
-def test_clean_lists_only_temporaries_of_dead_or_unknown_old_writers(tmp_path: Path) -> None:
+def dead_temporary(folder: Path, name: str) -> Path:
+    """What a write of ``name`` by an edgetl process killed since leaves in ``folder`` (``atomic_path``)."""
+    return folder / (temporary_prefix(name).replace(str(os.getpid()), str(dead_pid())) + "a.tmp")
+
+
+def test_clean_removes_only_temporaries_of_dead_writers_in_an_owned_folder(tmp_path: Path) -> None:
     folder = tmp_path / "bundle"
     folder.mkdir()
-    dead = folder / (temporary_prefix("model.onnx").replace(str(os.getpid()), str(dead_pid())) + "a.tmp")
+    owner = Ownership.claim(folder, "bundle", str(tmp_path / "run"))
+    (folder / "deepstream").mkdir()
+    (folder / "deepstream" / "labels.txt").write_text("a\n")
+    owner.record(["deepstream/labels.txt"])  # a target folder, listed through its file
+    dead, in_target = dead_temporary(folder, "model.onnx"), dead_temporary(folder / "deepstream", "config.txt")
     live = folder / (temporary_prefix("model.onnx") + "b.tmp")  # this process: alive
     old, fresh = folder / ".best.pt.old.tmp", folder / ".best.pt.new.tmp"  # names without a writer
-    for path in (dead, live, old, fresh):
+    for path in (dead, in_target, live, old, fresh):
         path.write_bytes(b"x" * 2048)
     os.utime(str(old), (time.time() - 7200, time.time() - 7200))
     before = snapshot(folder)
     listed = cli(["clean", "--dry-run", folder]).output
-    assert str(dead) in listed and str(old) in listed
-    assert str(live) not in listed and str(fresh) not in listed and "would remove 2 item(s)" in listed
+    assert "would remove {} (temporary file of a dead process".format(dead) in listed
+    assert "would remove {} (temporary file of a dead process".format(in_target) in listed
+    assert "would remove 2 item(s)" in listed and str(live) not in listed
+    assert "not edgetl's, left alone: {} (no edgetl process in its name)".format(old) in listed
+    assert "not edgetl's, left alone: {} (no edgetl process in its name)".format(fresh) in listed
     assert snapshot(folder) == before
     succeeds(["clean", folder])
-    assert sorted(p.name for p in folder.iterdir()) == sorted([live.name, fresh.name])
+    assert not dead.exists() and not in_target.exists()
+    assert {k: v for k, v in before.items() if k not in (str(dead), str(in_target))} == snapshot(folder)
 
 
 def test_clean_removes_caches_whose_dataset_is_gone_and_old_ones_on_request(tmp_path: Path, home: Path) -> None:
@@ -249,7 +266,7 @@ def test_clean_removes_caches_whose_dataset_is_gone_and_old_ones_on_request(tmp_
     kept, gone = images(tmp_path / "kept", per_class=2, size=24), images(tmp_path / "gone", per_class=2, size=24)
     for root in (kept, gone):
         open_decoded_images(load_dataset(root).train, PreprocessSpec(input_size=16, resize_size=20), root, "train")
-    orphan = home / "train-features" / "0123456789ab-deadbeef-0000.pt"
+    orphan = home / "train-features" / "0123456789ab-{}-{}.pt".format("d" * 20, "e" * 16)  # as edgetl names it
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"features of a decoded cache that is gone")
     for path in sorted(gone.rglob("*"), reverse=True):
@@ -279,3 +296,104 @@ def test_clean_drops_hashes_of_files_that_are_gone(
 
 def test_clean_with_a_bad_age_is_one_line() -> None:
     assert_one_line_error(cli(["clean", "--older-than", "soon"]), match="--older-than takes a number and a unit")
+
+
+def test_clean_of_a_missing_folder_is_one_line(tmp_path: Path) -> None:
+    kept = tmp_path / "bundle"
+    kept.mkdir()
+    Ownership.claim(kept, "bundle")
+    stale = dead_temporary(kept, "model.onnx")
+    stale.write_bytes(b"x")
+    assert_one_line_error(cli(["clean", kept, tmp_path / "missing"]), match="missing does not exist")
+    assert stale.exists()  # refused before any work
+    (tmp_path / "notes.txt").write_text("a file")
+    assert_one_line_error(cli(["clean", tmp_path / "notes.txt"]), match="is a file, not a folder")
+
+
+def edgetl_like_names(root: Path) -> None:
+    """A user's files named like edgetl's: hidden ``*.tmp`` files and folders (an hour old and more), an
+    ``.export-tmp`` folder, temporary-file names of a dead process on this host, artifact names."""
+    hour_ago = time.time() - 7200
+    for folder in (root, root / "sub"):
+        (folder / ".export-tmp").mkdir(parents=True)
+        (folder / ".export-tmp" / "important.txt").write_text("the user's")
+        (folder / ".cache.tmp").mkdir()
+        (folder / ".cache.tmp" / "part.bin").write_bytes(b"\1" * 64)
+        for name in (".draft.tmp", ".notes.txt.tmp", "model.onnx", "best.pt"):
+            (folder / name).write_bytes(name.encode() * 8)
+        dead_temporary(folder, "notes.txt").write_text("a draft")
+        for path in folder.iterdir():
+            os.utime(str(path), (hour_ago, hour_ago))
+
+
+def test_clean_changes_no_byte_of_a_tree_edgetl_never_wrote(tmp_path: Path) -> None:
+    tree = tmp_path / "projects" / "userproj"
+    edgetl_like_names(tree)
+    unreadable = tree / "looks-owned"  # a manifest edgetl cannot read does not make the folder edgetl's
+    edgetl_like_names(unreadable)
+    (unreadable / ".edgetl-owner.json").write_text("{ not json")
+    elsewhere = tmp_path / "elsewhere"  # an owned folder reached only through a link: not followed
+    elsewhere.mkdir()
+    Ownership.claim(elsewhere, "bundle")
+    dead_temporary(elsewhere, "model.onnx").write_bytes(b"x")
+    (tree / "link").symlink_to(elsewhere)
+    before = tree_digest(tree, elsewhere)
+    listed = cli(["clean", "--dry-run", tree]).output
+    assert "would remove 0 item(s)" in listed
+    for name in (".export-tmp", ".cache.tmp", ".draft.tmp", "sub/.export-tmp", "looks-owned/.edgetl-owner.json"):
+        assert "not edgetl's, left alone: {} (".format(tree / name) in listed, name
+    assert (
+        "not edgetl's, left alone: {} (in a folder edgetl does not own)".format(next(tree.glob(".notes.txt.*@*.tmp")))
+        in listed
+    )
+    assert tree_digest(tree, elsewhere) == before
+    for args in (["clean", tree], ["clean", tree.parent], ["clean", tree / "sub", "--older-than", "0s"]):
+        assert "removed 0 item(s)" in succeeds(args).output
+        assert tree_digest(tree, elsewhere) == before, args
+
+
+def test_clean_changes_no_byte_of_a_users_files_in_an_owned_folder(source_bundle: Path, tmp_path: Path) -> None:
+    bundle = copy_tree(source_bundle, tmp_path / "bundle")
+    assert Ownership.read(bundle) is not None
+    hour_ago = time.time() - 7200
+    for name in (".draft.tmp", ".model.onnx.old.tmp", "model_v0.onnx"):
+        (bundle / name).write_bytes(b"the user's " + name.encode())
+        os.utime(str(bundle / name), (hour_ago, hour_ago))
+    edgetl_like_names(bundle / "notes")  # a folder the manifest does not list: the user's
+    before = tree_digest(bundle)
+    listed = cli(["clean", "--dry-run", bundle]).output
+    assert "would remove 0 item(s)" in listed
+    for name in (".draft.tmp", ".model.onnx.old.tmp", "notes/.export-tmp", "notes/sub/.cache.tmp"):
+        assert "not edgetl's, left alone: {} (".format(bundle / name) in listed, name
+    assert (
+        "left alone: {} (in a folder edgetl does not own)".format(next((bundle / "notes").glob(".notes.txt.*@*.tmp")))
+        in listed
+    )
+    assert "removed 0 item(s)" in succeeds(["clean", bundle, "--older-than", "0s"]).output
+    assert tree_digest(bundle) == before
+
+
+def test_clean_changes_no_byte_of_a_users_tree_that_edgetl_home_points_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = tmp_path / "me"
+    edgetl_like_names(tree)
+    edgetl_like_names(tree / "projects")
+    for folder in ("decoded", "train-features", "hashes"):  # the cache folders' names, holding the user's files
+        (tree / folder).mkdir()
+    (tree / "decoded" / "photos.json").write_text(json.dumps({"root": str(tmp_path / "gone"), "key": "0" * 64}))
+    (tree / "decoded" / "photos.npy").write_bytes(b"\0" * 128)
+    (tree / "decoded" / ".notes.tmp").write_text("the user's")
+    (tree / "train-features" / "resnet-head.pt").write_bytes(b"\0" * 64)
+    (tree / "hashes" / "list.json").write_text("[1, 2]")
+    (tree / "hashes" / ("0" * 24 + ".json")).write_text(json.dumps({"path": "/gone", "stamp": [1], "sha256": "0"}))
+    monkeypatch.setenv("EDGETL_HOME", str(tree))
+    before = tree_digest(tree)
+    listed = cli(["clean", "--dry-run", "--older-than", "0s"]).output
+    assert "would remove 0 item(s)" in listed
+    for name in ("decoded/photos.json", "train-features/resnet-head.pt", "hashes/list.json", "decoded/.notes.tmp"):
+        assert "not edgetl's, left alone: {} (".format(tree / name) in listed, name
+    assert ".draft.tmp" not in listed  # outside the cache folders, $EDGETL_HOME is not searched
+    for args in (["clean"], ["clean", "--older-than", "0s"]):
+        assert "removed 0 item(s)" in succeeds(args).output
+        assert tree_digest(tree) == before, args
