@@ -63,7 +63,7 @@ from edgetl.export.quantize import (
 from edgetl.export.targets import EXTRA_FOLDERS, TargetInputs, engine_copies, preflight, write_targets
 from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, module_outputs, onnx_metadata
 from edgetl.export.verification import write_verification
-from edgetl.runtime.verify import PRECISION_OF_KIND, VerificationError
+from edgetl.runtime.verify import VerificationError
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, ONNX_FILES, REPORT, ModelInfo, write_manifest
 from edgetl.spec.formats import CALIBRATION_CACHE, TARGETS
 from edgetl.spec.lineage import LINEAGE, artifact, derive, new_lineage
@@ -114,7 +114,9 @@ class _Export:
             "engines": {},
             LINEAGE: new_lineage(self.checkpoint_sha),
         }
-        self.kept: Dict[str, Dict[str, Any]] = {}  # lineage of what an earlier export of this checkpoint left
+        # lineage entries of what an earlier export of this checkpoint left (bundle_folder.lineage_plan): still
+        # listed unless this export replaces or removes it (a --for folder not asked for now stays, say)
+        self.kept: Dict[str, Dict[str, Any]] = {}
         self.report = {
             "format": REPORT_FORMAT,
             "run": str(self.run),
@@ -179,13 +181,12 @@ class _Export:
             cpu_form_metadata(self.config).get("int8_cpu_isa") if kind == "int8" else None,
         )
         self.manifest["models"][kind] = asdict(info)
-        precision = PRECISION_OF_KIND[kind]
         if kind in ("fp32", "baked"):
-            self._lineage()[file] = artifact(self.checkpoint_sha, precision, "onnx export")
+            self._lineage()[file] = artifact(self.checkpoint_sha, "fp32", "onnx export")
+        elif kind == "int8":
+            derive(self.manifest, file, ONNX_FILES["fp32"], "int8", f"int8 quantization ({self.config.int8_form} form)")
         else:
-            form = f" ({self.config.int8_form} form)" if kind == "int8" else ""
-            step = f"{'int8 quantization' if kind == 'int8' else 'fp16 conversion'}{form}"
-            derive(self.manifest, file, ONNX_FILES["fp32"], precision, step)
+            derive(self.manifest, file, ONNX_FILES["fp32"], "fp16", "fp16 conversion")
         return True
 
     def _lineage(self) -> Dict[str, Dict[str, Any]]:
@@ -370,12 +371,8 @@ class _Export:
             for folder in (TARGETS[name].folder,) + EXTRA_FOLDERS.get(name, ()):
                 self._lineage()[str(folder)] = artifact(self.checkpoint_sha, self.config.precision, f"--for {name}")
 
-    def keep(self, kept: Dict[str, Dict[str, Any]]) -> None:
-        """Go on listing what an earlier export of this checkpoint left in the bundle (a --for folder not asked
-        for now, say), unless this export replaces or removes it."""
-        self.kept = kept
-
     def _kept_lineage(self) -> None:
+        """List ``kept`` in the manifest (its --for folders under ``targets`` too)."""
         folders = {t.folder: name for name, t in TARGETS.items() if t.folder}
         for name, entry in self.kept.items():
             if name in self.removed or name in self._lineage():
@@ -442,7 +439,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
         stale, kept = lineage_plan(out, checkpoint)
         job = _Export(config, checkpoint)
         job.removed += stale  # what another checkpoint left: removed even when this export fails
-        job.keep(kept)
+        job.kept = kept
         held.callback(shutil.rmtree, str(job.stage), True)  # what a failure left staged (the bundle is untouched)
         passed = job.fp32()
         if passed:

@@ -53,12 +53,27 @@ def reexport(run: Path, bundle: Path, *more: str) -> list:
     return ["export", run, "--out", bundle, "--calib-dir", bundle.parent / "calibration", *more]
 
 
-def test_a_reexport_after_retraining_removes_the_old_checkpoints_target_folders(retrained, tmp_path: Path) -> None:
+def as_older_format(bundle: Path) -> None:
+    """Rewrite ``bundle.json`` as edgetl wrote it before bundles recorded their lineage (and list it so)."""
+    manifest = read_json(bundle / "bundle.json")
+    del manifest["lineage"]
+    (bundle / "bundle.json").write_text(json.dumps(dict(manifest, format="edgetl-bundle-v1")))
+    owner = Ownership.read(bundle)
+    assert owner is not None
+    owner.record(["bundle.json"])
+
+
+@pytest.mark.parametrize("older_format", [False, True], ids=["v2", "v1"])
+def test_a_reexport_after_retraining_removes_the_old_checkpoints_target_folders(
+    retrained, tmp_path: Path, older_format: bool
+) -> None:
     run, old, _ = retrained
     bundle = copy_tree(old, tmp_path / "bundle")
+    if older_format:
+        as_older_format(bundle)
     result = succeeds(reexport(run, bundle, "--for", "triton"))
-    assert "removed (made from another checkpoint than this best.pt): deepstream, jetson-inference" in result.output
     assert not any((bundle / name).exists() for name in OLD_TARGETS) and (bundle / "triton").is_dir()
+    assert "removed (made from another checkpoint than this best.pt): deepstream, jetson-inference" in result.output
     checkpoint = sha256_file(run / "best.pt")
     manifest = read_json(bundle / "bundle.json")
     assert manifest["format"] == BUNDLE_FORMAT and manifest["checkpoint_sha256"] == checkpoint
@@ -97,10 +112,8 @@ def test_a_reexport_refuses_to_remove_a_stale_folder_holding_a_users_change(retr
 def test_verify_and_doctor_flag_a_bundle_mixing_checkpoints(retrained, tmp_path: Path, older_format: bool) -> None:
     _, old, fresh = retrained
     bundle = copy_tree(fresh, tmp_path / "bundle")
-    if older_format:  # as edgetl wrote it before bundles recorded their lineage
-        manifest = read_json(bundle / "bundle.json")
-        del manifest["lineage"]
-        (bundle / "bundle.json").write_text(json.dumps(dict(manifest, format="edgetl-bundle-v1")))
+    if older_format:
+        as_older_format(bundle)
     succeeds(["verify", bundle])
     result = succeeds(["doctor", bundle])
     assert "bundle lineage" in result.output and "every artifact from checkpoint" in result.output
