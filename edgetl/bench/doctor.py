@@ -26,6 +26,7 @@ from edgetl.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVI
 from edgetl.runtime.tensorrt import cuda_runtime, device_info, load_sidecar
 from edgetl.spec.bundle import Bundle, ModelInfo
 from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems, version_tuple
+from edgetl.spec.lineage import lineage_problem, reference_checkpoint
 from edgetl.trt.plan import DEFAULT_TARGET, TrtTarget, onnx_versions
 
 OK, MISSING, MISMATCH = "ok", "missing", "mismatch"
@@ -473,7 +474,19 @@ def check_bundle(path: Path, facts: Dict[str, Any]) -> List[Item]:
     device = DeviceInfo(**trt["device"]) if trt.get("device") else None
     error = trt.get("device_error") or trt.get("error") or ("tensorrt is not installed" if not trt else "")
     jetson = jetson_summary(facts.get("jetson")) or {}
-    return bundle_items(bundle, device, trt.get("version"), error, jetson.get("jetpack_tensorrt"))
+    items = bundle_items(bundle, device, trt.get("version"), error, jetson.get("jetpack_tensorrt"))
+    return items + lineage_items(bundle)
+
+
+def lineage_items(bundle: Bundle) -> List[Item]:
+    """Whether every artifact of the bundle comes from one checkpoint (edgetl.spec.lineage)."""
+    problem = lineage_problem(bundle.root, bundle.manifest)
+    if problem:
+        return [Item("bundle lineage", MISMATCH, problem, bundle.reexport_hint() + ", which removes the others", True)]
+    checkpoint = reference_checkpoint(bundle.root, bundle.manifest)
+    if checkpoint is None:
+        return []
+    return [Item("bundle lineage", OK, f"every artifact from checkpoint {checkpoint[:12]}")]
 
 
 # --- output ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ held-out training images), fp16 must stay close. A failed gate leaves no
 file under the artifact's name, keeps it out of ``bundle.json``, and the export raises after
 writing ``export_report.json``. ``build_engine.sh`` is always written; ``trt=True`` then builds
 the engine, or raises DependencyError (after everything else is written) without TensorRT.
+
+``bundle.json`` records the bundle's lineage (``edgetl.spec.lineage``): the checkpoint's sha256, which must be
+the one the run's training wrote (its ownership manifest), and how each artifact was derived from it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, DependencyError, GateError
-from edgetl.export.bundle_folder import STAGE, claim_out, publish
+from edgetl.export.bundle_folder import STAGE, claim_out, lineage_plan, publish
 from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.config import ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
@@ -57,13 +60,15 @@ from edgetl.export.quantize import (
     calibration_samples,
     write_calibration_manifest,
 )
-from edgetl.export.targets import TargetInputs, engine_copies, preflight, write_targets
+from edgetl.export.targets import EXTRA_FOLDERS, TargetInputs, engine_copies, preflight, write_targets
 from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, module_outputs, onnx_metadata
 from edgetl.export.verification import write_verification
 from edgetl.runtime.verify import VerificationError
 from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, ONNX_FILES, REPORT, ModelInfo, write_manifest
-from edgetl.spec.formats import CALIBRATION_CACHE
+from edgetl.spec.formats import CALIBRATION_CACHE, TARGETS
+from edgetl.spec.lineage import LINEAGE, artifact, derive, new_lineage
 from edgetl.train.checkpoint import load_run, preprocess_of
+from edgetl.train.run_folder import check_checkpoint
 from edgetl.trt.build import build_bundle_engine
 from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
 
@@ -79,7 +84,7 @@ class _GateFailed(Exception):
 class _Export:
     """State of one export; each method produces one artifact."""
 
-    def __init__(self, config: ExportConfig) -> None:
+    def __init__(self, config: ExportConfig, checkpoint_sha: str) -> None:
         self.config = config
         self.run = Path(config.run)
         self.out = Path(config.out) if config.out else self.run
@@ -91,7 +96,7 @@ class _Export:
         self.opset, self.ir_version = onnx_versions(self.target, config.opset)
         self.input_name, self.output_name = config.tensor_names
         self.softmax = config.softmax
-        self.checkpoint_sha = sha256_file(self.run / "best.pt")
+        self.checkpoint_sha = checkpoint_sha  # of the best.pt checked against the run's ownership manifest
         self.val_samples = DatasetSplit.load(self.run).val
         self.images = load_eval_images(self.val_samples, self.spec, config.val_images, config.seed)
         self._images_by_geometry = {self.spec.geometry: self.images}  # type: Dict[str, EvalImages]
@@ -107,7 +112,11 @@ class _Export:
             "strategy": self.payload["strategy"],
             "models": {},
             "engines": {},
+            LINEAGE: new_lineage(self.checkpoint_sha),
         }
+        # lineage entries of what an earlier export of this checkpoint left (bundle_folder.lineage_plan): still
+        # listed unless this export replaces or removes it (a --for folder not asked for now stays, say)
+        self.kept: Dict[str, Dict[str, Any]] = {}
         self.report = {
             "format": REPORT_FORMAT,
             "run": str(self.run),
@@ -172,7 +181,17 @@ class _Export:
             cpu_form_metadata(self.config).get("int8_cpu_isa") if kind == "int8" else None,
         )
         self.manifest["models"][kind] = asdict(info)
+        if kind in ("fp32", "baked"):
+            self._lineage()[file] = artifact(self.checkpoint_sha, "fp32", "onnx export")
+        elif kind == "int8":
+            derive(self.manifest, file, ONNX_FILES["fp32"], "int8", f"int8 quantization ({self.config.int8_form} form)")
+        else:
+            derive(self.manifest, file, ONNX_FILES["fp32"], "fp16", "fp16 conversion")
         return True
+
+    def _lineage(self) -> Dict[str, Dict[str, Any]]:
+        """The manifest's lineage entries, by artifact."""
+        return self.manifest[LINEAGE]["artifacts"]
 
     def _parity(
         self,
@@ -270,6 +289,7 @@ class _Export:
             self.manifest["calibration_cache"] = write_cache_for(
                 self.stage / CALIBRATION_CACHE, self.stage / ONNX_FILES["int8"], fp32_path, config.trt_version
             )
+            derive(self.manifest, CALIBRATION_CACHE, ONNX_FILES["int8"], "int8", "tensorrt calibration cache")
         else:
             self.removed.append(CALIBRATION_CACHE)  # an older cache would now look valid
         return passed
@@ -347,6 +367,19 @@ class _Export:
         if sections:
             self.report["targets"] = sections
             self.manifest["targets"] = {n: s["folder"] for n, s in sections.items() if s["status"] == "passed"}
+        for name in self.manifest.get("targets", {}):
+            for folder in (TARGETS[name].folder,) + EXTRA_FOLDERS.get(name, ()):
+                self._lineage()[str(folder)] = artifact(self.checkpoint_sha, self.config.precision, f"--for {name}")
+
+    def _kept_lineage(self) -> None:
+        """List ``kept`` in the manifest (its --for folders under ``targets`` too)."""
+        folders = {t.folder: name for name, t in TARGETS.items() if t.folder}
+        for name, entry in self.kept.items():
+            if name in self.removed or name in self._lineage():
+                continue
+            self._lineage()[name] = entry
+            if name in folders:
+                self.manifest.setdefault("targets", {})[folders[name]] = str(self.out / name)
 
     def write_bundle(self) -> None:
         plans, notes = self.engine_plans()
@@ -365,6 +398,7 @@ class _Export:
         if self.out.resolve() != self.run.resolve():
             atomic_write_text(self.stage / LABELS, "".join(c + "\n" for c in self.payload["class_names"]))
             self.spec.save(self.stage / "preprocess.json")
+        self._kept_lineage()
         write_manifest(self.stage, self.manifest)
 
     def save_report(self) -> None:
@@ -391,15 +425,21 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
     (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written)."""
     preflight(config)
     run = Path(config.run)
-    if not (run / "split.json").is_file():
+    if not (run / "split.json").is_file() or not (run / "best.pt").is_file():
         raise CheckpointError(
             "{} is not a run folder with best.pt and split.json (its validation images feed the parity gate)".format(
                 run
             )
         )
+    check_checkpoint(run)
+    checkpoint = sha256_file(run / "best.pt")
+    out = Path(config.out) if config.out else run
     with ExitStack() as held:
-        owner = claim_out(held, Path(config.out) if config.out else run, run)  # locked until the bundle is complete
-        job = _Export(config)
+        owner = claim_out(held, out, run, checkpoint)  # locked until the bundle is complete
+        stale, kept = lineage_plan(out, checkpoint)
+        job = _Export(config, checkpoint)
+        job.removed += stale  # what another checkpoint left: removed even when this export fails
+        job.kept = kept
         held.callback(shutil.rmtree, str(job.stage), True)  # what a failure left staged (the bundle is untouched)
         passed = job.fp32()
         if passed:
@@ -413,6 +453,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
             if not job.report["failures"]:
                 job.targets()
             job.write_bundle()
+        job.report["removed_stale"] = sorted(n for n in stale if not (job.stage / n).exists())  # not replaced
         job.save_report()
         publish(owner, job.stage, job.removed, manifest_ready=passed)
         pending = None  # type: Optional[Exception]

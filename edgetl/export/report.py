@@ -57,6 +57,8 @@ def format_report(report: Dict[str, Any]) -> str:
             )
         )
     lines += _target_lines(report.get("targets") or {})
+    if report.get("removed_stale"):
+        lines.append(f"removed (made from another checkpoint than this best.pt): {', '.join(report['removed_stale'])}")
     if "engine" in report:
         lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
     lines += ["FAILED " + f for f in report["failures"]]

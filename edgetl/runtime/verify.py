@@ -4,7 +4,8 @@ and compare them with the reference outputs ONNX Runtime computed at export. Tor
 A model or engine passes when its top-1 equals the reference's on every image and its largest |difference|
 stays within ``TOLERANCES[precision] x max(1, max |reference|)`` (one rule for logits and probabilities).
 The sample's sha256 (in ``bundle.json``) and each ONNX model's sha256 are checked first; engines are checked
-against their sidecars by the TensorRT runner.
+against their sidecars by the TensorRT runner. A model or ``--for`` folder made from another checkpoint than the
+bundle's (``edgetl.spec.lineage``) fails too: it would be served as if it were the bundle's model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from edgetl.runtime.base import Runner, infer_batched
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.spec.bundle import ONNX_FILES, Bundle, ModelInfo
+from edgetl.spec.lineage import foreign_artifacts, reference_checkpoint
 from edgetl.spec.preprocess import normalize
 from edgetl.spec.verify_sample import VerificationSample, read_sample, reference_scale
 
@@ -192,7 +194,19 @@ def verify_bundle(root: Path, only: Sequence[str] = ()) -> VerifyReport:
     sample = load_sample(bundle)
     entry = bundle.verification() or {}
     checks = [_check(bundle, sample, target) for target in targets]
+    if not only:
+        checks += lineage_checks(bundle)
     return VerifyReport(str(bundle.root), entry.get("file", ""), len(sample.pixels), checks)
+
+
+def lineage_checks(bundle: Bundle) -> List[Check]:
+    """A failed check for each artifact made from another checkpoint than the bundle's."""
+    checkpoint = str(reference_checkpoint(bundle.root, bundle.manifest))[:12]
+    hint = bundle.reexport_hint() + ", which removes it"
+    return [
+        Check(name, "lineage", "", FAILED, f"made from checkpoint {sha[:12]}, the bundle from {checkpoint}; {hint}")
+        for name, sha in sorted(foreign_artifacts(bundle.root, bundle.manifest).items())
+    ]
 
 
 def _check(bundle: Bundle, sample: VerificationSample, target: _Target) -> Check:

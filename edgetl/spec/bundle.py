@@ -19,10 +19,12 @@ from edgetl.core.hashcache import cached_sha256
 from edgetl.errors import CheckpointError
 from edgetl.spec.formats import ONNX_FILES as ONNX_FILES  # re-exported: bundle readers name the files
 from edgetl.spec.formats import PRECISIONS as PRECISIONS
+from edgetl.spec.lineage import LINEAGE, LINEAGE_SCHEMA
 from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.spec.schema import dict_of, is_int, is_str, list_of, one_of, optional, read_json, record
 
-BUNDLE_FORMAT = "edgetl-bundle-v1"
+BUNDLE_FORMAT = "edgetl-bundle-v2"  # v2: the lineage section (edgetl.spec.lineage)
+OLDER_FORMATS = ("edgetl-bundle-v1",)  # still read; a v1 bundle.json stays v1 when an engine is added
 MANIFEST = "bundle.json"
 LABELS = "labels.txt"
 PREPROCESS = "preprocess.json"
@@ -192,11 +194,19 @@ _MODEL_SCHEMA = record(
     {"int8_form": optional(is_str), "int8_cpu_isa": optional(is_str), "int8_target": optional(is_str)},
 )
 MANIFEST_SCHEMA = record(
-    {"format": one_of(BUNDLE_FORMAT), "models": dict_of(_MODEL_SCHEMA), "engines": dict_of(record({}))},
-    {"run": is_str, "class_names": list_of(is_str), "verification": record({"file": is_str, "sha256": is_str})},
+    {"format": one_of(BUNDLE_FORMAT, *OLDER_FORMATS), "models": dict_of(_MODEL_SCHEMA), "engines": dict_of(record({}))},
+    {
+        "run": is_str,
+        "class_names": list_of(is_str),
+        "checkpoint_sha256": is_str,
+        "verification": record({"file": is_str, "sha256": is_str}),
+        LINEAGE: LINEAGE_SCHEMA,
+    },
 )
 
 
 def write_manifest(root: Path, manifest: Dict[str, Any]) -> None:
-    manifest = dict(manifest, format=BUNDLE_FORMAT, edgetl_version=__version__)
+    """Write ``bundle.json``; one read from an older format without a lineage keeps that format."""
+    older = manifest.get("format") in OLDER_FORMATS and LINEAGE not in manifest
+    manifest = dict(manifest, format=manifest["format"] if older else BUNDLE_FORMAT, edgetl_version=__version__)
     atomic_write_text(Path(root) / MANIFEST, json.dumps(manifest, indent=2) + "\n")

@@ -84,6 +84,21 @@ def claim_resumed_run(stack: ExitStack, run_dir: Path) -> None:
         raise CheckpointError("not resuming: {}; the run can no longer continue exactly".format(problem))
 
 
+def check_checkpoint(run_dir: Path, name: str = "best.pt") -> None:
+    """Refuse a checkpoint this run's training did not write, or that changed since (copied in from another run,
+    edited): its size and sha256 must be those the run's ownership manifest lists. A run from before ownership
+    manifests is taken as it is."""
+    owner = Ownership.read(Path(run_dir))
+    if owner is None or owner.kind != RUN:
+        return
+    problem = owner.changed(name)
+    if problem:
+        raise CheckpointError(
+            f"{problem}: it is not the checkpoint this run trained (copied from another run?); use the run "
+            "folder that trained it, or retrain"
+        )
+
+
 def record(run_dir: Path, names: Iterable[str]) -> None:
     """List files just written into the run in its ownership manifest."""
     owner = Ownership.read(Path(run_dir))

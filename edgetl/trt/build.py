@@ -35,6 +35,7 @@ from edgetl.spec.bundle import (
     sidecar_file,
     write_manifest,
 )
+from edgetl.spec.lineage import derive
 from edgetl.trt.calib_cache import stamped, tensorrt_version_number
 from edgetl.trt.plan import (
     DEFAULT_WORKSPACE_MIB,
@@ -276,6 +277,7 @@ def build_bundle_engine(
     engine = build_engine(bundle.root, plan)
     manifest = read_manifest(bundle.root)
     manifest.setdefault("engines", {})[plan.engine] = plan.to_dict()
+    derive(manifest, plan.engine, plan.onnx, plan.precision, "tensorrt build")
     write_manifest(bundle.root, manifest)
     verify_new_engine(engine)
     for path in plan.also_write:  # copies of the verified engine, e.g. a Triton repository's <model>/1/model.plan

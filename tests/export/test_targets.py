@@ -201,6 +201,26 @@ def test_deepstream_int8_stamp_script_and_manifest(exported):
     assert manifest["calibration_cache"]["tensors"] == len(parse_cache((out / "calibration.cache").read_text())[1])
 
 
+def test_bundle_json_records_how_each_artifact_was_derived(exported, tiny_run):
+    """One lineage: every artifact from the run's best.pt, INT8 and its scales derived from model.onnx, with
+    no derived weights (the checkpoint's own were quantized)."""
+    out, _, config = exported
+    checkpoint = sha256_file(tiny_run / "best.pt")
+    lineage = json.loads((out / "bundle.json").read_text())["lineage"]
+    assert lineage["checkpoint_sha256"] == checkpoint
+    artifacts = lineage["artifacts"]
+    assert set(artifacts) == {"model.onnx", "model_int8.onnx", "calibration.cache", *TARGETS, "triton-trt"}
+    assert {e["checkpoint_sha256"] for e in artifacts.values()} == {checkpoint}
+    assert {e["derived_weights_sha256"] for e in artifacts.values()} == {None}
+    int8 = artifacts["model_int8.onnx"]
+    assert (int8["precision"], int8["from"], int8["step"]) == ("int8", "model.onnx", "int8 quantization (trt form)")
+    assert artifacts["calibration.cache"]["from"] == "model_int8.onnx"
+    assert artifacts["deepstream"] == {
+        "checkpoint_sha256": checkpoint, "precision": config.precision, "from": None, "step": "--for deepstream",
+        "derived_weights_sha256": None,
+    }  # fmt: skip
+
+
 def test_triton_repositories_are_valid_against_tritons_schema(exported):
     from google.protobuf import text_format
 

@@ -287,6 +287,11 @@ def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_pat
     assert not (bundle / "model_fp32.engine").exists() and Bundle.load(bundle).engines() == []
     plan = Bundle.load(bundle).engine_plan("model_fp32.engine")
     assert plan["profile"] is None and plan["input_shape"][0] == 1
+    lineage = Bundle.load(bundle).manifest["lineage"]
+    engine = lineage["artifacts"]["model_fp32.engine"]  # built from model.onnx, so from the bundle's checkpoint
+    assert (engine["from"], engine["precision"], engine["checkpoint_sha256"]) == (
+        "model.onnx", "fp32", lineage["checkpoint_sha256"],
+    )  # fmt: skip
     with TrtRunner(bundle / "model_fp32.engine.rejected", onnx_path=bundle / "model.onnx") as runner:
         assert runner.batch_range() == (1, 1)
     refused = _build_engine(bundle, "--max-batch", "8")
