@@ -199,7 +199,7 @@ class DeclaredCommand(click.Command):
         try:
             param.type_cast_value(ctx, raw)
         except click.BadParameter as exc:
-            raise ConfigError(f"{path}: {key}: {exc.format_message()}") from None
+            raise ConfigError(f"{path}: {key}: {exc.message}") from None
         return raw
 
     def _apply_shortcuts(self, ctx: click.Context) -> None:

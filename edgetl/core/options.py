@@ -104,3 +104,28 @@ def read_config_file(path: Path) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option names to values, got {type(data).__name__}")
     return data
+
+
+def command_args(config: Any) -> List[str]:
+    """The command-line arguments that make ``config`` (a declared dataclass): each field that differs from
+    its default, by its flag (arguments by position)."""
+    args: List[str] = []
+    for f, spec in declared(config.__class__):
+        value = getattr(config, f.name)
+        if spec.argument:
+            args.append(str(value))
+            continue
+        default = f.default if f.default is not MISSING else None
+        if value == default or (spec.multiple and tuple(value) == tuple(default or ())):
+            continue
+        flags = (spec.flags[0] if spec.flags else flag_of(f.name)).split("/")
+        if spec.kind == "flag":
+            args.append(flags[0])
+        elif spec.kind == "switch":
+            args.append(flags[0] if value else flags[-1])
+        elif spec.multiple:
+            for item in value:
+                args += [flags[0], str(item)]
+        else:
+            args += [flags[0], AUTO if value is None else str(value)]
+    return args
