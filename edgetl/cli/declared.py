@@ -83,7 +83,7 @@ def params_for(cls: Any) -> Tuple[List[click.Argument], List[click.Option]]:
             continue
         default = _default(f, spec)
         flags = list(spec.flags) or [flag_of(f.name)]
-        common = dict(help=spec.help or None, hidden=spec.hidden, group=spec.group, field=f.name)
+        common: Dict[str, Any] = dict(help=spec.help or None, hidden=spec.hidden, group=spec.group, field=f.name)
         if spec.kind == "flag":
             options.append(DeclaredOption(flags + [f.name], is_flag=True, default=bool(default), **common))
         elif spec.kind == "switch":
@@ -136,7 +136,7 @@ class DeclaredCommand(click.Command):
             new_arguments, new_options = params_for(cls)
             arguments += new_arguments
             options += new_options
-        given = list(self.params)
+        given: List[click.Parameter] = list(kwargs.get("params") or [])
         config = click.Option(
             ["--config", "config_file"],
             type=click.Path(dir_okay=False),
@@ -158,9 +158,9 @@ class DeclaredCommand(click.Command):
     def fields(self) -> Dict[str, OptionSpec]:
         return {f.name: spec for cls in self.configs for f, spec in declared(cls)}
 
-    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+    def parse_args(self, ctx: click.Context, args: Sequence[str]) -> Any:
         ctx.meta[FLAGS_KEY] = self.flags
-        rest = super().parse_args(ctx, args)
+        rest = super().parse_args(ctx, list(args))
         self._apply_shortcuts(ctx)
         return rest
 

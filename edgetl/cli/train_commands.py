@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional, Sequence
 
 import click
 from click.core import ParameterSource
@@ -22,9 +22,9 @@ RESUME_OPTIONS = ("epochs", "nproc_per_node")  # what --resume may change
 class LaunchableCommand(click.Command):
     """Keeps the command line as typed, so that ``--nproc-per-node`` can run the same command in each process."""
 
-    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+    def parse_args(self, ctx: click.Context, args: Sequence[str]) -> Any:
         ctx.meta[_RAW_ARGS] = list(args)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, list(args))
 
 
 @click.group()
