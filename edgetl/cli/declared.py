@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 from click.core import ParameterSource
 
-from edgetl.cli.options import AutoNumber, WorkersParam
+from edgetl.cli.options import AutoNumber, WorkersParam, checked_out_path
 from edgetl.core.options import AUTO, OptionSpec, Shortcut, declared, flag_of, flags_of, read_config_file
 from edgetl.errors import ConfigError
 
@@ -38,6 +38,22 @@ class AutoChoice(click.Choice):
         return None if chosen == AUTO else chosen
 
 
+class IntList(click.ParamType):
+    """Whole numbers >= 1, comma-separated (``1,8``), or a list of them (from a config file)."""
+
+    name = "N,N,..."
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+        try:
+            numbers = tuple(int(v) for v in items if str(v).strip())
+        except ValueError:
+            self.fail("a comma-separated list of whole numbers, e.g. 1,8", param, ctx)
+        if not numbers or min(numbers) < 1:
+            self.fail("numbers must be >= 1", param, ctx)
+        return numbers
+
+
 class DeclaredOption(click.Option):
     """An option generated from a field: it knows its field and its help section."""
 
@@ -52,6 +68,8 @@ def click_type(spec: OptionSpec) -> Any:
         return AutoChoice(spec.choices) if spec.auto else click.Choice(spec.choices)
     if spec.kind == "workers":
         return WorkersParam()
+    if spec.kind == "ints":
+        return IntList()
     if spec.kind == "path":
         return click.Path()
     if spec.kind in ("int", "float"):
@@ -69,6 +87,8 @@ def _default(f: Field, spec: OptionSpec) -> Any:
         return AUTO
     if f.default is MISSING:
         return None
+    if spec.kind == "ints":
+        return ",".join(str(v) for v in f.default)
     return tuple(f.default) if spec.multiple else f.default
 
 
@@ -97,6 +117,7 @@ def params_for(cls: Any) -> Tuple[List[click.Argument], List[click.Option]]:
                     multiple=spec.multiple,
                     show_default=default is not None and default != (),
                     metavar=spec.metavar,
+                    callback=checked_out_path(folder=True) if spec.output else None,
                     **common,
                 )
             )

@@ -17,8 +17,9 @@ from edgetl.errors import ConfigError
 
 METADATA_KEY = "edgetl.option"
 # str/int/float: a value; path: a file or folder name (a str); flag: --name, off by default; switch:
-# --name/--no-name, None (auto) unless given; workers: "auto" or a count of worker processes.
-KINDS = ("str", "int", "float", "path", "flag", "switch", "workers")
+# --name/--no-name, None (auto) unless given; workers: "auto" or a count of worker processes; ints: a
+# comma-separated list of whole numbers >= 1 (batch sizes).
+KINDS = ("str", "int", "float", "path", "flag", "switch", "workers", "ints")
 AUTO = "auto"
 
 
@@ -45,6 +46,7 @@ class OptionSpec:
     metavar: Optional[str] = None
     multiple: bool = False
     argument: bool = False  # a positional argument (DATA, RUN) rather than an option
+    output: bool = False  # a folder the command writes: checked while the command line is parsed
     hidden: bool = False
     shortcuts: Tuple[Shortcut, ...] = ()
 
@@ -126,6 +128,8 @@ def command_args(config: Any) -> List[str]:
         elif spec.multiple:
             for item in value:
                 args += [flags[0], str(item)]
+        elif spec.kind == "ints":
+            args += [flags[0], ",".join(str(v) for v in value)]
         else:
             args += [flags[0], AUTO if value is None else str(value)]
     return args

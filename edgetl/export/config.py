@@ -58,7 +58,9 @@ class ExportConfig:
     ``auto`` of the INT8 options made concrete) in the export report, and never changes it afterwards."""
 
     run: str = option(argument=True, kind="path", group=OUTPUT)
-    out: Optional[str] = option(None, group=OUTPUT, kind="path", help="Bundle folder (default: the run folder).")
+    out: Optional[str] = option(
+        None, group=OUTPUT, kind="path", output=True, help="Bundle folder (default: the run folder)."
+    )
     opset: int = option(17, group=OUTPUT, kind="int", help="ONNX opset (checked against --trt-version).")
     batch: Optional[int] = option(
         None, group=OUTPUT, kind="int", help="Static batch size (default: dynamic batch axis)."

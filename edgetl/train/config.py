@@ -201,7 +201,7 @@ class FinetuneConfig:
         None, group=MODEL, help="A local state dict, or 'none' for random init (default: torchvision's, cached)."
     )
     out: Optional[str] = option(
-        None, group=RUN, kind="path", help="Run folder (default models/<arch>-<strategy>-<time>)."
+        None, group=RUN, kind="path", output=True, help="Run folder (default models/<arch>-<strategy>-<time>)."
     )
     sync_bn: bool = option(
         False,

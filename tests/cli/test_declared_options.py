@@ -14,18 +14,26 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from edgetl.bench.variants_config import VariantsConfig
 from edgetl.cli import main
 from edgetl.core.options import declared, flag_of
 from edgetl.errors import ConfigError
 from edgetl.export.config import EXPORT_GROUPS, ExportConfig
 from edgetl.train.config import FINETUNE_GROUPS, FinetuneConfig, LaunchConfig
 
-COMMANDS = {"finetune": (FinetuneConfig, LaunchConfig), "export": (ExportConfig,)}
+COMMANDS = {"finetune": (FinetuneConfig, LaunchConfig), "export": (ExportConfig,), "bench variants": (VariantsConfig,)}
+
+
+def _command(path: str) -> click.Command:
+    command = main
+    for part in path.split():
+        command = command.commands[part]
+    return command
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_declared_field_has_exactly_one_option_with_its_default(name: str) -> None:
-    command = main.commands[name]
+    command = _command(name)
     defaults = command.make_context(name, ["RUN"] if name == "export" else [], resilient_parsing=True).params
     for cls in COMMANDS[name]:
         for f, spec in declared(cls):
