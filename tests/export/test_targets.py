@@ -284,7 +284,7 @@ def test_the_command_of_a_config_gives_back_the_same_config(monkeypatch, tmp_pat
     import edgetl.export.job as job
 
     seen = {}
-    monkeypatch.setattr(job, "export_run", lambda config, on_report=None: seen.setdefault("config", config))
+    monkeypatch.setattr(job, "export_run", lambda config, on_report=None: seen.update(config=config))
     config = ExportConfig(
         run=str(tmp_path), targets=("deepstream", "triton"), precision="int8", max_int8_drop=0.5, workspace_mib=512,
         trt_version="8.6", calib_method="entropy",
