@@ -70,7 +70,7 @@ def export_int8(run: Path, out: Path, target: str) -> Dict[str, Any]:
         ExportConfig(
             run=str(run),
             out=str(out),
-            int8=True,
+            precision="int8",
             int8_form=target,
             max_int8_drop=100.0,
             calib_dir=str(out / "calibration"),

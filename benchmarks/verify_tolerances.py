@@ -89,12 +89,14 @@ def measure(run: Path, work: Path) -> Dict[str, Any]:
     # every layer quantised (no fallback) and no gate to pass: the model_int8.onnx is what is measured
     export_run(
         ExportConfig(
-            run=str(run), out=str(int8), int8=True, int8_form="trt", int8_fallback="none", max_int8_drop=100.0,
+            run=str(run), out=str(int8), precision="int8", int8_form="trt", int8_fallback="none", max_int8_drop=100.0,
             gate_images=0, calib_dir=str(work / "calib"),
         )
     )  # fmt: skip
     fp16 = work / "fp16"
-    export_run(ExportConfig(run=str(run), out=str(fp16), fp16=True, trt_version="11.x", calib_dir=str(work / "c")))
+    export_run(
+        ExportConfig(run=str(run), out=str(fp16), precision="fp16", trt_version="11.x", calib_dir=str(work / "c"))
+    )
     sets = {
         "verification sample": read_sample(int8 / "verify_sample.npz").pixels,
         "val images": load_eval_images(DatasetSplit.load(run).val, spec, 500, 0).crops,

@@ -51,6 +51,7 @@ LAZY_OK = (
     "polygraphy",
     "importlinter",
     "click.testing",
+    "yaml",  # --config FILE.yaml, with PyYAML installed
 )
 
 

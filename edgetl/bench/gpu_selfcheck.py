@@ -393,7 +393,7 @@ def check_tensorrt(ctx: Context) -> Outcome:
 
     outcome = Outcome({"tensorrt": tensorrt.__version__})
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
-    for precision, options in (("fp16", {"fp16": True}), ("int8", {"int8": True, "int8_form": "trt"})):
+    for precision, options in (("fp16", {"precision": "fp16"}), ("int8", {"precision": "int8", "int8_form": "trt"})):
         tick = time.perf_counter()
         bundle, report = _exported(ctx, trt=True, trt_version=tensorrt.__version__, **options)
         engine = report.get("engine") or {}

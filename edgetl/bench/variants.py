@@ -203,7 +203,7 @@ def export_variant(folder: Path, trt_version: Optional[str]) -> Dict[str, Tuple[
     run, calib = str(folder / "run"), str(folder / "calibration")
     cpu = export_run(
         ExportConfig(
-            run=run, out=str(folder / "bundle"), int8=True, int8_form="cpu", max_int8_drop=100.0, calib_dir=calib
+            run=run, out=str(folder / "bundle"), precision="int8", int8_form="cpu", max_int8_drop=100.0, calib_dir=calib
         )
     )
     bundles = {
@@ -213,7 +213,12 @@ def export_variant(folder: Path, trt_version: Optional[str]) -> Dict[str, Tuple[
     if trt_version is not None:
         fp16 = export_run(
             ExportConfig(
-                run=run, out=str(folder / "trt-fp16"), fp16=True, trt=True, trt_version=trt_version, calib_dir=calib
+                run=run,
+                out=str(folder / "trt-fp16"),
+                precision="fp16",
+                trt=True,
+                trt_version=trt_version,
+                calib_dir=calib,
             )
         )
         kinds = {a["kind"] for a in fp16["artifacts"]}
@@ -222,7 +227,7 @@ def export_variant(folder: Path, trt_version: Optional[str]) -> Dict[str, Tuple[
             ExportConfig(
                 run=run,
                 out=str(folder / "trt-int8"),
-                int8=True,
+                precision="int8",
                 int8_form="trt",
                 trt=True,
                 trt_version=trt_version,

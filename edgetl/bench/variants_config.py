@@ -1,6 +1,6 @@
 """The options of ``edgetl bench variants`` (``VariantsConfig``) and the variants it compares.
 
-Torch-free and Python 3.8: the CLI imports this module for its defaults at import time."""
+Torch-free and Python 3.8: the CLI builds the command's options from its declarations at import time."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from edgetl.bench.latency import LatencyConfig
+from edgetl.core.options import option
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import DEFAULT_ARCH, get_backbone
-from edgetl.train.config import FinetuneConfig
+from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH, get_backbone
+from edgetl.train.config import AUTO_EPOCHS, FinetuneConfig
 
 IMAGE_CACHES = ("ram", "none")
 # A mid/late stage per architecture, like taking an intermediate "mixed7" output of a big backbone.
@@ -35,37 +36,79 @@ class Variant:
     trainable_stages: int = 2
 
 
+TRAINING, TIMING, OUTPUT = "Training", "Inference timing", "Output"
+VARIANTS_GROUPS = (TRAINING, TIMING, OUTPUT)  # the help's sections, in order
+
+
 @dataclass(frozen=True)
 class VariantsConfig:
     """Every option of ``edgetl bench variants``; validated on creation."""
 
-    data: Optional[str] = None  # None: the built-in demo dataset
-    arch: str = DEFAULT_ARCH
-    epochs: Optional[int] = None  # None: auto, as edgetl finetune (cached linear heads solved, else AUTO_EPOCHS)
-    cut_at: Optional[str] = None  # None: DEFAULT_CUT[arch]
-    trainable_stages: int = 2
-    image_cache: str = "ram"  # pipeline of the variants that do not use the feature cache
-    batch_size: int = 32
-    weights: Optional[str] = None
-    device: str = "auto"
-    workers: Optional[int] = None
-    val_split: Optional[float] = None
-    steps: int = 2  # synthetic training steps timed per variant in each of variants.STEP_ROUNDS rounds
-    batches: Sequence[int] = (1, 8)
-    warmup: int = 10
-    iters: int = 50
-    rounds: int = 5
-    threads: Optional[int] = None
-    out: Optional[str] = None
+    data: Optional[str] = option(None, argument=True, kind="path", group=TRAINING)  # None: the built-in demo set
+    arch: str = option(DEFAULT_ARCH, group=TRAINING, choices=tuple(sorted(BACKBONES)), help="Pretrained backbone.")
+    epochs: Optional[int] = option(
+        None,
+        group=TRAINING,
+        kind="int",
+        auto=True,
+        minimum=1,
+        help=f"auto: as edgetl finetune (a linear head on cached features is solved, the others train {AUTO_EPOCHS} "
+        "epochs); N: every variant trains N epochs.",
+    )
+    cut_at: Optional[str] = option(
+        None,
+        group=TRAINING,
+        metavar="STAGE",
+        help="Stage where the cut feature extractor ends (default: a mid/late stage, stage5 for mobilenet_v2).",
+    )
+    trainable_stages: int = option(
+        2, group=TRAINING, kind="int", minimum=1, help="K: the partial variant trains the top K stages."
+    )
+    image_cache: str = option(
+        "ram",
+        group=TRAINING,
+        choices=IMAGE_CACHES,
+        help="--cache of the variants that do not train on cached features.",
+    )
+    batch_size: int = option(32, group=TRAINING, kind="int", minimum=1, help="Training batch size.")
+    weights: Optional[str] = option(None, group=TRAINING, help="As for finetune: a file, or 'none' for random init.")
+    device: str = option("auto", group=TRAINING, help="Training device: auto, cpu, cuda or cuda:N.")
+    workers: Optional[int] = option(
+        None,
+        group=TRAINING,
+        kind="workers",
+        help="DataLoader worker processes: 'auto' (the usable cores, at most 8) or a number (0: load in the main "
+        "process).",
+    )
+    val_split: Optional[float] = option(
+        None, group=TRAINING, kind="float", help="As for finetune, when DATA has no train/ and val/."
+    )
+    steps: int = option(
+        2,
+        group=TIMING,
+        kind="int",
+        minimum=1,
+        help="Synthetic training steps timed per variant in each of 3 interleaved rounds.",
+    )
+    batches: Sequence[int] = option(
+        (1, 8), group=TIMING, kind="ints", flags=("--batch",), help="Inference batch sizes, comma-separated."
+    )
+    warmup: int = option(10, group=TIMING, kind="int", minimum=0, help="Untimed inference calls first.")
+    iters: int = option(50, group=TIMING, kind="int", minimum=1, help="Timed inference calls per backend and batch.")
+    rounds: int = option(5, group=TIMING, kind="int", minimum=1, help="Timing rounds.")
+    threads: Optional[int] = option(
+        None, group=TIMING, kind="int", minimum=1, help="Inference threads (default: the runtime's)."
+    )
+    out: Optional[str] = option(None, group=OUTPUT, kind="path", output=True, help="Default: models/variants-<time>/.")
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.image_cache not in IMAGE_CACHES:
-            raise ConfigError("--image-cache must be one of " + ", ".join(IMAGE_CACHES))
+            raise ConfigError.about("{image_cache} must be one of " + ", ".join(IMAGE_CACHES))
         if self.steps < 1:
-            raise ConfigError("--steps must be >= 1")
+            raise ConfigError.about("{steps} must be >= 1")
         if self.cut_at is None and self.arch not in DEFAULT_CUT:
-            raise ConfigError("no default --cut-at for {}; name a stage".format(self.arch))
+            raise ConfigError.about(f"no default {{cut_at}} for {self.arch}; name a stage")
         self.latency_config(["variants"])  # validates batches, warmup, iters, rounds
         for variant in self.variants():
             self.finetune_config(variant, Path("."))  # validates arch, stages, epochs, batch size, ...

@@ -12,8 +12,10 @@ from typing import Any
 import click
 
 from edgetl import __version__
+from edgetl.cli.declared import FLAGS_KEY
+from edgetl.core.options import flag_of
 from edgetl.core.world import ProcessRole
-from edgetl.errors import EdgetlError, GateError
+from edgetl.errors import ConfigError, EdgetlError, GateError
 
 EXIT_CODES = """\b
 Exit codes:
@@ -39,6 +41,9 @@ class EdgetlGroup(click.Group):
             return super().invoke(ctx)
         except GateError as exc:
             raise GateFailed(str(exc)) from None
+        except ConfigError as exc:  # its fields named by the running command's flags
+            flags = ctx.meta.get(FLAGS_KEY, {})
+            raise click.ClickException(_rank_prefix() + exc.naming(lambda name: flags.get(name) or flag_of(name)))
         except EdgetlError as exc:
             raise click.ClickException(_rank_prefix() + str(exc)) from None
         except OSError as exc:

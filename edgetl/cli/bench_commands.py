@@ -3,28 +3,25 @@ add a new benchmark as ``@bench.command("name")`` below (``COMMANDS`` registers 
 
 import json
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import click
 
 from edgetl.bench.latency import MAX_REGRESSION_PCT, LatencyConfig
-from edgetl.bench.variants_config import IMAGE_CACHES, VariantsConfig
+from edgetl.bench.variants_config import VARIANTS_GROUPS, VariantsConfig
+from edgetl.cli.declared import DeclaredCommand
 from edgetl.cli.options import (
-    AutoNumber,
     batch_size_option,
     checked_out_path,
     device_option,
     json_option,
-    out_option,
     runtime_device_option,
     workers_option,
 )
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.spec.formats import BACKENDS
-from edgetl.train.config import AUTO_EPOCHS
 
 _L = LatencyConfig  # defaults live in one place: the dataclasses
-_V = VariantsConfig
 
 
 def _listed(values: Sequence[int]) -> str:
@@ -184,96 +181,10 @@ def bench_data(
     click.echo(json.dumps(report, indent=2) if as_json else format_bench_data(report))
 
 
-@bench.command("variants")
-@click.argument("data", required=False, type=click.Path(path_type=Path))
-@click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=_V.arch, show_default=True)
-@click.option(
-    "--epochs",
-    type=AutoNumber(1),
-    default="auto",
-    show_default=True,
-    help="auto: as edgetl finetune (a linear head on cached features is solved, the others train {} epochs); "
-    "N: every variant trains N epochs.".format(AUTO_EPOCHS),
-)
-@click.option(
-    "--cut-at",
-    default=_V.cut_at,
-    metavar="STAGE",
-    help="Stage where the cut feature extractor ends (default: a mid/late stage, stage5 for mobilenet_v2).",
-)
-@click.option(
-    "--trainable-stages",
-    type=click.IntRange(min=1),
-    default=_V.trainable_stages,
-    show_default=True,
-    help="K: the partial variant trains the top K stages.",
-)
-@click.option(
-    "--image-cache",
-    type=click.Choice(IMAGE_CACHES),
-    default=_V.image_cache,
-    show_default=True,
-    help="--cache of the variants that do not train on cached features.",
-)
-@batch_size_option(_V.batch_size)
-@click.option("--weights", "weights_", default=_V.weights, help="As for finetune: a file, or 'none' for random init.")
-@device_option(_V.device, help="Training device: auto, cpu, cuda or cuda:N.")
-@workers_option
-@click.option(
-    "--val-split", type=float, default=_V.val_split, help="As for finetune, when DATA has no train/ and val/."
-)
-@click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=_V.steps,
-    show_default=True,
-    help="Synthetic training steps timed per variant in each of 3 interleaved rounds.",
-)
-@click.option(
-    "--batch",
-    "batches",
-    default=_listed(_V.batches),
-    show_default=True,
-    callback=_batches,
-    help="Inference batch sizes, comma-separated.",
-)
-@click.option("--warmup", type=click.IntRange(min=0), default=_V.warmup, show_default=True)
-@click.option(
-    "--iters",
-    type=click.IntRange(min=1),
-    default=_V.iters,
-    show_default=True,
-    help="Timed inference calls per backend and batch.",
-)
-@click.option("--rounds", type=click.IntRange(min=1), default=_V.rounds, show_default=True)
-@click.option(
-    "--threads", type=click.IntRange(min=1), default=_V.threads, help="Inference threads (default: the runtime's)."
-)
-@out_option("Default: models/variants-<time>/.")
+@bench.command("variants", cls=DeclaredCommand, configs=(VariantsConfig,), groups=VARIANTS_GROUPS)
 @json_option()
 @click.pass_context
-def bench_variants(
-    ctx: click.Context,
-    data: Optional[Path],
-    arch: str,
-    epochs: Optional[int],
-    cut_at: Optional[str],
-    trainable_stages: int,
-    image_cache: str,
-    batch_size: int,
-    weights_: Optional[str],
-    device: str,
-    workers: Optional[int],
-    val_split: Optional[float],
-    steps: int,
-    batches: Tuple[int, ...],
-    warmup: int,
-    iters: int,
-    rounds: int,
-    threads: Optional[int],
-    out: Optional[Path],
-    as_json: bool,
-) -> None:
+def bench_variants(ctx: click.Context, as_json: bool, **options: Any) -> None:
     """Which variant should I ship? Train frozen (with and without the feature cache), cut, partial and
     full variants on DATA, export each, and compare training cost, accuracy and latency per backend.
 
@@ -284,26 +195,7 @@ def bench_variants(
     from edgetl.bench.variants import compare_variants
     from edgetl.bench.variants_report import format_text
 
-    config = VariantsConfig(
-        data=None if data is None else str(data),
-        arch=arch,
-        epochs=epochs,
-        cut_at=cut_at,
-        trainable_stages=trainable_stages,
-        image_cache=image_cache,
-        batch_size=batch_size,
-        weights=weights_,
-        device=device,
-        workers=workers,
-        val_split=val_split,
-        steps=steps,
-        batches=batches,
-        warmup=warmup,
-        iters=iters,
-        rounds=rounds,
-        threads=threads,
-        out=None if out is None else str(out),
-    )
+    config = VariantsConfig(**options)
     report = compare_variants(config, progress=ctx.obj["progress"])
     click.echo(json.dumps(report, indent=2) if as_json else format_text(report))
 

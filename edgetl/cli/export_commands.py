@@ -13,48 +13,25 @@ from typing import Any, List, Optional, Sequence
 
 import click
 
+from edgetl.cli.declared import DeclaredCommand
 from edgetl.cli.options import (
     AliasedCommand,
     deprecated_alias,
     json_option,
     no_effect_flag,
-    out_option,
     runtime_device_option,
 )
 from edgetl.errors import ConfigError
-from edgetl.export.config import ExportConfig
-from edgetl.spec.formats import (
-    BACKENDS,
-    CALIB_METHODS,
-    CONSUMERS,
-    CPU_ISA_CHOICES,
-    INT8_FALLBACKS,
-    INT8_FORMS,
-    PRECISIONS,
-)
+from edgetl.export.config import EXPORT_GROUPS, ExportConfig
+from edgetl.spec.formats import BACKENDS, INT8_FORMS, PRECISIONS
 from edgetl.trt.plan import DEFAULT_WORKSPACE_MIB
 
-_D = ExportConfig  # defaults live in one place: the dataclass
+
+class ExportCommand(DeclaredCommand, AliasedCommand):
+    """``edgetl export``: its options are ExportConfig's fields (and the deprecated aliases of renamed ones)."""
 
 
-@click.command(cls=AliasedCommand)
-@click.argument("run", type=click.Path(path_type=Path))
-@out_option("Bundle folder (default: the run folder).")
-@click.option(
-    "--opset", type=int, default=_D.opset, show_default=True, help="ONNX opset (checked against --trt-version)."
-)
-@click.option(
-    "--for",
-    "targets",
-    type=click.Choice(CONSUMERS),
-    multiple=True,
-    default=_D.targets,
-    show_default=True,
-    help="Who runs the export (repeatable). bundle: edgetl's runtime, in OUT (always written); jetson-inference "
-    "(imagenet), deepstream (Gst-nvinfer) and triton (a model repository) each get OUT/<name>/, a folder "
-    "that consumer loads as it is, with a README.",
-)
-@click.option("--batch", type=int, default=_D.batch, help="Static batch size (default: dynamic batch axis).")
+@click.command(cls=ExportCommand, configs=(ExportConfig,), groups=EXPORT_GROUPS)
 @no_effect_flag("--dynamic-batch", "a dynamic batch axis is the default")
 @deprecated_alias(
     "--io-names",
@@ -63,119 +40,10 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     values={"default": ("bundle",), "jetson": ("jetson-inference",)},
     type=click.Choice(["default", "jetson"]),
 )
-@click.option(
-    "--bake-preprocess",
-    is_flag=True,
-    help="Also write model_baked.onnx: uint8 NHWC input, scale + mean/std inside the graph.",
-)
-@click.option("--int8", is_flag=True, help="Also write model_int8.onnx (static Q/DQ, calibrated, accuracy-gated).")
-@click.option(
-    "--int8-form",
-    type=click.Choice(INT8_FORMS),
-    default=_D.int8_form,
-    help="trt: symmetric signed Q/DQ for TensorRT (default with --trt); cpu: fastest on ONNX Runtime CPU.",
-)
 @deprecated_alias("--int8-target", "--int8-form", "int8_form", type=click.Choice(INT8_FORMS))
-@click.option(
-    "--int8-cpu-isa",
-    type=click.Choice(CPU_ISA_CHOICES),
-    default=_D.int8_cpu_isa,
-    show_default=True,
-    help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8S8 with 7-bit weights, "
-    "no saturation) or "
-    "arm64 (S8S8, e.g. a Jetson's Cortex-A78AE); auto: this machine's.",
-)
-@click.option(
-    "--calib-data",
-    default=_D.calib_data,
-    help="Calibration images: class folders, a flat folder, or a calibration manifest.json to rebuild "
-    "(default: the run's training split).",
-)
-@click.option("--calib-size", type=int, default=_D.calib_size, show_default=True)
-@click.option(
-    "--calib-method",
-    type=click.Choice(CALIB_METHODS),
-    default=_D.calib_method,
-    help="Default: entropy for the trt form (TensorRT's own calibrator; its symmetric ranges need outliers "
-    "clipped), minmax for the cpu form.",
-)
-@click.option(
-    "--calib-dir",
-    default=_D.calib_dir,
-    show_default=True,
-    help="Calibration manifests go to CALIB_DIR/<run name>-<hash of the run path>/manifest.json.",
-)
-@click.option(
-    "--max-int8-drop",
-    type=float,
-    default=_D.max_int8_drop,
-    show_default=True,
-    help="Fail (exit 3) unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
-    "train images) is within this many points.",
-)
-@click.option(
-    "--int8-fallback",
-    type=click.Choice(INT8_FALLBACKS),
-    default=_D.int8_fallback,
-    show_default=True,
-    help="auto: when INT8 misses the gate, keep the fewest most quantization-sensitive layers (ranked on "
-    "calibration images) in fp32 until it passes; none: fail instead.",
-)
-@click.option(
-    "--int8-fallback-max-layers",
-    type=int,
-    default=_D.int8_fallback_max_layers,
-    show_default=True,
-    help="The most layers --int8-fallback auto may keep in fp32.",
-)
-@click.option("--fp16", is_flag=True, help="FP16 engine (and model_fp16.onnx for TensorRT >= 11).")
-@click.option("--trt", is_flag=True, help="Build the TensorRT engine here (needs TensorRT and a GPU).")
-@click.option(
-    "--trt-version",
-    default=_D.trt_version,
-    show_default=True,
-    help="TensorRT on the device: 8.5, 8.6, 10.3, 10.x, 11.x or a full version; sets ONNX opset/IR limits.",
-)
 @deprecated_alias("--target-trt", "--trt-version", "trt_version")
-@click.option(
-    "--dla-core",
-    type=int,
-    default=_D.dla_core,
-    help="Build the engine for this Jetson DLA core (layers it cannot run fall back to the GPU; fp16 or int8).",
-)
-@click.option("--min-batch", type=int, default=_D.min_batch, help="Optimisation profile (dynamic batch), default 1.")
-@click.option("--opt-batch", type=int, default=_D.opt_batch, help="Default: --min-batch.")
-@click.option("--max-batch", type=int, default=_D.max_batch, help="Default: 8 (or --opt-batch if larger).")
-@click.option(
-    "--workspace",
-    "workspace_mib",
-    type=int,
-    default=_D.workspace_mib,
-    show_default=True,
-    help="TensorRT workspace memory pool, MiB.",
-)
-@click.option(
-    "--timing-cache", default=_D.timing_cache, help="Persistent TensorRT timing cache file (read and updated)."
-)
-@click.option(
-    "--val-images",
-    type=int,
-    default=_D.val_images,
-    show_default=True,
-    help="Validation images for the parity and accuracy gates (all of them up to this many).",
-)
-@click.option(
-    "--gate-images",
-    type=int,
-    default=_D.gate_images,
-    show_default=True,
-    help="Training images not used for calibration that the INT8 gate adds to the val images (at most).",
-)
-@click.option("--seed", type=int, default=_D.seed, show_default=True)
 @json_option()
-def export(
-    run: Path, out: Optional[Path], batch: Optional[int], dynamic_batch: bool, as_json: bool, **options: Any
-) -> None:
+def export(dynamic_batch: bool, as_json: bool, **options: Any) -> None:
     """Export RUN to a bundle: ONNX checked against PyTorch, optional INT8/FP16, TensorRT engine.
 
     Exits 3 when an artifact fails its gate (parity, INT8 accuracy, fp16); see export_report.json.
@@ -186,17 +54,18 @@ def export(
     edgetl export models/photos --trt --fp16          # engine (on a machine with TensorRT)
     edgetl export models/photos --for jetson-inference --for deepstream --out bundles/photos
     edgetl export models/photos --for triton --int8   # + OUT/triton/: a Triton model repository
+    edgetl export models/photos --config bundles/old/export_report.json   # an earlier export's options
     """
-    if batch is not None and dynamic_batch:
+    if options["batch"] is not None and dynamic_batch:
         raise ConfigError("--batch and --dynamic-batch exclude each other")
-    config = ExportConfig(run=str(run), out=None if out is None else str(out), batch=batch, **options)
+    config = ExportConfig(**options)
     from edgetl.export.job import export_run  # torch and onnx: seconds to import, after the options are checked
     from edgetl.export.report import format_report
 
     export_run(
         config, on_report=lambda r: click.echo(json.dumps(r, indent=2, default=float) if as_json else format_report(r))
     )
-    click.echo("bundle: {}".format(out or run))
+    click.echo("bundle: {}".format(options["out"] or options["run"]))
 
 
 def expand_images(inputs: Sequence[Path]) -> List[Path]:

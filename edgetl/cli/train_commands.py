@@ -2,37 +2,19 @@
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional, Sequence
 
 import click
 from click.core import ParameterSource
 
-from edgetl.cli.options import (
-    AutoNumber,
-    batch_size_option,
-    device_option,
-    json_option,
-    out_option,
-    workers_option,
-)
+from edgetl.cli.declared import FLAGS_KEY, DeclaredCommand, DeclaredOption
+from edgetl.cli.options import batch_size_option, device_option, json_option
+from edgetl.core.options import flag_of
 from edgetl.core.world import ProcessRole, under_launcher
 from edgetl.errors import ConfigError
 from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
-from edgetl.spec.formats import AUGMENTS, BALANCES, GEOMETRIES, TRAIN_GEOMETRIES
-from edgetl.train.config import (
-    AUTO_EPOCHS,
-    CACHES,
-    HEADS,
-    OPTIMIZER_DEFAULTS,
-    OPTIMIZERS,
-    STRATEGIES,
-    WARMUP_EPOCHS,
-    FinetuneConfig,
-    LaunchConfig,
-)
+from edgetl.train.config import FINETUNE_GROUPS, RUN, FinetuneConfig, LaunchConfig
 
-_D = FinetuneConfig  # defaults live in one place: the dataclasses
-_L = LaunchConfig
 _RAW_ARGS = "edgetl.raw_args"
 RESUME_OPTIONS = ("epochs", "nproc_per_node")  # what --resume may change
 
@@ -40,9 +22,9 @@ RESUME_OPTIONS = ("epochs", "nproc_per_node")  # what --resume may change
 class LaunchableCommand(click.Command):
     """Keeps the command line as typed, so that ``--nproc-per-node`` can run the same command in each process."""
 
-    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+    def parse_args(self, ctx: click.Context, args: Sequence[str]) -> Any:
         ctx.meta[_RAW_ARGS] = list(args)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, list(args))
 
 
 @click.group()
@@ -84,192 +66,29 @@ global batch); --workers is per process; rank 0 alone writes the run folder. --r
 with another --nproc-per-node."""
 
 
-@click.command(cls=LaunchableCommand, epilog=DISTRIBUTED_HELP)
-@click.argument("data", required=False, type=click.Path(path_type=Path))
-@click.option("--arch", type=click.Choice(sorted(BACKBONES)), default=_D.arch, show_default=True)
-@click.option(
-    "--strategy",
-    type=click.Choice(STRATEGIES),
-    default=_D.strategy,
-    show_default=True,
-    help="Freeze the whole conv base, train the last K stages, or train everything.",
+class FinetuneCommand(LaunchableCommand, DeclaredCommand):
+    """``edgetl finetune``: its options are FinetuneConfig's and LaunchConfig's fields."""
+
+    @staticmethod
+    def flag_for(ctx: click.Context, name: str) -> str:
+        return ctx.meta.get(FLAGS_KEY, {}).get(name) or flag_of(name)
+
+
+@click.command(
+    cls=FinetuneCommand,
+    epilog=DISTRIBUTED_HELP,
+    configs=(FinetuneConfig, LaunchConfig),
+    groups=FINETUNE_GROUPS,
 )
 @click.option(
-    "--trainable-stages",
-    type=int,
-    default=_D.trainable_stages,
-    show_default=True,
-    help="K for --strategy partial: how many named stages (from the top) train.",
-)
-@click.option(
-    "--cut-at",
-    default=None,
-    metavar="STAGE",
-    help="End the base early at this named stage: a smaller, faster feature extractor.",
-)
-@click.option("--head", type=click.Choice(HEADS), default=_D.head, show_default=True)
-@click.option(
-    "--epochs",
-    type=AutoNumber(),
-    default="auto",
-    show_default=True,
-    help="auto: a linear head on cached features (the feature extractor's default) is solved to convergence "
-    "(L-BFGS, L2 by cross-validation); anything else trains {} epochs. N: train N epochs.".format(AUTO_EPOCHS),
-)
-@click.option(
-    "--patience",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Stop after N epochs without a better val top-1 (ties: lower val loss); best.pt stays the best epoch.",
-)
-@batch_size_option(_D.batch_size, "Images per optimisation step: the global batch, over all processes.")
-@click.option(
-    "--lr",
-    type=AutoNumber(0.0, float),
-    default="auto",
-    show_default=True,
-    help="Learning rate of pretrained layers. auto: {} (AdamW) or {} (SGD) at batch 32, x sqrt(batch/32) for "
-    "AdamW, x batch/32 for SGD.".format(OPTIMIZER_DEFAULTS["adamw"].lr, OPTIMIZER_DEFAULTS["sgd"].lr),
-)
-@click.option(
-    "--head-lr-mult",
-    type=AutoNumber(0.0, float),
-    default="auto",
-    show_default=True,
-    help="The new head trains at lr x this. auto: {:g} (AdamW), {:g} (SGD).".format(
-        OPTIMIZER_DEFAULTS["adamw"].head_lr_mult, OPTIMIZER_DEFAULTS["sgd"].head_lr_mult
-    ),
-)
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=_D.optimizer, show_default=True)
-@click.option(
-    "--weight-decay",
-    type=AutoNumber(0.0, float),
-    default="auto",
-    show_default=True,
-    help="auto: {:g} (AdamW, decoupled), {:g} (SGD).".format(
-        OPTIMIZER_DEFAULTS["adamw"].weight_decay, OPTIMIZER_DEFAULTS["sgd"].weight_decay
-    ),
-)
-@click.option("--label-smoothing", type=float, default=_D.label_smoothing, show_default=True)
-@click.option(
-    "--warmup-epochs",
-    type=AutoNumber(0),
-    default="auto",
-    show_default=True,
-    help="Epochs of linear lr warm-up before the cosine decay. auto: 0 for the feature extractor (its base is "
-    "frozen), {} otherwise.".format(WARMUP_EPOCHS),
-)
-@click.option("--amp/--no-amp", default=None, help="Mixed precision (default: on with CUDA).")
-@device_option(_D.device)
-@click.option("--seed", type=int, default=_D.seed, show_default=True)
-@workers_option
-@click.option(
-    "--cache",
-    type=click.Choice(CACHES),
-    default=_D.cache,
-    show_default=True,
-    help="Input pipeline: none (PIL decoding each epoch), ram (decoded-image cache, crops per batch on "
-    "the device), features (frozen base run once, head trains on its features), auto (features "
-    "for feature-extractor, else ram).",
-)
-@click.option(
-    "--feature-views",
-    type=int,
-    default=_D.feature_views,
-    show_default=True,
-    help="--cache features: 0 = one un-augmented view per image, N = N random crop+flip views.",
-)
-@click.option(
-    "--val-split",
-    type=float,
-    default=None,
-    help="Hold out this fraction per class when DATA has no train/ and val/ folders (default 0.2).",
-)
-@click.option(
-    "--test-split",
-    type=float,
-    default=None,
-    help="Hold out this fraction per class (of train/ in a train/val layout) as a test split: no selection "
-    "(best.pt, --patience, the head's L2) sees it; the final report and 'edgetl evaluate RUN --split test' do.",
-)
-@click.option(
-    "--weights",
-    "weights_",
-    default=None,
-    help="A local state dict, or 'none' for random init (default: torchvision's, cached).",
-)
-@click.option(
-    "--sync-bn",
+    "--resume",
+    cls=DeclaredOption,
+    group=RUN,
     is_flag=True,
-    default=_D.sync_bn,
-    help="Distributed on CUDA: trainable BatchNorm layers use the statistics of the global batch (SyncBatchNorm).",
+    help="Continue the run in --out from its last.pt (with any --nproc-per-node).",
 )
-@click.option(
-    "--nproc-per-node",
-    type=click.IntRange(min=1),
-    default=_L.nproc_per_node,
-    show_default=True,
-    help="Train with N processes on this node (one per GPU; gloo on CPU), launched with torch.distributed.run. "
-    "Under torchrun it must match torchrun's.",
-)
-@click.option(
-    "--eval-geometry",
-    type=click.Choice(GEOMETRIES),
-    default=_D.eval_geometry,
-    show_default=True,
-    help="How val images become inputs, so best.pt is picked on what the device sees: center-crop, "
-    "imagenet-stretch (jetson-inference) or nvinfer-* (DeepStream). Written to preprocess.json and the bundle.",
-)
-@click.option(
-    "--train-geometry",
-    type=click.Choice(TRAIN_GEOMETRIES),
-    default=_D.train_geometry,
-    show_default=True,
-    help="random-resized-crop (+ flip), or a deployment geometry of the whole image + random flip. "
-    "Geometries other than these defaults train through --cache none.",
-)
-@click.option(
-    "--augment",
-    type=click.Choice(AUGMENTS),
-    default=_D.augment,
-    show_default=True,
-    help="Training augmentation: none (the eval view), default (--train-geometry's crop + flip), strong (default "
-    "+ TrivialAugmentWide per image + RandomErasing). Evaluation and the exported preprocessing never change.",
-)
-@click.option(
-    "--mixup",
-    type=click.FloatRange(min=0),
-    default=_D.mixup,
-    show_default=True,
-    help="MixUp with mixing weights from Beta(A, A); 0 = off. Not with --cache features.",
-)
-@click.option(
-    "--cutmix",
-    type=click.FloatRange(min=0),
-    default=_D.cutmix,
-    show_default=True,
-    help="CutMix with box areas from Beta(A, A); 0 = off. With --mixup too, each image gets one of the two.",
-)
-@click.option(
-    "--balance",
-    type=click.Choice(BALANCES),
-    default=_D.balance,
-    show_default=True,
-    help="Class imbalance: sampler (each class drawn equally often, with replacement) or loss (class-weighted "
-    "cross-entropy); a solved linear head (--epochs auto) fits class-weighted under either.",
-)
-@out_option("Run folder (default models/<arch>-<strategy>-<time>).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (with any --nproc-per-node).")
 @click.pass_context
-def finetune(
-    ctx: click.Context,
-    data: Optional[Path],
-    out: Optional[Path],
-    resume: bool,
-    weights_: Optional[str],
-    nproc_per_node: int,
-    **options: Any,
-) -> None:
+def finetune(ctx: click.Context, resume: bool, nproc_per_node: int, **options: Any) -> None:
     """Fine-tune a pretrained backbone on DATA (class folders; default: the built-in demo set).
 
     \b
@@ -277,20 +96,24 @@ def finetune(
     edgetl finetune photos/ --strategy partial --trainable-stages 3 --epochs 10 --out models/photos
     edgetl finetune --out models/photos --resume     # continue after an interruption
     edgetl finetune photos/ --strategy full --nproc-per-node 4 --out models/photos   # 4 GPUs
+    edgetl finetune photos/ --config models/old/config.json --out models/again       # a saved run's options
     """
-    launch = LaunchConfig(nproc_per_node)
+    launch = LaunchConfig(nproc_per_node=nproc_per_node)
     progress = ctx.obj["progress"]
+    out = None if options["out"] is None else Path(options["out"])
     epochs = options["epochs"] if _given(ctx, "epochs") else None
     config = None
     if resume:
         if out is None:
             raise ConfigError("--resume needs --out pointing at the run to continue")
         changed = [name for name in ctx.params if name not in ("out", "resume") + RESUME_OPTIONS and _given(ctx, name)]
+        if ctx.default_map:
+            changed.append("config")
         if changed:
             raise ConfigError(
                 "--resume continues with the run's saved options; only --epochs may be given (got: {}), and "
                 "--nproc-per-node to continue with another number of processes".format(
-                    ", ".join("--" + n.rstrip("_").replace("_", "-") for n in changed)
+                    ", ".join(FinetuneCommand.flag_for(ctx, n) for n in changed)
                 )
             )
     else:
@@ -298,9 +121,7 @@ def finetune(
             raise ConfigError(
                 "--trainable-stages applies to --strategy partial only (got --strategy {})".format(options["strategy"])
             )
-        config = FinetuneConfig(
-            data=None if data is None else str(data), out=None if out is None else str(out), weights=weights_, **options
-        )
+        config = FinetuneConfig(**options)
     from edgetl.train.loop import finetune as run_finetune  # torch: after the options are checked
     from edgetl.train.loop import history_table
     from edgetl.train.loop import resume as run_resume

@@ -49,7 +49,7 @@ def check_device_name(name: str) -> None:
     """ConfigError unless ``name`` is a torch ``--device`` edgetl trains on: auto, cpu, cuda or cuda:N (torch-free:
     the configs check it before any work, instead of torch's multi-line message when the device is made)."""
     if not isinstance(name, str) or not _DEVICE_NAME.match(name):
-        raise ConfigError("--device must be auto, cpu, cuda or cuda:N, got {!r}".format(name))
+        raise ConfigError.about(f"{{device}} must be auto, cpu, cuda or cuda:N, got {name!r}")
 
 
 def resolve_device(name: str) -> Any:

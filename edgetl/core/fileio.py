@@ -49,16 +49,18 @@ def file_fingerprints(paths: Iterable[Path]) -> List[List[Any]]:
 def check_out_path(path: Path, option: str, folder: bool = True) -> None:
     """Raise ConfigError unless ``path`` can become the output ``option`` names: a folder (``folder``) or a
     file, with no regular file in its place or among its parents (which mkdir would only report with a
-    traceback, after other work)."""
+    traceback, after other work). ``option``: a flag (``--out``), or a field as ``{out}``."""
     path = Path(path).expanduser()
     if path.exists() and folder and not path.is_dir():
-        raise ConfigError("{} {} is a file, not a folder".format(option, path))
+        raise ConfigError.about(f"{option} {{path}} is a file, not a folder", path=path)
     if path.is_dir() and not folder:
-        raise ConfigError("{} {} is a folder; give a file name".format(option, path))
+        raise ConfigError.about(f"{option} {{path}} is a folder; give a file name", path=path)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
-                raise ConfigError("{} {}: {} is a file, not a folder".format(option, path, parent))
+                raise ConfigError.about(
+                    f"{option} {{path}}: {{parent}} is a file, not a folder", path=path, parent=parent
+                )
             return
 
 

@@ -1,26 +1,29 @@
-"""The options of ``edgetl export`` (``ExportConfig``), validated on creation.
+"""The options of ``edgetl export`` (``ExportConfig``), validated on creation, each field declaring its
+command-line option.
 
-Torch-free and Python 3.8: the CLI imports this module for its defaults at import time, on the
+Torch-free and Python 3.8: the CLI builds ``edgetl export``'s options from this module, on the
 device too. Names (consumers, INT8 forms, calibration methods) come from ``edgetl.spec.formats``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
 from edgetl.core.cpu import cpu_isa
 from edgetl.core.fileio import check_out_path
+from edgetl.core.options import Shortcut, option
 from edgetl.errors import ConfigError
 from edgetl.spec.formats import (
     CALIB_METHODS,
     CONSUMERS,
+    CPU_ISA_CHOICES,
     DEFAULT_CALIB_METHODS,
-    INT8_CPU_FORMS,
     INT8_FALLBACKS,
     INT8_FORMS,
+    PRECISIONS,
     TARGETS,
 )
 from edgetl.trt.plan import (
@@ -45,107 +48,221 @@ def default_int8_form(trt: bool, dla_core: Optional[int], targets: Tuple[str, ..
     return "trt" if trt or dla_core is not None or any(t in _TRT_CONSUMERS for t in targets) else "cpu"
 
 
-_OPTION_NAMES = {"workspace_mib": "--workspace", "targets": "--for"}  # fields whose option is not --<field>
+PRECISION, INT8, TENSORRT, TARGETS_GROUP, OUTPUT = "Precision", "INT8", "TensorRT", "Targets", "Output and checks"
+EXPORT_GROUPS = (PRECISION, INT8, TENSORRT, TARGETS_GROUP, OUTPUT)  # the help's sections, in order
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Every option of ``edgetl export``; validated on creation."""
+    """Every option of ``edgetl export``; validated on creation. ``export_run`` saves it ``resolved`` (every
+    ``auto`` of the INT8 options made concrete) in the export report, and never changes it afterwards."""
 
-    run: str
-    out: Optional[str] = None  # None: the run folder
-    opset: int = 17
-    batch: Optional[int] = None  # None: dynamic batch axis (the jetson-inference target is always 1)
-    targets: Tuple[str, ...] = (BUNDLE,)  # --for: keys of edgetl.spec.formats.TARGETS; the bundle is always written
-    bake_preprocess: bool = False
-    int8: bool = False
-    int8_form: Optional[str] = None  # None: "trt" with trt=True, else "cpu"
-    int8_cpu_isa: str = "auto"  # the CPU the cpu form is built for (auto: this machine's; see spec.formats)
-    calib_data: Optional[str] = None  # class folders, a flat image folder or a calibration manifest
-    calib_size: int = DEFAULT_CALIB_SIZE
-    calib_method: Optional[str] = None  # None: the form's default (edgetl.spec.formats.DEFAULT_CALIB_METHODS)
-    calib_dir: str = "calibration"  # manifests go to <calib_dir>/<run name>-<path hash>/manifest.json
-    max_int8_drop: float = 1.0  # points: bound on INT8's top-1 disagreement with fp32 (edgetl.export.gate)
-    gate_images: int = 1000  # held-out training images (not used by calibration) the INT8 gate adds, at most
-    int8_fallback: str = INT8_FALLBACKS[0]  # auto: a missed gate keeps the most sensitive layers in fp32
-    int8_fallback_max_layers: int = 8  # the most layers the fallback may keep in fp32
-    fp16: bool = False
-    trt: bool = False
-    trt_version: str = DEFAULT_TARGET  # TensorRT on the device: sets the ONNX opset/IR limits
-    min_batch: Optional[int] = None
-    opt_batch: Optional[int] = None
-    max_batch: Optional[int] = None
-    workspace_mib: int = DEFAULT_WORKSPACE_MIB
-    timing_cache: Optional[str] = None
-    dla_core: Optional[int] = None  # build the engine for this Jetson DLA core (GPU fallback)
-    val_images: int = 500  # parity/accuracy images: all of the val split up to this many
-    seed: int = 0
+    run: str = option(argument=True, kind="path", group=OUTPUT)
+    out: Optional[str] = option(
+        None, group=OUTPUT, kind="path", output=True, help="Bundle folder (default: the run folder)."
+    )
+    opset: int = option(17, group=OUTPUT, kind="int", help="ONNX opset (checked against --trt-version).")
+    batch: Optional[int] = option(
+        None, group=OUTPUT, kind="int", help="Static batch size (default: dynamic batch axis)."
+    )  # the jetson-inference target is always 1
+    targets: Tuple[str, ...] = option(
+        (BUNDLE,),
+        group=TARGETS_GROUP,
+        flags=("--for",),
+        choices=CONSUMERS,
+        multiple=True,
+        help="Who runs the export (repeatable). bundle: edgetl's runtime, in OUT (always written); jetson-inference "
+        "(imagenet), deepstream (Gst-nvinfer) and triton (a model repository) each get OUT/<name>/, a folder "
+        "that consumer loads as it is, with a README.",
+    )
+    bake_preprocess: bool = option(
+        False,
+        group=OUTPUT,
+        kind="flag",
+        help="Also write model_baked.onnx: uint8 NHWC input, scale + mean/std inside the graph.",
+    )
+    precision: str = option(
+        "fp32",
+        group=PRECISION,
+        choices=PRECISIONS,
+        help="fp32: model.onnx alone; int8: also model_int8.onnx (static Q/DQ, calibrated, accuracy-gated); "
+        "fp16: an FP16 engine (and model_fp16.onnx for TensorRT >= 11).",
+        shortcuts=(
+            Shortcut("--int8", "int8", "Short for --precision int8."),
+            Shortcut("--fp16", "fp16", "Short for --precision fp16."),
+        ),
+    )
+    int8_form: Optional[str] = option(
+        None,
+        group=INT8,
+        choices=INT8_FORMS,
+        auto=True,
+        help="trt: symmetric signed Q/DQ for TensorRT; cpu: fastest on ONNX Runtime CPU. auto: trt with --trt, "
+        "--dla-core or --for deepstream, else cpu.",
+    )
+    int8_cpu_isa: str = option(
+        "auto",
+        group=INT8,
+        choices=CPU_ISA_CHOICES,
+        help="The CPU the cpu form is built for: vnni (U8S8), avx2 (x86 without VNNI: U8S8 with 7-bit weights, "
+        "no saturation) or arm64 (S8S8, e.g. a Jetson's Cortex-A78AE); auto: this machine's.",
+    )
+    calib_data: Optional[str] = option(
+        None,
+        group=INT8,
+        kind="path",
+        help="Calibration images: class folders, a flat folder, or a calibration manifest.json to rebuild "
+        "(default: the run's training split).",
+    )
+    calib_size: int = option(DEFAULT_CALIB_SIZE, group=INT8, kind="int", help="Calibration images, at most.")
+    calib_method: Optional[str] = option(
+        None,
+        group=INT8,
+        choices=CALIB_METHODS,
+        auto=True,
+        help="auto: entropy for the trt form (TensorRT's own calibrator; its symmetric ranges need outliers "
+        "clipped), minmax for the cpu form.",
+    )
+    calib_dir: str = option(
+        "calibration",
+        group=INT8,
+        kind="path",
+        help="Calibration manifests go to CALIB_DIR/<run name>-<hash of the run path>/manifest.json.",
+    )
+    max_int8_drop: float = option(
+        1.0,
+        group=INT8,
+        kind="float",
+        help="Fail (exit 3) unless the 95% upper bound of INT8's top-1 disagreement with fp32 (val + held-out "
+        "train images) is within this many points.",
+    )
+    gate_images: int = option(
+        1000,
+        group=INT8,
+        kind="int",
+        help="Training images not used for calibration that the INT8 gate adds to the val images (at most).",
+    )
+    int8_fallback: str = option(
+        INT8_FALLBACKS[0],
+        group=INT8,
+        choices=INT8_FALLBACKS,
+        help="auto: when INT8 misses the gate, keep the fewest most quantization-sensitive layers (ranked on "
+        "calibration images) in fp32 until it passes; none: fail instead.",
+    )
+    int8_fallback_max_layers: int = option(
+        8, group=INT8, kind="int", help="The most layers --int8-fallback auto may keep in fp32."
+    )
+    trt: bool = option(
+        False, group=TENSORRT, kind="flag", help="Build the TensorRT engine here (needs TensorRT and a GPU)."
+    )
+    trt_version: str = option(
+        DEFAULT_TARGET,
+        group=TENSORRT,
+        help="TensorRT on the device: 8.5, 8.6, 10.3, 10.x, 11.x or a full version; sets ONNX opset/IR limits.",
+    )
+    min_batch: Optional[int] = option(
+        None, group=TENSORRT, kind="int", help="Optimisation profile (dynamic batch), default 1."
+    )
+    opt_batch: Optional[int] = option(None, group=TENSORRT, kind="int", help="Default: --min-batch.")
+    max_batch: Optional[int] = option(None, group=TENSORRT, kind="int", help="Default: 8 (or --opt-batch if larger).")
+    workspace_mib: int = option(
+        DEFAULT_WORKSPACE_MIB,
+        group=TENSORRT,
+        kind="int",
+        flags=("--workspace",),
+        help="TensorRT workspace memory pool, MiB.",
+    )
+    timing_cache: Optional[str] = option(
+        None, group=TENSORRT, kind="path", help="Persistent TensorRT timing cache file (read and updated)."
+    )
+    dla_core: Optional[int] = option(
+        None,
+        group=TENSORRT,
+        kind="int",
+        help="Build the engine for this Jetson DLA core (layers it cannot run fall back to the GPU; fp16 or int8).",
+    )
+    val_images: int = option(
+        500,
+        group=OUTPUT,
+        kind="int",
+        help="Validation images for the parity and accuracy gates (all of them up to this many).",
+    )
+    seed: int = option(0, group=OUTPUT, kind="int", help="Seeds the choice of images and the random inputs.")
 
     def __post_init__(self) -> None:
         targets = tuple(dict.fromkeys(self.targets))
         unknown = [t for t in targets if t not in CONSUMERS]
         if unknown:
-            raise ConfigError("--for must be one of {}; got {}".format(", ".join(CONSUMERS), ", ".join(unknown)))
-        object.__setattr__(self, "targets", targets or (BUNDLE,))
-        if self.int8_form is None:
-            object.__setattr__(self, "int8_form", default_int8_form(self.trt, self.dla_core, targets))
-        if self.calib_method is None:
-            object.__setattr__(self, "calib_method", DEFAULT_CALIB_METHODS.get(self.int8_form or "", CALIB_METHODS[0]))
-        if self.int8_cpu_isa == "auto":
-            object.__setattr__(self, "int8_cpu_isa", cpu_isa())
+            raise ConfigError.about(f"{{targets}} must be one of {', '.join(CONSUMERS)}; got {', '.join(unknown)}")
+        int8 = self.precision == "int8"
+        form = self.int8_form or default_int8_form(self.trt, self.dla_core, targets)
+        method = self.calib_method or DEFAULT_CALIB_METHODS.get(form, CALIB_METHODS[0])
         checks = [
             (
                 self.opset in EXPORTER_OPSETS,
-                "--opset must be between {} and {}".format(EXPORTER_OPSETS[0], EXPORTER_OPSETS[-1]),
+                f"{{opset}} must be between {EXPORTER_OPSETS[0]} and {EXPORTER_OPSETS[-1]}",
             ),
-            (self.batch is None or self.batch >= 1, "--batch must be >= 1"),
-            (not (self.int8 and self.fp16), "choose one of --int8 and --fp16"),
-            (self.int8_form in INT8_FORMS, "--int8-form must be one of " + ", ".join(INT8_FORMS)),
-            (self.int8_cpu_isa in INT8_CPU_FORMS, "--int8-cpu-isa must be one of auto, " + ", ".join(INT8_CPU_FORMS)),
+            (self.batch is None or self.batch >= 1, "{batch} must be >= 1"),
+            (self.precision in PRECISIONS, "{precision} must be one of " + ", ".join(PRECISIONS)),
+            (form in INT8_FORMS, "{int8_form} must be one of " + ", ".join(INT8_FORMS)),
+            (self.int8_cpu_isa in CPU_ISA_CHOICES, "{int8_cpu_isa} must be one of " + ", ".join(CPU_ISA_CHOICES)),
             (
-                not (self.trt and self.int8 and self.int8_form == "cpu"),
-                "--int8-form cpu writes unsigned activations, which TensorRT rejects; use --int8-form trt with --trt",
+                not (self.trt and int8 and form == "cpu"),
+                "{int8_form} cpu writes unsigned activations, which TensorRT rejects; use {int8_form} trt with {trt}",
             ),
             (
-                not (self.int8 and self.int8_form == "cpu" and DEEPSTREAM in targets),
-                "--for deepstream runs INT8 through TensorRT, which rejects the cpu form; use --int8-form trt",
+                not (int8 and form == "cpu" and DEEPSTREAM in targets),
+                "{targets} deepstream runs INT8 through TensorRT, which rejects the cpu form; use {int8_form} trt",
             ),
             (
                 not (TRITON in targets and self.batch is not None),
-                "--for triton serves a dynamic batch (max_batch_size from the batch profile); drop --batch",
+                "{targets} triton serves a dynamic batch (max_batch_size from the batch profile); drop {batch}",
             ),
-            (self.int8 or self.calib_data is None, "--calib-data only applies with --int8"),
-            (self.calib_size >= 1, "--calib-size must be >= 1"),
-            (self.calib_method in CALIB_METHODS, "--calib-method must be one of " + ", ".join(CALIB_METHODS)),
-            (self.max_int8_drop >= 0, "--max-int8-drop must be >= 0"),
-            (self.val_images >= 1, "--val-images must be >= 1"),
-            (self.gate_images >= 0, "--gate-images must be >= 0"),
-            (self.int8_fallback in INT8_FALLBACKS, "--int8-fallback must be one of " + ", ".join(INT8_FALLBACKS)),
-            (self.int8_fallback_max_layers >= 1, "--int8-fallback-max-layers must be >= 1"),
-            (self.workspace_mib >= 1, "--workspace must be >= 1 MiB, got {}".format(self.workspace_mib)),
-            (
-                self.calib_data is None or Path(self.calib_data).expanduser().exists(),
-                "--calib-data not found: {}".format(self.calib_data),
-            ),
-            (self.timing_cache is None or not Path(self.timing_cache).is_dir(), "--timing-cache is a folder"),
-            (math.isfinite(self.max_int8_drop), "--max-int8-drop must be finite"),
+            (int8 or self.calib_data is None, "{calib_data} only applies with {precision} int8"),
+            (self.calib_size >= 1, "{calib_size} must be >= 1"),
+            (method in CALIB_METHODS, "{calib_method} must be one of " + ", ".join(CALIB_METHODS)),
+            (self.max_int8_drop >= 0, "{max_int8_drop} must be >= 0"),
+            (self.val_images >= 1, "{val_images} must be >= 1"),
+            (self.gate_images >= 0, "{gate_images} must be >= 0"),
+            (self.int8_fallback in INT8_FALLBACKS, "{int8_fallback} must be one of " + ", ".join(INT8_FALLBACKS)),
+            (self.int8_fallback_max_layers >= 1, "{int8_fallback_max_layers} must be >= 1"),
+            (self.workspace_mib >= 1, f"{{workspace_mib}} must be >= 1 MiB, got {self.workspace_mib}"),
+            (math.isfinite(self.max_int8_drop), "{max_int8_drop} must be finite"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(message)
+                raise ConfigError.about(message)
+        if self.calib_data is not None and not Path(self.calib_data).expanduser().exists():
+            raise ConfigError.about("{calib_data} not found: {path}", path=self.calib_data)
+        if self.timing_cache is not None and Path(self.timing_cache).is_dir():
+            raise ConfigError.about("{timing_cache} is a folder")
         onnx_versions(resolve_target(self.trt_version), self.opset)
         profile = self.profile()  # validates the batch range
         if self.out is not None:
-            check_out_path(Path(self.out), "--out")
+            check_out_path(Path(self.out), "{out}")
         if self.dla_core is not None:
-            if self.int8 and self.int8_form != "trt":
-                raise ConfigError("--dla-core: DLA INT8 takes the trt form's calibration cache; use --int8-form trt")
+            if int8 and form != "trt":
+                raise ConfigError.about(
+                    "{dla_core}: DLA INT8 takes the trt form's calibration cache; use {int8_form} trt"
+                )
             static = profile is None or profile.min == profile.max
             check_dla(resolve_target(self.trt_version), self.precision, self.dla_core, static)
 
-    @property
-    def precision(self) -> str:
-        return "int8" if self.int8 else "fp16" if self.fp16 else "fp32"
+    def resolved(self) -> "ExportConfig":
+        """This config as the export runs it and saves it: the targets without repeats, and for an INT8 export
+        its form, calibration method and CPU (``auto``: this machine's) made concrete. Options that do not
+        apply (the INT8 ones of an fp32 export) stay as given. Resolving a resolved config changes nothing."""
+        targets = tuple(dict.fromkeys(self.targets)) or (BUNDLE,)
+        if self.precision != "int8":
+            return replace(self, targets=targets)
+        form = self.int8_form or default_int8_form(self.trt, self.dla_core, targets)
+        return replace(
+            self,
+            targets=targets,
+            int8_form=form,
+            calib_method=self.calib_method or DEFAULT_CALIB_METHODS.get(form, CALIB_METHODS[0]),
+            int8_cpu_isa=cpu_isa() if self.int8_cpu_isa == "auto" else self.int8_cpu_isa,
+        )
 
     @property
     def tensor_names(self) -> Tuple[str, str]:
@@ -160,25 +277,3 @@ class ExportConfig:
     def profile(self) -> Optional[BatchProfile]:
         """The engine's batch range: None for a static batch (then any given range must equal it)."""
         return batch_profile(self.batch, self.min_batch, self.opt_batch, self.max_batch)
-
-    def cli_args(self) -> List[str]:
-        """The ``edgetl export`` arguments that make this config (options at their defaults left out)."""
-        implied: Dict[str, Any] = {
-            "int8_form": default_int8_form(self.trt, self.dla_core, self.targets),
-            "int8_cpu_isa": cpu_isa(),
-            "calib_method": DEFAULT_CALIB_METHODS.get(self.int8_form or ""),
-        }
-        args = [self.run]
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.name == "run" or value == implied.get(field.name, field.default):
-                continue
-            flag = _OPTION_NAMES.get(field.name, "--" + field.name.replace("_", "-"))
-            if isinstance(value, bool):
-                args.append(flag)
-            elif isinstance(value, tuple):
-                for item in value:
-                    args += [flag, str(item)]
-            else:
-                args += [flag, str(value)]
-        return args

@@ -422,7 +422,9 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
     """Export ``config.run``; returns the report. ``on_report`` sees the report before a failure is raised.
 
     Raises GateError when a gate fails, DependencyError when ``trt`` is set and TensorRT is not importable
-    (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written)."""
+    (after the ONNX models, build_engine.sh, bundle.json and export_report.json are written). The report saves
+    ``config.resolved()``, the options as this export ran them."""
+    config = config.resolved()
     preflight(config)
     run = Path(config.run)
     if not (run / "split.json").is_file() or not (run / "best.pt").is_file():
@@ -445,9 +447,9 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
         if passed:
             if config.bake_preprocess:
                 job.baked()
-            if config.int8:
+            if config.precision == "int8":
                 job.int8()
-            if config.fp16 and job.target.strongly_typed:
+            if config.precision == "fp16" and job.target.strongly_typed:
                 job.fp16()
             job.geometry_accuracy()
             if not job.report["failures"]:

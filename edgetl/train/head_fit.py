@@ -1,22 +1,22 @@
-"""How a run trains its head when ``--epochs`` is auto, and what its run folder says afterwards.
+"""How a run with ``--head-fit solve`` fits its head, and what its run folder says afterwards.
 
-``--epochs`` auto (the default) with a linear head on cached features (the feature extractor's default
-pipeline): the head is a convex problem, solved to convergence once (``edgetl.train.linear_head``)
-instead of stepped through epochs. That solve is recorded as epoch 1 of 1: ``metrics.csv`` holds one row
-(train loss and top-1 of the solved head on the training features, val metrics, lr columns 0: L-BFGS has
-no step size, its time as ``epoch_time_s``); ``best.pt`` and ``last.pt`` both hold the solution; the fit's
-facts (L2 strength, cross-validation scores, iterations, why it stopped) are in ``summary.json`` and the
-checkpoints. ``--resume`` of a finished fit changes nothing; a fit killed before it ends left no
-``last.pt`` and simply runs again. Every other case (partial, full, an MLP head, ``--cache none``) trains
-``AUTO_EPOCHS`` epochs; a given ``--epochs N`` always trains N epochs. ``--balance`` (sampler or loss) makes
-the fit class-weighted, ``N / (C n_c)``: drawing each class equally often is, in expectation, that weighting,
-and a full-batch fit has no draws.
+``--head-fit`` auto (the default) resolves to solve for a linear head on cached features (the feature
+extractor's default pipeline) when ``--epochs`` is auto: the head is a convex problem, solved to
+convergence once (``edgetl.train.linear_head``) instead of stepped through epochs. That solve is
+recorded as epoch 1 of 1: ``metrics.csv`` holds one row (train loss and top-1 of the solved head on the
+training features, val metrics, lr columns 0: L-BFGS has no step size, its time as ``epoch_time_s``);
+``best.pt`` and ``last.pt`` both hold the solution; the fit's facts (L2 strength, cross-validation
+scores, iterations, why it stopped) are in ``summary.json`` and the checkpoints. ``--resume`` of a
+finished fit changes nothing; a fit killed before it ends left no ``last.pt`` and simply runs again.
+Every other case (partial, full, an MLP head, ``--cache none``) resolves to ``--head-fit epochs`` and
+trains ``AUTO_EPOCHS`` epochs; a given ``--epochs N`` trains N epochs. ``--balance`` (sampler or loss)
+makes the fit class-weighted, ``N / (C n_c)``: drawing each class equally often is, in expectation,
+that weighting, and a full-batch fit has no draws.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -25,24 +25,12 @@ from edgetl.core.device import DeviceSetup
 from edgetl.data.folders import DatasetSplit
 from edgetl.data.sampling import balanced_class_weights
 from edgetl.train.checkpoint import load_run, preprocess_of
-from edgetl.train.config import AUTO_EPOCHS, FinetuneConfig
+from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_samples
 from edgetl.train.linear_head import FOLDS, L2_GRID, fit_linear_head, sklearn_c
 
 torch = require("torch")
 log = logging.getLogger(__name__)
-
-
-def solves_head(config: FinetuneConfig, cache: str) -> bool:
-    """Whether ``config`` (with ``cache``, the resolved pipeline) fits its head as a convex problem."""
-    return config.epochs is None and config.head == "linear" and cache == "features"
-
-
-def resolve_epochs(config: FinetuneConfig, cache: str) -> FinetuneConfig:
-    """``--epochs`` auto resolved: None stays (the convex fit) where it applies, else ``AUTO_EPOCHS``."""
-    if config.epochs is not None or solves_head(config, cache):
-        return config
-    return replace(config, epochs=AUTO_EPOCHS)
 
 
 def fit_head(pipeline: Any, model: Any, classes: int, config: FinetuneConfig) -> Tuple[Tuple[float, float], dict]:

@@ -6,6 +6,8 @@ loaders, per batch on the device: ``edgetl.data.batch_augment``) and ``--balance
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from edgetl.core.device import DeviceSetup, resolve_workers, total_memory_bytes
@@ -17,6 +19,7 @@ from edgetl.data.pipelines import image_pipeline
 from edgetl.data.sampling import balanced_sample_weights, imbalance_warning
 from edgetl.data.strong_augment import LEVELS
 from edgetl.errors import ConfigError
+from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.spec.geometry import cached_views_suffice
 from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
@@ -47,6 +50,16 @@ def resolve_cache(
     return "ram", "decoded-image cache ({:.2f} GB): images are decoded once, crops are cut per batch{}".format(
         need / 1e9, mixing
     )
+
+
+def resolve_config(config: FinetuneConfig, split: DatasetSplit, run_dir: Path) -> FinetuneConfig:
+    """``config`` as the run in ``run_dir`` on ``split`` saves it: ``FinetuneConfig.resolved`` with the pipeline
+    ``--cache auto`` chooses here (logged)."""
+    spec = replace(preprocess_spec(get_backbone(config.arch, config.cut_at)), geometry=config.eval_geometry)
+    cache, reason = resolve_cache(config, split, spec)
+    if config.cache == "auto":
+        log.info("--cache auto: using %s (%s)", cache, reason)
+    return config.resolved(cache, str(run_dir))
 
 
 def build_pipeline(

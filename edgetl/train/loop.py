@@ -39,8 +39,8 @@ from edgetl.train.distributed import (
     start_world,
     use_sync_batch_norm,
 )
-from edgetl.train.head_fit import fit_head, resolve_epochs, stop_reason, test_report
-from edgetl.train.inputs import build_pipeline, resolve_cache
+from edgetl.train.head_fit import fit_head, stop_reason, test_report
+from edgetl.train.inputs import build_pipeline, resolve_config
 from edgetl.train.model import HeadConfig, build_model, count_parameters
 from edgetl.train.objective import training_loss
 from edgetl.train.run_folder import check_new_run, claim_new_run, claim_resumed_run, record
@@ -89,7 +89,7 @@ def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[D
     setup, world = _join(config, setup)
     held = ExitStack()  # rank 0's lock on the run folder, held until the run ends
 
-    def start_run() -> Tuple[Path, DatasetSplit]:
+    def start_run() -> Tuple[Path, DatasetSplit, FinetuneConfig]:
         run_dir = default_run_dir(config)
         check_new_run(run_dir)  # before the dataset scan: a refused folder costs nothing
         if config.data is None:
@@ -100,15 +100,16 @@ def finetune(config: FinetuneConfig, progress: bool = True, *, setup: Optional[D
         split = load_dataset(root, config.val_split, config.seed, config.test_split)
         if split.skipped:
             log.warning("skipped %d unreadable file(s); listed in %s", len(split.skipped), run_dir / "skipped.txt")
+        resolved = resolve_config(config, split, run_dir)  # before any write: a refused config leaves nothing
         claim_new_run(held, run_dir)
         split.save(run_dir)
-        atomic_write_text(run_dir / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+        atomic_write_text(run_dir / "config.json", json.dumps(asdict(resolved), indent=2) + "\n")
         record(run_dir, ("split.json", "skipped.txt", "config.json"))
-        return run_dir, split
+        return run_dir, split, resolved
 
     with held, _ending(world):
-        run_dir, split = world.run_on_main(start_run, "scanning the dataset")
-        return _train(config, run_dir, split, None, progress, setup, world)
+        run_dir, split, resolved = world.run_on_main(start_run, "scanning the dataset")
+        return _train(resolved, run_dir, split, None, progress, setup, world)
 
 
 def resume(
@@ -129,15 +130,17 @@ def resume(
 def resumed_config(state: Dict[str, Any], epochs: Optional[int] = None) -> FinetuneConfig:
     """The options a run continues with: those saved in its checkpoint ``state``, with ``epochs`` if given."""
     config = FinetuneConfig.from_dict(state["config"])
-    if epochs is not None and config.epochs is None:
-        raise ConfigError(
-            "this run solved its linear head to convergence (--epochs auto): there is nothing to continue; "
-            "start a new run with --epochs N to train by epochs"
+    if epochs is None:
+        return config
+    if config.head_fit == "solve" or state.get("head_fit"):  # an earlier version saved head_fit auto
+        raise ConfigError.about(
+            "this run solved its linear head to convergence ({head_fit} solve): there is nothing to continue; "
+            "start a new run with {epochs} N to train by epochs"
         )
     done = int(state["epoch"]) + 1
-    if epochs is not None and epochs < done:
-        raise ConfigError("--epochs {} is fewer than the {} epochs this run has done".format(epochs, done))
-    return config if epochs is None else replace(config, epochs=epochs)
+    if epochs < done:
+        raise ConfigError.about(f"{{epochs}} {epochs} is fewer than the {done} epochs this run has done")
+    return replace(config, epochs=epochs)
 
 
 def _join(config: FinetuneConfig, setup: Optional[DeviceSetup]) -> Tuple[DeviceSetup, World]:
@@ -188,10 +191,11 @@ def _train(
     started = time.perf_counter()
     spec = get_backbone(config.arch, config.cut_at)
     preprocess = replace(preprocess_spec(spec), geometry=config.eval_geometry)
-    config = resolve_epochs(config, resolve_cache(config, split, preprocess)[0])  # None: the convex head fit
+    config = resolve_config(config, split, run_dir)  # resolved already, unless an earlier version saved it
     model, optimizer, scheduler, scaler = _build(config, split, setup, world, state)
     val_loss = torch.nn.CrossEntropyLoss()  # plain, as `evaluate` reports it: smoothing and weights train only
     history: List[Dict[str, float]] = []
+    solving = config.head_fit == "solve"  # the convex fit, recorded as epoch 1 of 1
     start_epoch, total = 0, config.epochs or 1
     head_fit: Dict[str, Any] = {} if state is None else dict(state.get("head_fit") or {})
     if state is not None:
@@ -208,7 +212,6 @@ def _train(
 
     pipeline = build_pipeline(config, split, preprocess, model, setup, world)
     world.wait_for_all("building the input pipeline")  # a node's cache build may outlast a collective's timeout
-    config = replace(config, cache=pipeline.name)  # checkpoints record the pipeline auto chose
     trained = pipeline.module(model)  # the whole model, or only its head on cached features
     labels = [s.label for s in split.train]
     loss = training_loss(config.label_smoothing, config.balance, labels, len(split.classes), setup.device)
@@ -224,7 +227,7 @@ def _train(
         torch.manual_seed(rank_seed(config.seed, epoch, world.rank))  # dropout etc.: a function of (seed, epoch, rank)
         tick = time.perf_counter()
         with _images_vanished(run_dir, epoch):
-            if config.epochs is None:
+            if solving:
                 (train_loss, train_top1), head_fit = fit_head(pipeline, model, len(split.classes), config)
                 lrs = {"base": 0.0, "head": 0.0}  # no step size: L-BFGS with a line search
             else:
@@ -243,7 +246,7 @@ def _train(
         stopped = early_stop(history, config.patience)
         if world.is_main:
             log.info(_epoch_line(history[-1], total))
-            if config.epochs is not None:
+            if not solving:
                 guard.check(history)
             training = (optimizer, scheduler, scaler)
             payload = _payload(config, split, model, preprocess, training, epoch, history, head_fit)
@@ -431,7 +434,7 @@ def _summary(
         "cache": config.cache,
         "params_total": count_parameters(model),
         "params_trainable": count_parameters(model, trainable_only=True),
-        "epochs": config.epochs or "auto: linear head solved on cached features",
+        "epochs": config.epochs,  # None: the head was solved (its facts: "head_fit")
         "epochs_run": len(history),
         "best_epoch": best["epoch"],
         "best_val_top1": best["val_top1"],

@@ -162,11 +162,11 @@ def test_every_arch_has_a_valid_default_cut() -> None:
 def test_bad_options_fail_with_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot cut mobilenet_v2 at 'mixed7'"):
         VariantsConfig(cut_at="mixed7")
-    with pytest.raises(ConfigError, match="--trainable-stages"):
+    with pytest.raises(ConfigError, match="trainable_stages must be between"):
         VariantsConfig(trainable_stages=99)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("x")
     result = CliRunner().invoke(main, ["bench", "variants", "--out", str(tmp_path / "out"), "--device", "cpu"])
     assert result.exit_code == 1 and "is not empty; choose another --out" in result.output
     result = CliRunner().invoke(main, ["bench", "variants", "--batch", "1,x"])
-    assert result.exit_code == 2 and "a comma-separated list of batch sizes" in result.output
+    assert result.exit_code == 2 and "a comma-separated list of whole numbers" in result.output

@@ -172,7 +172,7 @@ def test_for_jetson_inference_names_softmax_static_batch_1_and_older_target(tiny
 
 
 def test_fp16_for_tensorrt_11_writes_an_fp16_onnx(tiny_run, tmp_path):
-    report = _export(tiny_run, tmp_path, fp16=True, trt_version="11.x")
+    report = _export(tiny_run, tmp_path, precision="fp16", trt_version="11.x")
     assert [a["file"] for a in report["artifacts"]] == ["model.onnx", "model_fp16.onnx"]
     initializers = onnx.load(str(tmp_path / "model_fp16.onnx")).graph.initializer
     assert {t.data_type for t in initializers if t.data_type in (1, 10)} == {onnx.TensorProto.FLOAT16}
@@ -193,14 +193,14 @@ def test_trt_without_tensorrt_fails_after_writing_onnx_and_script(tiny_run, tmp_
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"int8": True, "fp16": True}, "one of --int8 and --fp16"),
-        ({"trt": True, "int8": True, "int8_form": "cpu"}, "TensorRT rejects"),
-        ({"calib_data": "x"}, "only applies with --int8"),
+        ({"precision": "int4"}, "precision must be one of fp32, fp16, int8"),
+        ({"trt": True, "precision": "int8", "int8_form": "cpu"}, "TensorRT rejects"),
+        ({"calib_data": "x"}, "calib_data only applies with precision int8"),
         ({"opset": 18, "trt_version": "8.6"}, "opset <= 17"),
-        ({"opset": 12}, "--opset must be between 13"),
+        ({"opset": 12}, "^opset must be between 13"),
         ({"batch": 2, "max_batch": 8}, "static"),
         ({"min_batch": 4, "opt_batch": 2}, "min-batch"),
-        ({"targets": ("caffe",)}, "--for must be one of bundle, jetson-inference"),
+        ({"targets": ("caffe",)}, "^targets must be one of bundle, jetson-inference"),
     ],
 )
 def test_export_config_rejects_conflicts(options, message):
@@ -210,7 +210,9 @@ def test_export_config_rejects_conflicts(options, message):
 
 def test_export_config_defaults():
     config = ExportConfig(run="models/x")
-    assert config.int8_form == "cpu" and ExportConfig(run="x", trt=True).int8_form == "trt"
+    assert config.int8_form is None and config.resolved().int8_form is None  # fp32: the INT8 options do not apply
+    assert ExportConfig(run="x", precision="int8").resolved().int8_form == "cpu"
+    assert ExportConfig(run="x", precision="int8", trt=True).resolved().int8_form == "trt"
     assert config.batch is None and config.targets == ("bundle",) and config.dla_core is None
     assert config.profile().max == 8 and config.precision == "fp32"
 

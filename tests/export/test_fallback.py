@@ -115,7 +115,7 @@ def sensitive(tmp_path_factory):
 
 
 def _step(sensitive, tmp_path, form, **options):
-    config = ExportConfig(run="unused", int8=True, int8_form=form, max_int8_drop=5.0, **options)
+    config = ExportConfig(run="unused", precision="int8", int8_form=form, max_int8_drop=5.0, **options)
     images = sensitive["images"]
 
     def outputs(path):
@@ -200,7 +200,7 @@ def test_a_cap_too_small_fails_with_a_line_saying_what_to_raise(sensitive, tmp_p
 )  # fmt: skip
 def test_fallback_options_are_validated(options, message):
     with pytest.raises(ConfigError, match=message):
-        ExportConfig(run="r", int8=True, **options)
+        ExportConfig(run="r", precision="int8", **options)
 
 
 def test_report_without_fallback_says_nothing_about_it():

@@ -76,7 +76,7 @@ def test_cpu_form_is_built_for_the_named_isa(
         ExportConfig(
             run=str(tiny_run),
             out=str(tmp_path),
-            int8=True,
+            precision="int8",
             int8_form="cpu",
             int8_cpu_isa=isa,
             calib_size=12,
@@ -102,7 +102,7 @@ def test_runtime_warns_when_the_cpu_differs(tiny_run: Path, tmp_path: Path, capl
         ExportConfig(
             run=str(tiny_run),
             out=str(tmp_path),
-            int8=True,
+            precision="int8",
             int8_form="cpu",
             int8_cpu_isa="arm64",
             calib_size=12,

@@ -89,7 +89,7 @@ def test_trt_form_is_symmetric_signed_with_float_bias(tiny_run, tmp_path):
         ExportConfig(
             run=str(tiny_run),
             out=str(tmp_path),
-            int8=True,
+            precision="int8",
             int8_form="trt",
             calib_size=12,
             max_int8_drop=100.0,
@@ -119,7 +119,7 @@ def test_int8_cpu_form_keeps_top1_within_the_gate_on_demo_data(demo_mobilenet_v2
         ExportConfig(
             run=str(demo_mobilenet_v2_run),
             out=str(tmp_path),
-            int8=True,
+            precision="int8",
             int8_form="cpu",
             calib_dir=str(tmp_path / "calibration"),
         )

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.core.fileio import sha256_file
+from edgetl.core.options import command_args
 from edgetl.errors import ConfigError, DependencyError
 from edgetl.export.calibration_cache import activation_scales
 from edgetl.export.job import ExportConfig, export_run
@@ -62,7 +63,7 @@ def exported(tiny_run, tmp_path_factory):
     recorded, not enforced)."""
     out = tmp_path_factory.mktemp("targets") / "bundle"
     config = ExportConfig(
-        run=str(tiny_run), out=str(out), targets=TARGETS, int8=True, calib_size=12, max_int8_drop=100.0,
+        run=str(tiny_run), out=str(out), targets=TARGETS, precision="int8", calib_size=12, max_int8_drop=100.0,
         calib_dir=str(out.parent / "calibration"),
     )  # fmt: skip
     return out, export_run(config), config
@@ -275,9 +276,9 @@ def test_jetson_inference_refuses_other_normalisation_before_any_write(tiny_run,
 @pytest.mark.parametrize(
     "options, error, message",
     [
-        ({"targets": ("triton",), "batch": 1}, ConfigError, "--for triton serves a dynamic batch"),
-        ({"targets": ("deepstream",), "int8": True, "int8_form": "cpu"}, ConfigError, "rejects the cpu form"),
-        ({"targets": ("caffe",)}, ConfigError, "--for must be one of bundle, jetson-inference, deepstream, triton"),
+        ({"targets": ("triton",), "batch": 1}, ConfigError, "^targets triton serves a dynamic batch"),
+        ({"targets": ("deepstream",), "precision": "int8", "int8_form": "cpu"}, ConfigError, "rejects the cpu form"),
+        ({"targets": ("caffe",)}, ConfigError, "^targets must be one of bundle, jetson-inference, deepstream, triton"),
     ],
 )
 def test_target_conflicts_are_one_line_errors(options, error, message):
@@ -295,22 +296,25 @@ def test_triton_without_tritonclient_names_the_package(tiny_run, tmp_path, monke
 
 
 def test_deepstream_defaults_to_the_tensorrt_int8_form():
-    assert ExportConfig(run="x", targets=("deepstream",), int8=True).int8_form == "trt"
-    assert ExportConfig(run="x", targets=("triton",), int8=True).int8_form == "cpu"
+    assert ExportConfig(run="x", targets=("deepstream",), precision="int8").resolved().int8_form == "trt"
+    assert ExportConfig(run="x", targets=("triton",), precision="int8").resolved().int8_form == "cpu"
 
 
-def test_cli_args_give_back_the_same_config(monkeypatch, tmp_path):
+def test_the_command_of_a_config_gives_back_the_same_config(monkeypatch, tmp_path):
     import edgetl.export.job as job
 
     seen = {}
-    monkeypatch.setattr(job, "export_run", lambda config, on_report=None: seen.setdefault("config", config))
+    monkeypatch.setattr(job, "export_run", lambda config, on_report=None: seen.update(config=config))
     config = ExportConfig(
-        run=str(tmp_path), targets=("deepstream", "triton"), int8=True, max_int8_drop=0.5, workspace_mib=512,
+        run=str(tmp_path), targets=("deepstream", "triton"), precision="int8", max_int8_drop=0.5, workspace_mib=512,
         trt_version="8.6", calib_method="entropy",
     )  # fmt: skip
-    result = CliRunner().invoke(main, ["export", *config.cli_args()])
+    result = CliRunner().invoke(main, ["export", *command_args(config)])
     assert result.exit_code == 0, result.output
     assert seen["config"] == config
+    resolved = config.resolved()
+    assert CliRunner().invoke(main, ["export", *command_args(resolved)]).exit_code == 0
+    assert seen["config"] == resolved
 
 
 def test_labels_a_reader_would_split_are_refused(tmp_path):

@@ -67,7 +67,7 @@ def test_the_config_dataclasses_refuse_what_the_cli_refuses() -> None:
     for options in ({"lr": float("inf")}, {"device": "cdua"}, {"batch_size": 0}, {"workers": -1}):
         with pytest.raises(ConfigError):
             FinetuneConfig(**options)
-    for options in ({"workspace_mib": -1}, {"int8": True, "calib_data": "/definitely/missing"}):
+    for options in ({"workspace_mib": -1}, {"precision": "int8", "calib_data": "/definitely/missing"}):
         with pytest.raises(ConfigError):
             ExportConfig(run="r", **options)
 

@@ -47,7 +47,7 @@ def int8_bundle(demo_mobilenet_v2_run, tmp_path_factory):
             run=str(demo_mobilenet_v2_run),
             out=str(out),
             bake_preprocess=True,
-            int8=True,
+            precision="int8",
             calib_size=16,
             max_int8_drop=100.0,
             val_images=8,

@@ -91,7 +91,9 @@ def test_default_feature_extractor_solves_its_head_and_resume_keeps_it(make_imag
     data = make_image_folder({"a": 8, "b": 8, "c": 8}, size=40)
     result = finetune(_config(data, tmp_path / "run"), progress=False)
     summary = result.summary
-    assert summary["cache"] == "features" and summary["epochs"].startswith("auto")
+    assert summary["cache"] == "features" and summary["epochs"] is None  # solved: no epochs
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert (saved["head_fit"], saved["epochs"], saved["cache"]) == ("solve", None, "features")  # resolved
     assert summary["stopped"].startswith("linear head solved (convex): converged")
     assert summary["head_fit"]["cv_folds"] == 5 and summary["head_fit"]["l2"] > 0
     rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))

@@ -316,7 +316,8 @@ def int8_static_bundle(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "bundle"
     export_run(
         ExportConfig(
-            run=str(tiny_run), out=str(out), batch=1, int8=True, int8_form="trt", calib_size=12, max_int8_drop=100.0,
+            run=str(tiny_run), out=str(out), batch=1, precision="int8", int8_form="trt", calib_size=12,
+            max_int8_drop=100.0,
             calib_dir=str(out.parent / "calibration"),
         )
     )  # fmt: skip
@@ -388,7 +389,7 @@ def test_export_with_trt_builds_for_the_dla_core(tiny_run, tmp_path, monkeypatch
     from edgetl.export.job import ExportConfig, export_run
 
     fake_trt.install(monkeypatch, "10.3")
-    config = ExportConfig(run=str(tiny_run), out=str(tmp_path), batch=1, fp16=True, trt=True, dla_core=0)
+    config = ExportConfig(run=str(tiny_run), out=str(tmp_path), batch=1, precision="fp16", trt=True, dla_core=0)
     with pytest.raises(GateError, match="model_fp16_dla0.engine.rejected"):  # the fake's outputs are not the model's
         export_run(config)
     report = json.loads((tmp_path / "export_report.json").read_text())

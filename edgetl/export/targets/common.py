@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from edgetl.core.fileio import atomic_write_text
+from edgetl.core.options import command_args
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
 from edgetl.export.parity import EvalImages, compare, fp32_failures, normalized, onnx_outputs, random_inputs, top1
@@ -66,7 +67,7 @@ class TargetInputs:
 
     def command(self) -> str:
         """The exact ``edgetl export`` command of this export."""
-        return "edgetl export " + " ".join(shlex.quote(a) for a in self.config.cli_args())
+        return "edgetl export " + " ".join(shlex.quote(a) for a in command_args(self.config))
 
 
 def geometry_note(consumer: str, geometry: str) -> str:
