@@ -98,7 +98,9 @@ def test_the_table_covers_every_target():
 @pytest.mark.parametrize("shape, profile", [((-1, 3, 224, 224), BatchProfile(1, 2, 8)), ((1, 3, 224, 224), None)])
 def test_build_engine_sh_uses_only_options_each_trtexec_knows(target, precision, shape, profile):
     row = resolve_target(target)
-    plan = plan_engine(row, precision, "input", "logits", shape, profile, timing_cache="timing.cache")
+    plan = plan_engine(
+        row, precision, "input", "logits", shape, profile, timing_cache="timing.cache", fp32_layers=("/f.1/Conv",)
+    )
     options = list(_trtexec_options(build_script([plan], row)))
     assert "onnx" in options and "saveEngine" in options
     for release in ROW_RELEASES[target]:
