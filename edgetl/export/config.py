@@ -142,6 +142,11 @@ class ExportConfig:
                 raise ConfigError("--dla-core: DLA INT8 takes the trt form's calibration cache; use --int8-form trt")
             static = profile is None or profile.min == profile.max
             check_dla(resolve_target(self.trt_version), self.precision, self.dla_core, static)
+            if TRITON in targets and profile is not None and profile.max != 1:
+                raise ConfigError(
+                    "--for triton with --dla-core: a DLA engine runs one fixed batch and Triton sends any batch "
+                    "from 1 to max_batch_size; use --min-batch 1 --max-batch 1"
+                )
 
     @property
     def precision(self) -> str:
