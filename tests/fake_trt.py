@@ -46,9 +46,10 @@ class Logger(ILogger):
 
 
 TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
-DataType = enum.Enum("DataType", "FLOAT")
+DataType = enum.Enum("DataType", "FLOAT HALF")
+float32 = DataType.FLOAT  # tensorrt's alias of DataType.FLOAT
 MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
-BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8 GPU_FALLBACK")
+BuilderFlag = enum.Enum("BuilderFlag", "FP16 INT8 GPU_FALLBACK OBEY_PRECISION_CONSTRAINTS")
 DeviceType = enum.Enum("DeviceType", "GPU DLA")
 
 
@@ -151,9 +152,32 @@ class Runtime:
         return engine
 
 
+class Layer:
+    """ILayer's name and precision; ``precision_is_set`` as ILayer.precision_is_set (True once assigned)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self._precision, self.precision_is_set = name, DataType.FLOAT, False
+
+    @property
+    def precision(self) -> Any:
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Any) -> None:
+        self._precision, self.precision_is_set = value, True
+
+
 class Network:
     def __init__(self, flags: int) -> None:
         self.flags, self.spec = flags, None  # type: int, Optional[Dict[str, Any]]
+        self.layers = []  # type: List[Layer]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def get_layer(self, index: int) -> Layer:
+        return self.layers[index]
 
 
 class OnnxParser:
@@ -171,6 +195,8 @@ class OnnxParser:
         graph = onnx.load(path, load_external_data=False).graph
         dims = [d.dim_value if d.dim_value > 0 else -1 for d in graph.input[0].type.tensor_type.shape.dim]
         classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+        # one layer per node, named after it (onnx-tensorrt ImporterContext::registerLayer); none for Constant
+        self.network.layers = [Layer(node.name) for node in graph.node if node.op_type != "Constant"]
         self.network.spec = {
             "input": graph.input[0].name,
             "output": graph.output[0].name,
@@ -246,6 +272,10 @@ class Builder:
             spec["calibration"] = header
         if config.default_device_type == DeviceType.DLA:
             spec["dla_core"] = config.DLA_core
+        spec["fp32_layers"] = [
+            layer.name for layer in network.layers if layer.precision_is_set and layer.precision == DataType.FLOAT
+        ]
+        spec["obey_precision_constraints"] = BuilderFlag.OBEY_PRECISION_CONSTRAINTS in config.flags
         dynamic = spec["shape"][0] == -1
         if dynamic != bool(config.profiles):
             self.logger.log(_Severity.ERROR, "a dynamic input needs exactly one optimisation profile")
@@ -277,6 +307,7 @@ def make_tensorrt(version: str) -> types.ModuleType:
         "IInt8EntropyCalibrator2",
         "NetworkDefinitionCreationFlag",
         "nptype",
+        "float32",
         "Runtime",
         "OnnxParser",
         "Builder",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import platform
 import statistics
 import time
@@ -34,13 +35,15 @@ from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.data.decoded_cache import open_decoded_images
 from edgetl.data.demo import ensure_demo_dataset
-from edgetl.data.folders import load_dataset
+from edgetl.data.folders import DatasetSplit, load_dataset
 from edgetl.data.pipelines import image_pipeline
 from edgetl.errors import EdgetlError
+from edgetl.export.gate import upper_bound
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.spec.backbones import get_backbone, preprocess_spec
+from edgetl.spec.bundle import Bundle
 from edgetl.spec.preprocess import torch_transforms
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_run
@@ -349,17 +352,54 @@ def _latency_ms(runner: Any, feed: Dict[str, np.ndarray], iters: int = 50) -> fl
     return statistics.median(times)
 
 
-def _exported(ctx: Context, **options: Any) -> Tuple[Path, Dict[str, Any]]:
-    """A tiny demo run exported with ``options``; the run is trained once per self-check."""
+VAL_IMAGES = 32  # the export's parity/accuracy images: the demo's whole val split
+INT8_TOLERATED = 2  # disagreements with fp32 the self-check's INT8 gate lets through (its drop is set from this)
+
+
+def _run(ctx: Context) -> Path:
+    """The tiny demo run the export checks share, trained once per self-check."""
     if "run" not in ctx.cache:
         config = FinetuneConfig(
             data=str(ctx.demo()), arch=ARCH, epochs=1, warmup_epochs=0, batch_size=BATCH, workers=2,
             out=str(ctx.work / "runs" / "export"),
         )  # fmt: skip
         ctx.cache["run"] = finetune(config, progress=False).run_dir
+    return Path(ctx.cache["run"])
+
+
+def _exported(ctx: Context, **options: Any) -> Tuple[Path, Dict[str, Any]]:
+    """The tiny demo run exported with ``options``."""
+    run = _run(ctx)
     out = ctx.work / "bundles" / ("-".join(sorted(options)) or "plain")
-    report = export_run(ExportConfig(run=str(ctx.cache["run"]), out=str(out), val_images=32, **options))
+    report = export_run(ExportConfig(run=str(run), out=str(out), val_images=VAL_IMAGES, **options))
     return out, report
+
+
+def int8_selfcheck_options(train_images: int, val_images: int) -> Dict[str, Any]:
+    """Export options whose INT8 gate the demo's few images can resolve: half the training images calibrate,
+    the other half join the val images in the gate, and ``--max-int8-drop`` is the 95% bound of
+    ``INT8_TOLERATED`` disagreements on that sample (rounded up to 0.1 point). The default 1-point gate needs
+    299 images; this one checks that the INT8 path runs end to end, not that INT8 is accurate."""
+    calib = max(1, train_images // 2)
+    judged = val_images + train_images - calib
+    drop = math.ceil(upper_bound(min(INT8_TOLERATED, judged - 1), judged) * 1000) / 10
+    return {
+        "precision": "int8",
+        "int8_form": "trt",
+        "calib_size": calib,
+        "max_int8_drop": drop,
+        "gate_images": judged - val_images,
+    }
+
+
+def engine_source_onnx(bundle: Path, engine: str) -> Path:
+    """The ONNX an engine was built from, as its plan in ``bundle.json`` records it (model_int8.onnx for a
+    Q/DQ INT8 engine, model_fp16.onnx for fp16 on strongly typed TensorRT): the runner checks the engine's
+    sidecar against that file's sha256."""
+    plan = Bundle.load(bundle).engine_plan(engine)
+    if plan is None:
+        raise EdgetlError("{} plans no engine {} (bundle.json)".format(bundle, engine))
+    return bundle / plan["onnx"]
 
 
 def check_ort_cuda(ctx: Context) -> Outcome:
@@ -393,14 +433,24 @@ def check_tensorrt(ctx: Context) -> Outcome:
 
     outcome = Outcome({"tensorrt": tensorrt.__version__})
     feed = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
-    for precision, options in (("fp16", {"precision": "fp16"}), ("int8", {"precision": "int8", "int8_form": "trt"})):
+    split = DatasetSplit.load(_run(ctx))
+    val_images = min(VAL_IMAGES, len(split.val))
+    int8 = int8_selfcheck_options(len(split.train), val_images)
+    for precision, options in (("fp16", {"precision": "fp16"}), ("int8", int8)):
         tick = time.perf_counter()
         bundle, report = _exported(ctx, trt=True, trt_version=tensorrt.__version__, **options)
         engine = report.get("engine") or {}
         figures = {"export_and_build_s": round(time.perf_counter() - tick, 1), "engine": engine}
+        if precision == "int8":
+            figures["int8_gate"] = (
+                "plumbing, not accuracy: --max-int8-drop {} on the demo's {} images (up to {} disagreements "
+                "with fp32), which only checks that the INT8 path runs end to end".format(
+                    int8["max_int8_drop"], val_images + int8["gate_images"], INT8_TOLERATED
+                )
+            )
         outcome.expect(engine.get("status") == "built", "{} engine built".format(precision))
         if engine.get("status") == "built":
-            with TrtRunner(bundle / engine["file"], bundle / "model.onnx") as runner:
+            with TrtRunner(bundle / engine["file"], engine_source_onnx(bundle, engine["file"])) as runner:
                 figures["batch1_ms"] = round(_latency_ms(runner, feed), 3)
         outcome.figures[precision] = figures
     return outcome

@@ -98,15 +98,27 @@ def parse_nvpmodel(text: str) -> Optional[Dict[str, Any]]:
 
 
 _FREQS = re.compile(r"MinFreq=(\d+)\s+MaxFreq=(\d+)")
+_OVERRIDE = re.compile(r"FreqOverride=(\d+)")
+_JUDGED = re.compile(r"^\s*(cpu\d+:|GPU\s|EMC\s)")
 
 
 def parse_jetson_clocks(text: str) -> Optional[bool]:
-    """``jetson_clocks --show``: active when every CPU/GPU/EMC line has MinFreq == MaxFreq (clocks pinned
-    at their maximum); None when the output lists no frequencies."""
-    pairs = [(int(a), int(b)) for a, b in _FREQS.findall(text or "")]
-    if not pairs:
-        return None
-    return all(low == high for low, high in pairs)
+    """``jetson_clocks --show``: active when every online CPU line and the GPU line have MinFreq == MaxFreq and
+    the EMC line is locked (``FreqOverride=1``; older outputs without it: MinFreq == MaxFreq); None when the
+    output has no CPU, GPU or EMC line. Other engines are not judged: Xavier and Orin list their DLA and PVA
+    clocks with MinFreq=0 even while jetson_clocks holds them at their maximum."""
+    verdicts = []
+    for line in (text or "").splitlines():
+        kind = _JUDGED.match(line)
+        freqs = _FREQS.search(line)
+        if kind is None or freqs is None or "Online=0" in line:
+            continue
+        override = _OVERRIDE.search(line)
+        if kind.group(1).startswith("EMC") and override is not None:
+            verdicts.append(override.group(1) == "1")
+        else:
+            verdicts.append(freqs.group(1) == freqs.group(2))
+    return all(verdicts) if verdicts else None
 
 
 def run_tool(args: Sequence[str], timeout: float = TOOL_TIMEOUT_S) -> Optional[Dict[str, Any]]:

@@ -8,7 +8,7 @@ ratios beyond 3:2 lose their far edges) and the rest of the slot repeats the las
 sidecar ``.json`` holds the key and per-image geometry (``GEOMETRY_COLUMNS``, upright
 coordinates). The file is memory-mapped, so every DataLoader worker reads the same page cache.
 
-The key hashes the file list with sizes and mtimes and the preprocessing, so a changed dataset
+The key hashes the file list with sizes and mtimes, the preprocessing and the decoder, so a changed dataset
 gets a new cache; the outdated one is deleted after the rebuild. On CUDA, JPEG files are decoded
 on the GPU (nvjpeg via ``torchvision.io.decode_jpeg``) and resized there (antialiased bilinear:
 within a few levels of PIL's, not bit-exact); other files and EXIF-rotated JPEGs go through PIL.
@@ -82,13 +82,19 @@ def upright_size(geometry: Any) -> Tuple[Any, Any, Any]:
     return geometry[:, column("width")], geometry[:, column("height")], geometry[:, column("transposed")].bool()
 
 
-def cache_key(samples: Sequence[Sample], spec: PreprocessSpec) -> str:
-    """sha256 of the cache format, the preprocessing and every file's path, size and mtime."""
+def decoder_name(device: Any) -> str:
+    """Who decodes a cache built for ``device``: nvjpeg (PIL for the files it cannot take) on CUDA, else PIL.
+    Their pixels differ by a few levels, so each has its own cache."""
+    return "nvjpeg+pil" if device is not None and torch.device(device).type == "cuda" else "pil"
+
+
+def cache_key(samples: Sequence[Sample], spec: PreprocessSpec, decoder: str = "pil") -> str:
+    """sha256 of the cache format, the preprocessing, the decoder and every file's path, size and mtime."""
     try:
         files = file_fingerprints(sample.path for sample in samples)
     except OSError as exc:
         raise DataError("a dataset file changed while caching it: {}".format(exc)) from exc
-    content = [CACHE_FORMAT, MAX_ASPECT, spec.resize_size, spec.input_size, spec.interpolation, files]
+    content = [CACHE_FORMAT, MAX_ASPECT, spec.resize_size, spec.input_size, spec.interpolation, decoder, files]
     return hashlib.sha256(json.dumps(content).encode("utf-8")).hexdigest()
 
 
@@ -130,14 +136,16 @@ def open_decoded_images(
     dataset part's file lock, while the other processes wait on that lock with progress, then reuse it."""
     directory = Path(cache_dir or edgetl_home()) / DECODED_DIR
     directory.mkdir(parents=True, exist_ok=True)
-    key = cache_key(samples, spec)
-    prefix = hashlib.sha256("{}|{}".format(Path(root).resolve(), part).encode("utf-8")).hexdigest()[:12]
+    decoder = decoder_name(device)
+    key = cache_key(samples, spec, decoder)
+    # one cache per dataset part and decoder: a CPU run and a GPU run of the same data each keep theirs
+    prefix = hashlib.sha256("{}|{}|{}".format(Path(root).resolve(), part, decoder).encode("utf-8")).hexdigest()[:12]
     stem = "{}-{}".format(prefix, key[:20])
     pixels_path, meta_path = directory / (stem + ".npy"), directory / (stem + ".json")
 
     def reuse() -> Optional[dict]:
         meta = _read_meta(meta_path)
-        if meta is None or meta.get("key") != key or not pixels_path.is_file():
+        if meta is None or meta.get("key") != key or meta.get("decoder") != decoder or not pixels_path.is_file():
             return None
         log.info("decoded-image cache for %s: reusing %s", part, pixels_path)
         return meta
@@ -152,7 +160,7 @@ def open_decoded_images(
             pixels_path,
         )
         meta = _build(samples, spec, pixels_path, meta_path, key, root, part, workers, device)
-        _remove_stale(directory, prefix, keep=stem)
+        _remove_stale(directory, prefix, keep=stem, same=(meta["root"], part, decoder))
         return meta
 
     builder = build if ProcessRole.from_env().builds_node_caches else None
@@ -169,11 +177,13 @@ def _read_meta(path: Path) -> Optional[dict]:
     return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
 
 
-def _remove_stale(directory: Path, prefix: str, keep: str) -> None:
-    """Delete this dataset's outdated caches and caches of datasets whose folder no longer exists."""
+def _remove_stale(directory: Path, prefix: str, keep: str, same: Tuple[str, str, str]) -> None:
+    """Delete this dataset part's outdated caches of the same decoder (``same``: root, part, decoder; also
+    those named before the decoder was part of the name) and caches of datasets whose folder no longer exists."""
     for meta_path in directory.glob("*.json"):
         meta = _read_meta(meta_path) or {}
-        outdated = meta_path.stem.startswith(prefix + "-") and meta_path.stem != keep
+        this = (meta.get("root"), meta.get("part"), meta.get("decoder")) == same
+        outdated = (meta_path.stem.startswith(prefix + "-") or this) and meta_path.stem != keep
         if outdated or not Path(meta.get("root", "")).is_dir():
             for path in (meta_path, meta_path.with_suffix(".npy")):
                 path.unlink(missing_ok=True)
@@ -199,7 +209,7 @@ def _build(
         )
     started = time.perf_counter()
     geometry = np.zeros((len(samples), len(GEOMETRY_COLUMNS)), dtype=np.int64)
-    gpu = device is not None and torch.device(device).type == "cuda"
+    gpu = decoder_name(device) != "pil"
     with atomic_path(pixels_path) as tmp:
         pixels = np.lib.format.open_memmap(str(tmp), mode="w+", dtype=np.uint8, shape=shape)
         for index, slot, row in _decoded_slots(samples, spec, workers, torch.device(device) if gpu else None):
@@ -215,7 +225,7 @@ def _build(
         "count": len(samples),
         "shape": list(shape),
         "preprocess": spec.to_dict(),
-        "decoder": "nvjpeg+pil" if gpu else "pil",
+        "decoder": decoder_name(device),
         "build_s": time.perf_counter() - started,
         "geometry": geometry.tolist(),
     }

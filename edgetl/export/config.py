@@ -247,6 +247,11 @@ class ExportConfig:
                 )
             static = profile is None or profile.min == profile.max
             check_dla(resolve_target(self.trt_version), self.precision, self.dla_core, static)
+            if TRITON in targets and profile is not None and profile.max != 1:
+                raise ConfigError(
+                    "--for triton with --dla-core: a DLA engine runs one fixed batch and Triton sends any batch "
+                    "from 1 to max_batch_size; use --min-batch 1 --max-batch 1"
+                )
 
     def resolved(self) -> "ExportConfig":
         """This config as the export runs it and saves it: the targets without repeats, and for an INT8 export

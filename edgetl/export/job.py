@@ -352,6 +352,7 @@ class _Export:
             self.config.timing_cache,
             self.config.dla_core,
             engine_copies(self.config),
+            int8_fp32_layers(self.stage / ONNX_FILES["int8"]) if precision == "int8" else (),
         )
         if {v: k for k, v in ONNX_FILES.items()}[plan.onnx] not in self.manifest["models"]:
             return [], notes + ["no {} engine: {} did not pass its gate (see {})".format(precision, plan.onnx, REPORT)]
@@ -404,6 +405,14 @@ class _Export:
     def save_report(self) -> None:
         self.report["status"] = "failed" if self.report["failures"] else "passed"
         atomic_write_text(self.stage / REPORT, json.dumps(self.report, indent=2, default=float) + "\n")
+
+
+def int8_fp32_layers(path: Path) -> Tuple[str, ...]:
+    """The nodes the INT8 fallback kept in fp32, from the INT8 model's metadata (none without the model)."""
+    if not path.is_file():
+        return ()
+    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return tuple(json.loads(metadata.get("int8_fp32_layers", "[]")))
 
 
 def calibration_manifest_path(calib_dir: Path, run: Path) -> Path:

@@ -81,12 +81,15 @@ def rng_state() -> Dict[str, Any]:
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
+    """Restore ``rng_state()``. A run saved on more GPUs than this machine (or CUDA_VISIBLE_DEVICES) shows
+    restores the states of the devices it sees: set_rng_state_all would index past the visible devices."""
     random.setstate(state["python"])
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device, cuda_state in enumerate(state.get("cuda", [])[:visible]):
+        torch.cuda.set_rng_state(cuda_state, device)
 
 
 def model_from_checkpoint(payload: Dict[str, Any]) -> EdgeClassifier:

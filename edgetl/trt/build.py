@@ -19,13 +19,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
 from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
 from edgetl.runtime.tensorrt import cuda_runtime, device_info
-from edgetl.runtime.verify import VerifyReport, raise_on_failure, verify_bundle
+from edgetl.runtime.verify import NOT_RUN, PASSED, VerifyReport, raise_on_failure, verify_bundle
 from edgetl.spec.bundle import (
     ONNX_FILES,
     REJECTED_SUFFIX,
@@ -157,6 +157,9 @@ def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan.workspace_mib << 20)
     for name in plan.builder_flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
+    if plan.fp32_layers:
+        pin_fp32_layers(trt, network, plan.fp32_layers)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
     if plan.dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan.dla_core
@@ -195,6 +198,27 @@ def build_engine(bundle_dir: Path, plan: EnginePlan) -> Path:
     return engine_path
 
 
+def pin_fp32_layers(trt: Any, network: Any, nodes: Sequence[str]) -> List[str]:
+    """Set the precision of the layers of ONNX ``nodes`` to fp32 (as trtexec --layerPrecisions does); returns
+    the layer names. TensorRT's ONNX parser names a node's layer after the node, and any further layers it
+    needs for that node ``<node>_<n>`` (onnx-tensorrt ImporterContext::registerLayer). A node without a
+    layer is logged: there is nothing of it left to pin."""
+    wanted = set(nodes)
+    pinned, found = [], set()
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        base, _, suffix = layer.name.rpartition("_")
+        node = layer.name if layer.name in wanted else base if suffix.isdigit() and base in wanted else None
+        if node is not None:
+            layer.precision = trt.float32
+            pinned.append(layer.name)
+            found.add(node)
+    missing = sorted(wanted - found)
+    if missing:
+        log.warning("no TensorRT layer of the fp32 fallback node(s) %s: not pinned", ", ".join(missing))
+    return pinned
+
+
 Batches = Tuple[Optional[int], Optional[int], Optional[int]]  # --min/--opt/--max-batch, None: not given
 
 
@@ -226,6 +250,8 @@ def plan_for_bundle(
     shape = (info.batch if info.batch else -1, 3, size, size)
     profile = batch_profile(info.batch, *batches, recorded=recorded_profile(bundle, precision))
     recorded = bundle.engine_plan(engine_file(precision, dla_core)) or {}
+    int8_plans = [p for p in bundle.manifest.get("engines", {}).values() if p.get("onnx") == ONNX_FILES["int8"]]
+    fp32_layers = next((p.get("fp32_layers", ()) for p in int8_plans), ())  # the INT8 model's fallback layers
     return plan_engine(
         resolve_target(target_name),
         precision,
@@ -237,6 +263,25 @@ def plan_for_bundle(
         timing_cache,
         dla_core,
         recorded.get("also_write", ()),
+        fp32_layers,
+    )
+
+
+def copies_problem(plan: EnginePlan, recorded: Optional[BatchProfile]) -> Optional[str]:
+    """Why the engine cannot be written where ``plan.also_write`` says (a Triton plan model, whose config was
+    written at export with max_batch_size = the export's ``recorded`` maximum): Triton sends any batch from 1
+    to max_batch_size, so the engine's batch range must hold them; None when it does."""
+    if not plan.also_write or recorded is None:
+        return None
+    low, high = (plan.profile.min, plan.profile.max) if plan.profile else (plan.input_shape[0],) * 2
+    if low <= 1 and high >= recorded.max:
+        return None
+    return (
+        "{} is also written to {}, whose config.pbtxt (written at export) says max_batch_size {}: Triton sends "
+        "batches of 1 to {}, and this engine takes {} to {}; build with --min-batch 1 --max-batch {} or "
+        "re-export with the batch range Triton should serve".format(
+            plan.engine, plan.also_write[0], recorded.max, recorded.max, low, high, recorded.max
+        )
     )
 
 
@@ -253,6 +298,10 @@ def build_bundle_engine(
     trt = require("tensorrt")
     bundle = Bundle.load(Path(bundle_dir))
     plan = plan_for_bundle(bundle, precision, trt.__version__, batches, workspace_mib, timing_cache, dla_core)
+    recorded = bundle.engine_plan(plan.engine)
+    problem = copies_problem(plan, EnginePlan.from_dict(recorded).profile if recorded else None)
+    if problem:
+        raise ConfigError(problem)
     if plan.calibration_cache and not (bundle.root / plan.calibration_cache).is_file():
         raise CheckpointError(
             "{} has no {}: a DLA INT8 engine takes its scales from it; export with '--int8 --int8-form trt'".format(
@@ -279,21 +328,35 @@ def build_bundle_engine(
     manifest.setdefault("engines", {})[plan.engine] = plan.to_dict()
     derive(manifest, plan.engine, plan.onnx, plan.precision, "tensorrt build")
     write_manifest(bundle.root, manifest)
-    verify_new_engine(engine)
+    report = verify_new_engine(engine)
+    if plan.also_write and not engine_verified(report):
+        log.warning("%s is not verified: not written to %s", engine.name, ", ".join(plan.also_write))
+        return engine
     for path in plan.also_write:  # copies of the verified engine, e.g. a Triton repository's <model>/1/model.plan
         atomic_write_bytes(bundle.root / path, engine.read_bytes())
     return engine
 
 
+def engine_verified(report: Optional[VerifyReport]) -> bool:
+    """Whether the engine ran on the verification sample and passed: one that could not run (no usable GPU
+    here, no sample in the bundle) is not verified."""
+    return report is not None and bool(report.checks) and all(c.status == PASSED for c in report.checks)
+
+
 def verify_new_engine(engine: Path) -> Optional[VerifyReport]:
     """Run a just-built engine on its bundle's verification sample. One that fails is renamed
     ``<engine>.rejected`` (its sidecar too), so nothing serves it, and VerificationError (exit 3) is raised;
-    a bundle without a sample (exported before edgetl had one) is built unverified, with a warning."""
+    one that could not run here (DependencyError: no usable GPU) and a bundle without a sample (exported
+    before edgetl had one) leave it built but unverified, with a warning (see ``engine_verified``)."""
     try:
         report = verify_bundle(engine.parent, [engine.name])
     except CheckpointError as exc:
         log.warning("%s is not verified: %s", engine.name, exc)
         return None
+    not_run = [c for c in report.checks if c.status == NOT_RUN]
+    if not_run:
+        log.warning("%s is not verified: it could not run here: %s", engine.name, not_run[0].detail)
+        return report
     if report.failures:
         rejected = engine.with_name(engine.name + REJECTED_SUFFIX)
         engine.replace(rejected)

@@ -83,7 +83,8 @@ def write_cache(path: Path, scales: Mapping[str, float], version: int) -> None:
 
 def stamp_script_lines(caches: Sequence[str]) -> List[str]:
     """sh lines that set each calibration cache's header to this device's TensorRT (NV_TENSORRT_VERSION):
-    from Python's tensorrt, else from NvInferVersion.h (JetPack's libnvinfer-dev); ``$PYTHON`` must be set."""
+    from Python's tensorrt, else from NvInferVersion.h (JetPack's libnvinfer-dev; from TensorRT 10.11 its
+    NV_TENSORRT_MAJOR/MINOR/PATCH name TRT_*_ENTERPRISE macros, resolved here); ``$PYTHON`` must be set."""
     quoted = " ".join(shlex.quote(c) for c in caches)
     return [
         "# A calibration cache names the TensorRT that reads it (TRT-<NV_TENSORRT_VERSION>-EntropyCalibration2):",
@@ -93,7 +94,12 @@ def stamp_script_lines(caches: Sequence[str]) -> List[str]:
         "print(m * (10000 if m >= 10 else 1000) + n * 100 + p)' 2>/dev/null && return",
         "  for h in ${NVINFER_VERSION_H:-/usr/include/*/NvInferVersion.h /usr/include/NvInferVersion.h}; do",
         '    [ -f "$h" ] || continue',
-        "    set -- $(sed -n 's/^#define NV_TENSORRT_\\(MAJOR\\|MINOR\\|PATCH\\) \\([0-9][0-9]*\\).*/\\2/p' \"$h\")",
+        "    set --",
+        "    for part in MAJOR MINOR PATCH; do  # from 10.11: #define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE",
+        '      v=$(sed -n "s/^#define NV_TENSORRT_$part \\([A-Za-z0-9_]*\\).*/\\1/p" "$h")',
+        '      case "$v" in [0-9]*) ;; ?*) v=$(sed -n "s/^#define $v \\([0-9][0-9]*\\).*/\\1/p" "$h") ;; esac',
+        '      set -- "$@" $v',
+        "    done",
         "    [ $# -eq 3 ] && echo $(( $1 * ($1 >= 10 ? 10000 : 1000) + $2 * 100 + $3 )) && return",
         "  done",
         "  return 1",

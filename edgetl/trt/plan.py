@@ -177,6 +177,7 @@ class EnginePlan:
     dla_core: Optional[int] = None  # a Jetson DLA core (layers it cannot run fall back to the GPU)
     calibration_cache: Optional[str] = None  # INT8 from the fp32 ONNX and these scales (implicit quantization)
     also_write: Tuple[str, ...] = ()  # more paths the engine is written to (a Triton model repository's model.plan)
+    fp32_layers: Tuple[str, ...] = ()  # layers (ONNX node names) pinned to fp32: the INT8 fallback's, as gated
 
     def shapes(self) -> Dict[str, Tuple[int, ...]]:
         """min/opt/max input shapes of the optimisation profile (empty when the batch is static)."""
@@ -192,7 +193,7 @@ class EnginePlan:
     def from_dict(cls, data: Dict[str, Any]) -> "EnginePlan":
         data = dict(data)
         data["profile"] = None if data.get("profile") is None else BatchProfile(**data["profile"])
-        for key in ("input_shape", "builder_flags", "network_flags", "also_write"):
+        for key in ("input_shape", "builder_flags", "network_flags", "also_write", "fp32_layers"):
             data[key] = tuple(data.get(key, ()))
         return cls(**data)
 
@@ -246,10 +247,17 @@ def plan_engine(
     timing_cache: Optional[str] = None,
     dla_core: Optional[int] = None,
     also_write: Sequence[str] = (),
+    fp32_layers: Sequence[str] = (),
 ) -> EnginePlan:
     """Decide one engine build. ``input_shape[0]`` is -1 for a dynamic batch (then a profile is used).
     With ``dla_core`` the engine targets that DLA core, with GPU fallback; its INT8 comes from the fp32
-    ONNX and the calibration cache (the DLA flow), not the Q/DQ ONNX."""
+    ONNX and the calibration cache (the DLA flow), not the Q/DQ ONNX.
+
+    ``fp32_layers``: the ONNX nodes the INT8 fallback kept in fp32. The accuracy gate judged them in fp32, but
+    with the FP16 flag (set for INT8 builds) TensorRT may run unquantized layers in fp16, so a Q/DQ INT8 engine
+    pins them to fp32 (precision constraints "obey"). Not applied where they cannot be: strongly typed
+    TensorRT (no FP16 flag: they run in the ONNX's fp32) and DLA (fp16/int8 only; its INT8 is the calibration
+    cache's)."""
     for name in (input_name, output_name):
         if not _IO_NAME.match(name):
             raise ConfigError("tensor name {!r} cannot be passed to trtexec; use letters, digits, _ and .".format(name))
@@ -269,6 +277,10 @@ def plan_engine(
     if dla:
         check_dla(target, precision, int(dla_core or 0), profile is None or profile.min == profile.max)
     implicit_int8 = dla and precision == "int8"
+    pinned = tuple(fp32_layers) if precision == "int8" and not dla and target.precision_flags else ()
+    for name in pinned:
+        if not name or "," in name or "'" in name:
+            raise ConfigError("layer name {!r} cannot be passed to trtexec --layerPrecisions".format(name))
     return EnginePlan(
         target.name,
         precision,
@@ -285,6 +297,7 @@ def plan_engine(
         dla_core,
         CALIBRATION_CACHE if implicit_int8 else None,
         tuple(also_write),
+        pinned,
     )
 
 
@@ -306,6 +319,8 @@ def trtexec_command(plan: EnginePlan) -> List[str]:
         args.append("--calib=" + plan.calibration_cache)
     if plan.dla_core is not None:
         args.append("--useDLACore={}".format(plan.dla_core))
+    if plan.fp32_layers:  # trtexec splits the list at commas and each entry at its last colon
+        args += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(n + ":fp32" for n in plan.fp32_layers)]
     for key, shape in sorted(plan.shapes().items(), key=lambda kv: ("min", "opt", "max").index(kv[0])):
         args.append("--{}Shapes={}:{}".format(key, plan.input_name, _dims(shape)))
     args.append("--memPoolSize=workspace:{}".format(plan.workspace_mib))
@@ -315,11 +330,24 @@ def trtexec_command(plan: EnginePlan) -> List[str]:
     return args
 
 
+# BuilderFlag -> Polygraphy's `run` options (polygraphy/tools/args/backend/trt/config.py)
+_POLYGRAPHY_FLAGS = {"FP16": "--fp16", "INT8": "--int8", "GPU_FALLBACK": "--allow-gpu-fallback"}
+
+
 def polygraphy_command(plan: EnginePlan, atol: float) -> List[str]:
     """Polygraphy's check of TensorRT against ONNX Runtime on the bundle's verification sample, for devices
-    without edgetl: it builds the plan's ONNX with the plan's precision flags (plus TF32, which trtexec and the
-    TensorRT API enable by default) and compares every output within ``atol``."""
-    flags = ["--" + flag.lower() for flag in plan.builder_flags] + ["--tf32"]
+    without edgetl: it builds the plan's ONNX as the plan does (its precision flags, DLA with GPU fallback,
+    the calibration cache of a DLA INT8 build, the layers pinned to fp32) plus TF32, which trtexec and the
+    TensorRT API enable by default, and compares every output within ``atol``. Polygraphy's ``--use-dla``
+    builds for DLA core 0: the same DLA hardware as any other core."""
+    flags = [_POLYGRAPHY_FLAGS[flag] for flag in plan.builder_flags] + ["--tf32"]
+    if plan.dla_core is not None:
+        flags.append("--use-dla")
+    if plan.calibration_cache:
+        flags += ["--calibration-cache", plan.calibration_cache]
+    if plan.fp32_layers:
+        flags += ["--precision-constraints", "obey", "--layer-precisions"]
+        flags += [name + ":float32" for name in plan.fp32_layers]
     return (
         ["polygraphy", "run", plan.onnx, "--trt", "--onnxrt"]
         + flags

@@ -102,6 +102,45 @@ def test_parse_jetson_clocks():
     assert j.parse_jetson_clocks("") is None
 
 
+# Real `jetson_clocks.sh --show` on a Jetson TX1 (L4T 28.1) after jetson_clocks: the EMC is locked at its
+# maximum with MinFreq < MaxFreq and FreqOverride=1. Source: github.com/hordiales/jetson-tx1-dev, SCRIPTS.md
+# (commit a5a5cc70a6f40a0452cb59814fde50ae28cd12cd), quoted as published (its indentation removed).
+TX1_LOCKED = """SOC family:tegra210  Machine:jetson_tx1
+Online CPUs: 0-3
+CPU Cluster Switching: Disabled
+cpu0: Gonvernor=interactive MinFreq=1734000 MaxFreq=1734000 CurrentFreq=1734000
+cpu1: Gonvernor=interactive MinFreq=1734000 MaxFreq=1734000 CurrentFreq=1734000
+cpu2: Gonvernor=interactive MinFreq=1734000 MaxFreq=1734000 CurrentFreq=1734000
+cpu3: Gonvernor=interactive MinFreq=1734000 MaxFreq=1734000 CurrentFreq=1734000
+GPU MinFreq=998400000 MaxFreq=998400000 CurrentFreq=998400000
+EMC MinFreq=12750000 MaxFreq=1600000000 CurrentFreq=1600000000 FreqOverride=1
+Fan: speed=255
+"""
+
+# Real DLA and PVA lines of `jetson_clocks --show` (MinFreq=0 at full clock), as quoted in jetson-stats'
+# parser: github.com/rbonghi/jetson_stats, jtop/core/jetson_clocks.py (commit
+# f0113fd0b548a9973fe6e13968fa118a62aad25c), comment lines above DLA_REGEXP and PVA_REGEXP.
+DLA_PVA_LINES = """DLA0_CORE MinFreq=0 MaxFreq=1600000000 CurrentFreq=1600000000
+DLA0_FALCON MinFreq=0 MaxFreq=844800000 CurrentFreq=844800000
+DLA1_CORE MinFreq=0 MaxFreq=1600000000 CurrentFreq=1600000000
+DLA1_FALCON MinFreq=0 MaxFreq=844800000 CurrentFreq=844800000
+PVA0_VPS0 MinFreq=0 MaxFreq=1152000000 CurrentFreq=1152000000
+PVA0_AXI MinFreq=0 MaxFreq=832000000 CurrentFreq=832000000
+"""
+
+
+def test_a_locked_emc_reads_from_freqoverride():
+    assert j.parse_jetson_clocks(TX1_LOCKED) is True
+    assert j.parse_jetson_clocks(TX1_LOCKED.replace("FreqOverride=1", "FreqOverride=0")) is False
+    assert j.parse_jetson_clocks(TX1_LOCKED.replace("MinFreq=998400000", "MinFreq=76800000")) is False
+
+
+def test_dla_and_pva_clocks_are_not_judged():
+    """Only CPU, GPU and EMC lines decide; DLA/PVA lines alone leave nothing to judge."""
+    assert j.parse_jetson_clocks(DLA_PVA_LINES) is None
+    assert j.parse_jetson_clocks(TX1_LOCKED + DLA_PVA_LINES) is True
+
+
 def facts(**over: Any) -> Dict[str, Any]:
     base: Dict[str, Any] = {
         "python": [3, 10, 12],
@@ -140,7 +179,7 @@ def test_a_healthy_jetson_is_not_broken():
     assert not d.is_broken(list(items.values()))
     assert items["jetson"].status == d.OK and "JetPack 6.1/6.2" in items["jetson"].detail
     assert "--trt-version 10.3" in items["jetson"].detail
-    assert items["power mode"].detail.startswith("MAXN (mode 0); jetson_clocks not active")
+    assert items["power mode"].detail.startswith("MAXN (mode 0); jetson_clocks active")
     assert items["tensorrt"].status == d.OK
     assert items["ORT provider CUDA"].status == d.OK
     tensorrt_ep = items["ORT provider Tensorrt"]  # claimed by get_available_providers(), falls back to the CPU

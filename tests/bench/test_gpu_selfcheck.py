@@ -96,3 +96,49 @@ def test_cli_gpu_selfcheck_writes_the_report_and_exits_zero_when_nothing_failed(
     assert result.exit_code == 0, result.output
     assert "skipped  gpu: skipped: no CUDA device" in result.output
     assert (tmp_path / "gpu_selfcheck.md").is_file() and (tmp_path / "gpu_selfcheck.json").is_file()
+
+
+def test_the_int8_selfcheck_gate_is_resolvable_on_the_demo_set():
+    """The demo (4 classes x 24 train / 8 val) cannot resolve the default 1-point gate (299 images); the
+    self-check's options give a gate that passes with up to INT8_TOLERATED disagreements and fails past them."""
+    import numpy as np
+
+    from edgetl.export.config import ExportConfig
+    from edgetl.export.gate import images_needed, judge
+
+    options = g.int8_selfcheck_options(96, 32)
+    ExportConfig(run="unused", trt=True, **options)  # valid export options
+    judged = 32 + options["gate_images"]
+    assert options["calib_size"] == 48 and judged == 80
+    assert images_needed(options["max_int8_drop"] / 100) <= judged
+    reference = np.eye(4)[np.arange(judged) % 4]
+    labels = np.arange(32) % 4
+    for wrong, verdict in ((0, "passed"), (g.INT8_TOLERATED, "passed"), (g.INT8_TOLERATED + 1, "failed")):
+        candidate = reference.copy()
+        candidate[:wrong] = np.roll(candidate[:wrong], 1, axis=1)
+        assert judge(reference, candidate, labels, options["max_int8_drop"], "x").verdict == verdict
+
+
+def test_the_runner_gets_the_onnx_the_engine_was_built_from(tiny_run, tmp_path, monkeypatch):
+    """An INT8 engine is built from model_int8.onnx and its sidecar records that file's sha256: given
+    model.onnx the runner refuses it; the self-check takes the source from bundle.json's engine plan."""
+    import fake_trt
+
+    from edgetl.errors import CheckpointError
+    from edgetl.export.job import ExportConfig, export_run
+    from edgetl.runtime.tensorrt import TrtRunner
+    from edgetl.trt.build import build_engine
+    from edgetl.trt.plan import EnginePlan
+
+    bundle = tmp_path / "bundle"
+    options = dict(g.int8_selfcheck_options(24, 12), max_int8_drop=100.0)  # random-init model: plumbing only
+    export_run(ExportConfig(run=str(tiny_run), out=str(bundle), batch=1, calib_dir=str(tmp_path / "c"), **options))
+    fake_trt.install(monkeypatch, "10.3")
+    plan = EnginePlan.from_dict(json.loads((bundle / "bundle.json").read_text())["engines"]["model_int8.engine"])
+    engine = build_engine(bundle, plan)
+    assert g.engine_source_onnx(bundle, engine.name) == bundle / "model_int8.onnx"
+    with TrtRunner(engine, g.engine_source_onnx(bundle, engine.name)) as runner:
+        assert runner.batch_range() == (1, 1)
+    with pytest.raises(CheckpointError, match="refusing to load model_int8.engine"):
+        with TrtRunner(engine, bundle / "model.onnx"):
+            pass

@@ -112,6 +112,29 @@ def test_cache_is_rebuilt_when_the_dataset_changes(tmp_path: Path) -> None:
     assert fewer.key != changed.key and len(fewer) == 2
 
 
+def test_the_cache_key_holds_the_decoder(tmp_path: Path) -> None:
+    from edgetl.data.decoded_cache import cache_key, decoder_name
+
+    samples = _photos(tmp_path / "photos", SIZES[:2])
+    assert decoder_name(None) == decoder_name(torch.device("cpu")) == "pil"
+    assert decoder_name(torch.device("cuda")) == decoder_name("cuda:1") == "nvjpeg+pil"
+    assert cache_key(samples, SPEC, "pil") != cache_key(samples, SPEC, "nvjpeg+pil")
+
+
+def test_a_pil_run_does_not_reuse_a_cache_another_decoder_built(tmp_path: Path) -> None:
+    """A cache whose sidecar says nvjpeg built it (here: a PIL cache relabelled) is not what a CPU run asks
+    for: the CPU run decodes its own."""
+    import json
+
+    samples = _photos(tmp_path / "photos", SIZES[:2])
+    first = open_decoded_images(samples, SPEC, tmp_path / "photos", "train", cache_dir=tmp_path / "cache")
+    meta_path = first.path.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps(dict(meta, decoder="nvjpeg+pil")))
+    again = open_decoded_images(samples, SPEC, tmp_path / "photos", "train", cache_dir=tmp_path / "cache")
+    assert json.loads(again.path.with_suffix(".json").read_text())["decoder"] == "pil"
+
+
 def test_batch_augmentation_shape_range_and_agreement_with_pil(tmp_path: Path) -> None:
     samples = _photos(tmp_path / "photos", SIZES)
     images = open_decoded_images(samples, SPEC, tmp_path / "photos", "train")

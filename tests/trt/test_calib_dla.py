@@ -85,11 +85,41 @@ NVINFER_VERSION_H = """#ifndef NV_INFER_VERSION_H
 """
 
 
+# NvInferVersion.h of TensorRT 10.11, whose NV_TENSORRT_* macros name TRT_*_ENTERPRISE macros (NVIDIA/TensorRT
+# include/NvInferVersion.h at commit 9255eb39e6642787828a4c1f7fc1d09fe004e7a2, "TensorRT 10.11 release updates";
+# 10.12 to 11.1 define them the same way), from its include guard on.
+NVINFER_VERSION_H_10_11 = """#ifndef NV_INFER_VERSION_H
+#define NV_INFER_VERSION_H
+
+#define TRT_MAJOR_ENTERPRISE 10
+#define TRT_MINOR_ENTERPRISE 11
+#define TRT_PATCH_ENTERPRISE 0
+#define TRT_BUILD_ENTERPRISE 33
+#define NV_TENSORRT_MAJOR TRT_MAJOR_ENTERPRISE //!< TensorRT major version.
+#define NV_TENSORRT_MINOR TRT_MINOR_ENTERPRISE //!< TensorRT minor version.
+#define NV_TENSORRT_PATCH TRT_PATCH_ENTERPRISE //!< TensorRT patch version.
+#define NV_TENSORRT_BUILD TRT_BUILD_ENTERPRISE //!< TensorRT build number.
+
+#define NV_TENSORRT_LWS_MAJOR 0 //!< TensorRT LWS major version.
+#define NV_TENSORRT_LWS_MINOR 0 //!< TensorRT LWS minor version.
+#define NV_TENSORRT_LWS_PATCH 0 //!< TensorRT LWS patch version.
+
+#define NV_TENSORRT_RELEASE_TYPE_EARLY_ACCESS 0         //!< An early access release
+#define NV_TENSORRT_RELEASE_TYPE_RELEASE_CANDIDATE 1    //!< A release candidate
+#define NV_TENSORRT_RELEASE_TYPE_GENERAL_AVAILABILITY 2 //!< A final release
+
+#define NV_TENSORRT_RELEASE_TYPE NV_TENSORRT_RELEASE_TYPE_GENERAL_AVAILABILITY //!< TensorRT release type
+
+#endif // NV_INFER_VERSION_H
+"""
+
+
 @pytest.mark.skipif(shutil.which("sh") is None or shutil.which("sed") is None, reason="needs sh and sed")
 @pytest.mark.parametrize(
     "header, expected",
     [
         (NVINFER_VERSION_H, "100300"),
+        (NVINFER_VERSION_H_10_11, "101100"),
         (NVINFER_VERSION_H.replace(" 10 ", " 8 ").replace("MINOR 3", "MINOR 5").replace("PATCH 0", "PATCH 2"), "8502"),
     ],
 )

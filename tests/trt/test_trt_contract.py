@@ -98,7 +98,9 @@ def test_the_table_covers_every_target():
 @pytest.mark.parametrize("shape, profile", [((-1, 3, 224, 224), BatchProfile(1, 2, 8)), ((1, 3, 224, 224), None)])
 def test_build_engine_sh_uses_only_options_each_trtexec_knows(target, precision, shape, profile):
     row = resolve_target(target)
-    plan = plan_engine(row, precision, "input", "logits", shape, profile, timing_cache="timing.cache")
+    plan = plan_engine(
+        row, precision, "input", "logits", shape, profile, timing_cache="timing.cache", fp32_layers=("/f.1/Conv",)
+    )
     options = list(_trtexec_options(build_script([plan], row)))
     assert "onnx" in options and "saveEngine" in options
     for release in ROW_RELEASES[target]:
@@ -397,3 +399,96 @@ def test_export_with_trt_builds_for_the_dla_core(tiny_run, tmp_path, monkeypatch
     assert json.loads((tmp_path / "model_fp16_dla0.engine.rejected").read_text())["dla_core"] == 0
     script = (tmp_path / "build_engine.sh").read_text()
     assert "--useDLACore=0" in script and "--allowGPUFallback" in script
+
+
+# --- what a build writes for Triton, and what it pins -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def triton_bundle(tiny_run, tmp_path_factory):
+    """A bundle with the Triton target (batch range 1-8: max_batch_size 8)."""
+    from edgetl.export.job import ExportConfig, export_run
+
+    out = tmp_path_factory.mktemp("triton") / "bundle"
+    export_run(ExportConfig(run=str(tiny_run), out=str(out), targets=("triton",)))
+    return out
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(str(bundle), str(tmp_path / "bundle"))
+    return tmp_path / "bundle"
+
+
+def test_an_engine_that_could_not_run_is_not_verified_and_not_copied_for_triton(
+    triton_bundle, tmp_path, monkeypatch, caplog
+):
+    """No execution context (TensorRT's None, mostly out of GPU memory): the engine stays built, unverified,
+    and no model.plan is written for Triton to serve."""
+    from edgetl.cli import main
+
+    bundle = _copy(triton_bundle, tmp_path)
+    fake_trt.install(monkeypatch, "10.3")
+    monkeypatch.setattr(fake_trt.Engine, "create_execution_context", lambda self: None)
+    result = CliRunner().invoke(main, ["build-engine", str(bundle), "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert (bundle / "model_fp32.engine").is_file()
+    assert not list((bundle / "triton-trt").glob("*/1/model.plan"))
+    assert "model_fp32.engine is not verified" in caplog.text
+
+
+def test_build_engine_refuses_a_batch_range_the_triton_config_cannot_send(triton_bundle, tmp_path, monkeypatch):
+    """config.pbtxt says max_batch_size 8 (the export's range): an engine for batches up to 4 would fail in
+    Triton, so the build is refused before anything is built."""
+    from edgetl.cli import main
+
+    bundle = _copy(triton_bundle, tmp_path)
+    fake_trt.install(monkeypatch, "10.3")
+    result = CliRunner().invoke(main, ["build-engine", str(bundle), "--precision", "fp32", "--max-batch", "4"])
+    assert result.exit_code != 0 and "max_batch_size 8" in result.output, result.output
+    assert "--max-batch 8" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not list(bundle.glob("model_fp32.engine*"))
+
+
+def test_a_dla_export_for_triton_plans_its_model_plan_on_that_core(tiny_run, tmp_path):
+    from edgetl.export.job import ExportConfig, export_run
+    from edgetl.spec.bundle import Bundle
+
+    with pytest.raises(ConfigError, match="--for triton with --dla-core.*--max-batch 1"):
+        ExportConfig(run=str(tiny_run), targets=("triton",), fp16=True, dla_core=1, min_batch=8, max_batch=8)
+    out = tmp_path / "bundle"
+    config = ExportConfig(
+        run=str(tiny_run), out=str(out), targets=("triton",), fp16=True, dla_core=1, min_batch=1, max_batch=1
+    )
+    export_run(config)
+    name = Path(tiny_run).resolve().name
+    plan = "triton-trt/{}_trt/1/model.plan".format(name)
+    assert Bundle.load(out).engine_plan("model_fp16_dla1.engine")["also_write"] == [plan]
+    text = (out / "triton-trt" / (name + "_trt") / "config.pbtxt").read_text()
+    assert "max_batch_size: 1" in text and "secondary_devices {\n    device_id: 1\n  }" in text
+    assert "cp model_fp16_dla1.engine " + plan in (out / "build_engine.sh").read_text()
+
+
+def test_the_int8_fallback_layers_are_pinned_to_fp32_in_the_built_network(
+    int8_static_bundle, tmp_path, monkeypatch, caplog
+):
+    import onnx
+
+    from edgetl.export.job import int8_fp32_layers
+    from edgetl.spec.bundle import Bundle
+    from edgetl.trt.build import build_engine
+
+    bundle = _copy(int8_static_bundle, tmp_path)
+    assert Bundle.load(bundle).engine_plan("model_int8.engine")["fp32_layers"] == []  # the gate passed as is
+    model = onnx.load(str(bundle / "model_int8.onnx"))
+    conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    onnx.helper.set_model_props(model, {"int8_fp32_layers": json.dumps([conv, "gone/Conv"])})
+    onnx.save(model, str(tmp_path / "kept.onnx"))
+    assert int8_fp32_layers(tmp_path / "kept.onnx") == (conv, "gone/Conv")
+    fake_trt.install(monkeypatch, "10.3")
+    shape = (1, 3) + tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[2:])
+    plan = plan_engine(resolve_target("10.3"), "int8", "input", "logits", shape, fp32_layers=(conv, "gone/Conv"))
+    engine = json.loads(build_engine(bundle, plan).read_text())
+    assert engine["fp32_layers"] == [conv] and engine["obey_precision_constraints"] is True
+    assert "no TensorRT layer of the fp32 fallback node(s) gone/Conv" in caplog.text

@@ -1,5 +1,7 @@
 """Every decision about how TensorRT is called, tested without TensorRT."""
 
+import argparse
+import shlex
 import shutil
 import subprocess
 
@@ -8,6 +10,7 @@ import pytest
 from edgetl.errors import ConfigError
 from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
 from edgetl.trt.plan import (
+    TARGET_NAMES,
     BatchProfile,
     EnginePlan,
     build_script,
@@ -178,6 +181,70 @@ def test_polygraphy_command_matches_the_plan():
     ]  # fmt: skip
     strongly_typed = plan_engine(resolve_target("11.x"), "fp16", "input", "logits", SHAPE)
     assert polygraphy_command(strongly_typed, 0.1)[2:6] == ["model_fp16.onnx", "--trt", "--onnxrt", "--tf32"]
+
+
+FALLBACK_LAYER = "/features/features.1/conv/conv.0/conv.0.0/Conv"  # torch's ONNX node names: slashes and dots
+
+
+def _every_plan():
+    """GPU plans of every target and precision (INT8 with a layer the fallback kept in fp32), and DLA plans."""
+    for name in TARGET_NAMES:
+        target = resolve_target(name)
+        for precision in ("fp32", "fp16", "int8"):
+            yield plan_engine(target, precision, "input", "logits", SHAPE, fp32_layers=(FALLBACK_LAYER,))
+            if target.dla and precision != "fp32":
+                yield plan_engine(target, precision, "input", "logits", (1, 3, 224, 224), dla_core=1)
+
+
+def _polygraphy_lines(script: str):
+    """The Polygraphy commands build_engine.sh prints for devices without edgetl, as argument lists."""
+    for line in script.splitlines():
+        words = shlex.split(line) if line.strip().startswith("echo ") else []
+        if len(words) > 1 and words[1].strip().startswith("polygraphy "):
+            yield shlex.split(words[1])
+
+
+def test_every_generated_polygraphy_line_parses_with_polygraphys_own_parser():
+    from polygraphy.tools.args import TrtConfigArgs, TrtLoadNetworkArgs
+    from polygraphy.tools.registry import TOOL_REGISTRY
+
+    parser = argparse.ArgumentParser()
+    tools = parser.add_subparsers(dest="tools")
+    for tool in TOOL_REGISTRY:
+        tool.setup_parser(tools)
+    checked = 0
+    for plan in _every_plan():
+        [command] = list(_polygraphy_lines(build_script([plan], resolve_target(plan.target), reference_scale=4.0)))
+        assert command[:2] == ["polygraphy", "run"]
+        args, unknown = parser.parse_known_args(command[1:])
+        assert not unknown, "{} ({}): Polygraphy rejects {}".format(plan.engine, plan.target, unknown)
+        args.subcommand.parse(args)
+        config = args.subcommand.arg_groups[TrtConfigArgs]
+        network = args.subcommand.arg_groups[TrtLoadNetworkArgs]
+        assert (bool(config.fp16), bool(config.int8)) == ("FP16" in plan.builder_flags, "INT8" in plan.builder_flags)
+        assert bool(config.use_dla) == bool(config.allow_gpu_fallback) == (plan.dla_core is not None)
+        assert config.calibration_cache == plan.calibration_cache
+        assert sorted(network.layer_precisions or {}) == sorted(plan.fp32_layers)
+        assert config.precision_constraints == ("obey" if plan.fp32_layers else None)
+        checked += 1
+    assert checked == 21  # 5 targets x 3 precisions + 3 DLA targets x 2
+
+
+def test_int8_fallback_layers_are_pinned_to_fp32_where_the_fp16_flag_could_move_them():
+    layers = (FALLBACK_LAYER, "/classifier/classifier.1/Gemm")
+    int8 = plan_engine(resolve_target("10.3"), "int8", "input", "logits", SHAPE, fp32_layers=layers)
+    assert int8.fp32_layers == layers and "FP16" in int8.builder_flags
+    assert trtexec_command(int8)[-7:-5] == [
+        "--precisionConstraints=obey",
+        "--layerPrecisions={}:fp32,/classifier/classifier.1/Gemm:fp32".format(FALLBACK_LAYER),
+    ]
+    assert EnginePlan.from_dict(int8.to_dict()) == int8
+    for target, precision, dla in (("11.x", "int8", None), ("10.3", "fp16", None), ("10.3", "int8", 0)):
+        row, shape = resolve_target(target), (1, 3, 224, 224)
+        plan = plan_engine(row, precision, "input", "logits", shape, dla_core=dla, fp32_layers=layers)
+        assert plan.fp32_layers == () and not any("Precision" in a for a in trtexec_command(plan))
+    with pytest.raises(ConfigError, match="cannot be passed to trtexec --layerPrecisions"):
+        plan_engine(resolve_target("10.3"), "int8", "input", "logits", SHAPE, fp32_layers=("a,b",))
 
 
 def _run_script(tmp_path, python: str, script: str):

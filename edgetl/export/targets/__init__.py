@@ -45,7 +45,7 @@ def preflight(config: ExportConfig) -> None:
 
 def engine_copies(config: ExportConfig) -> Tuple[str, ...]:
     """Paths (relative to the bundle) a GPU engine of this export is also written to: Triton's plan model."""
-    return (triton.plan_path(config),) if TRITON in config.targets and config.dla_core is None else ()
+    return (triton.plan_path(config),) if TRITON in config.targets else ()
 
 
 def write_targets(inputs: TargetInputs) -> Tuple[Dict[str, Any], List[str], List[str]]:

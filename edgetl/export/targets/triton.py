@@ -19,7 +19,7 @@ import importlib.util
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from google.protobuf import text_format  # protobuf comes with onnx
 
@@ -63,14 +63,21 @@ def plan_path(config: ExportConfig) -> str:
     return "{}/{}_trt/1/{}".format(PLAN_REPOSITORY, model_name(config), PLAN_FILE)
 
 
-def config_message(name: str, platform: str, max_batch: int, size: int, classes: int) -> Any:
-    """The ModelConfig of one variant: float32 input [3, size, size], float32 output [classes]."""
+def config_message(
+    name: str, platform: str, max_batch: int, size: int, classes: int, dla_core: Optional[int] = None
+) -> Any:
+    """The ModelConfig of one variant: float32 input [3, size, size], float32 output [classes]. A plan built for
+    a DLA core runs there: Triton's TensorRT backend takes the core as the instance group's secondary device
+    (KIND_NVDLA, triton-inference-server/server pull request 2912)."""
     pb2 = model_config_pb2()
     target = TARGETS[NAME]
     config = pb2.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
     config.input.add(name=target.input_name, data_type=pb2.TYPE_FP32, dims=[3, size, size])
     config.output.add(name=target.output_name, data_type=pb2.TYPE_FP32, dims=[classes], label_filename="labels.txt")
     config.dynamic_batching.SetInParent()
+    if dla_core is not None:
+        group = config.instance_group.add(kind=pb2.ModelInstanceGroup.KIND_GPU)
+        group.secondary_devices.add(kind=pb2.ModelInstanceGroup.SecondaryDevice.KIND_NVDLA, device_id=dla_core)
     return config
 
 
@@ -82,7 +89,8 @@ def _variant(root: Path, inputs: TargetInputs, name: str, platform: str, source:
     """One model folder: config.pbtxt, labels.txt and (for ONNX) the bundle's model copied as 1/model.onnx."""
     profile = inputs.config.profile()
     max_batch = profile.max if profile else 0
-    message = config_message(name, platform, max_batch, inputs.spec.input_size, len(inputs.class_names))
+    dla_core = inputs.config.dla_core if platform == PLAN_PLATFORM else None
+    message = config_message(name, platform, max_batch, inputs.spec.input_size, len(inputs.class_names), dla_core)
     folder = root / name
     folder.mkdir(parents=True)
     atomic_write_text(folder / "config.pbtxt", config_text(message))
