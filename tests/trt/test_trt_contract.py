@@ -456,10 +456,10 @@ def test_a_dla_export_for_triton_plans_its_model_plan_on_that_core(tiny_run, tmp
     from edgetl.spec.bundle import Bundle
 
     with pytest.raises(ConfigError, match="--for triton with --dla-core.*--max-batch 1"):
-        ExportConfig(run=str(tiny_run), targets=("triton",), fp16=True, dla_core=1, min_batch=8, max_batch=8)
+        ExportConfig(run=str(tiny_run), targets=("triton",), precision="fp16", dla_core=1, min_batch=8, max_batch=8)
     out = tmp_path / "bundle"
     config = ExportConfig(
-        run=str(tiny_run), out=str(out), targets=("triton",), fp16=True, dla_core=1, min_batch=1, max_batch=1
+        run=str(tiny_run), out=str(out), targets=("triton",), precision="fp16", dla_core=1, min_batch=1, max_batch=1
     )
     export_run(config)
     name = Path(tiny_run).resolve().name
