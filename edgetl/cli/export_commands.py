@@ -119,7 +119,7 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     default=_D.int8_fallback,
     show_default=True,
     help="auto: when INT8 misses the gate, keep the fewest most quantization-sensitive layers (ranked on "
-    "calibration images) in fp32 until it passes; none: fail instead.",
+    "calibration images) in fp32 until it passes (the last --int8-recover step); none: leave that step out.",
 )
 @click.option(
     "--int8-fallback-max-layers",
@@ -127,6 +127,27 @@ _D = ExportConfig  # defaults live in one place: the dataclass
     default=_D.int8_fallback_max_layers,
     show_default=True,
     help="The most layers --int8-fallback auto may keep in fp32.",
+)
+@click.option(
+    "--gate-data",
+    default=_D.gate_data,
+    help="A folder of unlabelled images from the deployment's distribution that the INT8 gate also judges.",
+)
+@click.option(
+    "--int8-recover",
+    default=_D.int8_recover,
+    show_default=True,
+    help="When INT8 misses its gate, try these steps cheapest first and keep the first that passes: auto (all), "
+    "none, or a comma list of head (re-solve a feature extractor's linear head on its INT8 features; judged on "
+    "labelled held-out images) and fallback (layers in fp32, as --int8-fallback auto).",
+)
+@click.option(
+    "--int8-recover-budget",
+    type=float,
+    default=_D.int8_recover_budget,
+    show_default=True,
+    help="Seconds the recovery steps may take; when spent, no further step starts, the best attempt is "
+    "reported and export exits 3.",
 )
 @click.option("--fp16", is_flag=True, help="FP16 engine (and model_fp16.onnx for TensorRT >= 11).")
 @click.option("--trt", is_flag=True, help="Build the TensorRT engine here (needs TensorRT and a GPU).")

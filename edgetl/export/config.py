@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from edgetl.core.cpu import cpu_isa
 from edgetl.core.fileio import check_out_path
 from edgetl.errors import ConfigError
+from edgetl.export.recover_options import DEFAULT_RECOVER_BUDGET_S, recovery_steps
 from edgetl.spec.formats import (
     CALIB_METHODS,
     CONSUMERS,
@@ -69,6 +70,10 @@ class ExportConfig:
     gate_images: int = 1000  # held-out training images (not used by calibration) the INT8 gate adds, at most
     int8_fallback: str = INT8_FALLBACKS[0]  # auto: a missed gate keeps the most sensitive layers in fp32
     int8_fallback_max_layers: int = 8  # the most layers the fallback may keep in fp32
+    # the INT8 gate's extra inputs and the recovery ladder (edgetl.export.gate_inputs, edgetl.export.recover)
+    gate_data: Optional[str] = None  # a folder of unlabelled images the INT8 gate also judges
+    int8_recover: str = "auto"  # auto, none or a comma list of edgetl.export.recover_options.RECOVERY_STEPS
+    int8_recover_budget: float = DEFAULT_RECOVER_BUDGET_S  # seconds; spent: the best attempt is reported, exit 3
     fp16: bool = False
     trt: bool = False
     trt_version: str = DEFAULT_TARGET  # TensorRT on the device: sets the ONNX opset/IR limits
@@ -133,6 +138,7 @@ class ExportConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_recovery()
         onnx_versions(resolve_target(self.trt_version), self.opset)
         profile = self.profile()  # validates the batch range
         if self.out is not None:
@@ -142,6 +148,16 @@ class ExportConfig:
                 raise ConfigError("--dla-core: DLA INT8 takes the trt form's calibration cache; use --int8-form trt")
             static = profile is None or profile.min == profile.max
             check_dla(resolve_target(self.trt_version), self.precision, self.dla_core, static)
+
+    def _check_recovery(self) -> None:
+        """The options of the INT8 gate's extra inputs and of the recovery ladder."""
+        recovery_steps(self.int8_recover, self.int8_fallback)  # raises ConfigError on an unknown step
+        if not self.int8_recover_budget > 0:
+            raise ConfigError("--int8-recover-budget must be > 0 seconds")
+        if self.gate_data is not None and not self.int8:
+            raise ConfigError("--gate-data only applies with --int8")
+        if self.gate_data is not None and not Path(self.gate_data).expanduser().is_dir():
+            raise ConfigError("--gate-data is not a folder: {}".format(self.gate_data))
 
     @property
     def precision(self) -> str:
