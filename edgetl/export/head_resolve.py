@@ -48,14 +48,23 @@ def head_gemm(model: onnx.ModelProto) -> Optional[onnx.NodeProto]:
 
 
 def int8_features(
-    int8_path: Path, crops: np.ndarray, prepare: Callable[[np.ndarray], np.ndarray], optimize: bool, work: Path
+    fp32_path: Path,
+    int8_path: Path,
+    crops: np.ndarray,
+    prepare: Callable[[np.ndarray], np.ndarray],
+    optimize: bool,
+    work: Path,
 ) -> np.ndarray:
-    """The tensor the INT8 model's head reads, for uint8 ``crops`` (the model cut there, run by ONNX Runtime)."""
-    model = onnx.load(str(int8_path))
-    head = head_gemm(model)
+    """The tensor the INT8 model's head (the node of ``fp32_path``'s head's name) reads, for uint8 ``crops``:
+    the INT8 model cut there, run by ONNX Runtime."""
+    head = head_gemm(onnx.load(str(fp32_path)))
     if head is None:
-        raise ExportError(f"{int8_path.name} has no linear head (a Gemm producing its output) to re-solve")
-    features = head.input[0]
+        raise ExportError(f"{fp32_path.name} has no linear head (a Gemm producing its output) to re-solve")
+    model = onnx.load(str(int8_path))
+    found = [node for node in model.graph.node if node.name == head.name]
+    if len(found) != 1:
+        raise ExportError(f"{int8_path.name} has no single node {head.name!r} (the fp32 model's head)")
+    features = found[0].input[0]
     del model.graph.output[:]
     model.graph.output.append(onnx.helper.make_tensor_value_info(features, onnx.TensorProto.FLOAT, None))
     cut = work / "int8_features.onnx"
@@ -119,7 +128,7 @@ def solve_int8_head(
     """Fit the head on ``int8_path``'s features of ``crops`` (labelled ``labels``) and write it into a copy of
     ``fp32_path`` at ``out_fp32_path`` (which the caller quantizes)."""
     started = time.perf_counter()
-    features = int8_features(int8_path, crops, prepare, optimize, work)
+    features = int8_features(fp32_path, int8_path, crops, prepare, optimize, work)
     feature_seconds = time.perf_counter() - started
     x, y = torch.from_numpy(features), torch.from_numpy(np.asarray(labels, np.int64))
     fit = fit_linear_head(x, y, num_classes, seed=seed, label_smoothing=label_smoothing, class_weight=class_weight)

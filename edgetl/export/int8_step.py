@@ -16,6 +16,7 @@ import numpy as np
 from edgetl.export.config import ExportConfig
 from edgetl.export.fallback import fall_back, latency_cost, rank_layers
 from edgetl.export.gate import GateResult, judge
+from edgetl.export.head_resolve import solve_int8_head
 from edgetl.export.paired_gate import CRITERION as PAIRED
 from edgetl.export.paired_gate import judge_paired
 from edgetl.export.parity import EvalImages
@@ -151,8 +152,6 @@ class Int8Step:
 
     def _head(self, plain: Path) -> Tuple[Attempt, Optional[Path]]:
         """Re-solve the linear head on the plain INT8 model's features; judged by the paired labelled bound."""
-        from edgetl.export.head_resolve import solve_int8_head  # torch: only when the step runs
-
         head = self.head
         if head is None or head.not_applicable:
             return Attempt("head", "not applicable: {}".format(head.not_applicable if head else "no hold-out")), None
