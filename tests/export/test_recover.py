@@ -205,3 +205,53 @@ def test_head_step_does_not_apply_without_a_linear_head_and_the_fallback_follows
     assert attempts[0] == dict(attempts[0], step="head", verdict="not applicable: the run is not a feature "
                                "extractor with a linear head")  # fmt: skip
     assert attempts[1]["step"] == "fallback" and step.sections[path]["fallback"]["attempts"]
+
+
+@pytest.fixture(scope="module")
+def tiny_feature_run(tmp_path_factory):
+    """A feature extractor (random base, solved linear head) on tiny pattern images."""
+    from conftest import TINY_ARCH, write_patterns
+
+    from edgetl.train.config import FinetuneConfig
+    from edgetl.train.loop import finetune
+
+    root = tmp_path_factory.mktemp("tiny_fe")
+    parts = {part: dict.fromkeys(("alpha", "beta", "gamma"), n) for part, n in (("train", 8), ("val", 4))}
+    write_patterns(root / "data", parts, 48, np.random.default_rng(1), "{i}.jpg")
+    config = FinetuneConfig(
+        data=str(root / "data"), arch=TINY_ARCH, strategy="feature-extractor", weights="none", batch_size=8,
+        workers=0, out=str(root / "run"),
+    )  # fmt: skip
+    return finetune(config, progress=False).run_dir
+
+
+def test_fp32_artifacts_are_byte_identical_with_and_without_the_ladder(tiny_feature_run, tmp_path):
+    """Calibrated on one flat grey image, INT8 clips nearly every activation of real images: plain INT8 misses
+    a 20-point gate and the ladder runs; nothing of the fp32 side changes, and no ladder decision reaches the
+    saved config."""
+    from PIL import Image
+
+    from edgetl.errors import GateError
+    from edgetl.export.job import export_run
+
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    Image.new("RGB", (48, 48), (128, 128, 128)).save(grey / "grey.png")
+    reports = {}
+    for recover in ("none", "auto"):
+        config = ExportConfig(
+            run=str(tiny_feature_run), out=str(tmp_path / recover), int8=True, int8_form="cpu", calib_data=str(grey),
+            max_int8_drop=20.0, int8_recover=recover, calib_dir=str(tmp_path / "calibration"),
+        )  # fmt: skip
+        try:
+            reports[recover] = export_run(config)
+        except GateError:
+            reports[recover] = json.loads((tmp_path / recover / "export_report.json").read_text())
+    (plain,) = [a for a in reports["none"]["artifacts"] if a["kind"] == "int8"]
+    (laddered,) = [a for a in reports["auto"]["artifacts"] if a["kind"] == "int8"]
+    assert plain["accuracy_gate"]["verdict"] == "failed" and plain["recovery"]["status"] == "not tried"
+    assert [a["step"] for a in laddered["recovery"]["attempts"]][0] == "head"
+    assert laddered["recovery"]["without_recovery"]["disagreements"] == plain["accuracy_gate"]["disagreements"]
+    for name in ("model.onnx", "preprocess.json", "labels.txt"):
+        assert (tmp_path / "none" / name).read_bytes() == (tmp_path / "auto" / name).read_bytes(), name
+    assert "recovery" not in reports["auto"]["config"] and "passed_step" not in json.dumps(reports["auto"]["config"])
