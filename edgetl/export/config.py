@@ -16,6 +16,7 @@ from edgetl.core.cpu import cpu_isa
 from edgetl.core.fileio import check_out_path
 from edgetl.core.options import Shortcut, option
 from edgetl.errors import ConfigError
+from edgetl.export.recover_options import DEFAULT_RECOVER_BUDGET_S, recovery_steps
 from edgetl.spec.formats import (
     CALIB_METHODS,
     CONSUMERS,
@@ -147,10 +148,30 @@ class ExportConfig:
         group=INT8,
         choices=INT8_FALLBACKS,
         help="auto: when INT8 misses the gate, keep the fewest most quantization-sensitive layers (ranked on "
-        "calibration images) in fp32 until it passes; none: fail instead.",
+        "calibration images) in fp32 until it passes (the last --int8-recover step); none: leave that step out.",
     )
     int8_fallback_max_layers: int = option(
         8, group=INT8, kind="int", help="The most layers --int8-fallback auto may keep in fp32."
+    )
+    gate_data: Optional[str] = option(
+        None,
+        group=INT8,
+        kind="path",
+        help="A folder of unlabelled images from the deployment's distribution that the INT8 gate also judges.",
+    )
+    int8_recover: str = option(
+        "auto",
+        group=INT8,
+        help="When INT8 misses its gate, try these steps cheapest first and keep the first that passes: auto (all), "
+        "none, or a comma list of head (re-solve a feature extractor's linear head on its INT8 features; judged on "
+        "labelled held-out images) and fallback (layers in fp32, as --int8-fallback auto).",
+    )
+    int8_recover_budget: float = option(
+        DEFAULT_RECOVER_BUDGET_S,
+        group=INT8,
+        kind="float",
+        help="Seconds the recovery steps may take; when spent, no further step starts, the best attempt is "
+        "reported and export exits 3.",
     )
     trt: bool = option(
         False, group=TENSORRT, kind="flag", help="Build the TensorRT engine here (needs TensorRT and a GPU)."
@@ -236,6 +257,7 @@ class ExportConfig:
             raise ConfigError.about("{calib_data} not found: {path}", path=self.calib_data)
         if self.timing_cache is not None and Path(self.timing_cache).is_dir():
             raise ConfigError.about("{timing_cache} is a folder")
+        self._check_recovery()
         onnx_versions(resolve_target(self.trt_version), self.opset)
         profile = self.profile()  # validates the batch range
         if self.out is not None:
@@ -268,6 +290,16 @@ class ExportConfig:
             calib_method=self.calib_method or DEFAULT_CALIB_METHODS.get(form, CALIB_METHODS[0]),
             int8_cpu_isa=cpu_isa() if self.int8_cpu_isa == "auto" else self.int8_cpu_isa,
         )
+
+    def _check_recovery(self) -> None:
+        """The options of the INT8 gate's extra inputs and of the recovery ladder."""
+        recovery_steps(self.int8_recover, self.int8_fallback)  # raises ConfigError on an unknown step
+        if not self.int8_recover_budget > 0:
+            raise ConfigError.about("{int8_recover_budget} must be > 0 seconds")
+        if self.gate_data is not None and self.precision != "int8":
+            raise ConfigError.about("{gate_data} only applies with {precision} int8")
+        if self.gate_data is not None and not Path(self.gate_data).expanduser().is_dir():
+            raise ConfigError.about("{gate_data} is not a folder: {path}", path=self.gate_data)
 
     @property
     def tensor_names(self) -> Tuple[str, str]:

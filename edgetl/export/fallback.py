@@ -12,7 +12,9 @@ bisects to the fewest that pass; the gate, not the ranking, decides.
 
 from __future__ import annotations
 
+import math
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -22,6 +24,7 @@ import onnx
 from onnxruntime.quantization import qdq_loss_debug
 
 from edgetl.export.quantize import DQ_OP, Q_OP, quantized_source
+from edgetl.export.recover_options import SKIPPED
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.timing import time_interleaved
 
@@ -173,12 +176,16 @@ def fall_back(
     evaluate: Callable[[Path], Any],
     max_layers: int,
     work: Path,
+    deadline: float = math.inf,
 ) -> Tuple[FallbackSearch, Optional[Path]]:
     """Run the search with ``quantize(path, nodes)`` writing a model with ``nodes`` kept in fp32 and
     ``evaluate(path)`` returning its ``GateResult``; returns the search and the passing model's file
-    (None when none passed)."""
+    (None when none passed). Past ``deadline`` (``time.monotonic``) no attempt runs: each is recorded as
+    skipped and fails."""
 
     def attempt(nodes: List[str]) -> FallbackAttempt:
+        if time.monotonic() >= deadline:
+            return FallbackAttempt(len(nodes), 0, math.nan, SKIPPED)
         path = work / "int8_fallback_{}.onnx".format(len(nodes))
         quantize(path, nodes)
         gate = evaluate(path)

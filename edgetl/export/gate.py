@@ -80,6 +80,7 @@ class GateResult:
     reduced_val_top1: float
     val_drop_points: float
     simulation: str  # how the reduced model was run
+    inputs: Optional[Dict[str, int]] = None  # judged inputs by source (edgetl.export.gate_inputs), when known
 
     def to_dict(self) -> Dict[str, Any]:
         return dict(asdict(self), confidence=CONFIDENCE)
@@ -89,6 +90,9 @@ class GateResult:
         sample = "{} images ({} val + {} held-out train)".format(
             self.images, self.val_images, self.heldout_train_images
         )
+        if self.inputs:
+            parts = " + ".join(f"{count} {name.replace('_', ' ')}" for name, count in self.inputs.items() if count)
+            sample = f"{self.images} inputs ({parts})"
         if self.verdict == "unresolvable":
             need = (
                 "needs >= {} images".format(self.images_needed)
@@ -118,10 +122,15 @@ class GateResult:
 
 
 def judge(
-    reference: np.ndarray, candidate: np.ndarray, val_labels: np.ndarray, max_points: float, simulation: str
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    val_labels: np.ndarray,
+    max_points: float,
+    simulation: str,
+    inputs: Optional[Dict[str, int]] = None,
 ) -> GateResult:
     """Judge ``candidate`` outputs against fp32 ``reference`` outputs (rows: the val images, labelled
-    by ``val_labels``, then the held-out training images)."""
+    by ``val_labels``, then the other judged inputs: ``inputs`` counts them by source when given)."""
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     n, n_val = len(reference), len(val_labels)
     disagreements = int((reference.argmax(1) != candidate.argmax(1)).sum())
@@ -136,7 +145,7 @@ def judge(
     return GateResult(
         n,
         n_val,
-        n - n_val,
+        inputs.get("heldout_train", 0) if inputs else n - n_val,
         disagreements,
         bound,
         max_points,
@@ -146,6 +155,7 @@ def judge(
         reduced_top1,
         (fp32_top1 - reduced_top1) * 100.0,
         simulation,
+        inputs,
     )
 
 
@@ -164,7 +174,7 @@ def sample_warnings(calibrated: int, requested: int, judged: int, max_points: fl
     if needed is None or judged < needed:
         warnings.append(
             "the INT8 gate judges only {} images, and needs {} to show a bound of {:g} points "
-            "(--max-int8-drop); add val images or --gate-images".format(
+            "(--max-int8-drop); add val images, --gate-images or --gate-data".format(
                 judged, ">= {}".format(needed) if needed else "more than any sample", max_points
             )
         )

@@ -33,15 +33,18 @@ import onnx
 from edgetl.core.cpu import isa_flags_of_interest
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
-from edgetl.data.folders import DatasetSplit
+from edgetl.data.folders import DatasetSplit, Sample
+from edgetl.data.sampling import balanced_class_weights
 from edgetl.errors import CheckpointError, DependencyError, GateError
 from edgetl.export.bundle_folder import STAGE, claim_out, lineage_plan, publish
 from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.config import ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
 from edgetl.export.gate import sample_warnings
+from edgetl.export.gate_inputs import GateInputs, assemble_gate_inputs, empty_images, gate_data_images
 from edgetl.export.geometry_report import geometry_accuracy
-from edgetl.export.int8_step import Int8Step, cpu_form_metadata
+from edgetl.export.int8_step import HeadRefit, Int8Step, cpu_form_metadata
+from edgetl.export.paired_gate import pairs_needed
 from edgetl.export.parity import (
     EvalImages,
     Parity,
@@ -253,8 +256,10 @@ class _Export:
             },
         )
         reader = ImageCalibrationReader(samples, self.spec, self.input_name, config.batch or 1)
-        heldout = heldout_images(DatasetSplit.load(self.run).train, samples, self.spec, config.gate_images, config.seed)
-        judged = len(self.images.labels) + len(heldout.labels)
+        train = DatasetSplit.load(self.run).train
+        heldout = heldout_images(train, samples, self.spec, config.gate_images, config.seed)
+        gate_inputs = self._gate_inputs(heldout, train)
+        judged = gate_inputs.record["images"]
         self.report["warnings"] = sample_warnings(len(samples), config.calib_size, judged, config.max_int8_drop)
         optimize = config.int8_form == "cpu"
         fp32_path = self.stage / ONNX_FILES["fp32"]
@@ -262,7 +267,7 @@ class _Export:
         def outputs(path: Path) -> Tuple[Dict[str, Any], np.ndarray]:
             # random inputs break calibration: parity on the val images only
             section, _, val = self._parity(path, None, None, "NCHW", optimize=optimize)
-            return section, np.concatenate([val, self._outputs(path, heldout.crops, optimize)])
+            return section, np.concatenate([val, self._outputs(path, gate_inputs.crops, optimize)])
 
         def check(path: Path) -> Dict[str, Any]:
             return dict(
@@ -276,14 +281,16 @@ class _Export:
                     "source": source,
                     "method": config.calib_method,
                 },
+                gate_inputs=gate_inputs.record,
             )
 
-        reference = np.concatenate([self.fp32_outputs, self._outputs(fp32_path, heldout.crops, True)])
+        reference = np.concatenate([self.fp32_outputs, self._outputs(fp32_path, gate_inputs.crops, True)])
         metadata = dict(self._metadata("int8"), int8_form=config.int8_form, **cpu_form_metadata(config))
         with tempfile.TemporaryDirectory(prefix="edgetl-int8-") as tmp:
             step = Int8Step(
-                config, fp32_path, reader, metadata, self.ir_version, outputs, reference, self.images.labels, Path(tmp)
-            )
+                config, fp32_path, reader, metadata, self.ir_version, outputs, reference, self.images.labels, Path(tmp),
+                inputs=gate_inputs.parts, head=self._head_refit(heldout, train),
+            )  # fmt: skip
             passed = self._gated("int8", step.write, check)
         if passed and config.int8_form == "trt":  # its scales, for the consumers that calibrate themselves
             self.manifest["calibration_cache"] = write_cache_for(
@@ -293,6 +300,48 @@ class _Export:
         else:
             self.removed.append(CALIBRATION_CACHE)  # an older cache would now look valid
         return passed
+
+    def _gate_inputs(self, heldout: EvalImages, train: List[Sample]) -> GateInputs:
+        """What the INT8 gate judges after the val images (edgetl.export.gate_inputs)."""
+        config = self.config
+        gate_data = empty_images(self.spec)
+        if config.gate_data is not None:
+            gate_data = gate_data_images(Path(config.gate_data), self.spec, config.gate_images, config.seed)
+        return assemble_gate_inputs(
+            val_count=len(self.images), heldout=heldout, gate_data=gate_data,
+            view_sources=[Path(p) for p in self.images.paths] + [Path(s.path) for s in train], spec=self.spec,
+            max_points=config.max_int8_drop, seed=config.seed, gate_data_dir=config.gate_data or "",
+        )  # fmt: skip
+
+    def _head_refit(self, heldout: EvalImages, train: List[Sample]) -> HeadRefit:
+        """The head recovery step's labelled hold-out (the val images, then as many held-out training images as
+        the paired bound needs, fixed now) and its fit images (the rest of the training split)."""
+        needed = pairs_needed(self.config.max_int8_drop / 100.0) or 0
+        extra = min(max(0, needed - len(self.images)), len(heldout))
+        held = set(heldout.paths[:extra])
+        labels = np.concatenate([self.images.labels, heldout.labels[:extra]])
+        paths = sorted(self.images.paths + heldout.paths[:extra])
+        record = {
+            "images": len(labels),
+            "val": len(self.images),
+            "heldout_train": extra,
+            "paths_sha256": hashlib.sha256("\n".join(paths).encode("utf-8")).hexdigest(),
+            "fit_on": "the training split without these images",
+        }
+        pool = [s for s in train if str(s.path) not in held]
+        run_config = self.payload.get("config") or {}
+        reason = None
+        if self.payload["strategy"] != "feature-extractor" or self.payload["head"]["kind"] != "linear":
+            reason = "the run is not a feature extractor with a linear head"
+        class_weight = None
+        if run_config.get("balance", "none") != "none":
+            weights = balanced_class_weights([s.label for s in pool], len(self.payload["class_names"]))
+            class_weight = torch.tensor(weights, dtype=torch.float64)
+        return HeadRefit(
+            labels, lambda: load_eval_images(pool, self.spec, len(pool), self.config.seed),
+            len(self.payload["class_names"]), self._normalized, record, reason,
+            float(run_config.get("label_smoothing", 0.0)), class_weight,
+        )  # fmt: skip
 
     def _outputs(self, path: Path, crops: np.ndarray, optimize: bool) -> np.ndarray:
         """ONNX outputs of uint8 crops (NCHW float model); no rows for no crops."""

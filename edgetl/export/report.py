@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from edgetl.core.tables import text_table
+from edgetl.export.recover import recovery_lines
 
 
 def format_report(report: Dict[str, Any]) -> str:
@@ -42,6 +43,8 @@ def format_report(report: Dict[str, Any]) -> str:
                     gate["fp32_val_top1"],
                 )
             )
+            lines += _gate_input_lines(entry)
+            lines += recovery_lines(entry)
             lines += _fallback_lines(entry.get("fallback") or {})
     lines += _geometry_lines(report.get("geometry"))
     verification = report.get("verification")
@@ -63,6 +66,26 @@ def format_report(report: Dict[str, Any]) -> str:
         lines.append("engine: {}".format(report["engine"].get("file") or report["engine"]["reason"]))
     lines += ["FAILED " + f for f in report["failures"]]
     return "\n".join(lines)
+
+
+def _gate_input_lines(entry: Dict[str, Any]) -> List[str]:
+    """Which inputs beyond the val images the INT8 gate judged, and the paired gate where one decided."""
+    lines = []
+    inputs = entry.get("gate_inputs") or {}
+    if inputs.get("augmented_views") or inputs.get("gate_data"):
+        lines.append(
+            f"INT8 gate inputs: {inputs['val']} val, {inputs['heldout_train']} held-out train, {inputs['gate_data']} "
+            f"--gate-data, {inputs['augmented_views']} augmented views (views of one image are not independent)"
+        )
+    paired = entry.get("paired_gate")
+    if paired:
+        lines.append(
+            f"INT8 paired gate ({paired['criterion']}): {paired['verdict']}: on {paired['images']} held-out labelled "
+            f"images fp32 right / INT8 wrong {paired['fp32_right_int8_wrong']}, the reverse "
+            f"{paired['fp32_wrong_int8_right']}: 95% bound {paired['upper_bound_points']:.2f} points "
+            f"(<= {paired['max_points']:g}); top-1 {paired['reduced_top1']:.2%} vs fp32 {paired['fp32_top1']:.2%}"
+        )
+    return lines
 
 
 def _geometry_lines(section: Optional[Dict[str, Any]]) -> List[str]:
