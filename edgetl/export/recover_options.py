@@ -27,7 +27,7 @@ def recovery_steps(value: str, fallback: str = "auto") -> Tuple[str, ...]:
         names = []
     unknown = [name for name in names if name not in RECOVERY_STEPS]
     if unknown or not names and value.strip() != "none":
-        raise ConfigError(
-            "--int8-recover must be auto, none or a comma list of {}; got {!r}".format(", ".join(RECOVERY_STEPS), value)
+        raise ConfigError.about(
+            f"{{int8_recover}} must be auto, none or a comma list of {', '.join(RECOVERY_STEPS)}; got {value!r}"
         )
     return tuple(s for s in RECOVERY_STEPS if s in names and not (s == "fallback" and fallback == "none"))

@@ -115,7 +115,7 @@ def sensitive(tmp_path_factory):
 
 
 def _step(sensitive, tmp_path, form, **options):
-    config = ExportConfig(run="unused", precision="int8", int8_form=form, max_int8_drop=5.0, **options)
+    config = ExportConfig(run="unused", precision="int8", int8_form=form, max_int8_drop=5.0, **options).resolved()
     images = sensitive["images"]
 
     def outputs(path):
@@ -195,8 +195,8 @@ def test_a_cap_too_small_fails_with_a_line_saying_what_to_raise(sensitive, tmp_p
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"int8_fallback": "always"}, "--int8-fallback must be one of auto, none"),
-     ({"int8_fallback_max_layers": 0}, "--int8-fallback-max-layers must be >= 1")],
+    [({"int8_fallback": "always"}, "int8_fallback must be one of auto, none"),
+     ({"int8_fallback_max_layers": 0}, "int8_fallback_max_layers must be >= 1")],
 )  # fmt: skip
 def test_fallback_options_are_validated(options, message):
     with pytest.raises(ConfigError, match=message):

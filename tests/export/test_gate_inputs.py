@@ -86,8 +86,8 @@ def test_gate_data_images_are_judged_and_recorded(folder, tmp_path):
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"gate_data": "nowhere"}, "--gate-data is not a folder: nowhere"),
-     ({"gate_data": ".", "int8": False}, "--gate-data only applies with --int8")],
+    [({"gate_data": "nowhere"}, "gate_data is not a folder: nowhere"),
+     ({"gate_data": ".", "precision": "fp32"}, "gate_data only applies with precision int8")],
 )  # fmt: skip
 def test_gate_data_option_is_validated(options, message):
     with pytest.raises(ConfigError, match=message):

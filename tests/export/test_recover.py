@@ -37,9 +37,9 @@ def test_recover_option_lists_steps_cheapest_first(value, fallback, steps):
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"int8_recover": "qat"}, "--int8-recover must be auto, none or a comma list of head, fallback"),
-     ({"int8_recover": ""}, "--int8-recover must be"),
-     ({"int8_recover_budget": 0}, "--int8-recover-budget must be > 0")],
+    [({"int8_recover": "qat"}, "int8_recover must be auto, none or a comma list of head, fallback"),
+     ({"int8_recover": ""}, "int8_recover must be"),
+     ({"int8_recover_budget": 0}, "int8_recover_budget must be > 0")],
 )  # fmt: skip
 def test_recover_options_are_validated(options, message):
     with pytest.raises(ConfigError, match=message):
@@ -137,7 +137,8 @@ def _prepare(crops):
 
 
 def _step(crushed, tmp_path, form, **options):
-    config = ExportConfig(**dict(dict(run="unused", precision="int8", int8_form=form, max_int8_drop=5.0), **options))
+    options = dict(dict(run="unused", precision="int8", int8_form=form, max_int8_drop=5.0), **options)
+    config = ExportConfig(**options).resolved()
     images, judged = crushed["images"], crushed["judged"]
     crops = images.crops[judged]
 
@@ -240,8 +241,8 @@ def test_fp32_artifacts_are_byte_identical_with_and_without_the_ladder(tiny_feat
     reports = {}
     for recover in ("none", "auto"):
         config = ExportConfig(
-            run=str(tiny_feature_run), out=str(tmp_path / recover), precision="int8", int8_form="cpu", calib_data=str(grey),
-            max_int8_drop=20.0, int8_recover=recover, calib_dir=str(tmp_path / "calibration"),
+            run=str(tiny_feature_run), out=str(tmp_path / recover), precision="int8", int8_form="cpu",
+            calib_data=str(grey), max_int8_drop=20.0, int8_recover=recover, calib_dir=str(tmp_path / "calibration"),
         )  # fmt: skip
         try:
             reports[recover] = export_run(config)
