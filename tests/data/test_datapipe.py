@@ -223,9 +223,9 @@ def test_auto_selection_and_validation(tmp_path: Path) -> None:
     cache, reason = resolve_cache(full, split, SPEC, memory_bytes=100_000)  # the cache would not fit
     assert cache == "none" and "more than half" in reason
     assert resolve_cache(FinetuneConfig(strategy="full", cache="none"), split, SPEC)[0] == "none"
-    with pytest.raises(ConfigError, match="--cache features needs --strategy feature-extractor"):
+    with pytest.raises(ConfigError, match="cache features needs strategy feature-extractor"):
         FinetuneConfig(strategy="full", cache="features")
-    with pytest.raises(ConfigError, match="--feature-views"):
+    with pytest.raises(ConfigError, match="feature_views"):
         FinetuneConfig(strategy="feature-extractor", cache="ram", feature_views=2)
 
 

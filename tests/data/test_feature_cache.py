@@ -145,7 +145,7 @@ def test_resume_with_the_decoded_cache_repeats_an_uninterrupted_run(
     assert got["config"]["cache"] == "ram"  # auto's choice is recorded, so a resume cannot pick differently
     for name, value in expected["model"].items():
         assert torch.equal(got["model"][name], value), name
-    assert json.loads((tmp_path / "whole" / "config.json").read_text())["cache"] == "auto"
+    assert json.loads((tmp_path / "whole" / "config.json").read_text())["cache"] == "ram"  # the resolved config
 
 
 def test_finetune_on_the_feature_cache_matches_evaluating_its_checkpoint(

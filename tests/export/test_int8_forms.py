@@ -94,7 +94,7 @@ def test_cpu_form_is_built_for_the_named_isa(
 
 
 def test_auto_builds_for_this_machine(tiny_run: Path) -> None:
-    assert ExportConfig(run=str(tiny_run)).int8_cpu_isa == cpu_isa()
+    assert ExportConfig(run=str(tiny_run), precision="int8").resolved().int8_cpu_isa == cpu_isa()
 
 
 def test_runtime_warns_when_the_cpu_differs(tiny_run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

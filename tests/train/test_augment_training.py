@@ -33,9 +33,9 @@ def edgetl_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_mixing_is_refused_on_the_feature_cache_before_any_work(tmp_path: Path) -> None:
     for mixing in (dict(mixup=0.2), dict(cutmix=1.0)):
-        with pytest.raises(ConfigError, match="--mixup/--cutmix mix images, and --cache features"):
+        with pytest.raises(ConfigError, match="mixup/cutmix mix images, and cache features"):
             FinetuneConfig(cache="features", **mixing)
-    with pytest.raises(ConfigError, match="--feature-views are augmented views"):
+    with pytest.raises(ConfigError, match="feature_views are augmented views"):
         FinetuneConfig(feature_views=2, augment="none")
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["finetune", str(tmp_path / "nowhere"), "--cache", "features", "--mixup", "0.2",

@@ -61,11 +61,11 @@ def test_geometries_need_the_whole_image_pipeline(data: Path) -> None:
     assert cache == "none" and "centre-crop views" in reason
     frozen = FinetuneConfig(arch="mobilenet_v3_small", train_geometry="imagenet-stretch")  # feature extractor
     assert resolve_cache(frozen, split, SPEC)[0] == "none"
-    with pytest.raises(ConfigError, match="use --cache none"):
+    with pytest.raises(ConfigError, match="use cache none"):
         FinetuneConfig(strategy="full", cache="ram", eval_geometry="imagenet-stretch")
-    with pytest.raises(ConfigError, match="no --feature-views"):
+    with pytest.raises(ConfigError, match="no feature_views"):
         FinetuneConfig(feature_views=2, train_geometry="imagenet-stretch")
-    with pytest.raises(ConfigError, match="--eval-geometry must be one of"):
+    with pytest.raises(ConfigError, match="eval_geometry must be one of"):
         FinetuneConfig(eval_geometry="random-resized-crop")  # a training geometry only
     with pytest.raises(ConfigError, match="need --cache none"):  # the API refuses too
         image_pipeline("ram", split, SPEC, batch_size=2, workers=0, setup=DeviceSetup.create("cpu"))
