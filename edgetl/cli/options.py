@@ -6,6 +6,7 @@ The same option means the same thing on every command: ``--device`` (the torch d
 command writes). Each command passes its default, taken from its config dataclass.
 """
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -14,6 +15,7 @@ from click.core import ParameterSource
 
 from edgetl.core.device import check_device_name
 from edgetl.core.fileio import check_out_path
+from edgetl.errors import ConfigError
 
 F = Callable[..., Any]
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
@@ -62,6 +64,17 @@ class AutoNumber(click.ParamType):
         return number
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses inf (its range checks already refuse nan): a usage error on
+    parsing, not a failure after minutes of work."""
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
 workers_option = click.option(
     "--workers",
     type=WorkersParam(),
@@ -77,7 +90,10 @@ def device_option(default: str, help: str = "Torch device: " + DEVICE_HELP) -> C
     parsing (before any work)."""
 
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        check_device_name(value)
+        try:
+            check_device_name(value)
+        except ConfigError as exc:  # a bad value: a usage error (exit 2), as --help says
+            raise click.BadParameter(str(exc), ctx, param) from None
         return value
 
     return click.option("--device", default=default, show_default=True, callback=check, help=help)

@@ -9,6 +9,7 @@ from click.core import ParameterSource
 
 from edgetl.cli.options import (
     AutoNumber,
+    FiniteFloatRange,
     batch_size_option,
     device_option,
     json_option,
@@ -238,14 +239,14 @@ with another --nproc-per-node."""
 )
 @click.option(
     "--mixup",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=_D.mixup,
     show_default=True,
     help="MixUp with mixing weights from Beta(A, A); 0 = off. Not with --cache features.",
 )
 @click.option(
     "--cutmix",
-    type=click.FloatRange(min=0),
+    type=FiniteFloatRange(min=0),
     default=_D.cutmix,
     show_default=True,
     help="CutMix with box areas from Beta(A, A); 0 = off. With --mixup too, each image gets one of the two.",

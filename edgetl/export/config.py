@@ -87,6 +87,8 @@ class ExportConfig:
         if unknown:
             raise ConfigError("--for must be one of {}; got {}".format(", ".join(CONSUMERS), ", ".join(unknown)))
         object.__setattr__(self, "targets", targets or (BUNDLE,))
+        if self.int8_form is not None and not self.int8:  # checked before the default fills it in
+            raise ConfigError("--int8-form only applies with --int8 (it chooses the INT8 model's form)")
         if self.int8_form is None:
             object.__setattr__(self, "int8_form", default_int8_form(self.trt, self.dla_core, targets))
         if self.calib_method is None:
