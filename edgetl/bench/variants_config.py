@@ -72,7 +72,7 @@ class VariantsConfig:
     )
     batch_size: int = option(32, group=TRAINING, kind="int", minimum=1, help="Training batch size.")
     weights: Optional[str] = option(None, group=TRAINING, help="As for finetune: a file, or 'none' for random init.")
-    device: str = option("auto", group=TRAINING, help="Training device: auto, cpu, cuda or cuda:N.")
+    device: str = option("auto", group=TRAINING, kind="device", help="Training device: auto, cpu, cuda or cuda:N.")
     workers: Optional[int] = option(
         None,
         group=TRAINING,

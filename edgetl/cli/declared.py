@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import click
 from click.core import ParameterSource
 
-from edgetl.cli.options import AutoNumber, WorkersParam, checked_out_path
+from edgetl.cli.options import AutoNumber, DeviceName, FiniteFloatRange, WorkersParam, checked_out_path
 from edgetl.core.options import AUTO, OptionSpec, Shortcut, declared, flag_of, flags_of, read_config_file
 from edgetl.errors import ConfigError
 
@@ -66,6 +66,8 @@ def click_type(spec: OptionSpec) -> Any:
     """The click type of a declared option, from its spec alone."""
     if spec.choices:
         return AutoChoice(spec.choices) if spec.auto else click.Choice(spec.choices)
+    if spec.kind == "device":
+        return DeviceName()
     if spec.kind == "workers":
         return WorkersParam()
     if spec.kind == "ints":
@@ -76,9 +78,9 @@ def click_type(spec: OptionSpec) -> Any:
         number: type = int if spec.kind == "int" else float
         if spec.auto:
             return AutoNumber(spec.minimum, number)
-        if spec.minimum is not None:
-            return click.IntRange(min=int(spec.minimum)) if number is int else click.FloatRange(min=spec.minimum)
-        return number
+        if number is float:  # inf and nan are refused while parsing, not after minutes of work
+            return FiniteFloatRange(min=spec.minimum)
+        return click.IntRange(min=int(spec.minimum)) if spec.minimum is not None else number
     return click.STRING
 
 

@@ -6,6 +6,7 @@ The same option means the same thing on every command: ``--device`` (the torch d
 command writes). Each command passes its default, taken from its config dataclass.
 """
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -14,10 +15,24 @@ from click.core import ParameterSource
 
 from edgetl.core.device import check_device_name
 from edgetl.core.fileio import check_out_path
+from edgetl.errors import ConfigError
 
 F = Callable[..., Any]
 DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 RUNTIME_DEVICES = ("cpu", "cuda")  # ONNX Runtime execution providers of --device on predict / bench latency
+
+
+class DeviceName(click.ParamType):
+    """A torch ``--device`` (auto, cpu, cuda or cuda:N), checked on parsing: a bad one is a usage error (exit 2)."""
+
+    name = "DEVICE"
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        try:
+            check_device_name(value)
+        except ConfigError as exc:
+            self.fail(exc.naming(lambda name: "--" + name.replace("_", "-")), param, ctx)
+        return value
 
 
 class WorkersParam(click.ParamType):
@@ -62,6 +77,17 @@ class AutoNumber(click.ParamType):
         return number
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses inf (its range checks already refuse nan): a usage error on
+    parsing, not a failure after minutes of work."""
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return number
+
+
 workers_option = click.option(
     "--workers",
     type=WorkersParam(),
@@ -76,11 +102,7 @@ def device_option(default: str, help: str = "Torch device: " + DEVICE_HELP) -> C
     """``--device`` of the commands that run torch (training, features): auto, cpu, cuda or cuda:N, checked on
     parsing (before any work)."""
 
-    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        check_device_name(value)
-        return value
-
-    return click.option("--device", default=default, show_default=True, callback=check, help=help)
+    return click.option("--device", type=DeviceName(), default=default, show_default=True, help=help)
 
 
 def runtime_device_option(default: str) -> Callable[[F], F]:

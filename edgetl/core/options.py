@@ -18,8 +18,8 @@ from edgetl.errors import ConfigError
 METADATA_KEY = "edgetl.option"
 # str/int/float: a value; path: a file or folder name (a str); flag: --name, off by default; switch:
 # --name/--no-name, None (auto) unless given; workers: "auto" or a count of worker processes; ints: a
-# comma-separated list of whole numbers >= 1 (batch sizes).
-KINDS = ("str", "int", "float", "path", "flag", "switch", "workers", "ints")
+# comma-separated list of whole numbers >= 1 (batch sizes); device: a torch device name, checked on parsing.
+KINDS = ("str", "int", "float", "path", "flag", "switch", "workers", "ints", "device")
 AUTO = "auto"
 
 

@@ -218,6 +218,8 @@ class ExportConfig:
         int8 = self.precision == "int8"
         form = self.int8_form or default_int8_form(self.trt, self.dla_core, targets)
         method = self.calib_method or DEFAULT_CALIB_METHODS.get(form, CALIB_METHODS[0])
+        if self.int8_form is not None and self.precision != "int8":
+            raise ConfigError.about("{int8_form} only applies with {precision} int8 (it chooses the INT8 model's form)")
         checks = [
             (
                 self.opset in EXPORTER_OPSETS,

@@ -24,7 +24,7 @@ from edgetl.errors import CheckpointError, ConfigError, DependencyError, GateErr
 from edgetl.runtime.base import Runner, infer_batched
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner
-from edgetl.spec.bundle import ONNX_FILES, Bundle, ModelInfo
+from edgetl.spec.bundle import CHECKPOINT, MANIFEST, ONNX_FILES, Bundle, ModelInfo
 from edgetl.spec.lineage import foreign_artifacts, reference_checkpoint
 from edgetl.spec.preprocess import normalize
 from edgetl.spec.verify_sample import VerificationSample, read_sample, reference_scale
@@ -177,6 +177,11 @@ def verify_bundle(root: Path, only: Sequence[str] = ()) -> VerifyReport:
 
     Files in ``only`` must exist in the bundle (ConfigError) and be runnable here (DependencyError). Models and
     engines that fail are reported, not raised: see ``raise_on_failure``."""
+    if not (Path(root) / MANIFEST).is_file() and (Path(root) / CHECKPOINT).is_file():
+        raise CheckpointError(
+            f"{root} is a run folder, not an exported bundle (it has no {MANIFEST}): verify the folder it was "
+            f"exported to, or export it first with 'edgetl export {root}'"
+        )
     bundle = Bundle.load(Path(root))
     targets = _targets(bundle)
     if only:

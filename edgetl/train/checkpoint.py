@@ -61,7 +61,7 @@ def load_checkpoint(path: Path) -> Dict[str, Any]:
     try:
         payload = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt, truncated, or pickles outside the safe allowlist
-        raise CheckpointError("cannot load checkpoint {}: {}".format(path, load_problem(exc))) from None
+        raise CheckpointError("cannot load checkpoint {}: {}".format(path, load_problem(exc, path))) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError("{} is not an edgetl checkpoint (a plain state dict? pass it as --weights)".format(path))
     return payload

@@ -168,7 +168,7 @@ class FinetuneConfig:
         flags=("--amp/--no-amp",),
         help="Mixed precision (default: on with CUDA).",
     )
-    device: str = option("auto", group=RUN, help="Torch device: auto, cpu, cuda or cuda:N.")
+    device: str = option("auto", group=RUN, kind="device", help="Torch device: auto, cpu, cuda or cuda:N.")
     seed: int = option(0, group=RUN, kind="int", help="Seeds the weights' init, the data order and the splits.")
     workers: Optional[int] = option(
         None,
@@ -338,7 +338,10 @@ class FinetuneConfig:
         return [
             (self.augment in AUGMENTS, "{augment} must be one of " + ", ".join(AUGMENTS)),
             (self.balance in BALANCES, "{balance} must be one of " + ", ".join(BALANCES)),
-            (self.mixup >= 0 and self.cutmix >= 0, "{mixup} and {cutmix} must be >= 0 (0 = off)"),
+            (
+                all(math.isfinite(a) and a >= 0 for a in (self.mixup, self.cutmix)),
+                "{mixup} and {cutmix} must be finite and >= 0 (0 = off)",
+            ),
             (
                 not (self.mixing and (self.cache == "features" or self.feature_views)),
                 "{mixup}/{cutmix} mix images, and {cache} features trains on stored features: use {cache} ram or none",

@@ -27,23 +27,24 @@ from edgetl.data.sampling import balanced_class_weights
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_samples
-from edgetl.train.linear_head import FOLDS, L2_GRID, fit_linear_head, sklearn_c
+from edgetl.train.linear_head import FALLBACK_L2, L2_GRID, cv_folds, fit_linear_head, sklearn_c
 
 torch = require("torch")
 log = logging.getLogger(__name__)
+_NOT_CROSS_VALIDATED = "fixed, not cross-validated: a class has fewer than 2 training images, too few to hold one out"
 
 
 def fit_head(pipeline: Any, model: Any, classes: int, config: FinetuneConfig) -> Tuple[Tuple[float, float], dict]:
     """Solve ``model.head`` on the pipeline's training features; ((train loss, train top-1), the fit's facts)."""
     features, labels = pipeline.train, pipeline.train_labels
     views, count = features.shape[0], features.shape[1]
-    log.info(
-        "fitting the linear head: L-BFGS on %d images x %d view(s), L2 from %d-fold cross-validation over %d values",
-        count,
-        views,
-        FOLDS,
-        len(L2_GRID),
+    folds = cv_folds(labels, classes)
+    how = (
+        f"L2 from {folds}-fold cross-validation over {len(L2_GRID)} values"
+        if folds
+        else f"L2 {FALLBACK_L2:g} {_NOT_CROSS_VALIDATED}"
     )
+    log.info("fitting the linear head: L-BFGS on %d images x %d view(s), %s", count, views, how)
     class_weight = None
     if config.balance != "none":
         class_weight = torch.tensor(balanced_class_weights(labels.tolist(), classes), dtype=torch.float64)
@@ -98,9 +99,9 @@ def stop_reason(
 ) -> str:
     """The summary's one line on why training ended."""
     if head_fit:
-        return "linear head solved (convex): {}; L2 {:g} chosen by {}-fold cross-validation on the train split".format(
-            head_fit["stop"], head_fit["l2"], head_fit["cv_folds"]
-        )
+        folds = head_fit["cv_folds"]
+        how = f"chosen by {folds}-fold cross-validation on the train split" if folds else _NOT_CROSS_VALIDATED
+        return f"linear head solved (convex): {head_fit['stop']}; L2 {head_fit['l2']:g} {how}"
     if early:
         return early
     return "ran all {} epochs".format(config.epochs)

@@ -181,6 +181,13 @@ def pick_l2(scores: Sequence[Tuple[float, float, float]]) -> float:
     return max(scores, key=lambda s: (round(s[1], 12), -s[2], s[0]))[0]
 
 
+def cv_folds(labels: Any, num_classes: int, folds: int = FOLDS) -> int:
+    """The folds the L2 cross-validation uses: ``folds``, at most the smallest class's image count; 0 (no
+    cross-validation, the L2 is ``FALLBACK_L2``) when a class has fewer than 2 images."""
+    usable = min(folds, int(torch.bincount(labels, minlength=num_classes).min()))
+    return usable if usable >= 2 else 0
+
+
 def fit_linear_head(
     features: Any,
     labels: Any,
@@ -199,9 +206,9 @@ def fit_linear_head(
     with torch_threads(1 if features.device.type == "cpu" else None):
         mean, scale = normaliser(features)
         features = ((features.double() - mean) / scale).float()  # the folds share these statistics (no labels)
-        folds = min(folds, int(torch.bincount(labels, minlength=num_classes).min()))
+        folds = cv_folds(labels, num_classes, folds)
         scores: List[Tuple[float, float, float]] = []
-        if folds >= 2 and len(grid) > 1:
+        if folds and len(grid) > 1:
             scores = cross_validate(features, labels, num_classes, grid, folds, seed, label_smoothing, class_weight)
             l2 = pick_l2(scores)
         else:

@@ -10,7 +10,7 @@ otherwise against the sha256 prefix in torchvision's file name.
 from __future__ import annotations
 
 import logging
-import pickle
+import pickletools
 import re
 import shutil
 import subprocess
@@ -174,13 +174,42 @@ def resolve_weights(spec: BackboneSpec, weights: Optional[str]) -> Optional[Path
     return path
 
 
-def load_problem(exc: Exception) -> str:
-    """Why ``torch.load(..., weights_only=True)`` refused a file, in our words: torch's message for an unsafe
-    file advises ``weights_only=False``, which would run whatever code the file carries."""
+UNSAFE_PICKLE = (
+    "it holds Python objects beyond tensors and plain data, which edgetl never unpickles (it could run code)"
+)
+# pickle opcodes that name or call a Python global: what a weights_only load refuses to run
+_OBJECT_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "REDUCE"})
+
+
+def _pickles_objects(path: Path) -> bool:
+    """Whether ``path`` is a well-formed pickle that names Python globals (a pickle torch.load did not write).
+    pickletools only decodes the opcodes: nothing in the file runs."""
+    try:
+        with open(path, "rb") as handle:
+            names = {opcode.name for opcode, _, _ in pickletools.genops(handle)}
+    except Exception:  # not a whole pickle: garbage, truncated, a zip archive
+        return False
+    return bool(names & _OBJECT_OPCODES)
+
+
+def load_problem(exc: Exception, path: Path) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused ``path``, in our words. torch words a corrupt file and
+    an unsafe one alike (and advises ``weights_only=False``, which would run whatever code the file carries):
+    unsafe is said only of a file that names Python objects; anything else is corrupt or not torch's."""
     text = str(exc)
-    if "weights_only" in text or "Weights only load failed" in text or isinstance(exc, pickle.UnpicklingError):
-        return "it holds Python objects beyond tensors and plain data, which edgetl never unpickles (it could run code)"
-    return (text.splitlines() or [type(exc).__name__])[0]
+    if "Unsupported global" in text or _pickles_objects(path):
+        return UNSAFE_PICKLE
+    if isinstance(exc, OSError):
+        return (text.splitlines() or [type(exc).__name__])[0]
+    try:
+        if Path(path).stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    why = "it is corrupt, truncated or not a file torch.save wrote"
+    if isinstance(exc, RuntimeError) and "weights_only" not in text:  # torch's own reading of the archive
+        why += " ({})".format(text.split(". ")[0].splitlines()[0])
+    return why
 
 
 def load_state_dict(path: Path) -> Dict[str, Any]:
@@ -189,7 +218,7 @@ def load_state_dict(path: Path) -> Dict[str, Any]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise WeightsError("cannot load weights {}: {}".format(path, load_problem(exc))) from None
+        raise WeightsError("cannot load weights {}: {}".format(path, load_problem(exc, path))) from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state:

@@ -112,7 +112,7 @@ def captured_export(monkeypatch):
     "old, new, field, value",
     [
         (["--target-trt", "8.5"], ["--trt-version", "8.5"], "trt_version", "8.5"),
-        (["--int8-target", "trt"], ["--int8-form", "trt"], "int8_form", "trt"),
+        (["--int8-target", "trt", "--int8"], ["--int8-form", "trt", "--int8"], "int8_form", "trt"),
         (["--io-names", "jetson"], ["--for", "jetson-inference"], "targets", ("jetson-inference",)),
         (["--io-names", "default"], ["--for", "bundle"], "targets", ("bundle",)),
     ],

@@ -3,6 +3,7 @@ turns non-finite stops instead of saving inf weights and reporting success."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,6 @@ TINY = ["--arch", TINY_ARCH, "--weights", "none", "--workers", "0", "--epochs", 
         (["--head-lr-mult", "inf"], "must be finite"),
         (["--weight-decay", "nan"], "must be finite"),
         (["--lr", "2e38"], "--lr x --head-lr-mult must fit in float32"),
-        (["--device", "cdua"], "--device must be auto, cpu, cuda or cuda:N, got 'cdua'"),
-        (["--device", "cuda:x"], "--device must be auto, cpu, cuda or cuda:N"),
         (["--strategy", "feature-extractor", "--trainable-stages", "3"], "--trainable-stages applies to --strategy"),
         (["--strategy", "full", "--trainable-stages", "1"], "--trainable-stages applies to --strategy partial only"),
         (["--weights", "missing.pth"], "--weights file not found: missing.pth"),
@@ -50,9 +49,18 @@ def test_finetune_options_are_refused_before_any_write(
 
 @pytest.mark.parametrize(
     "option, message",
-    [(["--batch-size", "0"], "'--batch-size': 0 is not in the range"), (["--workers", "-1"], "needs 0 or more")],
+    [
+        (["--batch-size", "0"], "'--batch-size': 0 is not in the range"),
+        (["--workers", "-1"], "needs 0 or more"),
+        (["--mixup", "nan"], "'--mixup': nan is not a finite number"),
+        (["--mixup", "inf"], "'--mixup': inf is not a finite number"),
+        (["--cutmix", "inf"], "'--cutmix': inf is not a finite number"),
+        (["--device", "cdua"], "--device must be auto, cpu, cuda or cuda:N, got 'cdua'"),
+        (["--device", "banana"], "--device must be auto, cpu, cuda or cuda:N, got 'banana'"),
+        (["--device", "cuda:x"], "--device must be auto, cpu, cuda or cuda:N"),
+    ],
 )
-def test_out_of_range_counts_are_usage_errors(data: Path, tmp_path: Path, monkeypatch, option, message) -> None:
+def test_out_of_range_values_are_usage_errors(data: Path, tmp_path: Path, monkeypatch, option, message) -> None:
     monkeypatch.chdir(tmp_path)
     assert_refused(["finetune", data, *TINY, *option], message, [tmp_path], exit_code=2)
 
@@ -60,14 +68,19 @@ def test_out_of_range_counts_are_usage_errors(data: Path, tmp_path: Path, monkey
 @pytest.mark.parametrize("command", [["evaluate", "run"], ["bench", "data", "data"]])
 def test_every_torch_device_option_is_checked_on_parsing(tmp_path: Path, monkeypatch, command) -> None:
     monkeypatch.chdir(tmp_path)
-    assert_refused([*command, "--device", "gpu0"], "--device must be auto, cpu, cuda or cuda:N", [tmp_path])
+    message = "--device must be auto, cpu, cuda or cuda:N"  # a bad value: exit 2, as --help says
+    assert_refused([*command, "--device", "gpu0"], message, [tmp_path], exit_code=2)
 
 
 def test_the_config_dataclasses_refuse_what_the_cli_refuses() -> None:
-    for options in ({"lr": float("inf")}, {"device": "cdua"}, {"batch_size": 0}, {"workers": -1}):
+    for options in ({"lr": float("inf")}, {"device": "cdua"}, {"batch_size": 0}, {"workers": -1}, {"mixup": math.inf}):
         with pytest.raises(ConfigError):
             FinetuneConfig(**options)
-    for options in ({"workspace_mib": -1}, {"precision": "int8", "calib_data": "/definitely/missing"}):
+    for options in (
+        {"workspace_mib": -1},
+        {"precision": "int8", "calib_data": "/definitely/missing"},
+        {"int8_form": "trt"},
+    ):
         with pytest.raises(ConfigError):
             ExportConfig(run="r", **options)
 
@@ -86,6 +99,7 @@ def test_resume_with_fewer_epochs_than_done_is_refused(quick_run: Path, tmp_path
     [
         (["--int8", "--calib-data", "missing/"], "--calib-data not found: missing/"),
         (["--trt", "--workspace", "-5"], "--workspace must be >= 1 MiB, got -5"),
+        (["--int8-form", "trt"], "--int8-form only applies with --precision int8"),
     ],
 )
 def test_export_options_are_refused_before_any_work(quick_run: Path, tmp_path: Path, monkeypatch, option, message):

@@ -82,6 +82,32 @@ def test_an_unsafe_weights_file_gets_our_own_message(tmp_path: Path) -> None:
     assert "never unpickles" in str(raised.value) and "weights_only" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (bytes(range(256)) * 8, "it is corrupt, truncated or not a file torch.save wrote"),  # garbage
+        (b"not a weights file\n", "it is corrupt, truncated or not a file torch.save wrote"),
+        (b"", "the file is empty"),
+        (None, "it is corrupt, truncated or not a file torch.save wrote (PytorchStreamReader failed"),  # truncated
+    ],
+)
+def test_a_corrupt_weights_file_is_called_corrupt_not_unsafe(
+    tmp_path: Path, make_image_folder, content, problem
+) -> None:
+    data, path = make_image_folder(counts={"a": 2, "b": 2}, size=32), tmp_path / "weights.pth"
+    if content is None:
+        torch.save({"w": torch.zeros(64)}, str(path))
+        content = path.read_bytes()[:200]
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as raised:
+        load_state_dict(path)
+    assert str(raised.value).startswith("cannot load weights {}: {}".format(path, problem))
+    assert "never unpickles" not in str(raised.value) and "weights_only" not in str(raised.value)
+    options = ["--arch", "mobilenet_v3_small", "--weights", path, "--workers", "0", "--out", tmp_path / "run"]
+    result = assert_refused(["finetune", data, *options], problem, [data, path], no_new_files=False)
+    assert "never unpickles" not in result.output
+
+
 def test_int8_samples_smaller_than_asked_for_are_warned_about(caplog) -> None:
     with caplog.at_level(logging.WARNING):
         warnings = sample_warnings(calibrated=14, requested=256, judged=4, max_points=1.0)

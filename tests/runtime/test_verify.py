@@ -140,6 +140,15 @@ def test_bad_requests_are_one_line_before_any_work(bundle: Path, tmp_path: Path)
     assert _verify(tmp_path / "nothing").exit_code == 1
 
 
+def test_a_run_never_exported_is_not_a_bundle(tiny_run: Path) -> None:
+    """A run folder has no bundle.json: verify says so and what to run, not that bundle.json lists no sample."""
+    result = _verify(tiny_run)
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "is a run folder, not an exported bundle (it has no bundle.json)" in result.output
+    assert "export it first with 'edgetl export {}'".format(tiny_run) in result.output
+    assert "verification sample" not in result.output
+
+
 def test_an_engine_without_tensorrt_is_listed_as_not_run(bundle: Path) -> None:
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here: the engine would run")

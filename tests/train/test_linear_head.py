@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from edgetl.errors import ConfigError
 from edgetl.train.checkpoint import load_checkpoint
 from edgetl.train.config import FinetuneConfig
-from edgetl.train.linear_head import cross_validate, fit_linear_head, pick_l2, solve, stratified_folds
+from edgetl.train.linear_head import FALLBACK_L2, cross_validate, fit_linear_head, pick_l2, solve, stratified_folds
 from edgetl.train.loop import finetune, resume
 
 
@@ -110,6 +111,18 @@ def test_default_feature_extractor_solves_its_head_and_resume_keeps_it(make_imag
     with pytest.raises(ConfigError, match="nothing to continue"):
         resume(result.run_dir, epochs=3, progress=False)
     assert json.loads((result.run_dir / "summary.json").read_text())["head_fit"]["iterations"] >= 0
+
+
+def test_one_image_per_class_is_solved_with_a_fixed_l2_and_says_so(make_image_folder, tmp_path: Path) -> None:
+    """No class can give an image to a held-out fold: the L2 is the fixed fallback, and the summary says that
+    rather than "chosen by 0-fold cross-validation"."""
+    data = make_image_folder({"a": 1, "b": 1, "c": 1}, size=40, split=True)
+    summary = finetune(replace(_config(data, tmp_path / "run"), val_split=None), progress=False).summary
+    assert summary["head_fit"]["cv_folds"] == 0 and summary["head_fit"]["l2"] == FALLBACK_L2
+    assert "0-fold" not in summary["stopped"] and "cross-validation on the train split" not in summary["stopped"]
+    assert summary["stopped"].endswith(
+        "L2 0.0001 fixed, not cross-validated: a class has fewer than 2 training images, too few to hold one out"
+    )
 
 
 def test_given_epochs_and_mlp_heads_train_by_epochs(make_image_folder, tmp_path: Path) -> None:
