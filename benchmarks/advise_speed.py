@@ -21,10 +21,10 @@ from pathlib import Path
 
 from edgetl.analysis.advise import advise
 from edgetl.analysis.pilot import PilotConfig
-from edgetl.bench.machine import machine_info
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
+from edgetl.diagnostics.machine import machine_info
 
 # From a fresh clone (the package installed, not put on sys.path): the command behind results/advise_speed.*
 REPRODUCE = "{}OMP_NUM_THREADS=2 .venv/bin/python benchmarks/advise_speed.py".format(

@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 from torchvision import datasets
 
-from edgetl.bench.machine import machine_info
+from edgetl.contracts.backbones import get_backbone, preprocess_spec
+from edgetl.contracts.preprocess import torch_transforms
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_write_text, edgetl_home
 from edgetl.core.tables import markdown_table
@@ -40,8 +41,7 @@ from edgetl.data.demo import DEMO_CLASSES, render_texture
 from edgetl.data.feature_cache import feature_pipeline
 from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import image_pipeline
-from edgetl.spec.backbones import get_backbone, preprocess_spec
-from edgetl.spec.preprocess import torch_transforms
+from edgetl.diagnostics.machine import machine_info
 from edgetl.train.checkpoint import load_run
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import predict_logits

@@ -31,16 +31,16 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 import torch
 
-from edgetl.bench.machine import machine_info
+from edgetl.contracts.preprocess import eval_array, load_rgb
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit
+from edgetl.diagnostics.machine import machine_info
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.runtime.base import Runner
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.spec.preprocess import eval_array, load_rgb
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.loop import finetune

@@ -28,12 +28,14 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from edgetl.bench.latency import LatencyConfig, bench_latency
-from edgetl.bench.machine import machine_info
+from edgetl.contracts.formats import INT8_CPU_FORMS, Int8CpuForm
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.cpu import cpu_isa
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit
+from edgetl.diagnostics.machine import machine_info
 from edgetl.export.config import DEFAULT_CALIB_SIZE
 from edgetl.export.fallback import fall_back, rank_layers
 from edgetl.export.gate import judge
@@ -41,8 +43,6 @@ from edgetl.export.int8_step import INT8_SIMULATION, RANKING_IMAGES
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import heldout_images, load_eval_images, normalized, onnx_outputs
 from edgetl.export.quantize import ImageCalibrationReader, calibration_samples, quantize_onnx
-from edgetl.spec.formats import INT8_CPU_FORMS, Int8CpuForm
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.loop import finetune
 

@@ -29,11 +29,11 @@ from typing import Any, Dict, List
 
 import torch
 
-from edgetl.bench.machine import machine_info
 from edgetl.core.device import usable_cores
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
+from edgetl.diagnostics.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # From a fresh clone (the package installed, not put on sys.path): the command behind results/scaling.*

@@ -46,18 +46,18 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from edgetl.bench.machine import machine_info
+from edgetl.contracts.formats import DEFAULT_CALIB_METHODS, INT8_CPU_FORMS
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.data.sampling import select_balanced
+from edgetl.diagnostics.machine import machine_info
 from edgetl.export.config import DEFAULT_CALIB_SIZE
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import EvalImages, heldout_images, load_eval_images, normalized
 from edgetl.export.quantize import DQ_OP, Q_OP, ImageCalibrationReader, calibration_samples, quantize_onnx
-from edgetl.spec.formats import DEFAULT_CALIB_METHODS, INT8_CPU_FORMS
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]

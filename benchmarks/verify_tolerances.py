@@ -30,16 +30,16 @@ from typing import Any, Dict
 
 import numpy as np
 
-from edgetl.bench.machine import machine_info
+from edgetl.contracts.verify_sample import read_sample
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import markdown_table
 from edgetl.data.folders import DatasetSplit
+from edgetl.diagnostics.machine import machine_info
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import load_eval_images, normalized, onnx_outputs
 from edgetl.export.torch_to_onnx import ExportModule
 from edgetl.runtime.verify import TOLERANCES
-from edgetl.spec.verify_sample import read_sample
 from edgetl.train.checkpoint import load_run, preprocess_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -139,7 +139,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def pretrained_mobilenet_v2() -> Path:
     """The real torchvision MobileNetV2 file, fetched (offline fallback allowed) and sha256-verified."""
-    from edgetl.spec.backbones import get_backbone
+    from edgetl.contracts.backbones import get_backbone
     from edgetl.train.weights import fetch_weights
 
     return fetch_weights(get_backbone("mobilenet_v2"))

@@ -11,32 +11,17 @@ import sys
 from pathlib import Path
 from typing import List
 
+try:
+    import tomllib
+except ImportError:  # Python < 3.11
+    import tomli as tomllib  # type: ignore[no-redef]
+
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "edgetl"
-# The torch-free device side: what a Jetson runs with the core install.
-DEVICE_SIDE = [
-    "edgetl/__init__.py",
-    "edgetl/__main__.py",
-    "edgetl/errors.py",
-    "edgetl/core",
-    "edgetl/spec",
-    "edgetl/runtime",
-    "edgetl/trt",
-    "edgetl/cli",
-    "edgetl/bench/__init__.py",
-    "edgetl/bench/latency.py",
-    "edgetl/bench/machine.py",
-    "edgetl/bench/doctor.py",
-    "edgetl/bench/jetson.py",
-    "edgetl/bench/selfcheck_report.py",
-    # the config dataclasses the CLI imports for its defaults
-    "edgetl/train/config.py",
-    "edgetl/export/config.py",
-    "edgetl/bench/variants_config.py",
-    "edgetl/analysis/pilot_config.py",
-]
+# The torch-free device side, what a Jetson runs with the core install: pyproject.toml's mypy files.
+DEVICE_SIDE = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["files"]
 HEAVY = ("torch", "torchvision", "onnxruntime")
 # Modules a function may import lazily: optional or heavy dependencies (and the CLI's stages, which pull in torch).
 LAZY_OK = (

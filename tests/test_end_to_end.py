@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from edgetl.cli import main
-from edgetl.spec.backbones import get_backbone
+from edgetl.contracts.backbones import get_backbone
 from edgetl.train.checkpoint import load_run
 from edgetl.train.model import HeadConfig, build_model
 from edgetl.train.weights import load_state_dict

@@ -43,11 +43,11 @@ from edgetl.analysis.rule import (
     is_small,
     plan_for,
 )
+from edgetl.contracts.backbones import get_backbone
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, load_dataset
 from edgetl.data.sampling import sample_per_class
 from edgetl.errors import DataError
-from edgetl.spec.backbones import get_backbone
 from edgetl.train.config import FinetuneConfig
 
 log = logging.getLogger(__name__)

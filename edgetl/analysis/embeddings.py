@@ -20,13 +20,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from edgetl.contracts.backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entry
+from edgetl.contracts.preprocess import PreprocessSpec, torch_transforms
 from edgetl.core.deps import require
 from edgetl.core.device import resolve_device, resolve_workers
 from edgetl.core.fileio import atomic_path, edgetl_home, file_fingerprints
 from edgetl.data.folders import ImageDataset, Sample, check_image, image_files
 from edgetl.errors import ConfigError, DataError
-from edgetl.spec.backbones import BackboneSpec, get_backbone, preprocess_spec, weights_entry
-from edgetl.spec.preprocess import PreprocessSpec, torch_transforms
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.train.model import EdgeClassifier, HeadConfig, load_base_weights
 from edgetl.train.weights import fetch_weights, load_state_dict

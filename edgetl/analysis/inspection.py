@@ -31,10 +31,10 @@ from edgetl.analysis.contact_sheets import (
     tile_grid,
 )
 from edgetl.analysis.embeddings import FeatureModel, captured_stage, compute_features, list_images
+from edgetl.contracts.preprocess import load_rgb, resize_and_crop, torch_transforms
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text
 from edgetl.errors import ConfigError, WeightsError
-from edgetl.spec.preprocess import load_rgb, resize_and_crop, torch_transforms
 from edgetl.train.weights import RANDOM_INIT, load_state_dict, resolve_weights
 
 torch = require("torch")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from edgetl.analysis.significance import Z_CLEAR, binomial_se
-from edgetl.spec.backbones import BackboneSpec
+from edgetl.contracts.backbones import BackboneSpec
 
 SMALL_PER_CLASS = 1000  # small: median training images per class below this
 PROBE_SIMILAR = 0.80  # similar: chance-adjusted linear-probe accuracy at least this ...

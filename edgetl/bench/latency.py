@@ -22,10 +22,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgetl.bench.machine import machine_info
+from edgetl.contracts.bundle import Bundle
+from edgetl.contracts.engine_sidecar import sidecar_batch_range
+from edgetl.contracts.formats import BACKENDS
+from edgetl.contracts.schema import is_int, is_number, is_str, list_of, read_json, record
 from edgetl.core.deps import torch_threads
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
+from edgetl.diagnostics.machine import machine_info
 from edgetl.errors import ConfigError, GateError
 from edgetl.runtime.base import Runner
 from edgetl.runtime.classifier import choose_backend
@@ -33,10 +37,6 @@ from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner, load_sidecar
 from edgetl.runtime.timing import time_interleaved
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.spec.bundle import Bundle
-from edgetl.spec.engine_sidecar import sidecar_batch_range
-from edgetl.spec.formats import BACKENDS
-from edgetl.spec.schema import is_int, is_number, is_str, list_of, read_json, record
 
 log = logging.getLogger(__name__)
 METHOD = (

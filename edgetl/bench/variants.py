@@ -28,10 +28,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from edgetl.bench.data import training_step_rate
 from edgetl.bench.latency import bench_latency
 from edgetl.bench.variants_config import CPU_BACKENDS, Variant, VariantsConfig
 from edgetl.bench.variants_report import format_markdown, plot_accuracy_latency
+from edgetl.contracts.backbones import get_backbone, preprocess_spec
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_write_text
@@ -39,12 +39,12 @@ from edgetl.data.feature_cache import HeadBatches
 from edgetl.errors import ConfigError
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.runtime.tensorrt import installed_tensorrt_version
-from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.checkpoint import load_run
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.head_fit import epochs_trained
 from edgetl.train.loop import finetune
 from edgetl.train.model import HeadConfig, build_model, count_parameters
+from edgetl.train.throughput import training_step_rate
 
 torch = require("torch")
 log = logging.getLogger(__name__)

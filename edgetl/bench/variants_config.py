@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from edgetl.bench.latency import LatencyConfig
+from edgetl.contracts.backbones import BACKBONES, DEFAULT_ARCH, get_backbone
 from edgetl.core.options import option
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH, get_backbone
 from edgetl.train.config import AUTO_EPOCHS, FinetuneConfig
 
 IMAGE_CACHES = ("ram", "none")

@@ -8,8 +8,8 @@ import click
 
 from edgetl.analysis.pilot_config import PilotConfig
 from edgetl.cli.options import batch_size_option, device_option, json_option, out_option, workers_option
+from edgetl.contracts.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 
 _P = PilotConfig  # defaults live in one place: the dataclass
 _DEVICE = device_option("auto")

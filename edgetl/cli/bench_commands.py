@@ -18,8 +18,8 @@ from edgetl.cli.options import (
     runtime_device_option,
     workers_option,
 )
-from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
-from edgetl.spec.formats import BACKENDS
+from edgetl.contracts.backbones import BACKBONES, DEFAULT_ARCH
+from edgetl.contracts.formats import BACKENDS
 
 _L = LatencyConfig  # defaults live in one place: the dataclasses
 

@@ -37,14 +37,14 @@ def doctor(bundle: Optional[Path], as_json: bool, gpu_selfcheck: bool, out: Opti
     """
     if gpu_selfcheck:
         out = out or SELFCHECK_OUT
-        from edgetl.bench.gpu_selfcheck import run_selfcheck
+        from edgetl.diagnostics.gpu_selfcheck import run_selfcheck
 
         report = run_selfcheck(out, command="edgetl doctor --gpu-selfcheck --out {}".format(out))
         click.echo(report.summary())
         click.echo("report: {} and {}".format(report.markdown_path, report.json_path))
         sys.exit(1 if report.failed else 0)
 
-    from edgetl.bench.doctor import check_bundle, collect_facts, diagnose, format_items, is_broken, report_json
+    from edgetl.diagnostics.doctor import check_bundle, collect_facts, diagnose, format_items, is_broken, report_json
 
     facts = collect_facts()
     items = diagnose(facts)

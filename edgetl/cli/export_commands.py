@@ -21,9 +21,9 @@ from edgetl.cli.options import (
     no_effect_flag,
     runtime_device_option,
 )
+from edgetl.contracts.formats import BACKENDS, INT8_FORMS, PRECISIONS
 from edgetl.errors import ConfigError
 from edgetl.export.config import EXPORT_GROUPS, ExportConfig
-from edgetl.spec.formats import BACKENDS, INT8_FORMS, PRECISIONS
 from edgetl.trt.plan import DEFAULT_WORKSPACE_MIB
 
 
@@ -103,8 +103,8 @@ def predict(bundle: Path, images: Sequence[Path], backend: str, device: str, top
     edgetl predict models/photos test/cat.jpg test/more/
     edgetl predict bundles/photos frames/ --backend trt --topk 3 --json
     """
+    from edgetl.contracts.bundle import Bundle
     from edgetl.runtime.classifier import Classifier
-    from edgetl.spec.bundle import Bundle
 
     paths = expand_images(images)
     if not paths:

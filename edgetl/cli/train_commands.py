@@ -9,10 +9,10 @@ from click.core import ParameterSource
 
 from edgetl.cli.declared import FLAGS_KEY, DeclaredCommand, DeclaredOption
 from edgetl.cli.options import batch_size_option, device_option, json_option
+from edgetl.contracts.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.core.options import flag_of
 from edgetl.core.world import ProcessRole, under_launcher
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH
 from edgetl.train.config import FINETUNE_GROUPS, RUN, FinetuneConfig, LaunchConfig
 
 _RAW_ARGS = "edgetl.raw_args"
@@ -48,7 +48,7 @@ def weights_fetch(arch: str) -> None:
     \b
     edgetl weights fetch mobilenet_v2
     """
-    from edgetl.spec.backbones import get_backbone
+    from edgetl.contracts.backbones import get_backbone
     from edgetl.train.weights import describe_weights, fetch_weights
 
     spec = get_backbone(arch)

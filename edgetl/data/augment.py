@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from typing import Any, Tuple
 
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.deps import require
 from edgetl.data.decoded_cache import GEOMETRY_COLUMNS, upright_size
-from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
 F = torch.nn.functional

@@ -29,13 +29,13 @@ from typing import Any, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from edgetl.contracts.preprocess import PreprocessSpec, center_crop_offsets, load_rgb, resize_shorter_side, resized_size
 from edgetl.core.cleanup import DECODED_DIR
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, built_once, edgetl_home, file_fingerprints
 from edgetl.core.world import ProcessRole
 from edgetl.data.folders import Sample
 from edgetl.errors import DataError
-from edgetl.spec.preprocess import PreprocessSpec, center_crop_offsets, load_rgb, resize_shorter_side, resized_size
 
 torch = require("torch")
 log = logging.getLogger(__name__)

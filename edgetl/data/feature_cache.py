@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Tuple
 
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.cleanup import FEATURES_DIR
 from edgetl.core.deps import require, torch_threads
 from edgetl.core.device import DeviceSetup
@@ -39,7 +40,6 @@ from edgetl.data.pipelines import (
 )
 from edgetl.data.sharding import Shard
 from edgetl.data.strong_augment import LEVELS
-from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
 log = logging.getLogger(__name__)

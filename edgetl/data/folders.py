@@ -18,11 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from PIL import Image
 
+from edgetl.contracts.preprocess import load_rgb
+from edgetl.contracts.schema import fixed, is_int, is_str, list_of, read_json, record
 from edgetl.core.fileio import atomic_write_text
 from edgetl.data.sampling import stratified_split
 from edgetl.errors import CheckpointError, DataError
-from edgetl.spec.preprocess import load_rgb
-from edgetl.spec.schema import fixed, is_int, is_str, list_of, read_json, record
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edgetl.contracts.geometry import RANDOM_RESIZED_CROP, cached_views_suffice
+from edgetl.contracts.preprocess import PreprocessSpec, geometry_pixels, load_input, load_rgb
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.data.augment import (
@@ -38,8 +40,6 @@ from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.data.sharding import Shard
 from edgetl.data.strong_augment import LEVELS, draw_epoch_randoms, trivial_augment
 from edgetl.errors import ConfigError
-from edgetl.spec.geometry import RANDOM_RESIZED_CROP, cached_views_suffice
-from edgetl.spec.preprocess import PreprocessSpec, geometry_pixels, load_input, load_rgb
 
 torch = require("torch")
 log = logging.getLogger(__name__)

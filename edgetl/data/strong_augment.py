@@ -32,7 +32,7 @@ class AugmentLevel(NamedTuple):
     erase_p: float  # RandomErasing probability per image (on the device, after normalisation)
 
 
-LEVELS: Dict[str, AugmentLevel] = {  # keyed by edgetl.spec.formats.AUGMENTS (a test checks)
+LEVELS: Dict[str, AugmentLevel] = {  # keyed by edgetl.contracts.formats.AUGMENTS (a test checks)
     "none": AugmentLevel(crop=False, trivial=False, erase_p=0.0),
     "default": AugmentLevel(crop=True, trivial=False, erase_p=0.0),
     "strong": AugmentLevel(crop=True, trivial=True, erase_p=ERASE_P),

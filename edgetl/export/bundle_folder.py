@@ -5,7 +5,7 @@ and only at the end renames them into place, ``bundle.json`` last: a failed or k
 bundle as it was (or, killed while renaming, files that no longer match ``bundle.json``, which the runtime
 refuses). Each file replaced must be one edgetl wrote and nobody changed since (``edgetl.core.ownership``).
 
-A bundle holds one lineage (``edgetl.spec.lineage``): a re-export removes every model, calibration cache and
+A bundle holds one lineage (``edgetl.contracts.lineage``): a re-export removes every model, calibration cache and
 ``--for`` folder that ``bundle.json`` does not vouch for as made from the checkpoint now exported (a retrained
 ``best.pt`` leaves the old ones behind otherwise), and refuses, before any work, when a file in one of them
 was changed by the user."""
@@ -17,11 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from edgetl.core.cleanup import STAGE_DIR
-from edgetl.core.ownership import FolderBusy, Ownership, folder_is_empty, folder_lock
-from edgetl.errors import ConfigError, EdgetlError
-from edgetl.export.targets import EXTRA_FOLDERS
-from edgetl.spec.bundle import (
+from edgetl.contracts.bundle import (
     BUILD_SCRIPT,
     LABELS,
     MANIFEST,
@@ -32,8 +28,12 @@ from edgetl.spec.bundle import (
     VERIFY_SAMPLE,
     read_manifest,
 )
-from edgetl.spec.formats import CALIBRATION_CACHE, TARGETS
-from edgetl.spec.lineage import recorded_lineage
+from edgetl.contracts.formats import CALIBRATION_CACHE, CONSUMERS
+from edgetl.contracts.lineage import recorded_lineage
+from edgetl.core.cleanup import STAGE_DIR
+from edgetl.core.ownership import FolderBusy, Ownership, folder_is_empty, folder_lock
+from edgetl.errors import ConfigError, EdgetlError
+from edgetl.export.targets import EXTRA_FOLDERS
 
 STAGE = STAGE_DIR
 BUNDLE = "bundle"
@@ -43,7 +43,7 @@ BUNDLE_FILES = tuple(ONNX_FILES.values()) + (
 
 
 # the folders of OUT that --for targets write (replaced whole on a re-export)
-TARGET_FOLDERS = tuple(t.folder for t in TARGETS.values() if t.folder) + tuple(
+TARGET_FOLDERS = tuple(t.folder for t in CONSUMERS.values() if t.folder) + tuple(
     f for extra in EXTRA_FOLDERS.values() for f in extra
 )
 # what an export derives from the checkpoint and may leave in OUT when a later export does not write it again
@@ -114,7 +114,7 @@ def lineage_plan(out: Path, checkpoint_sha256: str) -> Tuple[List[str], Dict[str
     except EdgetlError:  # an unreadable bundle.json vouches for nothing
         recorded = {}
     for target, extras in EXTRA_FOLDERS.items():  # bundles from before lineage list only the target's own folder
-        folder = TARGETS[target].folder
+        folder = CONSUMERS[target].folder
         for extra in extras:
             if folder in recorded:
                 recorded.setdefault(extra, recorded[folder])

@@ -2,7 +2,7 @@
 command-line option.
 
 Torch-free and Python 3.8: the CLI builds ``edgetl export``'s options from this module, on the
-device too. Names (consumers, INT8 forms, calibration methods) come from ``edgetl.spec.formats``.
+device too. Names (consumers, INT8 forms, calibration methods) come from ``edgetl.contracts.formats``.
 """
 
 from __future__ import annotations
@@ -12,35 +12,35 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
-from edgetl.core.cpu import cpu_isa
-from edgetl.core.fileio import check_out_path
-from edgetl.core.options import Shortcut, option
-from edgetl.errors import ConfigError
-from edgetl.export.recover_options import DEFAULT_RECOVER_BUDGET_S, recovery_steps
-from edgetl.spec.formats import (
+from edgetl.contracts.formats import (
     CALIB_METHODS,
+    CONSUMER_NAMES,
     CONSUMERS,
     CPU_ISA_CHOICES,
     DEFAULT_CALIB_METHODS,
     INT8_FALLBACKS,
     INT8_FORMS,
     PRECISIONS,
-    TARGETS,
 )
+from edgetl.core.cpu import cpu_isa
+from edgetl.core.fileio import check_out_path
+from edgetl.core.options import Shortcut, option
+from edgetl.errors import ConfigError
+from edgetl.export.recover_options import DEFAULT_RECOVER_BUDGET_S, recovery_steps
 from edgetl.trt.plan import (
-    DEFAULT_TARGET,
+    DEFAULT_TRT_RELEASE,
     DEFAULT_WORKSPACE_MIB,
     BatchProfile,
     batch_profile,
     check_dla,
     onnx_versions,
-    resolve_target,
+    resolve_trt_release,
 )
 
 # the opsets torch's TorchScript exporter emits directly (edgetl.export.torch_to_onnx)
 EXPORTER_OPSETS = range(13, 23)
 DEFAULT_CALIB_SIZE = 256
-BUNDLE, JETSON_INFERENCE, DEEPSTREAM, TRITON = CONSUMERS  # the names of edgetl.spec.formats.TARGETS
+BUNDLE, JETSON_INFERENCE, DEEPSTREAM, TRITON = CONSUMER_NAMES  # the names of edgetl.contracts.formats.CONSUMERS
 _TRT_CONSUMERS = (DEEPSTREAM,)  # targets that run the INT8 model through TensorRT (its trt form)
 
 
@@ -70,7 +70,7 @@ class ExportConfig:
         (BUNDLE,),
         group=TARGETS_GROUP,
         flags=("--for",),
-        choices=CONSUMERS,
+        choices=CONSUMER_NAMES,
         multiple=True,
         help="Who runs the export (repeatable). bundle: edgetl's runtime, in OUT (always written); jetson-inference "
         "(imagenet), deepstream (Gst-nvinfer) and triton (a model repository) each get OUT/<name>/, a folder "
@@ -177,7 +177,7 @@ class ExportConfig:
         False, group=TENSORRT, kind="flag", help="Build the TensorRT engine here (needs TensorRT and a GPU)."
     )
     trt_version: str = option(
-        DEFAULT_TARGET,
+        DEFAULT_TRT_RELEASE,
         group=TENSORRT,
         help="TensorRT on the device: 8.5, 8.6, 10.3, 10.x, 11.x or a full version; sets ONNX opset/IR limits.",
     )
@@ -212,9 +212,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         targets = tuple(dict.fromkeys(self.targets))
-        unknown = [t for t in targets if t not in CONSUMERS]
+        unknown = [t for t in targets if t not in CONSUMER_NAMES]
         if unknown:
-            raise ConfigError.about(f"{{targets}} must be one of {', '.join(CONSUMERS)}; got {', '.join(unknown)}")
+            raise ConfigError.about(f"{{targets}} must be one of {', '.join(CONSUMER_NAMES)}; got {', '.join(unknown)}")
         int8 = self.precision == "int8"
         form = self.int8_form or default_int8_form(self.trt, self.dla_core, targets)
         method = self.calib_method or DEFAULT_CALIB_METHODS.get(form, CALIB_METHODS[0])
@@ -260,7 +260,7 @@ class ExportConfig:
         if self.timing_cache is not None and Path(self.timing_cache).is_dir():
             raise ConfigError.about("{timing_cache} is a folder")
         self._check_recovery()
-        onnx_versions(resolve_target(self.trt_version), self.opset)
+        onnx_versions(resolve_trt_release(self.trt_version), self.opset)
         profile = self.profile()  # validates the batch range
         if self.out is not None:
             check_out_path(Path(self.out), "{out}")
@@ -270,7 +270,7 @@ class ExportConfig:
                     "{dla_core}: DLA INT8 takes the trt form's calibration cache; use {int8_form} trt"
                 )
             static = profile is None or profile.min == profile.max
-            check_dla(resolve_target(self.trt_version), self.precision, self.dla_core, static)
+            check_dla(resolve_trt_release(self.trt_version), self.precision, self.dla_core, static)
             if TRITON in targets and profile is not None and profile.max != 1:
                 raise ConfigError(
                     "--for triton with --dla-core: a DLA engine runs one fixed batch and Triton sends any batch "
@@ -306,12 +306,12 @@ class ExportConfig:
     @property
     def tensor_names(self) -> Tuple[str, str]:
         """(input, output) tensor names of the bundle's models (each other target has its own)."""
-        return TARGETS[BUNDLE].input_name, TARGETS[BUNDLE].output_name
+        return CONSUMERS[BUNDLE].input_name, CONSUMERS[BUNDLE].output_name
 
     @property
     def softmax(self) -> bool:
         """Whether the bundle's models end in a softmax (the targets that need one export their own)."""
-        return TARGETS[BUNDLE].softmax
+        return CONSUMERS[BUNDLE].softmax
 
     def profile(self) -> Optional[BatchProfile]:
         """The engine's batch range: None for a static batch (then any given range must equal it)."""

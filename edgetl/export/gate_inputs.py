@@ -19,12 +19,12 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
+from edgetl.contracts.preprocess import PreprocessSpec, load_input, to_rgb
 from edgetl.core.deps import require
 from edgetl.data.folders import Sample, image_files
 from edgetl.errors import DataError
 from edgetl.export.gate import images_needed
 from edgetl.export.parity import EvalImages, load_eval_images
-from edgetl.spec.preprocess import PreprocessSpec, load_input, to_rgb
 
 VIEW_TARGET = 3  # views top the sample up to 3x the images the bound needs: a few disagreements can still pass
 MAX_VIEWS_PER_IMAGE = 8

@@ -1,6 +1,6 @@
 """Val top-1 of the exported fp32 model under every deployment geometry, beside the geometry the run was
 selected on: real ONNX Runtime runs on the val images, each decoded and laid out as that consumer does
-(``edgetl.spec.geometry``). ``imagenet-stretch`` is normalised as imagenet does it (ImageNet's mean/std,
+(``edgetl.contracts.geometry``). ``imagenet-stretch`` is normalised as imagenet does it (ImageNet's mean/std,
 hard-coded), the others with the run's spec (nvinfer's one-scale approximation is the DeepStream target's)."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
-from edgetl.export.parity import EvalImages, normalized, onnx_outputs, top1
-from edgetl.spec.formats import GEOMETRIES
-from edgetl.spec.geometry import (
+from edgetl.contracts.formats import GEOMETRIES
+from edgetl.contracts.geometry import (
     APPROXIMATIONS,
     CONSUMER_OF_GEOMETRY,
     IMAGENET_STRETCH,
     imagenet_mismatch,
     imagenet_normalize,
 )
-from edgetl.spec.preprocess import PreprocessSpec
+from edgetl.contracts.preprocess import PreprocessSpec
+from edgetl.export.parity import EvalImages, normalized, onnx_outputs, top1
 
 
 def consumer_inputs(spec: PreprocessSpec) -> Callable[[np.ndarray], np.ndarray]:

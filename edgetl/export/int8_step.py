@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from edgetl.contracts.formats import INT8_CPU_FORMS
 from edgetl.export.config import ExportConfig
 from edgetl.export.fallback import fall_back, latency_cost, rank_layers
 from edgetl.export.gate import GateResult, judge
@@ -24,7 +25,6 @@ from edgetl.export.quantize import ImageCalibrationReader, quantize_onnx
 from edgetl.export.recover import Attempt, run_ladder
 from edgetl.export.recover_options import recovery_steps
 from edgetl.export.torch_to_onnx import finish_onnx
-from edgetl.spec.formats import INT8_CPU_FORMS
 
 RANKING_IMAGES = 64  # calibration images the fallback ranks layers on (about 10 s for MobileNetV2 on 2 cores)
 # how the accuracy gate runs each INT8 form: the CPU form as ONNX Runtime deploys it, the TensorRT

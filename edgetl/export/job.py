@@ -11,7 +11,7 @@ file under the artifact's name, keeps it out of ``bundle.json``, and the export 
 writing ``export_report.json``. ``build_engine.sh`` is always written; ``trt=True`` then builds
 the engine, or raises DependencyError (after everything else is written) without TensorRT.
 
-``bundle.json`` records the bundle's lineage (``edgetl.spec.lineage``): the checkpoint's sha256, which must be
+``bundle.json`` records the bundle's lineage (``edgetl.contracts.lineage``): the checkpoint's sha256, which must be
 the one the run's training wrote (its ownership manifest), and how each artifact was derived from it.
 """
 
@@ -30,6 +30,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import onnx
 
+from edgetl.contracts.bundle import BUILD_SCRIPT, LABELS, ONNX_FILES, REPORT, ModelInfo, write_manifest
+from edgetl.contracts.formats import CALIBRATION_CACHE, CONSUMERS
+from edgetl.contracts.lineage import LINEAGE, artifact, derive, new_lineage
 from edgetl.core.cpu import isa_flags_of_interest
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, atomic_write_text, sha256_file
@@ -37,7 +40,6 @@ from edgetl.data.folders import DatasetSplit, Sample
 from edgetl.data.sampling import balanced_class_weights
 from edgetl.errors import CheckpointError, DependencyError, GateError
 from edgetl.export.bundle_folder import STAGE, claim_out, lineage_plan, publish
-from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.config import ExportConfig
 from edgetl.export.fp16 import convert_to_fp16
 from edgetl.export.gate import sample_warnings
@@ -67,16 +69,14 @@ from edgetl.export.targets import EXTRA_FOLDERS, TargetInputs, engine_copies, pr
 from edgetl.export.torch_to_onnx import ExportModule, export_onnx, finish_onnx, module_outputs, onnx_metadata
 from edgetl.export.verification import write_verification
 from edgetl.runtime.verify import VerificationError
-from edgetl.spec.bundle import BUILD_SCRIPT, LABELS, ONNX_FILES, REPORT, ModelInfo, write_manifest
-from edgetl.spec.formats import CALIBRATION_CACHE, TARGETS
-from edgetl.spec.lineage import LINEAGE, artifact, derive, new_lineage
 from edgetl.train.checkpoint import load_run, preprocess_of
 from edgetl.train.run_folder import check_checkpoint
 from edgetl.trt.build import build_bundle_engine
-from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine, resolve_target
+from edgetl.trt.calibration_cache import write_cache_for
+from edgetl.trt.plan import EnginePlan, build_script, onnx_versions, plan_engine, resolve_trt_release
 
 torch = require("torch")
-REPORT_FORMAT = "edgetl-export-report-v1"
+REPORT_FORMAT = "edgetl-export-report-v2"
 RANDOM_INPUTS = 8
 
 
@@ -95,8 +95,8 @@ class _Export:
         self.removed = []  # type: List[str]
         self.model, self.payload = load_run(self.run)
         self.spec = preprocess_of(self.payload)
-        self.target = resolve_target(config.trt_version)
-        self.opset, self.ir_version = onnx_versions(self.target, config.opset)
+        self.trt_release = resolve_trt_release(config.trt_version)
+        self.opset, self.ir_version = onnx_versions(self.trt_release, config.opset)
         self.input_name, self.output_name = config.tensor_names
         self.softmax = config.softmax
         self.checkpoint_sha = checkpoint_sha  # of the best.pt checked against the run's ownership manifest
@@ -126,7 +126,7 @@ class _Export:
             "out": str(self.out),
             "checkpoint_sha256": self.checkpoint_sha,
             "config": asdict(config),
-            "target_trt": asdict(self.target),
+            "trt_version": asdict(self.trt_release),
             "opset": self.opset,
             "ir_version": self.ir_version,
             "output_kind": self.output_kind,
@@ -391,7 +391,7 @@ class _Export:
                 "script builds fp32; re-export with --int8 --int8-form trt for an INT8 engine"
             )
         plan = plan_engine(
-            self.target,
+            self.trt_release,
             precision,
             self.input_name,
             self.output_name,
@@ -418,12 +418,12 @@ class _Export:
             self.report["targets"] = sections
             self.manifest["targets"] = {n: s["folder"] for n, s in sections.items() if s["status"] == "passed"}
         for name in self.manifest.get("targets", {}):
-            for folder in (TARGETS[name].folder,) + EXTRA_FOLDERS.get(name, ()):
+            for folder in (CONSUMERS[name].folder,) + EXTRA_FOLDERS.get(name, ()):
                 self._lineage()[str(folder)] = artifact(self.checkpoint_sha, self.config.precision, f"--for {name}")
 
     def _kept_lineage(self) -> None:
         """List ``kept`` in the manifest (its --for folders under ``targets`` too)."""
-        folders = {t.folder: name for name, t in TARGETS.items() if t.folder}
+        folders = {t.folder: name for name, t in CONSUMERS.items() if t.folder}
         for name, entry in self.kept.items():
             if name in self.removed or name in self._lineage():
                 continue
@@ -442,7 +442,7 @@ class _Export:
         )  # fmt: skip
         script = self.stage / BUILD_SCRIPT
         atomic_write_text(
-            script, build_script(plans, self.target, notes, self.manifest["verification"]["reference_scale"])
+            script, build_script(plans, self.trt_release, notes, self.manifest["verification"]["reference_scale"])
         )
         os.chmod(str(script), 0o755)
         if self.out.resolve() != self.run.resolve():
@@ -507,7 +507,7 @@ def export_run(config: ExportConfig, on_report: Optional[Callable[[Dict[str, Any
                 job.baked()
             if config.precision == "int8":
                 job.int8()
-            if config.precision == "fp16" and job.target.strongly_typed:
+            if config.precision == "fp16" and job.trt_release.strongly_typed:
                 job.fp16()
             job.geometry_accuracy()
             if not job.report["failures"]:

@@ -14,12 +14,12 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edgetl.contracts.preprocess import PreprocessSpec, geometry_pixels, load_input, normalize
 from edgetl.data.folders import Sample
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
 from edgetl.runtime.base import infer_batched
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
-from edgetl.spec.preprocess import PreprocessSpec, geometry_pixels, load_input, normalize
 
 log = logging.getLogger(__name__)
 

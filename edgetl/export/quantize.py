@@ -24,18 +24,18 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from edgetl.contracts.formats import CALIB_METHODS, DQ_OP, INT8_CPU_FORMS, Q_OP, Int8CpuForm
+from edgetl.contracts.preprocess import PreprocessSpec, eval_array, load_input
+from edgetl.contracts.schema import is_int, is_str, list_of, one_of, read_json, record
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text, sha256_file
 from edgetl.data.folders import DatasetSplit, Sample, image_files, scan_class_folders
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
-from edgetl.spec.formats import CALIB_METHODS, INT8_CPU_FORMS, Int8CpuForm
-from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_input
-from edgetl.spec.schema import is_int, is_str, list_of, one_of, read_json, record
 
 log = logging.getLogger(__name__)
 
-# --calib-method (the names of edgetl.spec.formats.CALIB_METHODS) -> onnxruntime's calibrator
+# --calib-method (the names of edgetl.contracts.formats.CALIB_METHODS) -> onnxruntime's calibrator
 ORT_CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -45,7 +45,6 @@ assert tuple(ORT_CALIBRATION_METHODS) == CALIB_METHODS, "one calibrator per name
 _QUANT_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 MANIFEST_FORMAT = "edgetl-calibration-v1"
 _TRT_QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Add"]
-Q_OP, DQ_OP = "QuantizeLinear", "DequantizeLinear"
 _FOLDED_ACTIVATIONS = ("Relu", "Clip")  # onnxruntime's QDQRemovableActivation
 _CHUNK = 16  # images per calibration pass: bounds the memory of collected activations
 

@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 
 from edgetl import __version__
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.deps import require
 from edgetl.errors import ExportError
-from edgetl.spec.preprocess import PreprocessSpec
 
 torch = require("torch")
 

@@ -1,4 +1,4 @@
-"""The verification sample an export ships (``verify_sample.npz``, ``edgetl.spec.verify_sample``): at least
+"""The verification sample an export ships (``verify_sample.npz``, ``edgetl.contracts.verify_sample``): at least
 ``MIN_IMAGES`` real crops in the run's geometry and every passed model's reference outputs, computed with ONNX
 Runtime exactly as ``edgetl verify`` runs the models later; plus ``verify_data.py`` for Polygraphy.
 
@@ -15,12 +15,18 @@ from typing import Any, Callable, Dict, List
 import numpy as np
 
 from edgetl import __version__
+from edgetl.contracts.bundle import VERIFY_DATA_LOADER, VERIFY_SAMPLE, ModelInfo
+from edgetl.contracts.preprocess import PreprocessSpec
+from edgetl.contracts.verify_sample import (
+    MIN_IMAGES,
+    VerificationSample,
+    reference_scale,
+    write_data_loader,
+    write_sample,
+)
 from edgetl.core.fileio import sha256_file
 from edgetl.export.parity import EvalImages, normalized, onnx_outputs
 from edgetl.runtime.verify import TOLERANCES, ort_graph_optimizations
-from edgetl.spec.bundle import VERIFY_DATA_LOADER, VERIFY_SAMPLE, ModelInfo
-from edgetl.spec.preprocess import PreprocessSpec
-from edgetl.spec.verify_sample import MIN_IMAGES, VerificationSample, reference_scale, write_data_loader, write_sample
 
 
 def top1_margins(outputs: np.ndarray) -> np.ndarray:

@@ -19,6 +19,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from edgetl.contracts.bundle import LABELS, Bundle, ModelInfo
+from edgetl.contracts.formats import BACKENDS, ONNX_FILES
+from edgetl.contracts.preprocess import eval_array, geometry_pixels, load_input, to_rgb
 from edgetl.core.cpu import cpu_isa
 from edgetl.errors import CheckpointError, ConfigError, DataError, DependencyError
 from edgetl.runtime.base import Runner, infer_batched, softmax
@@ -26,9 +29,6 @@ from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.providers import TENSORRT_PROVIDER, provider_problem
 from edgetl.runtime.tensorrt import TrtRunner
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.spec.bundle import LABELS, Bundle, ModelInfo
-from edgetl.spec.formats import BACKENDS, ONNX_FILES
-from edgetl.spec.preprocess import eval_array, geometry_pixels, load_input, to_rgb
 
 log = logging.getLogger(__name__)
 _ENGINE_PREFERENCE = ("int8", "fp16", "fp32")

@@ -16,12 +16,12 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from edgetl.contracts.bundle import sidecar_file
+from edgetl.contracts.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
 from edgetl.core.deps import require
 from edgetl.core.fileio import sha256_file
 from edgetl.errors import CheckpointError, ConfigError, DependencyError
 from edgetl.runtime.base import Runner, TensorMeta
-from edgetl.spec.bundle import sidecar_file
-from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ A model or engine passes when its top-1 equals the reference's on every image an
 stays within ``TOLERANCES[precision] x max(1, max |reference|)`` (one rule for logits and probabilities).
 The sample's sha256 (in ``bundle.json``) and each ONNX model's sha256 are checked first; engines are checked
 against their sidecars by the TensorRT runner. A model or ``--for`` folder made from another checkpoint than the
-bundle's (``edgetl.spec.lineage``) fails too: it would be served as if it were the bundle's model.
+bundle's (``edgetl.contracts.lineage``) fails too: it would be served as if it were the bundle's model.
 """
 
 from __future__ import annotations
@@ -17,6 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edgetl.contracts.bundle import CHECKPOINT, MANIFEST, ONNX_FILES, Bundle, ModelInfo
+from edgetl.contracts.lineage import foreign_artifacts, reference_checkpoint
+from edgetl.contracts.preprocess import normalize
+from edgetl.contracts.verify_sample import VerificationSample, read_sample, reference_scale
 from edgetl.core.deps import require
 from edgetl.core.fileio import sha256_file
 from edgetl.core.tables import text_table
@@ -24,10 +28,6 @@ from edgetl.errors import CheckpointError, ConfigError, DependencyError, GateErr
 from edgetl.runtime.base import Runner, infer_batched
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner
-from edgetl.spec.bundle import CHECKPOINT, MANIFEST, ONNX_FILES, Bundle, ModelInfo
-from edgetl.spec.lineage import foreign_artifacts, reference_checkpoint
-from edgetl.spec.preprocess import normalize
-from edgetl.spec.verify_sample import VerificationSample, read_sample, reference_scale
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
+from edgetl.contracts.backbones import get_backbone
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path
 from edgetl.errors import CheckpointError, ConfigError
-from edgetl.spec.backbones import get_backbone
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import trainable_stage_names
 from edgetl.train.model import EdgeClassifier, HeadConfig
 from edgetl.train.weights import load_problem

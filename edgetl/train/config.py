@@ -8,13 +8,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from edgetl.contracts.backbones import BACKBONES, DEFAULT_ARCH, BackboneSpec, get_backbone
+from edgetl.contracts.formats import AUGMENTS, BALANCES, GEOMETRIES, TRAIN_GEOMETRIES
+from edgetl.contracts.geometry import cached_views_suffice
 from edgetl.core.device import check_device_name
 from edgetl.core.fileio import check_out_path
 from edgetl.core.options import option
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import BACKBONES, DEFAULT_ARCH, BackboneSpec, get_backbone
-from edgetl.spec.formats import AUGMENTS, BALANCES, GEOMETRIES, TRAIN_GEOMETRIES
-from edgetl.spec.geometry import cached_views_suffice
 
 STRATEGIES = ("feature-extractor", "partial", "full")
 HEADS = ("linear", "mlp")

@@ -10,13 +10,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from edgetl.contracts.preprocess import PreprocessSpec, load_input, torch_transforms
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup, resolve_workers
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.tables import text_table
 from edgetl.data.folders import DatasetSplit, ImageDataset, Sample, scan_class_folders
 from edgetl.errors import DataError
-from edgetl.spec.preprocess import PreprocessSpec, load_input, torch_transforms
 from edgetl.train.checkpoint import load_run, preprocess_of
 
 torch = require("torch")

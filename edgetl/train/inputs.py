@@ -10,6 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from edgetl.contracts.backbones import get_backbone, preprocess_spec
+from edgetl.contracts.geometry import cached_views_suffice
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.device import DeviceSetup, resolve_workers, total_memory_bytes
 from edgetl.data.batch_augment import AugmentedPipeline, BatchAugment
 from edgetl.data.decoded_cache import cache_bytes
@@ -19,9 +22,6 @@ from edgetl.data.pipelines import image_pipeline
 from edgetl.data.sampling import balanced_sample_weights, imbalance_warning
 from edgetl.data.strong_augment import LEVELS
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import get_backbone, preprocess_spec
-from edgetl.spec.geometry import cached_views_suffice
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.distributed import World
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from edgetl.contracts.backbones import get_backbone, preprocess_spec
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.core.fileio import atomic_write_text
@@ -27,7 +28,6 @@ from edgetl.core.world import ProcessRole
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, load_dataset
 from edgetl.errors import ConfigError, DataError, DistributedError, TrainingError
-from edgetl.spec.backbones import get_backbone, preprocess_spec
 from edgetl.train.checkpoint import load_checkpoint, rng_state, save_checkpoints
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.distributed import (

@@ -10,15 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from edgetl.core.deps import require
-from edgetl.errors import ConfigError, WeightsError
-from edgetl.spec.backbones import (
+from edgetl.contracts.backbones import (
     BackboneSpec,
     build_torchvision_model,
     get_submodule_parent,
     stage_of_parameter,
     strip_classifier,
 )
+from edgetl.core.deps import require
+from edgetl.errors import ConfigError, WeightsError
 from edgetl.train.config import HEADS, trainable_stage_names
 from edgetl.train.weights import load_state_dict
 

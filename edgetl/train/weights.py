@@ -20,10 +20,10 @@ import zipfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from edgetl.contracts.backbones import BackboneSpec, weights_entry
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_path, built_once, edgetl_home, sha256_file
 from edgetl.errors import WeightsError
-from edgetl.spec.backbones import BackboneSpec, weights_entry
 
 log = logging.getLogger(__name__)
 

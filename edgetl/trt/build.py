@@ -21,12 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional, Sequence, Tuple
 
-from edgetl.core.deps import require
-from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
-from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
-from edgetl.runtime.tensorrt import cuda_runtime, device_info
-from edgetl.runtime.verify import NOT_RUN, PASSED, VerifyReport, raise_on_failure, verify_bundle
-from edgetl.spec.bundle import (
+from edgetl.contracts.bundle import (
     ONNX_FILES,
     REJECTED_SUFFIX,
     Bundle,
@@ -35,8 +30,13 @@ from edgetl.spec.bundle import (
     sidecar_file,
     write_manifest,
 )
-from edgetl.spec.lineage import derive
-from edgetl.trt.calib_cache import stamped, tensorrt_version_number
+from edgetl.contracts.lineage import derive
+from edgetl.core.deps import require
+from edgetl.core.fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from edgetl.errors import CheckpointError, ConfigError, EdgetlError, ExportError
+from edgetl.runtime.tensorrt import cuda_runtime, device_info
+from edgetl.runtime.verify import NOT_RUN, PASSED, VerifyReport, raise_on_failure, verify_bundle
+from edgetl.trt.calibration_cache import stamped, tensorrt_version_number
 from edgetl.trt.plan import (
     DEFAULT_WORKSPACE_MIB,
     BatchProfile,
@@ -45,7 +45,7 @@ from edgetl.trt.plan import (
     describe_parser_error,
     make_sidecar,
     plan_engine,
-    resolve_target,
+    resolve_trt_release,
 )
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def plan_for_bundle(
     int8_plans = [p for p in bundle.manifest.get("engines", {}).values() if p.get("onnx") == ONNX_FILES["int8"]]
     fp32_layers = next((p.get("fp32_layers", ()) for p in int8_plans), ())  # the INT8 model's fallback layers
     return plan_engine(
-        resolve_target(target_name),
+        resolve_trt_release(target_name),
         precision,
         info.input_name,
         info.output_name,

@@ -17,20 +17,27 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from edgetl import __version__
+from edgetl.contracts.bundle import (
+    ONNX_FILES,
+    PRECISIONS,
+    REJECTED_SUFFIX,
+    VERIFY_DATA_LOADER,
+    engine_file,
+    sidecar_file,
+)
+from edgetl.contracts.engine_sidecar import SIDECAR_FORMAT, DeviceInfo, version_tuple
+from edgetl.contracts.formats import CALIBRATION_CACHE
 from edgetl.errors import ConfigError
 from edgetl.runtime.verify import TOLERANCES
-from edgetl.spec.bundle import ONNX_FILES, PRECISIONS, REJECTED_SUFFIX, VERIFY_DATA_LOADER, engine_file, sidecar_file
-from edgetl.spec.engine_sidecar import SIDECAR_FORMAT, DeviceInfo, version_tuple
-from edgetl.spec.formats import CALIBRATION_CACHE
-from edgetl.trt.calib_cache import stamp_script_lines
+from edgetl.trt.calibration_cache import stamp_script_lines
 
-DEFAULT_TARGET = "10.3"  # JetPack 6.1/6.2; its ONNX limits (opset 17, IR 8 by default) also suit JetPack 6.0
+DEFAULT_TRT_RELEASE = "10.3"  # JetPack 6.1/6.2; its ONNX limits (opset 17, IR 8 by default) also suit JetPack 6.0
 DEFAULT_WORKSPACE_MIB = 1024
 _IO_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
 @dataclass(frozen=True)
-class TrtTarget:
+class TrtRelease:
     """What one TensorRT release line accepts and needs."""
 
     name: str
@@ -52,40 +59,42 @@ class TrtTarget:
 # trtexec options: 8.5 knows --buildOnly only (an unknown option makes trtexec exit); 8.6 adds
 # --skipInference and deprecates --buildOnly; 10.0 removes --buildOnly (NVIDIA/TensorRT
 # samples/common/sampleOptions.cpp on release/8.5, 8.6, 10.0).
-TARGETS = (
-    TrtTarget("8.5", (8, 5), "JetPack 5.1 (Python 3.8)", 17, 8, True, True, False, "--buildOnly", dla=True),
-    TrtTarget("8.6", (8, 6), "JetPack 6.0", 17, 8, True, True, False, "--skipInference", dla=True),
+TRT_RELEASES = (
+    TrtRelease("8.5", (8, 5), "JetPack 5.1 (Python 3.8)", 17, 8, True, True, False, "--buildOnly", dla=True),
+    TrtRelease("8.6", (8, 6), "JetPack 6.0", 17, 8, True, True, False, "--skipInference", dla=True),
     # 10.0-10.5: parser opset 9-20 (10.0 docs); ONNX submodule <= 1.16 -> IR 9 is conservative.
-    TrtTarget("10.3", (10, 0), "JetPack 6.1/6.2", 20, 9, False, True, True, "--skipInference", dla=True),
+    TrtRelease("10.3", (10, 0), "JetPack 6.1/6.2", 20, 9, False, True, True, "--skipInference", dla=True),
     # 10.6+: ONNX 1.17 submodule (opset 22, IR 10); later 10.x accept more (10.15: opset 24).
-    TrtTarget("10.x", (10, 6), "x86 / current TensorRT 10", 22, 10, False, True, True, "--skipInference"),
+    TrtRelease("10.x", (10, 6), "x86 / current TensorRT 10", 22, 10, False, True, True, "--skipInference"),
     # 11: strongly typed; no FP16/INT8 flags, no calibrators. The row starts at 11.0, and only 11.2
     # parses opset 24 (11.5: 25): opset 22 / IR 10 (as 10.6+) is conservative for 11.0 and 11.1.
-    TrtTarget("11.x", (11, 0), "x86; JetPack >= 7.2.2 on AGX Orin/Thor", 22, 10, False, False, True, "--skipInference"),
+    TrtRelease(
+        "11.x", (11, 0), "x86; JetPack >= 7.2.2 on AGX Orin/Thor", 22, 10, False, False, True, "--skipInference"
+    ),
 )
-TARGET_NAMES = tuple(t.name for t in TARGETS)
+TRT_RELEASE_NAMES = tuple(t.name for t in TRT_RELEASES)
 
 
-def resolve_target(version: str) -> TrtTarget:
+def resolve_trt_release(version: str) -> TrtRelease:
     """The table row for a TensorRT version: a row name (``10.x``) or a version (``8.6.2.3``, ``10``)."""
-    for target in TARGETS:
+    for target in TRT_RELEASES:
         if version == target.name:
             return target
     numbers = version_tuple(version)
     if not numbers:
         raise ConfigError(
             "--trt-version must be a TensorRT version (e.g. 8.6, 10.3.0.30) or one of {}; got {!r}".format(
-                ", ".join(TARGET_NAMES), version
+                ", ".join(TRT_RELEASE_NAMES), version
             )
         )
     key = (numbers[0], numbers[1] if len(numbers) > 1 else 0)
-    rows = [t for t in TARGETS if t.since[0] == key[0] and t.since <= key]
+    rows = [t for t in TRT_RELEASES if t.since[0] == key[0] and t.since <= key]
     if key[0] == 8 and len(numbers) == 1:
         raise ConfigError("--trt-version 8 is ambiguous: give 8.5 (JetPack 5) or 8.6 (JetPack 6.0)")
     if not rows:
         raise ConfigError(
             "TensorRT {} is not supported; supported: {}".format(
-                version, ", ".join("{} ({})".format(t.name, t.platform) for t in TARGETS)
+                version, ", ".join("{} ({})".format(t.name, t.platform) for t in TRT_RELEASES)
             )
         )
     return max(rows, key=lambda t: t.since)
@@ -101,7 +110,7 @@ def ir_version_for_opset(opset: int) -> int:
     raise ConfigError("the installed onnx package does not know opset {}".format(opset))
 
 
-def onnx_versions(target: TrtTarget, opset: int) -> Tuple[int, int]:
+def onnx_versions(target: TrtRelease, opset: int) -> Tuple[int, int]:
     """(opset, IR version) to write for ``target``; ConfigError naming the fix if it cannot parse them."""
     if opset > target.max_opset:
         raise ConfigError(
@@ -198,7 +207,7 @@ class EnginePlan:
         return cls(**data)
 
 
-def onnx_for_precision(target: TrtTarget, precision: str, implicit_int8: bool = False) -> str:
+def onnx_for_precision(target: TrtRelease, precision: str, implicit_int8: bool = False) -> str:
     """The bundle ONNX an engine of ``precision`` is built from on ``target`` (``implicit_int8``: INT8
     from the fp32 ONNX and a calibration cache, the flow of a DLA)."""
     if precision == "int8" and not implicit_int8:
@@ -208,7 +217,7 @@ def onnx_for_precision(target: TrtTarget, precision: str, implicit_int8: bool = 
     return ONNX_FILES["fp32"]
 
 
-def builder_flags(target: TrtTarget, precision: str, dla: bool = False) -> Tuple[str, ...]:
+def builder_flags(target: TrtRelease, precision: str, dla: bool = False) -> Tuple[str, ...]:
     """BuilderFlag names to set. INT8 (Q/DQ) also enables FP16 for the layers left unquantized; a DLA
     engine runs the layers its DLA cannot on the GPU (GPU_FALLBACK)."""
     if precision not in PRECISIONS:
@@ -219,14 +228,14 @@ def builder_flags(target: TrtTarget, precision: str, dla: bool = False) -> Tuple
     return (("FP16",) if precision == "fp16" else ("INT8", "FP16")) + fallback
 
 
-def check_dla(target: TrtTarget, precision: str, dla_core: int, static: bool) -> None:
+def check_dla(target: TrtRelease, precision: str, dla_core: int, static: bool) -> None:
     """ConfigError unless an engine for DLA core ``dla_core`` can be built as planned."""
     problems = [
         (dla_core >= 0, "--dla-core must be >= 0"),
         (
             target.dla,
             "--dla-core: DLA engines are built by JetPack's TensorRT (--trt-version {}); TensorRT {} ({}) "
-            "is not one".format(", ".join(t.name for t in TARGETS if t.dla), target.name, target.platform),
+            "is not one".format(", ".join(t.name for t in TRT_RELEASES if t.dla), target.name, target.platform),
         ),
         (precision in ("fp16", "int8"), "--dla-core: a DLA runs fp16 or int8; add --fp16 or --int8"),
         (static, "--dla-core: a DLA needs a fixed batch; export with --batch N or min = opt = max batch"),
@@ -237,7 +246,7 @@ def check_dla(target: TrtTarget, precision: str, dla_core: int, static: bool) ->
 
 
 def plan_engine(
-    target: TrtTarget,
+    target: TrtRelease,
     precision: str,
     input_name: str,
     output_name: str,
@@ -326,7 +335,7 @@ def trtexec_command(plan: EnginePlan) -> List[str]:
     args.append("--memPoolSize=workspace:{}".format(plan.workspace_mib))
     if plan.timing_cache:
         args.append("--timingCacheFile=" + plan.timing_cache)
-    args.append(resolve_target(plan.target).skip_inference_option)
+    args.append(resolve_trt_release(plan.target).skip_inference_option)
     return args
 
 
@@ -394,7 +403,7 @@ def _verify_lines(plan: EnginePlan, reference_scale: Optional[float]) -> List[st
 
 
 def build_script(
-    plans: Sequence[EnginePlan], target: TrtTarget, notes: Sequence[str] = (), reference_scale: Optional[float] = None
+    plans: Sequence[EnginePlan], target: TrtRelease, notes: Sequence[str] = (), reference_scale: Optional[float] = None
 ) -> str:
     """``build_engine.sh``: trtexec for each planned engine, run on the device, then its sidecar and its check
     on the bundle's verification sample (``reference_scale``: max(1, max |reference|) of the sample, None

@@ -39,9 +39,9 @@ from edgetl.analysis.rule import (
 )
 from edgetl.analysis.significance import Z_CLEAR, two_proportion_z
 from edgetl.cli import main
+from edgetl.contracts.backbones import get_backbone
 from edgetl.data.folders import Sample
 from edgetl.data.sampling import sample_per_class
-from edgetl.spec.backbones import get_backbone
 from edgetl.train.config import FinetuneConfig
 
 MOBILENET_V2 = get_backbone("mobilenet_v2")  # 9 named stages

@@ -14,8 +14,8 @@ from PIL import Image
 from edgetl.bench.variants import pareto_front
 from edgetl.bench.variants_config import DEFAULT_CUT, VariantsConfig
 from edgetl.cli import main
+from edgetl.contracts.backbones import BACKBONES, get_backbone
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import BACKBONES, get_backbone
 
 TINY_ARCH = "mobilenet_v3_small"
 VARIANTS = ["frozen-features", "frozen", "cut-stage4", "partial-2", "full"]

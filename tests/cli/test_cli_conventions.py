@@ -14,11 +14,11 @@ from click.testing import CliRunner
 
 from edgetl.cli import main
 from edgetl.cli.options import WorkersParam
-from edgetl.spec.bundle import ModelInfo
-from edgetl.spec.formats import (
+from edgetl.contracts.bundle import ModelInfo
+from edgetl.contracts.formats import (
     BACKENDS,
     CALIB_METHODS,
-    CONSUMERS,
+    CONSUMER_NAMES,
     GEOMETRIES,
     INT8_FORMS,
     PRECISIONS,
@@ -46,7 +46,7 @@ def test_choices_come_from_the_formats_table() -> None:
         param = next(p for p in _command(path).params if p.name == name)
         return tuple(param.type.choices)
 
-    assert choices("export", "targets") == CONSUMERS
+    assert choices("export", "targets") == CONSUMER_NAMES
     assert choices("export", "int8_form") == ("auto",) + INT8_FORMS
     assert choices("export", "calib_method") == ("auto",) + CALIB_METHODS
     assert choices("export", "precision") == PRECISIONS

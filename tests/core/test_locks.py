@@ -22,7 +22,7 @@ fileio.LOCK_REPORT_EVERY_S = 0.3
 from pathlib import Path
 from edgetl.data.decoded_cache import open_decoded_images
 from edgetl.data.folders import load_dataset
-from edgetl.spec.preprocess import PreprocessSpec
+from edgetl.contracts.preprocess import PreprocessSpec
 split = load_dataset(Path(sys.argv[1]), 0.25, 0)
 images = open_decoded_images(split.train, PreprocessSpec(input_size=32, resize_size=40), split.root, "train")
 print("KEY", images.key, len(images))

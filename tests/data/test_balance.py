@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.device import DeviceSetup
 from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import EpochBatchSampler
 from edgetl.data.sampling import balanced_class_weights, balanced_sample_weights, imbalance_warning
 from edgetl.data.sharding import Shard
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.inputs import build_pipeline
 from edgetl.train.objective import TrainingLoss, hard_labels, training_loss

@@ -1,4 +1,4 @@
-"""Dataset scanning, splitting and bad-input handling (edgetl.data.folders, edgetl.spec.preprocess.load_rgb)."""
+"""Dataset scanning, splitting and bad-input handling (edgetl.data.folders, edgetl.contracts.preprocess.load_rgb)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgetl.contracts.preprocess import load_rgb
 from edgetl.data.folders import DatasetSplit, load_dataset, scan_class_folders
 from edgetl.errors import DataError
-from edgetl.spec.preprocess import load_rgb
 
 
 def _jpeg_bytes(size: int = 32, colour=(200, 30, 30)) -> bytes:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from edgetl.contracts.preprocess import PreprocessSpec, eval_array, load_rgb, resize_shorter_side
 from edgetl.core.device import DeviceSetup
 from edgetl.data.augment import (
     RRC_RATIO,
@@ -28,7 +29,6 @@ from edgetl.data.decoded_cache import open_decoded_images, slot_shape, upright_s
 from edgetl.data.folders import Sample, load_dataset
 from edgetl.data.pipelines import DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, image_pipeline
 from edgetl.errors import ConfigError
-from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb, resize_shorter_side
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.inputs import resolve_cache
 
@@ -90,7 +90,7 @@ def test_decoded_cache_layout_and_exact_eval_geometry(tmp_path: Path, edgetl_hom
     portrait = np.asarray(resize_shorter_side(load_rgb(samples[1].path), SPEC))
     np.testing.assert_array_equal(pixels[1, :, :85], portrait.transpose(1, 0, 2))  # stored transposed
     assert upright_size(images.geometry)[0].tolist() == [85, 64, 64, 96, 64, 85]
-    # eval: the cached centre crop equals edgetl.spec.preprocess's PIL path (resize + centre crop + normalise)
+    # eval: the cached centre crop equals edgetl.contracts.preprocess's PIL path (resize + centre crop + normalise)
     batch = normalize_batch(eval_crop_decoded(images.pixels, torch.arange(len(SIZES)), images.geometry, SPEC), SPEC)
     for sample, cached in zip(samples, batch):
         np.testing.assert_allclose(cached.numpy(), eval_array(load_rgb(sample.path), SPEC), rtol=0, atol=1e-5)

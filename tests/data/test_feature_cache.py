@@ -11,13 +11,13 @@ import pytest
 import torch
 
 import edgetl.train.loop as train_module
+from edgetl.contracts.backbones import get_backbone
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.device import DeviceSetup
 from edgetl.data.augment import eval_crop_decoded, normalize_batch
 from edgetl.data.feature_cache import feature_pipeline
 from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import decoded_caches
-from edgetl.spec.backbones import get_backbone
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.checkpoint import load_checkpoint
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_model

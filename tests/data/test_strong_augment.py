@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from edgetl.contracts.backbones import get_backbone
+from edgetl.contracts.formats import AUGMENTS
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.device import DeviceSetup
 from edgetl.data.augment import RANDOMS_PER_IMAGE, draw_crop_randoms
 from edgetl.data.batch_augment import AugmentedPipeline, BatchAugment, erase_masks
@@ -18,9 +21,6 @@ from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import DecodedBatches, EpochBatchSampler, decoded_caches, device_finish, image_pipeline
 from edgetl.data.sharding import Shard
 from edgetl.data.strong_augment import LEVELS, draw_epoch_randoms, trivial_augment
-from edgetl.spec.backbones import get_backbone
-from edgetl.spec.formats import AUGMENTS
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.model import HeadConfig, build_model
 
 SPEC = PreprocessSpec(input_size=48, resize_size=56)

@@ -11,6 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
+from edgetl.contracts.bundle import Bundle
+from edgetl.contracts.formats import GEOMETRIES
+from edgetl.contracts.geometry import imagenet_normalize
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.fileio import sha256_file
 from edgetl.core.ownership import Ownership
 from edgetl.data.folders import DatasetSplit
@@ -18,10 +22,6 @@ from edgetl.errors import ConfigError, GateError
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import load_eval_images, normalized, onnx_outputs, top1
 from edgetl.export.targets.deepstream import nvinfer_input
-from edgetl.spec.bundle import Bundle
-from edgetl.spec.formats import GEOMETRIES
-from edgetl.spec.geometry import imagenet_normalize
-from edgetl.spec.preprocess import PreprocessSpec
 
 
 def _export(run, out, **options):
@@ -52,7 +52,7 @@ def test_real_export_passes_the_parity_gate_on_all_val_images(demo_bundle):
 
 
 def test_predict_reproduces_the_reported_top1_of_every_deployment_geometry(demo_bundle, demo_mobilenet_v2_run):
-    """The report's per-geometry val top-1 (export: ONNX Runtime on crops laid out by edgetl.spec.geometry) is
+    """The report's per-geometry val top-1 (export: ONNX Runtime on crops laid out by edgetl.contracts.geometry) is
     what edgetl's runtime predicts with preprocess.json set to that geometry, on the same 200 val images."""
     from edgetl.data.folders import DatasetSplit
     from edgetl.runtime.classifier import Classifier

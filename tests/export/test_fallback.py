@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from edgetl.contracts.formats import INT8_CPU_FORMS
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.data.folders import scan_class_folders
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
@@ -17,8 +19,6 @@ from edgetl.export.int8_step import Int8Step
 from edgetl.export.parity import load_eval_images, normalized, onnx_outputs
 from edgetl.export.quantize import ImageCalibrationReader, quantize_onnx
 from edgetl.export.report import format_report
-from edgetl.spec.formats import INT8_CPU_FORMS
-from edgetl.spec.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(input_size=32, resize_size=36)
 SENSITIVE = "/mix/Conv"

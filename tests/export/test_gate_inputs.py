@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.data.folders import image_files
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
@@ -19,7 +20,6 @@ from edgetl.export.gate_inputs import (
     empty_images,
     gate_data_images,
 )
-from edgetl.spec.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(input_size=32, resize_size=36)
 

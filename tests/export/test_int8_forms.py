@@ -10,11 +10,11 @@ import numpy as np
 import onnx
 import pytest
 
+from edgetl.contracts.bundle import Bundle
+from edgetl.contracts.formats import INT8_CPU_FORMS
 from edgetl.core.cpu import cpu_flags, cpu_isa
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.runtime.classifier import warn_if_built_for_another_cpu
-from edgetl.spec.bundle import Bundle
-from edgetl.spec.formats import INT8_CPU_FORMS
 
 EPYC_FLAGS = frozenset("fpu sse4_2 avx avx2 fma bmi2 sha_ni".split())  # AMD EPYC (Zen 2): AVX2, no VNNI
 CASCADE_LAKE_FLAGS = EPYC_FLAGS | {"avx512f", "avx512bw", "avx512_vnni"}
@@ -118,7 +118,7 @@ def test_runtime_warns_when_the_cpu_differs(tiny_run: Path, tmp_path: Path, capl
 
 
 def test_benchmark_machine_info_names_the_isa() -> None:
-    from edgetl.bench.machine import machine_info
+    from edgetl.diagnostics.machine import machine_info
 
     info = machine_info(None)
     assert info["cpu_isa"] == cpu_isa() and isinstance(info["cpu_isa_flags"], list)

@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
+from edgetl.contracts.bundle import Bundle
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.data.folders import Sample
 from edgetl.data.sampling import select_balanced
 from edgetl.errors import DataError
@@ -17,8 +19,6 @@ from edgetl.export.quantize import (
     read_calibration_manifest,
     write_calibration_manifest,
 )
-from edgetl.spec.bundle import Bundle
-from edgetl.spec.preprocess import PreprocessSpec
 
 
 def _samples(counts):

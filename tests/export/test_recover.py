@@ -12,6 +12,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.data.folders import scan_class_folders
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
@@ -21,7 +22,6 @@ from edgetl.export.parity import load_eval_images, normalized, onnx_outputs
 from edgetl.export.quantize import ImageCalibrationReader
 from edgetl.export.recover import SKIPPED, Attempt, recovery_lines, run_ladder
 from edgetl.export.recover_options import recovery_steps
-from edgetl.spec.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(input_size=32, resize_size=36)
 

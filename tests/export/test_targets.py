@@ -16,17 +16,16 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
+from edgetl.contracts.geometry import IMAGENET_STRETCH, imagenet_normalize
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.fileio import sha256_file
 from edgetl.core.options import command_args
 from edgetl.errors import ConfigError, DependencyError
-from edgetl.export.calibration_cache import activation_scales
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import load_eval_images, normalized, onnx_outputs, top1
 from edgetl.export.targets.deepstream import GEOMETRY, engine_name, nvinfer_input
 from edgetl.export.targets.triton import model_config_pb2
-from edgetl.spec.geometry import IMAGENET_STRETCH, imagenet_normalize
-from edgetl.spec.preprocess import PreprocessSpec
-from edgetl.trt.calib_cache import parse_cache
+from edgetl.trt.calibration_cache import activation_scales, parse_cache
 
 TARGETS = ("jetson-inference", "deepstream", "triton")
 

@@ -259,9 +259,9 @@ def test_clean_removes_only_temporaries_of_dead_writers_in_an_owned_folder(tmp_p
 
 
 def test_clean_removes_caches_whose_dataset_is_gone_and_old_ones_on_request(tmp_path: Path, home: Path) -> None:
+    from edgetl.contracts.preprocess import PreprocessSpec
     from edgetl.data.decoded_cache import open_decoded_images
     from edgetl.data.folders import load_dataset
-    from edgetl.spec.preprocess import PreprocessSpec
 
     kept, gone = images(tmp_path / "kept", per_class=2, size=24), images(tmp_path / "gone", per_class=2, size=24)
     for root in (kept, gone):

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from reliability.inputs_corpus import assert_refused
 
+from edgetl.contracts.preprocess import to_rgb
 from edgetl.data.folders import load_dataset
 from edgetl.errors import DataError
-from edgetl.spec.preprocess import to_rgb
 
 
 def test_a_flat_dataset_with_a_class_named_train_is_flat(make_image_folder) -> None:

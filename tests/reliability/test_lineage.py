@@ -13,10 +13,10 @@ from typing import Iterator, Tuple
 import pytest
 from reliability.corpus import TINY, assert_refused, cli, copy_tree, images, read_json, small_run, succeeds
 
+from edgetl.contracts.bundle import BUNDLE_FORMAT
 from edgetl.core.fileio import sha256_file
 from edgetl.core.ownership import Ownership
 from edgetl.export.targets.deepstream import CONFIG
-from edgetl.spec.bundle import BUNDLE_FORMAT
 
 OLD_TARGETS = ("deepstream", "jetson-inference")
 

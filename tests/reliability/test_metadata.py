@@ -1,5 +1,5 @@
 """Issue 12, class 5: hand-edited or partial metadata (bundle.json, split.json, preprocess.json, labels.txt, a
-run without split.json) fails on load, checked against one schema mechanism (edgetl.spec.schema), with one line
+run without split.json) fails on load, checked against one schema mechanism (edgetl.contracts.schema), with one line
 naming the file."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from reliability import inputs_corpus
 from reliability.inputs_corpus import assert_refused, copy_tree, run_cli
 
+from edgetl.contracts.schema import fixed, is_int, is_str, list_of, record, validate
 from edgetl.errors import CheckpointError
-from edgetl.spec.schema import fixed, is_int, is_str, list_of, record, validate
 
 quick_run = inputs_corpus.quick_run  # the corpus's shared fixtures
 quick_bundle = inputs_corpus.quick_bundle

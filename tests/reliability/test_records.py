@@ -16,9 +16,9 @@ import torch
 from reliability import inputs_corpus
 from reliability.inputs_corpus import assert_refused, copy_tree, run_cli
 
+from edgetl.contracts.backbones import get_backbone
 from edgetl.errors import WeightsError
 from edgetl.export.gate import sample_warnings
-from edgetl.spec.backbones import get_backbone
 from edgetl.train import weights as weights_module
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.weights import describe_weights, load_state_dict, verify_file, weights_filename

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main
+from edgetl.contracts.bundle import Bundle
 from edgetl.errors import DependencyError
 from edgetl.runtime.classifier import Classifier, choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.providers import TENSORRT_PROVIDER, provider_problem
-from edgetl.spec.bundle import Bundle
 
 PROBLEM = provider_problem(TENSORRT_PROVIDER)
 needs_no_provider = pytest.mark.skipif(PROBLEM is None, reason="ONNX Runtime's TensorRT provider runs here")

@@ -11,6 +11,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from edgetl.cli import main
+from edgetl.contracts.bundle import Bundle
+from edgetl.contracts.preprocess import eval_array, load_rgb, torch_transforms
 from edgetl.data.folders import DatasetSplit
 from edgetl.errors import CheckpointError, ConfigError
 from edgetl.export.fp16 import convert_to_fp16
@@ -18,8 +20,6 @@ from edgetl.export.job import ExportConfig, export_run
 from edgetl.runtime.classifier import Classifier, choose_backend
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.torch_runner import TorchRunner
-from edgetl.spec.bundle import Bundle
-from edgetl.spec.preprocess import eval_array, load_rgb, torch_transforms
 
 ROOT = Path(__file__).resolve().parents[2]
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 from edgetl.cli import main
+from edgetl.contracts.bundle import MANIFEST, VERIFY_DATA_LOADER, VERIFY_SAMPLE, Bundle
+from edgetl.contracts.preprocess import normalize
+from edgetl.contracts.verify_sample import VerificationSample, read_sample, write_sample
 from edgetl.export.verification import choose_rows, top1_margins
 from edgetl.runtime.verify import TOLERANCES, verify_bundle
-from edgetl.spec.bundle import MANIFEST, VERIFY_DATA_LOADER, VERIFY_SAMPLE, Bundle
-from edgetl.spec.preprocess import normalize
-from edgetl.spec.verify_sample import VerificationSample, read_sample, write_sample
 
 ROOT = Path(__file__).resolve().parents[2]
 

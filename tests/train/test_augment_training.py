@@ -13,10 +13,10 @@ from conftest import TINY_ARCH
 
 import edgetl.train.loop as loop_module
 from edgetl.cli import main
+from edgetl.contracts.backbones import get_backbone, preprocess_spec
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.data.folders import load_dataset
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import get_backbone, preprocess_spec
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.checkpoint import load_checkpoint, load_run
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.inputs import resolve_cache

@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
+from edgetl.contracts import geometry as g
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.device import DeviceSetup
 from edgetl.data.augment import draw_crop_randoms, flip_flags
 from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import PilBatches, image_pipeline
 from edgetl.errors import ConfigError
-from edgetl.spec import geometry as g
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.inputs import resolve_cache
 
@@ -72,9 +72,9 @@ def test_geometries_need_the_whole_image_pipeline(data: Path) -> None:
 
 
 def test_a_run_trained_on_a_geometry_carries_it_into_its_bundle(data: Path, tmp_path: Path) -> None:
+    from edgetl.contracts.bundle import Bundle
+    from edgetl.contracts.verify_sample import read_sample
     from edgetl.export.job import ExportConfig, export_run
-    from edgetl.spec.bundle import Bundle
-    from edgetl.spec.verify_sample import read_sample
     from edgetl.train.loop import finetune
 
     config = FinetuneConfig(

@@ -14,10 +14,10 @@ from conftest import TINY_ARCH
 from placement import DEVICE, CudaRulesSetup, OnDevice, PlacementError, cuda_rules, on_device
 
 import edgetl.train.evaluate as evaluate_module
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.data.augment import normalize_batch
 from edgetl.data.folders import load_dataset
 from edgetl.data.pipelines import DecodedBatches, EpochBatchSampler, decoded_caches, device_finish
-from edgetl.spec.preprocess import PreprocessSpec
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_run
 from edgetl.train.loop import finetune, resume

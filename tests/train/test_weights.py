@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from edgetl.contracts.backbones import get_backbone
 from edgetl.core.fileio import sha256_file
 from edgetl.errors import WeightsError
-from edgetl.spec.backbones import get_backbone
 from edgetl.train import weights as weights_module
 from edgetl.train.model import EdgeClassifier, HeadConfig, load_base_weights
 from edgetl.train.weights import fetch_weights, load_state_dict, resolve_weights, verify_file

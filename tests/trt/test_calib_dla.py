@@ -7,9 +7,9 @@ import subprocess
 import numpy as np
 import pytest
 
+from edgetl.contracts.engine_sidecar import DeviceInfo
 from edgetl.errors import ConfigError
-from edgetl.spec.engine_sidecar import DeviceInfo
-from edgetl.trt.calib_cache import (
+from edgetl.trt.calibration_cache import (
     format_cache,
     parse_cache,
     scale_hex,
@@ -17,7 +17,7 @@ from edgetl.trt.calib_cache import (
     stamped,
     tensorrt_version_number,
 )
-from edgetl.trt.plan import BatchProfile, build_script, make_sidecar, plan_engine, resolve_target, trtexec_command
+from edgetl.trt.plan import BatchProfile, build_script, make_sidecar, plan_engine, resolve_trt_release, trtexec_command
 
 STATIC = (4, 3, 224, 224)
 
@@ -152,7 +152,7 @@ def test_the_device_script_stops_when_it_cannot_tell_the_version(tmp_path):
 
 @pytest.mark.parametrize("target", ["8.5", "8.6", "10.3"])
 def test_dla_int8_is_the_fp32_onnx_with_the_calibration_cache_and_gpu_fallback(target):
-    plan = plan_engine(resolve_target(target), "int8", "input", "logits", STATIC, dla_core=1)
+    plan = plan_engine(resolve_trt_release(target), "int8", "input", "logits", STATIC, dla_core=1)
     assert (plan.onnx, plan.engine, plan.calibration_cache) == (
         "model.onnx",
         "model_int8_dla1.engine",
@@ -171,12 +171,12 @@ def test_dla_int8_is_the_fp32_onnx_with_the_calibration_cache_and_gpu_fallback(t
 
 def test_dla_fp16_and_a_batch_profile_fixed_at_one_size():
     plan = plan_engine(
-        resolve_target("10.3"), "fp16", "input", "logits", (-1, 3, 224, 224), BatchProfile(4, 4, 4), dla_core=0
+        resolve_trt_release("10.3"), "fp16", "input", "logits", (-1, 3, 224, 224), BatchProfile(4, 4, 4), dla_core=0
     )
     assert (
         plan.onnx == "model.onnx" and plan.calibration_cache is None and plan.builder_flags == ("FP16", "GPU_FALLBACK")
     )
-    gpu = plan_engine(resolve_target("10.3"), "int8", "input", "logits", STATIC)
+    gpu = plan_engine(resolve_trt_release("10.3"), "int8", "input", "logits", STATIC)
     assert (gpu.onnx, gpu.engine, gpu.calibration_cache, gpu.dla_core) == (
         "model_int8.onnx",
         "model_int8.engine",
@@ -196,15 +196,15 @@ def test_dla_fp16_and_a_batch_profile_fixed_at_one_size():
 )
 def test_dla_plans_that_cannot_be_built_are_refused(target, precision, shape, profile, message):
     with pytest.raises(ConfigError, match=message):
-        plan_engine(resolve_target(target), precision, "input", "logits", shape, profile, dla_core=0)
+        plan_engine(resolve_trt_release(target), precision, "input", "logits", shape, profile, dla_core=0)
 
 
 def test_build_script_stamps_the_cache_before_building_and_copies_the_engine(tmp_path):
-    dla = plan_engine(resolve_target("8.5"), "int8", "input", "logits", STATIC, dla_core=0)
+    dla = plan_engine(resolve_trt_release("8.5"), "int8", "input", "logits", STATIC, dla_core=0)
     gpu = plan_engine(
-        resolve_target("8.5"), "fp16", "input", "logits", STATIC, also_write=("triton-trt/m_trt/1/model.plan",)
+        resolve_trt_release("8.5"), "fp16", "input", "logits", STATIC, also_write=("triton-trt/m_trt/1/model.plan",)
     )
-    script = build_script([dla, gpu], resolve_target("8.5"))
+    script = build_script([dla, gpu], resolve_trt_release("8.5"))
     assert script.index("sed -i") < script.index("--calib=calibration.cache")
     assert "mkdir -p triton-trt/m_trt/1 && cp model_fp16.engine triton-trt/m_trt/1/model.plan" in script
     (tmp_path / "build_engine.sh").write_text(script)

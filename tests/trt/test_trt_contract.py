@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edgetl.contracts.engine_sidecar import DeviceInfo
 from edgetl.core.fileio import sha256_file
 from edgetl.errors import ConfigError, DependencyError, GateError
-from edgetl.spec.engine_sidecar import DeviceInfo
-from edgetl.trt.plan import TARGET_NAMES, BatchProfile, build_script, make_sidecar, plan_engine, resolve_target
+from edgetl.trt.plan import (
+    TRT_RELEASE_NAMES,
+    BatchProfile,
+    build_script,
+    make_sidecar,
+    plan_engine,
+    resolve_trt_release,
+)
 
 # trtexec's documented options ("  --name" lines of its help text) per release, from NVIDIA/TensorRT
 # samples/common/sampleOptions.cpp on branches release/8.5 (68b5072f), 8.6 (a0215c1a), 10.0 (ccf11997),
@@ -90,14 +97,14 @@ def _trtexec_options(script: str):
 
 
 def test_the_table_covers_every_target():
-    assert set(ROW_RELEASES) == set(TARGET_NAMES)
+    assert set(ROW_RELEASES) == set(TRT_RELEASE_NAMES)
 
 
-@pytest.mark.parametrize("target", TARGET_NAMES)
+@pytest.mark.parametrize("target", TRT_RELEASE_NAMES)
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 @pytest.mark.parametrize("shape, profile", [((-1, 3, 224, 224), BatchProfile(1, 2, 8)), ((1, 3, 224, 224), None)])
 def test_build_engine_sh_uses_only_options_each_trtexec_knows(target, precision, shape, profile):
-    row = resolve_target(target)
+    row = resolve_trt_release(target)
     plan = plan_engine(
         row, precision, "input", "logits", shape, profile, timing_cache="timing.cache", fp32_layers=("/f.1/Conv",)
     )
@@ -108,10 +115,10 @@ def test_build_engine_sh_uses_only_options_each_trtexec_knows(target, precision,
         assert not unknown, "trtexec {} does not know --{}".format(release, ", --".join(unknown))
 
 
-@pytest.mark.parametrize("target", [t for t in TARGET_NAMES if resolve_target(t).dla])
+@pytest.mark.parametrize("target", [t for t in TRT_RELEASE_NAMES if resolve_trt_release(t).dla])
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_dla_build_lines_use_only_options_each_trtexec_knows(target, precision):
-    row = resolve_target(target)
+    row = resolve_trt_release(target)
     dla = plan_engine(row, precision, "input", "logits", (1, 3, 224, 224), dla_core=0)
     gpu = plan_engine(row, precision, "input", "logits", (-1, 3, 224, 224), BatchProfile(1, 1, 8), also_write=("x/y",))
     options = list(_trtexec_options(build_script([dla, gpu], row)))
@@ -145,7 +152,12 @@ def _engine(folder: Path, version: str, profile=(2, 4, 8), static=None, **spec) 
         )
     )
     plan = plan_engine(
-        resolve_target(version), "fp16", "input", "logits", (batch, *SHAPE), None if static else BatchProfile(*profile)
+        resolve_trt_release(version),
+        "fp16",
+        "input",
+        "logits",
+        (batch, *SHAPE),
+        None if static else BatchProfile(*profile),
     )
     sidecar = make_sidecar(
         plan, DeviceInfo(fake_trt.VERSIONS[version], "Orin", "8.7"), "onnx-sha", sha256_file(engine), "fake"
@@ -276,8 +288,8 @@ def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_pat
     fake engine (its outputs are not the model's), which is moved aside so nothing serves it."""
     import shutil
 
+    from edgetl.contracts.bundle import Bundle
     from edgetl.runtime.tensorrt import TrtRunner
-    from edgetl.spec.bundle import Bundle
 
     fake_trt.install(monkeypatch, fake)
     bundle = tmp_path / "bundle"
@@ -303,11 +315,11 @@ def test_build_engine_on_a_static_bundle_builds_its_batch(static_bundle, tmp_pat
 def test_variants_export_for_the_installed_tensorrt(version):
     """bench variants on a TensorRT host exports for that TensorRT (11 needs its fp16 ONNX), not the default."""
     from edgetl.bench import variants
-    from edgetl.trt.plan import resolve_target
+    from edgetl.trt.plan import resolve_trt_release
 
     installed = variants.installed_tensorrt_version()
     assert installed == fake_trt.VERSIONS[version]
-    assert resolve_target(installed).name == version
+    assert resolve_trt_release(installed).name == version
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +344,7 @@ def test_build_engine_for_a_dla_core_takes_int8_from_the_stamped_cache(int8_stat
 
     from edgetl.cli import main
     from edgetl.runtime.tensorrt import TrtRunner
-    from edgetl.trt.calib_cache import parse_cache
+    from edgetl.trt.calibration_cache import parse_cache
 
     fake_trt.install(monkeypatch, fake)
     bundle = tmp_path / "bundle"
@@ -356,8 +368,8 @@ def test_build_engine_writes_the_triton_plan_only_for_a_verified_engine(tiny_run
     """The export plans the Triton copy of the engine; a build whose engine fails verification (the fake's
     outputs are not the model's) writes no model.plan, so tritonserver never loads a rejected engine."""
     from edgetl.cli import main
+    from edgetl.contracts.bundle import Bundle
     from edgetl.export.job import ExportConfig, export_run
-    from edgetl.spec.bundle import Bundle
 
     out = tmp_path / "bundle"
     export_run(ExportConfig(run=str(tiny_run), out=str(out), targets=("triton",)))
@@ -452,8 +464,8 @@ def test_build_engine_refuses_a_batch_range_the_triton_config_cannot_send(triton
 
 
 def test_a_dla_export_for_triton_plans_its_model_plan_on_that_core(tiny_run, tmp_path):
+    from edgetl.contracts.bundle import Bundle
     from edgetl.export.job import ExportConfig, export_run
-    from edgetl.spec.bundle import Bundle
 
     with pytest.raises(ConfigError, match="--for triton with --dla-core.*--max-batch 1"):
         ExportConfig(run=str(tiny_run), targets=("triton",), precision="fp16", dla_core=1, min_batch=8, max_batch=8)
@@ -475,8 +487,8 @@ def test_the_int8_fallback_layers_are_pinned_to_fp32_in_the_built_network(
 ):
     import onnx
 
+    from edgetl.contracts.bundle import Bundle
     from edgetl.export.job import int8_fp32_layers
-    from edgetl.spec.bundle import Bundle
     from edgetl.trt.build import build_engine
 
     bundle = _copy(int8_static_bundle, tmp_path)
@@ -488,7 +500,7 @@ def test_the_int8_fallback_layers_are_pinned_to_fp32_in_the_built_network(
     assert int8_fp32_layers(tmp_path / "kept.onnx") == (conv, "gone/Conv")
     fake_trt.install(monkeypatch, "10.3")
     shape = (1, 3) + tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[2:])
-    plan = plan_engine(resolve_target("10.3"), "int8", "input", "logits", shape, fp32_layers=(conv, "gone/Conv"))
+    plan = plan_engine(resolve_trt_release("10.3"), "int8", "input", "logits", shape, fp32_layers=(conv, "gone/Conv"))
     engine = json.loads(build_engine(bundle, plan).read_text())
     assert engine["fp32_layers"] == [conv] and engine["obey_precision_constraints"] is True
     assert "no TensorRT layer of the fp32 fallback node(s) gone/Conv" in caplog.text

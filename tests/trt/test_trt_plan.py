@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
+from edgetl.contracts.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
 from edgetl.errors import ConfigError
-from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems
 from edgetl.trt.plan import (
-    TARGET_NAMES,
+    TRT_RELEASE_NAMES,
     BatchProfile,
     EnginePlan,
     build_script,
@@ -21,7 +21,7 @@ from edgetl.trt.plan import (
     onnx_versions,
     plan_engine,
     polygraphy_command,
-    resolve_target,
+    resolve_trt_release,
     trtexec_command,
 )
 
@@ -45,7 +45,7 @@ SHAPE = (-1, 3, 224, 224)
     ],
 )
 def test_resolve_target_maps_versions_to_rows(given, row):
-    assert resolve_target(given).name == row
+    assert resolve_trt_release(given).name == row
 
 
 @pytest.mark.parametrize(
@@ -61,20 +61,20 @@ def test_resolve_target_maps_versions_to_rows(given, row):
 )
 def test_resolve_target_rejects_unknown_versions(given, message):
     with pytest.raises(ConfigError, match=message):
-        resolve_target(given)
+        resolve_trt_release(given)
 
 
 def test_onnx_versions_follow_the_parser_of_each_target():
-    assert onnx_versions(resolve_target("8.5"), 17) == (17, 8)
-    assert onnx_versions(resolve_target("8.6"), 13) == (13, 7)
-    assert onnx_versions(resolve_target("10.3"), 20) == (20, 9)
-    assert onnx_versions(resolve_target("11.x"), 22) == (22, 10)
+    assert onnx_versions(resolve_trt_release("8.5"), 17) == (17, 8)
+    assert onnx_versions(resolve_trt_release("8.6"), 13) == (13, 7)
+    assert onnx_versions(resolve_trt_release("10.3"), 20) == (20, 9)
+    assert onnx_versions(resolve_trt_release("11.x"), 22) == (22, 10)
     with pytest.raises(ConfigError, match="opset <= 22"):  # 11.0/11.1 do not parse opset 24 (11.2 does)
-        onnx_versions(resolve_target("11.x"), 24)
+        onnx_versions(resolve_trt_release("11.x"), 24)
     with pytest.raises(ConfigError, match="opset <= 17"):
-        onnx_versions(resolve_target("8.6"), 18)
+        onnx_versions(resolve_trt_release("8.6"), 18)
     with pytest.raises(ConfigError, match="opset <= 20"):
-        onnx_versions(resolve_target("10.3"), 21)
+        onnx_versions(resolve_trt_release("10.3"), 21)
 
 
 @pytest.mark.parametrize(
@@ -92,25 +92,25 @@ def test_onnx_versions_follow_the_parser_of_each_target():
     ],
 )
 def test_builder_flags_and_source_onnx_per_target(target, precision, flags, onnx):
-    row = resolve_target(target)
+    row = resolve_trt_release(target)
     assert builder_flags(row, precision) == flags
     assert onnx_for_precision(row, precision) == onnx
 
 
 def test_explicit_batch_network_flag_only_before_tensorrt_10():
     for name, expected in (("8.5", ("EXPLICIT_BATCH",)), ("8.6", ("EXPLICIT_BATCH",)), ("10.3", ()), ("11.x", ())):
-        assert plan_engine(resolve_target(name), "fp32", "input", "logits", SHAPE).network_flags == expected
+        assert plan_engine(resolve_trt_release(name), "fp32", "input", "logits", SHAPE).network_flags == expected
 
 
 def test_profile_shapes_dynamic_default_and_custom():
-    plan = plan_engine(resolve_target("10.3"), "fp16", "input", "logits", SHAPE)
+    plan = plan_engine(resolve_trt_release("10.3"), "fp16", "input", "logits", SHAPE)
     assert plan.shapes() == {"min": (1, 3, 224, 224), "opt": (1, 3, 224, 224), "max": (8, 3, 224, 224)}
-    plan = plan_engine(resolve_target("10.3"), "fp16", "input", "logits", SHAPE, BatchProfile(2, 4, 16))
+    plan = plan_engine(resolve_trt_release("10.3"), "fp16", "input", "logits", SHAPE, BatchProfile(2, 4, 16))
     assert plan.shapes()["opt"] == (4, 3, 224, 224) and plan.shapes()["max"] == (16, 3, 224, 224)
 
 
 def test_static_batch_has_no_profile_and_rejects_a_range():
-    row = resolve_target("8.6")
+    row = resolve_trt_release("8.6")
     assert plan_engine(row, "fp32", "input", "logits", (4, 3, 224, 224)).shapes() == {}
     assert plan_engine(row, "fp32", "input", "logits", (4, 3, 224, 224), BatchProfile(4, 4, 4)).profile is None
     with pytest.raises(ConfigError, match="static batch of 4"):
@@ -125,14 +125,14 @@ def test_batch_profile_validation(low, opt, high):
 
 def test_plan_rejects_names_trtexec_cannot_take_and_bad_workspace():
     with pytest.raises(ConfigError, match="tensor name"):
-        plan_engine(resolve_target("10.3"), "fp32", "input:0", "logits", SHAPE)
+        plan_engine(resolve_trt_release("10.3"), "fp32", "input:0", "logits", SHAPE)
     with pytest.raises(ConfigError, match="workspace"):
-        plan_engine(resolve_target("10.3"), "fp32", "input", "logits", SHAPE, workspace_mib=0)
+        plan_engine(resolve_trt_release("10.3"), "fp32", "input", "logits", SHAPE, workspace_mib=0)
 
 
 def test_trtexec_command_jetpack6_fp16_dynamic():
     plan = plan_engine(
-        resolve_target("8.6"), "fp16", "input_0", "output_0", SHAPE, BatchProfile(1, 2, 4), 2048, "timing.cache"
+        resolve_trt_release("8.6"), "fp16", "input_0", "output_0", SHAPE, BatchProfile(1, 2, 4), 2048, "timing.cache"
     )
     assert trtexec_command(plan) == [
         "trtexec",
@@ -149,10 +149,10 @@ def test_trtexec_command_jetpack6_fp16_dynamic():
 
 
 def test_trtexec_command_int8_and_tensorrt11():
-    int8 = trtexec_command(plan_engine(resolve_target("10.3"), "int8", "input", "logits", (1, 3, 224, 224)))
+    int8 = trtexec_command(plan_engine(resolve_trt_release("10.3"), "int8", "input", "logits", (1, 3, 224, 224)))
     assert int8[:5] == ["trtexec", "--onnx=model_int8.onnx", "--saveEngine=model_int8.engine", "--int8", "--fp16"]
     assert not any(a.startswith("--minShapes") for a in int8)  # static batch: no profile
-    fp16_11 = trtexec_command(plan_engine(resolve_target("11.x"), "fp16", "input", "logits", SHAPE))
+    fp16_11 = trtexec_command(plan_engine(resolve_trt_release("11.x"), "fp16", "input", "logits", SHAPE))
     assert "--onnx=model_fp16.onnx" in fp16_11
     assert not {"--fp16", "--int8", "--best"} & set(fp16_11)  # removed in TensorRT 11
     for args in (int8, fp16_11):  # flags removed in TensorRT 10 never appear
@@ -160,8 +160,8 @@ def test_trtexec_command_int8_and_tensorrt11():
 
 
 def test_build_script_is_valid_shell_with_the_same_command(tmp_path):
-    plan = plan_engine(resolve_target("10.3"), "fp16", "input", "logits", SHAPE)
-    script = build_script([plan], resolve_target("10.3"))
+    plan = plan_engine(resolve_trt_release("10.3"), "fp16", "input", "logits", SHAPE)
+    script = build_script([plan], resolve_trt_release("10.3"))
     assert script.startswith("#!/bin/sh\n")
     assert all(arg in script for arg in trtexec_command(plan)[1:])
     assert "-m edgetl.trt.build --sidecar model_fp16.engine" in script
@@ -174,12 +174,12 @@ def test_build_script_is_valid_shell_with_the_same_command(tmp_path):
 
 
 def test_polygraphy_command_matches_the_plan():
-    int8 = plan_engine(resolve_target("10.3"), "int8", "input", "logits", SHAPE)
+    int8 = plan_engine(resolve_trt_release("10.3"), "int8", "input", "logits", SHAPE)
     assert polygraphy_command(int8, 0.75) == [
         "polygraphy", "run", "model_int8.onnx", "--trt", "--onnxrt", "--int8", "--fp16", "--tf32",
         "--data-loader-script", "verify_data.py", "--atol", "0.75", "--rtol", "0",
     ]  # fmt: skip
-    strongly_typed = plan_engine(resolve_target("11.x"), "fp16", "input", "logits", SHAPE)
+    strongly_typed = plan_engine(resolve_trt_release("11.x"), "fp16", "input", "logits", SHAPE)
     assert polygraphy_command(strongly_typed, 0.1)[2:6] == ["model_fp16.onnx", "--trt", "--onnxrt", "--tf32"]
 
 
@@ -188,8 +188,8 @@ FALLBACK_LAYER = "/features/features.1/conv/conv.0/conv.0.0/Conv"  # torch's ONN
 
 def _every_plan():
     """GPU plans of every target and precision (INT8 with a layer the fallback kept in fp32), and DLA plans."""
-    for name in TARGET_NAMES:
-        target = resolve_target(name)
+    for name in TRT_RELEASE_NAMES:
+        target = resolve_trt_release(name)
         for precision in ("fp32", "fp16", "int8"):
             yield plan_engine(target, precision, "input", "logits", SHAPE, fp32_layers=(FALLBACK_LAYER,))
             if target.dla and precision != "fp32":
@@ -214,7 +214,7 @@ def test_every_generated_polygraphy_line_parses_with_polygraphys_own_parser():
         tool.setup_parser(tools)
     checked = 0
     for plan in _every_plan():
-        [command] = list(_polygraphy_lines(build_script([plan], resolve_target(plan.target), reference_scale=4.0)))
+        [command] = list(_polygraphy_lines(build_script([plan], resolve_trt_release(plan.target), reference_scale=4.0)))
         assert command[:2] == ["polygraphy", "run"]
         args, unknown = parser.parse_known_args(command[1:])
         assert not unknown, "{} ({}): Polygraphy rejects {}".format(plan.engine, plan.target, unknown)
@@ -232,7 +232,7 @@ def test_every_generated_polygraphy_line_parses_with_polygraphys_own_parser():
 
 def test_int8_fallback_layers_are_pinned_to_fp32_where_the_fp16_flag_could_move_them():
     layers = (FALLBACK_LAYER, "/classifier/classifier.1/Gemm")
-    int8 = plan_engine(resolve_target("10.3"), "int8", "input", "logits", SHAPE, fp32_layers=layers)
+    int8 = plan_engine(resolve_trt_release("10.3"), "int8", "input", "logits", SHAPE, fp32_layers=layers)
     assert int8.fp32_layers == layers and "FP16" in int8.builder_flags
     assert trtexec_command(int8)[-7:-5] == [
         "--precisionConstraints=obey",
@@ -240,11 +240,11 @@ def test_int8_fallback_layers_are_pinned_to_fp32_where_the_fp16_flag_could_move_
     ]
     assert EnginePlan.from_dict(int8.to_dict()) == int8
     for target, precision, dla in (("11.x", "int8", None), ("10.3", "fp16", None), ("10.3", "int8", 0)):
-        row, shape = resolve_target(target), (1, 3, 224, 224)
+        row, shape = resolve_trt_release(target), (1, 3, 224, 224)
         plan = plan_engine(row, precision, "input", "logits", shape, dla_core=dla, fp32_layers=layers)
         assert plan.fp32_layers == () and not any("Precision" in a for a in trtexec_command(plan))
     with pytest.raises(ConfigError, match="cannot be passed to trtexec --layerPrecisions"):
-        plan_engine(resolve_target("10.3"), "int8", "input", "logits", SHAPE, fp32_layers=("a,b",))
+        plan_engine(resolve_trt_release("10.3"), "int8", "input", "logits", SHAPE, fp32_layers=("a,b",))
 
 
 def _run_script(tmp_path, python: str, script: str):
@@ -264,8 +264,8 @@ def _run_script(tmp_path, python: str, script: str):
 
 @pytest.mark.skipif(shutil.which("sh") is None, reason="no POSIX shell")
 def test_build_script_verifies_or_prints_the_polygraphy_check(tmp_path):
-    plan = plan_engine(resolve_target("10.3"), "fp16", "input", "logits", SHAPE)
-    script = build_script([plan], resolve_target("10.3"), reference_scale=8.0)
+    plan = plan_engine(resolve_trt_release("10.3"), "fp16", "input", "logits", SHAPE)
+    script = build_script([plan], resolve_trt_release("10.3"), reference_scale=8.0)
     assert "-m edgetl verify . --only model_fp16.engine" in script
     # without edgetl: not verified, and the equivalent Polygraphy command (fp16 tolerance x the sample's scale)
     without = _run_script(tmp_path, "#!/bin/sh\nexit 1\n", script)
@@ -282,12 +282,12 @@ def test_build_script_verifies_or_prints_the_polygraphy_check(tmp_path):
     assert (tmp_path / "model_fp16.engine.rejected.json").is_file()
     passing = _run_script(tmp_path, "#!/bin/sh\nexit 0\n", script)
     assert passing.returncode == 0 and (tmp_path / "model_fp16.engine").is_file()
-    unsampled = build_script([plan], resolve_target("10.3"))
+    unsampled = build_script([plan], resolve_trt_release("10.3"))
     assert "no verification sample" in unsampled and "edgetl verify" not in unsampled
 
 
 def test_engine_plan_round_trips_through_json_dict():
-    plan = plan_engine(resolve_target("8.5"), "int8", "input", "logits", SHAPE, BatchProfile(1, 2, 4))
+    plan = plan_engine(resolve_trt_release("8.5"), "int8", "input", "logits", SHAPE, BatchProfile(1, 2, 4))
     assert EnginePlan.from_dict(plan.to_dict()) == plan
 
 
@@ -295,7 +295,7 @@ DEVICE = DeviceInfo("10.3.0.30", "Orin", "8.7")
 
 
 def _sidecar(**changes):
-    plan = plan_engine(resolve_target("10.3"), "fp16", "input", "logits", SHAPE)
+    plan = plan_engine(resolve_trt_release("10.3"), "fp16", "input", "logits", SHAPE)
     sidecar = make_sidecar(plan, DEVICE, onnx_sha256="onnx-sha", engine_sha256="engine-sha", built_with="test")
     sidecar.update(changes)
     return sidecar

@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
+from edgetl.contracts.formats import CONSUMERS
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.fileio import atomic_dir
 from edgetl.errors import ConfigError
 from edgetl.export.config import DEEPSTREAM, JETSON_INFERENCE, TRITON, ExportConfig
 from edgetl.export.targets import deepstream, jetson_inference, triton
 from edgetl.export.targets.common import TargetFailed, TargetInputs
-from edgetl.spec.formats import TARGETS
-from edgetl.spec.preprocess import PreprocessSpec
 
 WRITERS: Dict[str, Callable[[TargetInputs, Path], Dict[str, Any]]] = {
     JETSON_INFERENCE: jetson_inference.write,
@@ -55,7 +55,7 @@ def write_targets(inputs: TargetInputs) -> Tuple[Dict[str, Any], List[str], List
     failures: List[str] = []
     stale: List[str] = []
     for name in inputs.config.targets:
-        folder = TARGETS[name].folder
+        folder = CONSUMERS[name].folder
         if folder is None:  # the bundle itself
             continue
         try:

@@ -11,14 +11,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from edgetl.contracts.formats import CONSUMERS, DeployTarget
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.options import command_args
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
 from edgetl.export.parity import EvalImages, compare, fp32_failures, normalized, onnx_outputs, random_inputs, top1
 from edgetl.export.torch_to_onnx import PIXELS_FLOAT_NCHW, ExportModule, export_onnx, module_outputs, onnx_metadata
-from edgetl.spec.formats import TARGETS, DeployTarget
-from edgetl.spec.preprocess import PreprocessSpec
 
 RANDOM_INPUTS = 8
 
@@ -107,7 +107,7 @@ def checked_onnx(
 ) -> Dict[str, Any]:
     """Export ``module`` to ``path`` with ``target``'s tensor names and check it against PyTorch on the
     val images and random inputs (the fp32 parity gate); returns its report section, raises TargetFailed."""
-    names: DeployTarget = TARGETS[target]
+    names: DeployTarget = CONSUMERS[target]
     metadata = onnx_metadata(
         inputs.payload,
         inputs.spec,

@@ -23,9 +23,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import onnx
 
+from edgetl.contracts.formats import CALIBRATION_CACHE, CONSUMERS, GEOMETRIES, ONNX_FILES
+from edgetl.contracts.geometry import NVINFER_SCALING
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.fileio import atomic_write_text
 from edgetl.errors import ExportError
-from edgetl.export.calibration_cache import write_cache_for
 from edgetl.export.targets.common import (
     TargetFailed,
     TargetInputs,
@@ -37,10 +39,7 @@ from edgetl.export.targets.common import (
     write_readme,
 )
 from edgetl.export.torch_to_onnx import PIXELS_FLOAT_NCHW, ExportModule
-from edgetl.spec.formats import CALIBRATION_CACHE, GEOMETRIES, ONNX_FILES, TARGETS
-from edgetl.spec.geometry import NVINFER_SCALING
-from edgetl.spec.preprocess import PreprocessSpec
-from edgetl.trt.calib_cache import stamp_script_lines
+from edgetl.trt.calibration_cache import stamp_script_lines, write_cache_for
 
 NAME = "deepstream"
 CONSUMER = "DeepStream 6.3 and 7.x (Gst-nvinfer)"
@@ -100,7 +99,7 @@ def _properties(inputs: TargetInputs, onnx_file: str, scale: float, offsets: Lis
         "offsets": ";".join("{:.9g}".format(o) for o in offsets),
         "maintain-aspect-ratio": int(NVINFER_SCALING[GEOMETRY].maintain_aspect_ratio),
         "symmetric-padding": int(NVINFER_SCALING[GEOMETRY].symmetric_padding),
-        "output-blob-names": TARGETS[NAME].output_name,
+        "output-blob-names": CONSUMERS[NAME].output_name,
         "classifier-threshold": CLASSIFIER_THRESHOLD,
     }
     if config.dla_core is not None:
@@ -139,7 +138,7 @@ def _stamp_script(folder: Path) -> None:
 
 def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
     """Both configs, their models, labels.txt (and the INT8 calibration cache) and README.md in ``folder``."""
-    target = TARGETS[NAME]
+    target = CONSUMERS[NAME]
     batch = inputs.config.batch
     model = checked_onnx(inputs, folder / MODEL, NAME, ExportModule(inputs.model, softmax=True), batch)
     pixels_module = ExportModule(inputs.model, baked=inputs.spec, softmax=True, pixel_layout=PIXELS_FLOAT_NCHW)
@@ -188,7 +187,7 @@ def _readme(inputs: TargetInputs, figures: Dict[str, Any]) -> List[str]:
         "and {t:.2%} with the run's own geometry and normalisation.".format(
             c=CONFIG,
             m=MODEL,
-            o=TARGETS[NAME].output_name,
+            o=CONSUMERS[NAME].output_name,
             std=std,
             s=figures["net_scale_factor"],
             a=figures["nvinfer_scalar_std_top1"],

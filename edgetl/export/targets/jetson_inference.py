@@ -19,6 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from edgetl.contracts.formats import CONSUMERS
+from edgetl.contracts.geometry import IMAGENET_STRETCH, imagenet_mismatch, imagenet_normalize
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.errors import ConfigError
 from edgetl.export.targets.common import (
     TargetInputs,
@@ -29,9 +32,6 @@ from edgetl.export.targets.common import (
     write_readme,
 )
 from edgetl.export.torch_to_onnx import ExportModule
-from edgetl.spec.formats import TARGETS
-from edgetl.spec.geometry import IMAGENET_STRETCH, imagenet_mismatch, imagenet_normalize
-from edgetl.spec.preprocess import PreprocessSpec
 
 NAME = "jetson-inference"
 CONSUMER = "jetson-inference's imagenet (dusty-nv/jetson-inference, 2025-10) on JetPack 5.1 and 6.x"
@@ -56,7 +56,7 @@ def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
     problem = refusal(inputs.spec, inputs.class_names)
     if problem:
         raise ConfigError(problem)
-    target = TARGETS[NAME]
+    target = CONSUMERS[NAME]
     module = ExportModule(inputs.model, softmax=target.softmax)
     section = checked_onnx(inputs, folder / "model.onnx", NAME, module, target.static_batch)
     write_labels(folder / "labels.txt", inputs.class_names)
@@ -75,7 +75,7 @@ def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
 
 
 def _readme(inputs: TargetInputs, top1: float, images: int) -> List[str]:
-    target = TARGETS[NAME]
+    target = CONSUMERS[NAME]
     size = inputs.spec.input_size
     return [
         "Written by `{}` for {}.".format(inputs.command(), CONSUMER),

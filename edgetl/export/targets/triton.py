@@ -23,11 +23,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from google.protobuf import text_format  # protobuf comes with onnx
 
+from edgetl.contracts.formats import CONSUMERS, ONNX_FILES
 from edgetl.core.fileio import atomic_dir, atomic_write_text, sha256_file
 from edgetl.errors import DependencyError
 from edgetl.export.config import ExportConfig
 from edgetl.export.targets.common import TargetFailed, TargetInputs, write_labels
-from edgetl.spec.formats import ONNX_FILES, TARGETS
 
 NAME = "triton"
 CONSUMER = "Triton Inference Server 24.x/25.x (model configuration of r24.08 and later)"
@@ -55,7 +55,7 @@ def model_name(config: ExportConfig) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(config.run).resolve().name) or "model"
 
 
-PLAN_REPOSITORY = "{}-trt".format(TARGETS[NAME].folder)  # OUT/triton-trt: the tensorrt_plan model's repository
+PLAN_REPOSITORY = "{}-trt".format(CONSUMERS[NAME].folder)  # OUT/triton-trt: the tensorrt_plan model's repository
 
 
 def plan_path(config: ExportConfig) -> str:
@@ -70,7 +70,7 @@ def config_message(
     a DLA core runs there: Triton's TensorRT backend takes the core as the instance group's secondary device
     (KIND_NVDLA, triton-inference-server/server pull request 2912)."""
     pb2 = model_config_pb2()
-    target = TARGETS[NAME]
+    target = CONSUMERS[NAME]
     config = pb2.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
     config.input.add(name=target.input_name, data_type=pb2.TYPE_FP32, dims=[3, size, size])
     config.output.add(name=target.output_name, data_type=pb2.TYPE_FP32, dims=[classes], label_filename="labels.txt")
@@ -129,13 +129,13 @@ def write(inputs: TargetInputs, folder: Path) -> Dict[str, Any]:
 
 
 def _readme(inputs: TargetInputs, entries: List[Dict[str, Any]]) -> str:
-    target = TARGETS[NAME]
+    target = CONSUMERS[NAME]
     lines = [
         "Written by `{}` for {}.".format(inputs.command(), CONSUMER),
         "```bash\ncd ..   # the bundle folder\ndocker run --gpus all --rm -p8000:8000 -p8001:8001 -v $PWD:/models "
         "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models/{t}\n# after "
         "`sh build_engine.sh` on this device: add --model-repository=/models/{p}\n```".format(
-            t=TARGETS[NAME].folder, p=PLAN_REPOSITORY
+            t=CONSUMERS[NAME].folder, p=PLAN_REPOSITORY
         ),
         "Input `{}`: float32 [3, {s}, {s}] normalised as the run's preprocess.json says; output `{}`: {} logits "
         "(no softmax), with `labels.txt` for the classification extension.".format(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.bench import gpu_selfcheck as g
-from edgetl.bench import selfcheck_report as r
 from edgetl.core import fileio
+from edgetl.diagnostics import gpu_selfcheck as g
+from edgetl.diagnostics import selfcheck_report as r
 
 
 def no_cuda(tmp_path: Path, gpus: int = 0) -> g.Context:

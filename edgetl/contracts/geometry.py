@@ -25,8 +25,8 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from edgetl.contracts.formats import GEOMETRIES, TRAIN_GEOMETRIES
 from edgetl.errors import ConfigError, DataError
-from edgetl.spec.formats import GEOMETRIES, TRAIN_GEOMETRIES
 
 CENTER_CROP, IMAGENET_STRETCH = GEOMETRIES[0], GEOMETRIES[1]
 RANDOM_RESIZED_CROP = TRAIN_GEOMETRIES[0]
@@ -207,7 +207,7 @@ def nvinfer_scale(
 
 def device_pixels(frame: np.ndarray, geometry: str, size: int) -> np.ndarray:
     """uint8 HWC frame -> (size, size, 3) input pixels of a consumer geometry (not ``center-crop``, which
-    ``edgetl.spec.preprocess`` computes with the spec's resize)."""
+    ``edgetl.contracts.preprocess`` computes with the spec's resize)."""
     if geometry == IMAGENET_STRETCH:
         return imagenet_stretch(frame, size, size)
     if geometry in NVINFER_SCALING:

@@ -8,8 +8,8 @@ import platform
 from importlib import metadata
 from typing import Any, Dict, Optional
 
-from edgetl.bench.jetson import jetson_summary, read_jetson
 from edgetl.core.cpu import cpu_isa, isa_flags_of_interest
+from edgetl.diagnostics.jetson import jetson_summary, read_jetson
 
 
 def machine_info(threads: Optional[int]) -> Dict[str, Any]:

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgetl.contracts import geometry as g
+from edgetl.contracts.preprocess import PreprocessSpec, eval_array, geometry_pixels, load_rgb
 from edgetl.errors import ConfigError, DataError
-from edgetl.spec import geometry as g
-from edgetl.spec.preprocess import PreprocessSpec, eval_array, geometry_pixels, load_rgb
 
 
 def f32(value: float) -> float:

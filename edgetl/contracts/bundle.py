@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from edgetl import __version__
+from edgetl.contracts.formats import ONNX_FILES as ONNX_FILES  # re-exported: bundle readers name the files
+from edgetl.contracts.formats import PRECISIONS as PRECISIONS
+from edgetl.contracts.lineage import LINEAGE, LINEAGE_SCHEMA
+from edgetl.contracts.preprocess import PreprocessSpec
+from edgetl.contracts.schema import dict_of, is_int, is_str, list_of, one_of, optional, read_json, record
 from edgetl.core.fileio import atomic_write_text
 from edgetl.core.hashcache import cached_sha256
 from edgetl.errors import CheckpointError
-from edgetl.spec.formats import ONNX_FILES as ONNX_FILES  # re-exported: bundle readers name the files
-from edgetl.spec.formats import PRECISIONS as PRECISIONS
-from edgetl.spec.lineage import LINEAGE, LINEAGE_SCHEMA
-from edgetl.spec.preprocess import PreprocessSpec
-from edgetl.spec.schema import dict_of, is_int, is_str, list_of, one_of, optional, read_json, record
 
-BUNDLE_FORMAT = "edgetl-bundle-v2"  # v2: the lineage section (edgetl.spec.lineage)
+BUNDLE_FORMAT = "edgetl-bundle-v2"  # v2: the lineage section (edgetl.contracts.lineage)
 OLDER_FORMATS = ("edgetl-bundle-v1",)  # still read; a v1 bundle.json stays v1 when an engine is added
 MANIFEST = "bundle.json"
 LABELS = "labels.txt"
@@ -31,7 +31,7 @@ PREPROCESS = "preprocess.json"
 REPORT = "export_report.json"
 BUILD_SCRIPT = "build_engine.sh"
 CHECKPOINT = "best.pt"
-VERIFY_SAMPLE = "verify_sample.npz"  # crops + reference outputs (edgetl.spec.verify_sample); sha256 in the manifest
+VERIFY_SAMPLE = "verify_sample.npz"  # crops + reference outputs (contracts.verify_sample); sha256 in the manifest
 VERIFY_DATA_LOADER = "verify_data.py"  # the same crops for Polygraphy's --data-loader-script
 REJECTED_SUFFIX = ".rejected"  # an engine that failed verification is renamed <engine>.rejected (never served)
 
@@ -59,8 +59,8 @@ class ModelInfo:
     output_kind: str  # "logits" or "probabilities"
     batch: Optional[int]  # None: dynamic batch axis
     sha256: str
-    int8_form: Optional[str] = None  # "trt" or "cpu" for INT8 models (edgetl.spec.formats.INT8_FORMS)
-    int8_cpu_isa: Optional[str] = None  # the CPU the cpu form was built for (edgetl.spec.formats.INT8_CPU_FORMS)
+    int8_form: Optional[str] = None  # "trt" or "cpu" for INT8 models (edgetl.contracts.formats.INT8_FORMS)
+    int8_cpu_isa: Optional[str] = None  # the CPU the cpu form was built for (edgetl.contracts.formats.INT8_CPU_FORMS)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "ModelInfo":

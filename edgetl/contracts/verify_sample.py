@@ -14,9 +14,9 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from edgetl.contracts.formats import ONNX_FILES
 from edgetl.core.fileio import atomic_write_bytes, atomic_write_text
 from edgetl.errors import CheckpointError
-from edgetl.spec.formats import ONNX_FILES
 
 MIN_IMAGES = 16  # 16 crops of 224 x 224 x 3 uint8: 2.4 MB
 PIXELS = "pixels"
@@ -94,7 +94,7 @@ def write_data_loader(
     path: Path, sample_file: str, input_name: str, layout: str, batch: Optional[int], command: str, version: str
 ) -> None:
     """``verify_data.py``: ``load_data()`` yields the sample's crops as the model takes them (the normalisation
-    of ``edgetl.spec.preprocess.normalize``), ``batch`` at a time (1 for a dynamic batch axis)."""
+    of ``edgetl.contracts.preprocess.normalize``), ``batch`` at a time (1 for a dynamic batch axis)."""
     text = _DATA_LOADER.format(
         version=version,
         command=command,

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from edgetl import __version__
-from edgetl.bench.jetson import jetson_summary, read_jetson, target_for_tensorrt
+from edgetl.contracts.bundle import Bundle, ModelInfo
+from edgetl.contracts.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems, version_tuple
+from edgetl.contracts.lineage import lineage_problem, reference_checkpoint
 from edgetl.core.fileio import sha256_file
+from edgetl.diagnostics.jetson import jetson_summary, read_jetson, release_for_tensorrt
 from edgetl.errors import ConfigError, EdgetlError
 from edgetl.runtime.providers import CPU_PROVIDER, CUDA_PROVIDER, TENSORRT_PROVIDER, probe_providers
 from edgetl.runtime.tensorrt import cuda_runtime, device_info, load_sidecar
-from edgetl.spec.bundle import Bundle, ModelInfo
-from edgetl.spec.engine_sidecar import DeviceInfo, rebuild_hint, sidecar_problems, version_tuple
-from edgetl.spec.lineage import lineage_problem, reference_checkpoint
-from edgetl.trt.plan import DEFAULT_TARGET, TrtTarget, onnx_versions
+from edgetl.trt.plan import DEFAULT_TRT_RELEASE, TrtRelease, onnx_versions
 
 OK, MISSING, MISMATCH = "ok", "missing", "mismatch"
 STATUSES = (OK, MISSING, MISMATCH)
@@ -253,7 +253,7 @@ def _tensorrt_items(
     elif trt.get("version") is None:
         items = [Item("tensorrt", MISMATCH, trt.get("error", "import failed"), "reinstall TensorRT", broken=True)]
     else:
-        target = target_for_tensorrt(trt["version"])
+        target = release_for_tensorrt(trt["version"])
         if target is None:
             items = [
                 Item(
@@ -307,10 +307,10 @@ def _jetson_items(summary: Optional[Dict[str, Any]]) -> List[Item]:
         return [
             Item("jetson", MISMATCH, text, "JetPack 4 (Python 3.6) is unsupported: flash JetPack 5.1.x or 6.x", True)
         ]
-    if summary["target_trt"] is None:
+    if summary["trt_version"] is None:
         items = [Item("jetson", MISMATCH, text, "edgetl needs TensorRT >= 8.5: upgrade to JetPack 5.1.x or 6.x", True)]
     else:
-        items = [Item("jetson", OK, text + "; export with --trt-version " + summary["target_trt"])]
+        items = [Item("jetson", OK, text + "; export with --trt-version " + summary["trt_version"])]
     if summary["power_mode"]:
         mode = summary["power_mode"]
         detail = "{}{}".format(mode["name"], " (mode {})".format(mode["id"]) if mode["id"] is not None else "")
@@ -392,7 +392,7 @@ def onnx_opset_ir(path: Path) -> Tuple[int, int]:
     return (max(opsets) if opsets else 0), int(model.ir_version)
 
 
-def check_target(target: TrtTarget, opset: int, ir_version: int) -> Optional[str]:
+def check_target(target: TrtRelease, opset: int, ir_version: int) -> Optional[str]:
     """Why TensorRT ``target`` cannot parse an ONNX of this opset/IR; None when it can."""
     try:
         onnx_versions(target, opset)
@@ -436,8 +436,8 @@ def bundle_items(
     elif jetpack_tensorrt:
         against, source = jetpack_tensorrt, "this JetPack's TensorRT"
     else:
-        against, source = DEFAULT_TARGET, "the default --trt-version (no TensorRT here)"
-    target = target_for_tensorrt(against)
+        against, source = DEFAULT_TRT_RELEASE, "the default --trt-version (no TensorRT here)"
+    target = release_for_tensorrt(against)
     for kind in ("fp32", "fp16", "int8", "baked"):
         model: Optional[ModelInfo] = bundle.model(kind)
         if model is None or model.int8_form == "cpu":
@@ -479,7 +479,7 @@ def check_bundle(path: Path, facts: Dict[str, Any]) -> List[Item]:
 
 
 def lineage_items(bundle: Bundle) -> List[Item]:
-    """Whether every artifact of the bundle comes from one checkpoint (edgetl.spec.lineage)."""
+    """Whether every artifact of the bundle comes from one checkpoint (edgetl.contracts.lineage)."""
     problem = lineage_problem(bundle.root, bundle.manifest)
     if problem:
         return [Item("bundle lineage", MISMATCH, problem, bundle.reexport_hint() + ", which removes the others", True)]

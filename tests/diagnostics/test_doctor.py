@@ -10,12 +10,12 @@ from typing import Any, Dict, List, Optional
 import pytest
 from click.testing import CliRunner
 
-from edgetl.bench import doctor as d
-from edgetl.bench import jetson as j
-from edgetl.bench.machine import machine_info
-from edgetl.spec.bundle import ModelInfo
-from edgetl.spec.engine_sidecar import SIDECAR_FORMAT, DeviceInfo
-from edgetl.trt.plan import DEFAULT_TARGET, TARGETS
+from edgetl.contracts.bundle import ModelInfo
+from edgetl.contracts.engine_sidecar import SIDECAR_FORMAT, DeviceInfo
+from edgetl.diagnostics import doctor as d
+from edgetl.diagnostics import jetson as j
+from edgetl.diagnostics.machine import machine_info
+from edgetl.trt.plan import DEFAULT_TRT_RELEASE, TRT_RELEASES
 
 
 @pytest.mark.parametrize(
@@ -57,23 +57,23 @@ def test_parse_l4t_core_version(version, expected):
 def test_jetpack_table_maps_l4t_to_tensorrt_and_target(l4t, jetpack, trt, target):
     row = j.jetpack_for_l4t(l4t)
     assert (row.jetpack, row.tensorrt) == (jetpack, trt)
-    found = d.target_for_tensorrt(row.tensorrt) if row.tensorrt else None
+    found = d.release_for_tensorrt(row.tensorrt) if row.tensorrt else None
     assert (found.name if found else None) == target
 
 
 def test_every_jetpack_tensorrt_with_a_target_names_an_existing_row():
-    names = {t.name for t in TARGETS}
+    names = {t.name for t in TRT_RELEASES}
     for row in j.JETPACK_RELEASES:
-        target = d.target_for_tensorrt(row.tensorrt) if row.tensorrt else None
+        target = d.release_for_tensorrt(row.tensorrt) if row.tensorrt else None
         assert target is None or target.name in names
     assert j.jetpack_for_l4t((37, 0, 0)) is None  # unknown releases are reported, never guessed
 
 
 def test_default_target_is_jetpack_6_1_not_6_0():
     """The default --trt-version (10.3) is JetPack 6.1/6.2's TensorRT; JetPack 6.0 ships 8.6."""
-    assert DEFAULT_TARGET == "10.3"
+    assert DEFAULT_TRT_RELEASE == "10.3"
     assert j.jetpack_for_l4t((36, 3)).tensorrt == "8.6"
-    assert j.jetpack_for_l4t((36, 4)).tensorrt == DEFAULT_TARGET
+    assert j.jetpack_for_l4t((36, 4)).tensorrt == DEFAULT_TRT_RELEASE
 
 
 @pytest.mark.parametrize(
@@ -221,7 +221,7 @@ def test_a_pip_tensorrt_that_is_not_jetpacks_is_a_mismatch():
 def test_l4t_from_dpkg_when_the_release_file_is_missing():
     jetson = dict(facts()["jetson"], nv_tegra_release=None, l4t_core="35.4.1-20230801124926")
     summary = d.jetson_summary(jetson)
-    assert (summary["l4t"], summary["jetpack"], summary["target_trt"]) == ("35.4.1", "5.1.x", "8.5")
+    assert (summary["l4t"], summary["jetpack"], summary["trt_version"]) == ("35.4.1", "5.1.x", "8.5")
 
 
 def test_power_mode_tools_absent_or_failing():

@@ -22,33 +22,33 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from edgetl.bench.data import pipeline_rate, training_rates
-from edgetl.bench.machine import machine_info
-from edgetl.bench.selfcheck_report import (
-    Outcome,
-    Report,
-    Skip,
-    run_checks,
-    write_report,
-)  # fmt: skip
+from edgetl.contracts.backbones import get_backbone, preprocess_spec
+from edgetl.contracts.bundle import Bundle
+from edgetl.contracts.preprocess import torch_transforms
 from edgetl.core.deps import require
 from edgetl.core.device import DeviceSetup
 from edgetl.data.decoded_cache import open_decoded_images
 from edgetl.data.demo import ensure_demo_dataset
 from edgetl.data.folders import DatasetSplit, load_dataset
 from edgetl.data.pipelines import image_pipeline
+from edgetl.diagnostics.machine import machine_info
+from edgetl.diagnostics.selfcheck_report import (
+    Outcome,
+    Report,
+    Skip,
+    run_checks,
+    write_report,
+)  # fmt: skip
 from edgetl.errors import EdgetlError
 from edgetl.export.gate import upper_bound
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.runtime.onnxrt import OnnxRuntimeRunner
 from edgetl.runtime.tensorrt import TrtRunner
-from edgetl.spec.backbones import get_backbone, preprocess_spec
-from edgetl.spec.bundle import Bundle
-from edgetl.spec.preprocess import torch_transforms
 from edgetl.train.config import FinetuneConfig
 from edgetl.train.evaluate import evaluate_run
 from edgetl.train.loop import finetune, resume
 from edgetl.train.model import HeadConfig, build_model
+from edgetl.train.throughput import pipeline_rate, training_rates
 from edgetl.train.weights import fetch_weights
 
 torch = require("torch")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from edgetl.errors import ConfigError
-from edgetl.trt.plan import TrtTarget, resolve_target
+from edgetl.trt.plan import TrtRelease, resolve_trt_release
 
 TOOL_TIMEOUT_S = 5.0
 NV_TEGRA_RELEASE = Path("/etc/nv_tegra_release")
@@ -77,10 +77,10 @@ def jetpack_for_l4t(l4t: Sequence[int]) -> Optional[JetPackRelease]:
     return None
 
 
-def target_for_tensorrt(version: str) -> Optional[TrtTarget]:
+def release_for_tensorrt(version: str) -> Optional[TrtRelease]:
     """The ``--trt-version`` row for a TensorRT version; None where edgetl has none (e.g. 8.4)."""
     try:
-        return resolve_target(version)
+        return resolve_trt_release(version)
     except ConfigError:
         return None
 
@@ -157,7 +157,7 @@ def jetson_summary(jetson: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]
         jetson.get("l4t_core") or ""
     )
     row = jetpack_for_l4t(l4t) if l4t else None
-    target = target_for_tensorrt(row.tensorrt) if row and row.tensorrt else None
+    target = release_for_tensorrt(row.tensorrt) if row and row.tensorrt else None
     power = jetson.get("nvpmodel")
     clocks = jetson.get("jetson_clocks")
     return {
@@ -165,7 +165,7 @@ def jetson_summary(jetson: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]
         "jetpack": row.jetpack if row else None,
         "jetpack_tensorrt": row.tensorrt if row else None,
         "jetpack_python": row.python if row else None,
-        "target_trt": target.name if target else None,
+        "trt_version": target.name if target else None,
         "power_mode": parse_nvpmodel(power["output"]) if power and power.get("rc") == 0 else None,
         "power_mode_error": None if power is None or power.get("rc") == 0 else power.get("output", "").strip()[:200],
         "nvpmodel_present": power is not None,

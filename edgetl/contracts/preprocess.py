@@ -3,7 +3,7 @@
 The spec is written as ``preprocess.json`` into every run and bundle. Its ``geometry`` says how a frame
 becomes the input the model was selected on: ``center-crop`` (the numpy/PIL path here, torch-free, equals
 torchvision's ``Resize(resize_size) + CenterCrop(input_size) + ToTensor + Normalize`` to float precision)
-or a consumer's exact geometry (``edgetl.spec.geometry``).
+or a consumer's exact geometry (``edgetl.contracts.geometry``).
 Python 3.8 syntax: this module is part of the device runtime.
 """
 
@@ -17,11 +17,11 @@ from typing import Any, Dict, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from edgetl.contracts.geometry import CENTER_CROP, check_geometry, decoded_like_device, device_pixels
+from edgetl.contracts.schema import is_int, is_number, is_str, list_of, read_json, record
 from edgetl.core.deps import require
 from edgetl.core.fileio import atomic_write_text
 from edgetl.errors import ConfigError, DataError
-from edgetl.spec.geometry import CENTER_CROP, check_geometry, decoded_like_device, device_pixels
-from edgetl.spec.schema import is_int, is_number, is_str, list_of, read_json, record
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +43,7 @@ class PreprocessSpec:
     mean: Tuple[float, float, float] = IMAGENET_MEAN
     std: Tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
-    geometry: str = CENTER_CROP  # a name of edgetl.spec.formats.GEOMETRIES
+    geometry: str = CENTER_CROP  # a name of edgetl.contracts.formats.GEOMETRIES
 
     def __post_init__(self) -> None:
         check_geometry(self.geometry)

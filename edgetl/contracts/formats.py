@@ -8,6 +8,8 @@ from typing import Dict, NamedTuple, Optional
 from edgetl.core.cpu import CPU_ISAS
 
 PRECISIONS = ("fp32", "fp16", "int8")
+# the ONNX operators of explicit (Q/DQ) quantization
+Q_OP, DQ_OP = "QuantizeLinear", "DequantizeLinear"
 # ONNX model kinds in a bundle -> file name. "baked": uint8 NHWC input with normalisation inside the graph.
 ONNX_FILES = {"fp32": "model.onnx", "baked": "model_baked.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
 # ort-trt: ONNX Runtime's TensorRT execution provider (offered only where a real session starts on it)
@@ -28,18 +30,18 @@ class DeployTarget(NamedTuple):
 # jetson-inference: the names its imagenet program is pointed at (--input_blob/--output_blob), a softmax (it
 # thresholds raw outputs) and a batch of 1 (it builds no optimisation profile). deepstream: Gst-nvinfer's
 # classifier parser reads softmax probabilities. triton: the bundle's models as they are (logits).
-TARGETS = {
+CONSUMERS = {
     "bundle": DeployTarget("input", "logits", False, None, None),
     "jetson-inference": DeployTarget("input_0", "output_0", True, 1, "jetson-inference"),
     "deepstream": DeployTarget("input", "probabilities", True, None, "deepstream"),
     "triton": DeployTarget("input", "logits", False, None, "triton"),
 }
-IO_NAMES = {name: (target.input_name, target.output_name) for name, target in TARGETS.items()}
-CONSUMERS = tuple(TARGETS)
+IO_NAMES = {name: (target.input_name, target.output_name) for name, target in CONSUMERS.items()}
+CONSUMER_NAMES = tuple(CONSUMERS)
 # the TensorRT calibration cache of the INT8 (trt form) Q/DQ scales, in a bundle and the targets that use it
 CALIBRATION_CACHE = "calibration.cache"
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-# How a frame becomes the network input (edgetl.spec.geometry): edgetl's resize + centre crop, or the exact
+# How a frame becomes the network input (edgetl.contracts.geometry): edgetl's resize + centre crop, or the exact
 # geometry of a consumer: jetson-inference's imagenet (whole frame stretched, floor-index nearest), DeepStream
 # nvinfer's scaling (stretched; letterboxed with maintain-aspect-ratio=1, padded right/bottom, or centred with
 # symmetric-padding=1).

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
+from edgetl.contracts.preprocess import PreprocessSpec
 from edgetl.core.deps import require
 from edgetl.errors import ConfigError
-from edgetl.spec.preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgetl.contracts.preprocess import PreprocessSpec, eval_array, load_rgb, resized_size, torch_transforms
 from edgetl.errors import ConfigError
-from edgetl.spec.preprocess import PreprocessSpec, eval_array, load_rgb, resized_size, torch_transforms
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])

@@ -23,12 +23,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from edgetl.spec.formats import CALIBRATION_CACHE, ONNX_FILES, TARGETS
-from edgetl.spec.schema import dict_of, is_str, optional, record
+from edgetl.contracts.formats import CALIBRATION_CACHE, CONSUMERS, ONNX_FILES
+from edgetl.contracts.schema import dict_of, is_str, optional, record
 
 LINEAGE = "lineage"
 ONNX_CHECKPOINT_KEY = "source_checkpoint_sha256"  # the ONNX metadata prop (edgetl.export.torch_to_onnx)
-TARGET_FOLDERS = tuple(t.folder for t in TARGETS.values() if t.folder)  # the --for folders holding ONNX models
+TARGET_FOLDERS = tuple(t.folder for t in CONSUMERS.values() if t.folder)  # the --for folders holding ONNX models
 _PRECISION_OF_KIND = {"fp32": "fp32", "baked": "fp32", "fp16": "fp16", "int8": "int8"}
 
 LINEAGE_SCHEMA = record(
@@ -107,8 +107,8 @@ def recorded_lineage(manifest: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     if manifest.get("calibration_cache"):
         entries[CALIBRATION_CACHE] = artifact(checkpoint, "int8", "recorded before lineage")
     for target in manifest.get("targets") or {}:
-        if target in TARGETS and TARGETS[target].folder:
-            entries[str(TARGETS[target].folder)] = artifact(checkpoint, None, "recorded before lineage")
+        if target in CONSUMERS and CONSUMERS[target].folder:
+            entries[str(CONSUMERS[target].folder)] = artifact(checkpoint, None, "recorded before lineage")
     return entries
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgetl.contracts.backbones import (
+    BACKBONES,
+    build_torchvision_model,
+    get_backbone,
+    preprocess_spec,
+    stage_of_parameter,
+)
 from edgetl.errors import ConfigError
-from edgetl.spec.backbones import BACKBONES, build_torchvision_model, get_backbone, preprocess_spec, stage_of_parameter
 from edgetl.train.config import trainable_stage_names
 from edgetl.train.model import EdgeClassifier, HeadConfig, build_model, parameter_groups
 from edgetl.train.weights import expected_hash_prefix, weights_filename

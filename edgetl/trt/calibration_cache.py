@@ -1,7 +1,8 @@
 """TensorRT's INT8 calibration cache: the text a TensorRT calibrator hands back instead of calibrating
 (``IInt8Calibrator.read_calibration_cache``), read by DeepStream's ``int8-calib-file``, ``trtexec --calib``
 and DLA builds. edgetl writes it from the scales of its Q/DQ calibration, so every consumer quantizes
-with the scales the accuracy gate judged.
+with the scales the accuracy gate judged: ``scales_for`` reads them from
+the gated Q/DQ model and ``write_cache_for`` writes a bundle's cache.
 
 Format, as TensorRT writes it and as onnxruntime's TensorRT provider and NVIDIA's qdq-translator
 (Deep-Learning-Accelerator-SW) read and write it: a header line ``TRT-<version>-EntropyCalibration2``,
@@ -19,11 +20,17 @@ import re
 import shlex
 import struct
 from pathlib import Path
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Sequence, Tuple
 
+import numpy as np
+
+from edgetl.contracts.engine_sidecar import version_tuple
+from edgetl.contracts.formats import DQ_OP, Q_OP
 from edgetl.core.fileio import atomic_write_text
-from edgetl.errors import ConfigError
-from edgetl.spec.engine_sidecar import version_tuple
+from edgetl.errors import ConfigError, ExportError
+
+if TYPE_CHECKING:
+    import onnx
 
 CALIBRATOR = "EntropyCalibration2"  # the name TensorRT's IInt8EntropyCalibrator2 (and trtexec's) expects
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
@@ -109,3 +116,70 @@ def stamp_script_lines(caches: Sequence[str]) -> List[str]:
         '  sed -i "1s/^TRT-[0-9]*-/TRT-$TRT_VERSION-/" "$cache"',
         "done",
     ]
+
+
+def activation_scales(model: onnx.ModelProto) -> Dict[str, np.float32]:
+    """Tensor name -> float32 scale of every activation (graph input or node output) a Q/DQ model quantizes.
+    ExportError for what a cache cannot express: a zero point other than 0, a per-channel activation scale,
+    or one tensor quantized with two scales."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    scales: Dict[str, np.float32] = {}
+    for node in model.graph.node:
+        if node.op_type != Q_OP or node.input[0] in initializers:
+            continue  # weights are quantized per channel by TensorRT itself
+        scale = initializers[node.input[1]]
+        zero_point = initializers[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(1)
+        if scale.size != 1 or np.any(zero_point != 0):
+            raise ExportError(
+                "{} is not quantized symmetrically per tensor (scale {}, zero point {}); a TensorRT calibration "
+                "cache needs the trt INT8 form".format(node.input[0], scale.tolist(), zero_point.tolist())
+            )
+        value = np.float32(scale.reshape(()))
+        if scales.setdefault(node.input[0], value) != value:
+            raise ExportError("{} is quantized with two scales".format(node.input[0]))
+    return scales
+
+
+def scales_for(qdq: onnx.ModelProto, fp32: onnx.ModelProto) -> Dict[str, np.float32]:
+    """The Q/DQ model's activation scales keyed by the names the same tensors have in ``fp32`` (the float
+    model a consumer quantizes itself). A tensor is found as the same input of the nodes (by name) that read
+    its dequantized copy, or, for one no node reads (a graph output), as the same output of its producer; so
+    a graph input maps to whatever the first layers read in ``fp32`` (its own input, or the normalised pixels
+    of a graph that normalises itself). ExportError when a tensor has no single counterpart."""
+    consumers: Dict[str, list] = {}
+    for node in qdq.graph.node:
+        for index, tensor in enumerate(node.input):
+            consumers.setdefault(tensor, []).append((node.name, index))
+    dequantized = {node.input[0]: node.output[0] for node in qdq.graph.node if node.op_type == DQ_OP}
+    quantized = {node.input[0]: dequantized.get(node.output[0]) for node in qdq.graph.node if node.op_type == Q_OP}
+    producer = {out: (node.name, index) for node in qdq.graph.node for index, out in enumerate(node.output)}
+    fp32_nodes = {node.name: node for node in fp32.graph.node if node.name}
+    scales: Dict[str, np.float32] = {}
+    for tensor, scale in activation_scales(qdq).items():
+        names = {
+            fp32_nodes[node].input[index]
+            for node, index in consumers.get(quantized.get(tensor) or "", [])
+            if node in fp32_nodes and index < len(fp32_nodes[node].input)
+        }
+        node, index = producer.get(tensor, ("", 0))
+        if not names and node in fp32_nodes:
+            names = {fp32_nodes[node].output[index]}
+        if len(names) != 1:
+            raise ExportError("{} of the INT8 model has no single counterpart in the float model".format(tensor))
+        scales[names.pop()] = scale
+    return scales
+
+
+def write_cache_for(path: Path, int8_path: Path, fp32_path: Path, trt_version: str) -> Dict[str, Any]:
+    """Write the calibration cache of the Q/DQ model at ``int8_path`` for the float model at ``fp32_path``;
+    returns its manifest entry. The header names ``trt_version`` (the export's --trt-version) until the
+    device sets its own."""
+    import onnx
+
+    scales = scales_for(onnx.load(str(int8_path)), onnx.load(str(fp32_path)))
+    version = tensorrt_version_number(trt_version)
+    write_cache(path, {name: float(s) for name, s in scales.items()}, version)
+    entry = {"file": path.name, "from": int8_path.name, "for": fp32_path.name, "tensors": len(scales)}
+    return dict(entry, header_version=version)
