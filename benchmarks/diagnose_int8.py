@@ -57,7 +57,14 @@ from edgetl.diagnostics.machine import machine_info
 from edgetl.export.config import DEFAULT_CALIB_SIZE
 from edgetl.export.job import ExportConfig, export_run
 from edgetl.export.parity import EvalImages, heldout_images, load_eval_images, normalized
-from edgetl.export.quantize import DQ_OP, Q_OP, ImageCalibrationReader, calibration_samples, quantize_onnx
+from edgetl.export.quantize import (
+    DQ_OP,
+    Q_OP,
+    ImageCalibrationReader,
+    calibration_samples,
+    prune_quantizers,
+    quantize_onnx,
+)
 from edgetl.train.config import FinetuneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -304,23 +311,8 @@ def ablated(
             if name in replace:
                 node.input[index] = replace[name]
     g.node.extend(extra_nodes)
-    _prune(model)
+    prune_quantizers(model)
     return _sorted(model)
-
-
-def _prune(model: onnx.ModelProto) -> None:
-    """Drop Q/DQ nodes and initializers nothing reads any more."""
-    g = model.graph
-    while True:
-        used = {name for node in g.node for name in node.input} | {out.name for out in g.output}
-        unused = [n for n in g.node if n.op_type in (Q_OP, DQ_OP) and not any(o in used for o in n.output)]
-        if not unused:
-            break
-        for node in unused:
-            g.node.remove(node)
-    used = {name for node in g.node for name in node.input}
-    for init in [i for i in g.initializer if i.name not in used]:
-        g.initializer.remove(init)
 
 
 def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -233,6 +233,12 @@ def feed_fp32(model: onnx.ModelProto, nodes: Set[str]) -> None:
             continue
         for index, name in enumerate(node.input):
             node.input[index] = quantized_source(producer, name) or name
+    prune_quantizers(model)
+
+
+def prune_quantizers(model: onnx.ModelProto) -> None:
+    """Drop the Q/DQ nodes, and then the initializers, that nothing reads any more."""
+    graph = model.graph
     while True:
         used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
         unused = [n for n in graph.node if n.op_type in (Q_OP, DQ_OP) and not any(o in used for o in n.output)]
