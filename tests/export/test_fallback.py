@@ -7,20 +7,18 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from pattern_models import SPEC, red_blue_model
 from torch import nn
 
 from edgetl.contracts.formats import INT8_CPU_FORMS
-from edgetl.contracts.preprocess import PreprocessSpec
-from edgetl.data.folders import scan_class_folders
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
 from edgetl.export.fallback import FallbackAttempt, rank_layers, search_fallback
 from edgetl.export.int8_step import Int8Step
-from edgetl.export.parity import load_eval_images, normalized, onnx_outputs
+from edgetl.export.parity import normalized, onnx_outputs
 from edgetl.export.quantize import ImageCalibrationReader, quantize_onnx
 from edgetl.export.report import format_report
 
-SPEC = PreprocessSpec(input_size=32, resize_size=36)
 SENSITIVE = "/mix/Conv"
 
 
@@ -99,19 +97,7 @@ class _OneSensitiveLayer(nn.Module):
 @pytest.fixture(scope="module")
 def sensitive(tmp_path_factory):
     """The sensitive model as ONNX, and red/blue pattern images (kinds 0-1 red, 2-3 blue)."""
-    from conftest import write_patterns
-
-    root = tmp_path_factory.mktemp("sensitive")
-    write_patterns(root / "data", {"": dict.fromkeys("abcd", 40)}, 40, np.random.default_rng(3), "{i:02d}.png")
-    model = root / "model.onnx"
-    dummy = torch.zeros(1, 3, SPEC.input_size, SPEC.input_size)
-    torch.onnx.export(
-        _OneSensitiveLayer().eval(), (dummy,), str(model), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )  # fmt: skip
-    samples = scan_class_folders(root / "data")[1]
-    images = load_eval_images(samples, SPEC, 1000, 0)
-    return {"root": root, "model": model, "samples": samples, "images": images}
+    return red_blue_model(tmp_path_factory.mktemp("sensitive"), _OneSensitiveLayer())
 
 
 def _step(sensitive, tmp_path, form, **options):

@@ -10,20 +10,17 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from pattern_models import SPEC, red_blue_model
 from torch import nn
 
-from edgetl.contracts.preprocess import PreprocessSpec
-from edgetl.data.folders import scan_class_folders
 from edgetl.errors import ConfigError
 from edgetl.export.config import ExportConfig
 from edgetl.export.head_resolve import head_gemm
 from edgetl.export.int8_step import HeadRefit, Int8Step
-from edgetl.export.parity import load_eval_images, normalized, onnx_outputs
+from edgetl.export.parity import normalized, onnx_outputs
 from edgetl.export.quantize import ImageCalibrationReader
 from edgetl.export.recover import SKIPPED, Attempt, recovery_lines, run_ladder
 from edgetl.export.recover_options import recovery_steps
-
-SPEC = PreprocessSpec(input_size=32, resize_size=36)
 
 
 @pytest.mark.parametrize(
@@ -115,21 +112,10 @@ class _CrushedFeatures(nn.Module):
 @pytest.fixture(scope="module")
 def crushed(tmp_path_factory):
     """The model as ONNX, and red/blue pattern images (kinds 0-1 red: class 0) split in half: judged, fitted."""
-    from conftest import write_patterns
-
-    root = tmp_path_factory.mktemp("crushed")
-    write_patterns(root / "data", {"": dict.fromkeys("abcd", 40)}, 40, np.random.default_rng(3), "{i:02d}.png")
-    model = root / "model.onnx"
-    dummy = torch.zeros(1, 3, SPEC.input_size, SPEC.input_size)
-    torch.onnx.export(
-        _CrushedFeatures().eval(), (dummy,), str(model), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-    )  # fmt: skip
-    samples = scan_class_folders(root / "data")[1]
-    images = load_eval_images(samples, SPEC, 1000, 0)
+    made = red_blue_model(tmp_path_factory.mktemp("crushed"), _CrushedFeatures())
+    images = made["images"]
     images.labels = (images.labels >= 2).astype(np.int64)
-    judged = np.arange(len(images)) % 2 == 0
-    return {"model": model, "samples": samples, "images": images, "judged": judged}
+    return dict(made, judged=np.arange(len(images)) % 2 == 0)
 
 
 def _prepare(crops):
